@@ -18,13 +18,20 @@
 #include <stddef.h>
 #include <sys/types.h>
 
+#include "llmux/common.h"
+
 typedef struct llmux_tls_ctx_s llmux_tls_ctx_t;
 typedef struct llmux_tls_s llmux_tls_t;
 
 /* Client context. ca_file NULL means the system bundle
  * (/etc/ssl/certs/ca-certificates.crt). verify 0 turns certificate checks
  * off (the caller logs the warning). Returns 0 or a negative LLMUX_E*;
- * on error `err` (if not NULL, size errlen) says why, with the file name. */
+ * on error `err` (if not NULL, size errlen) says why, with the file name.
+ * Parsing the system bundle (~140 certificates) costs milliseconds, so make
+ * one client context per provider at start-up (before the loop runs) and
+ * share it between all of that provider's connections; never per request.
+ * A context also owns the entropy source and CTR-DRBG its sessions use.
+ * Sessions negotiate TLS 1.2 (the minimum) and offer ALPN "http/1.1". */
 int llmux_tls_ctx_client_new(llmux_tls_ctx_t **out, const char *ca_file, int verify,
                              char *err, size_t errlen);
 /* Server context from PEM certificate chain and key files. */
@@ -55,6 +62,17 @@ void llmux_tls_close_notify(llmux_tls_t *t);
  * pointer stays valid until the next call on the session. */
 size_t llmux_tls_out(llmux_tls_t *t, const char **data);
 void llmux_tls_out_consume(llmux_tls_t *t, size_t n);
+/* Moves all queued ciphertext into `dst` without copying: the two buffers'
+ * storage is swapped, so `dst`'s old storage (its len is reset to 0) is
+ * reused by the session. `dst` then owns the bytes and stays valid while
+ * the session keeps working, e.g. for the duration of a uv_write. Returns
+ * the number of bytes moved (0: nothing queued, `dst` untouched). */
+size_t llmux_tls_out_take(llmux_tls_t *t, llmux_buf_t *dst);
+/* Bytes fed or decrypted but not yet returned by llmux_tls_read (non-zero
+ * means more input is buffered: a connection is not idle). */
+size_t llmux_tls_pending(llmux_tls_t *t);
+/* Protocol chosen by ALPN after the handshake, or NULL. */
+const char *llmux_tls_alpn(llmux_tls_t *t);
 /* A description of the last failure (verification flags spelled out). */
 const char *llmux_tls_last_error(llmux_tls_t *t);
 

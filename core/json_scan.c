@@ -1,0 +1,273 @@
+#define _GNU_SOURCE
+#include "json_scan.h"
+
+#include <string.h>
+
+#define MAX_DEPTH 64
+
+typedef struct {
+  const char *p, *end, *start;
+  const char *err_msg;
+  const char *err_at;
+} scan_t;
+
+static int fail(scan_t *s, const char *at, const char *msg) {
+  if (s->err_msg == NULL) {
+    s->err_msg = msg;
+    s->err_at = at;
+  }
+  return -1;
+}
+
+static void skip_ws(scan_t *s) {
+  while (s->p < s->end && (*s->p == ' ' || *s->p == '\n' || *s->p == '\r' || *s->p == '\t'))
+    s->p++;
+}
+
+static int hexval(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+/* Checks one UTF-8 sequence starting at p; returns its length or 0. */
+static size_t utf8_len(const unsigned char *p, const unsigned char *end) {
+  unsigned c = p[0], cp, n, i;
+  if (c < 0x80) return 1;
+  if (c >= 0xc2 && c <= 0xdf) { n = 2; cp = c & 0x1f; }
+  else if (c >= 0xe0 && c <= 0xef) { n = 3; cp = c & 0x0f; }
+  else if (c >= 0xf0 && c <= 0xf4) { n = 4; cp = c & 0x07; }
+  else return 0;
+  if ((size_t)(end - p) < n) return 0;
+  for (i = 1; i < n; i++) {
+    if ((p[i] & 0xc0) != 0x80) return 0;
+    cp = (cp << 6) | (p[i] & 0x3f);
+  }
+  if ((n == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
+      (n == 4 && (cp < 0x10000 || cp > 0x10ffff)))
+    return 0;
+  return n;
+}
+
+static int scan_string(scan_t *s) {
+  const char *open = s->p;
+  s->p++; /* opening quote */
+  while (s->p < s->end) {
+    unsigned char c = (unsigned char)*s->p;
+    if (c == '"') { s->p++; return 0; }
+    if (c == '\\') {
+      if (s->p + 1 >= s->end) break;
+      c = (unsigned char)s->p[1];
+      if (c == 'u') {
+        int i;
+        if (s->end - s->p < 6) return fail(s, s->p, "truncated \\u escape");
+        for (i = 2; i < 6; i++)
+          if (hexval(s->p[i]) < 0) return fail(s, s->p, "invalid \\u escape");
+        s->p += 6;
+        continue;
+      }
+      if (!strchr("\"\\/bfnrt", c) || c == '\0') return fail(s, s->p, "invalid escape");
+      s->p += 2;
+      continue;
+    }
+    if (c < 0x20) return fail(s, s->p, "control character in string");
+    if (c < 0x80) { s->p++; continue; }
+    {
+      size_t n = utf8_len((const unsigned char *)s->p, (const unsigned char *)s->end);
+      if (n == 0) return fail(s, s->p, "invalid UTF-8");
+      s->p += n;
+    }
+  }
+  return fail(s, open, "unterminated string");
+}
+
+static int scan_number(scan_t *s) {
+  const char *p = s->p;
+  if (p < s->end && *p == '-') p++;
+  if (p >= s->end) return fail(s, s->p, "invalid number");
+  if (*p == '0') p++;
+  else if (*p >= '1' && *p <= '9') while (p < s->end && *p >= '0' && *p <= '9') p++;
+  else return fail(s, s->p, "invalid number");
+  if (p < s->end && *p == '.') {
+    p++;
+    if (p >= s->end || *p < '0' || *p > '9') return fail(s, s->p, "invalid number");
+    while (p < s->end && *p >= '0' && *p <= '9') p++;
+  }
+  if (p < s->end && (*p == 'e' || *p == 'E')) {
+    p++;
+    if (p < s->end && (*p == '+' || *p == '-')) p++;
+    if (p >= s->end || *p < '0' || *p > '9') return fail(s, s->p, "invalid number");
+    while (p < s->end && *p >= '0' && *p <= '9') p++;
+  }
+  s->p = p;
+  return 0;
+}
+
+static int scan_literal(scan_t *s, const char *lit) {
+  size_t n = strlen(lit);
+  if ((size_t)(s->end - s->p) < n || memcmp(s->p, lit, n) != 0)
+    return fail(s, s->p, "unexpected character");
+  s->p += n;
+  return 0;
+}
+
+static int scan_value(scan_t *s, int depth, llmux_json_type_t *type);
+
+static int scan_container(scan_t *s, int depth, int is_object, llmux_json_field_t *fields,
+                          size_t nfields) {
+  char close = is_object ? '}' : ']';
+  if (depth >= MAX_DEPTH) return fail(s, s->p, "nested too deeply");
+  s->p++;
+  skip_ws(s);
+  if (s->p < s->end && *s->p == close) { s->p++; return 0; }
+  for (;;) {
+    const char *key = NULL;
+    size_t keylen = 0, i;
+    const char *vstart;
+    llmux_json_type_t t;
+    skip_ws(s);
+    if (is_object) {
+      if (s->p >= s->end || *s->p != '"') return fail(s, s->p, "expected a string key");
+      key = s->p + 1;
+      if (scan_string(s) != 0) return -1;
+      keylen = (size_t)(s->p - key - 1);
+      skip_ws(s);
+      if (s->p >= s->end || *s->p != ':') return fail(s, s->p, "expected ':'");
+      s->p++;
+      skip_ws(s);
+    }
+    vstart = s->p;
+    if (scan_value(s, depth + 1, &t) != 0) return -1;
+    for (i = 0; key != NULL && i < nfields; i++) {
+      if (strlen(fields[i].key) == keylen && memcmp(fields[i].key, key, keylen) == 0) {
+        fields[i].type = t;
+        fields[i].value.base = vstart;
+        fields[i].value.len = (size_t)(s->p - vstart);
+      }
+    }
+    skip_ws(s);
+    if (s->p < s->end && *s->p == ',') { s->p++; continue; }
+    if (s->p < s->end && *s->p == close) { s->p++; return 0; }
+    return fail(s, s->p, is_object ? "expected ',' or '}'" : "expected ',' or ']'");
+  }
+}
+
+static int scan_value(scan_t *s, int depth, llmux_json_type_t *type) {
+  if (s->p >= s->end) return fail(s, s->p, "unexpected end of input");
+  switch (*s->p) {
+    case '{': *type = LLMUX_JSON_OBJECT; return scan_container(s, depth, 1, NULL, 0);
+    case '[': *type = LLMUX_JSON_ARRAY; return scan_container(s, depth, 0, NULL, 0);
+    case '"': *type = LLMUX_JSON_STRING; return scan_string(s);
+    case 't': *type = LLMUX_JSON_TRUE; return scan_literal(s, "true");
+    case 'f': *type = LLMUX_JSON_FALSE; return scan_literal(s, "false");
+    case 'n': *type = LLMUX_JSON_NULL; return scan_literal(s, "null");
+    default: *type = LLMUX_JSON_NUMBER; return scan_number(s);
+  }
+}
+
+int llmux_json_scan(const char *body, size_t len, llmux_json_field_t *fields,
+                    size_t nfields, size_t *err_off, const char **err_msg) {
+  scan_t s = {body, body + len, body, NULL, NULL};
+  size_t i;
+  for (i = 0; i < nfields; i++) {
+    fields[i].type = LLMUX_JSON_NONE;
+    fields[i].value.base = NULL;
+    fields[i].value.len = 0;
+  }
+  skip_ws(&s);
+  if (s.p >= s.end || *s.p != '{') {
+    fail(&s, s.p, "the body must be a JSON object");
+    goto fail;
+  }
+  if (scan_container(&s, 0, 1, fields, nfields) != 0) goto fail;
+  skip_ws(&s);
+  if (s.p != s.end) {
+    fail(&s, s.p, "unexpected data after the JSON object");
+    goto fail;
+  }
+  return 0;
+
+fail:
+  if (err_off) *err_off = (size_t)(s.err_at - body);
+  if (err_msg) *err_msg = s.err_msg;
+  return LLMUX_EINVAL;
+}
+
+static size_t put_utf8(char *out, unsigned cp) {
+  if (cp < 0x80) { out[0] = (char)cp; return 1; }
+  if (cp < 0x800) {
+    out[0] = (char)(0xc0 | (cp >> 6)); out[1] = (char)(0x80 | (cp & 0x3f)); return 2;
+  }
+  if (cp < 0x10000) {
+    out[0] = (char)(0xe0 | (cp >> 12)); out[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
+    out[2] = (char)(0x80 | (cp & 0x3f)); return 3;
+  }
+  out[0] = (char)(0xf0 | (cp >> 18)); out[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
+  out[2] = (char)(0x80 | ((cp >> 6) & 0x3f)); out[3] = (char)(0x80 | (cp & 0x3f));
+  return 4;
+}
+
+static unsigned hex4(const char *p) {
+  return (unsigned)(hexval(p[0]) << 12 | hexval(p[1]) << 8 | hexval(p[2]) << 4 | hexval(p[3]));
+}
+
+int llmux_json_unquote(llmux_str_t v, char *out, size_t cap) {
+  const char *p = v.base + 1, *end = v.base + v.len - 1;
+  size_t n = 0;
+  if (v.len < 2 || v.base[0] != '"' || end[0] != '"') return LLMUX_EINVAL;
+  while (p < end) {
+    char buf[4];
+    size_t k = 1;
+    if (*p != '\\') { buf[0] = *p++; }
+    else {
+      char c = p[1];
+      p += 2;
+      switch (c) {
+        case 'b': buf[0] = '\b'; break;
+        case 'f': buf[0] = '\f'; break;
+        case 'n': buf[0] = '\n'; break;
+        case 'r': buf[0] = '\r'; break;
+        case 't': buf[0] = '\t'; break;
+        case 'u': {
+          unsigned cp;
+          if (end - p < 4) return LLMUX_EINVAL;
+          cp = hex4(p);
+          p += 4;
+          if (cp >= 0xd800 && cp <= 0xdbff && end - p >= 6 && p[0] == '\\' && p[1] == 'u') {
+            unsigned lo = hex4(p + 2);
+            if (lo >= 0xdc00 && lo <= 0xdfff) {
+              cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+              p += 6;
+            }
+          }
+          if (cp == 0) return LLMUX_EINVAL; /* no NULs in C strings */
+          k = put_utf8(buf, cp);
+          break;
+        }
+        default: buf[0] = c; break;
+      }
+    }
+    if (n + k >= cap) return LLMUX_ETOOLARGE;
+    memcpy(out + n, buf, k);
+    n += k;
+  }
+  out[n] = '\0';
+  return 0;
+}
+
+int llmux_json_mentions_key(const char *s, size_t n, const char *key) {
+  size_t klen = strlen(key);
+  const char *p = s, *end = s + n;
+  while (p < end) {
+    const char *q = memmem(p, (size_t)(end - p), key, klen);
+    if (q == NULL) return 0;
+    if (q > s && q[-1] == '"' && q + klen < end && q[klen] == '"') {
+      const char *r = q + klen + 1;
+      while (r < end && (*r == ' ' || *r == '\t' || *r == '\n' || *r == '\r')) r++;
+      if (r < end && *r == ':') return 1;
+    }
+    p = q + klen;
+  }
+  return 0;
+}

@@ -1,0 +1,48 @@
+/* A validating scan of a JSON request body that records where the values of
+ * chosen top-level keys are, without building a DOM or allocating.
+ *
+ * The proxy needs only a few facts about a request (model, stream, whether
+ * it has tools or images) and must pass the body on untouched; a DOM parse
+ * and re-serialisation would cost more than the whole hop. */
+#ifndef LLMUX_JSON_SCAN_H
+#define LLMUX_JSON_SCAN_H
+
+#include <stddef.h>
+
+#include "llmux/common.h"
+
+typedef enum {
+  LLMUX_JSON_NONE = 0, /* key absent */
+  LLMUX_JSON_OBJECT,
+  LLMUX_JSON_ARRAY,
+  LLMUX_JSON_STRING,
+  LLMUX_JSON_NUMBER,
+  LLMUX_JSON_TRUE,
+  LLMUX_JSON_FALSE,
+  LLMUX_JSON_NULL
+} llmux_json_type_t;
+
+typedef struct llmux_json_field_s {
+  const char *key;        /* in: the top-level key to find */
+  llmux_json_type_t type; /* out */
+  llmux_str_t value;      /* out: the value's bytes (strings keep their quotes) */
+} llmux_json_field_t;
+
+/* Scans body[0..len): it must be one JSON object (surrounding white space
+ * allowed) and valid JSON throughout, nested no deeper than 64. Fills the
+ * fields whose keys appear at the top level (the last occurrence wins, as
+ * most parsers do). Returns 0, or LLMUX_EINVAL with *err_off set to the
+ * byte offset of the first error and *err_msg to a short description. */
+int llmux_json_scan(const char *body, size_t len, llmux_json_field_t *fields,
+                    size_t nfields, size_t *err_off, const char **err_msg);
+
+/* Decodes a JSON string value (quotes included) into out (NUL-terminated,
+ * at most cap-1 bytes): 0, or LLMUX_ETOOLARGE / LLMUX_EINVAL. Handles \uXXXX
+ * escapes including surrogate pairs. */
+int llmux_json_unquote(llmux_str_t value, char *out, size_t cap);
+
+/* True if s[0..n) contains `"key"` followed by optional space and ':'
+ * somewhere (any depth): a cheap probe for nested fields like "image_url". */
+int llmux_json_mentions_key(const char *s, size_t n, const char *key);
+
+#endif

@@ -1,0 +1,101 @@
+/* The request scanner: finds top-level fields and rejects invalid JSON. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "json_scan.h"
+#include "util.h"
+
+static int scan(const char *body, llmux_json_field_t *f, size_t n, size_t *off,
+                const char **msg) {
+  return llmux_json_scan(body, strlen(body), f, n, off, msg);
+}
+
+static void finds_top_level_model_and_stream(void **state) {
+  const char *body =
+      "{\"messages\":[{\"role\":\"user\",\"content\":\"hi \\\"model\\\": x\","
+      "\"model\":\"nested\"}], \"model\" : \"gpt-4\", \"stream\":true}";
+  llmux_json_field_t f[] = {{"model"}, {"stream"}, {"messages"}, {"tools"}};
+  (void)state;
+  assert_int_equal(scan(body, f, 4, NULL, NULL), 0);
+  assert_int_equal(f[0].type, LLMUX_JSON_STRING);
+  assert_int_equal(f[0].value.len, 7);
+  assert_memory_equal(f[0].value.base, "\"gpt-4\"", 7);
+  assert_int_equal(f[1].type, LLMUX_JSON_TRUE);
+  assert_int_equal(f[2].type, LLMUX_JSON_ARRAY);
+  assert_int_equal(f[3].type, LLMUX_JSON_NONE);
+}
+
+static void rejects_what_is_not_one_valid_object(void **state) {
+  static const char *bad[] = {
+    "", "[]", "\"x\"", "{", "{\"a\":}", "{\"a\":1,}", "{\"a\":01}", "{\"a\":tru}",
+    "{\"a\":\"\x01\"}", "{\"a\":\"\\x\"}", "{\"a\":1} {}", "{a:1}", "{\"a\":\"\xff\"}",
+    "{\"a\":1.}", "{\"a\":-}", "{\"a\":\"\\u12\"}",
+  };
+  size_t i, off;
+  const char *msg;
+  llmux_json_field_t f[] = {{"model"}};
+  (void)state;
+  for (i = 0; i < LLMUX_COUNTOF(bad); i++) {
+    msg = NULL;
+    assert_int_equal(scan(bad[i], f, 1, &off, &msg), LLMUX_EINVAL);
+    assert_non_null(msg);
+    assert_true(off <= strlen(bad[i]));
+  }
+}
+
+static void accepts_all_value_kinds(void **state) {
+  const char *body = " {\"a\":[1,-2.5e+3,0,true,false,null,{\"b\":[]},\"\\u00e9\\n\"],"
+                     "\"u\":\"caf\xc3\xa9 \xf0\x9f\x98\x80\"} \n";
+  llmux_json_field_t f[] = {{"a"}, {"u"}};
+  (void)state;
+  assert_int_equal(scan(body, f, 2, NULL, NULL), 0);
+  assert_int_equal(f[0].type, LLMUX_JSON_ARRAY);
+  assert_int_equal(f[1].type, LLMUX_JSON_STRING);
+}
+
+static void limits_nesting_depth(void **state) {
+  char body[300];
+  size_t i, n = 0;
+  (void)state;
+  n += (size_t)sprintf(body, "{\"a\":");
+  for (i = 0; i < 100; i++) body[n++] = '[';
+  for (i = 0; i < 100; i++) body[n++] = ']';
+  body[n++] = '}';
+  body[n] = '\0';
+  assert_int_equal(scan(body, NULL, 0, NULL, NULL), LLMUX_EINVAL);
+}
+
+static void unquotes_escapes_and_surrogates(void **state) {
+  char out[32];
+  llmux_str_t v = {"\"a\\\"b\\u00e9\\ud83d\\ude00\"", 0};
+  (void)state;
+  v.len = strlen(v.base);
+  assert_int_equal(llmux_json_unquote(v, out, sizeof out), 0);
+  assert_string_equal(out, "a\"b\xc3\xa9\xf0\x9f\x98\x80");
+  assert_int_equal(llmux_json_unquote(v, out, 4), LLMUX_ETOOLARGE);
+}
+
+static void probes_nested_keys(void **state) {
+  const char *s = "{\"content\":[{\"type\":\"image_url\",\"image_url\" :{\"url\":\"x\"}}]}";
+  (void)state;
+  assert_true(llmux_json_mentions_key(s, strlen(s), "image_url"));
+  assert_false(llmux_json_mentions_key(s, strlen(s), "tools"));
+  assert_false(llmux_json_mentions_key("{\"x\":\"image_url\"}", 17, "image_url"));
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+    cmocka_unit_test(finds_top_level_model_and_stream),
+    cmocka_unit_test(rejects_what_is_not_one_valid_object),
+    cmocka_unit_test(accepts_all_value_kinds),
+    cmocka_unit_test(limits_nesting_depth),
+    cmocka_unit_test(unquotes_escapes_and_surrogates),
+    cmocka_unit_test(probes_nested_keys),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
