@@ -1,1 +1,321 @@
-/* placeholder */
+/* The gateway's endpoints: which handler serves a request. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "llmux/provider.h"
+#include "log.h"
+#include "registry.h"
+#include "server.h"
+#include "util.h"
+
+#define JSON_CT LLMUX_HTTP_HEADER_LIT("Content-Type", "application/json")
+
+static int str_eq(llmux_str_t s, const char *lit) {
+  size_t n = strlen(lit);
+  return s.len == n && memcmp(s.base, lit, n) == 0;
+}
+
+/* ---- request ids -------------------------------------------------------- */
+
+static int sane_request_id(const llmux_str_t *v) {
+  size_t i;
+  if (v->len == 0 || v->len > 128) return 0;
+  for (i = 0; i < v->len; i++) {
+    unsigned char c = (unsigned char)v->base[i];
+    if (c <= 0x20 || c >= 0x7f || c == '"' || c == '\\') return 0;
+  }
+  return 1;
+}
+
+const char *llmux_api_request_id(llmux_gateway_t *gw, llmux_http_req_t *req, char *buf) {
+  const llmux_str_t *v = llmux_http_header(req, "x-request-id");
+  uint64_t x;
+  if (v != NULL && sane_request_id(v)) {
+    memcpy(buf, v->base, v->len);
+    buf[v->len] = '\0';
+    return buf;
+  }
+  /* xorshift64*: unique enough to correlate logs, not a secret. */
+  x = gw->id_state;
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  gw->id_state = x;
+  snprintf(buf, 64, "req_%016llx", (unsigned long long)(x * 0x2545f4914f6cdd1dull));
+  return buf;
+}
+
+/* ---- GET /v1/models ----------------------------------------------------- */
+
+static void json_str(llmux_buf_t *b, const char *s) {
+  llmux_buf_append_json_str(b, s, strlen(s));
+}
+
+static void append_model_list(llmux_buf_t *b, llmux_model_conf_t *const *models, size_t n) {
+  size_t i;
+  llmux_buf_appends(b, "[");
+  for (i = 0; i < n; i++) {
+    if (i) llmux_buf_appends(b, ",");
+    json_str(b, models[i]->id);
+  }
+  llmux_buf_appends(b, "]");
+}
+
+static void append_caps(llmux_buf_t *b, unsigned caps) {
+  static const char *names[] = {"tools", "vision", "json", "embeddings"};
+  size_t i, n = 0;
+  llmux_buf_appends(b, "[");
+  for (i = 0; i < LLMUX_COUNTOF(names); i++) {
+    if (!(caps & (1u << i))) continue;
+    llmux_buf_printf(b, "%s\"%s\"", n++ ? "," : "", names[i]);
+  }
+  llmux_buf_appends(b, "]");
+}
+
+static void append_providers(llmux_buf_t *b, llmux_route_conf_t *const *routes, size_t n) {
+  size_t i;
+  llmux_buf_appends(b, "[");
+  for (i = 0; i < n; i++) {
+    llmux_buf_appends(b, i ? ",{\"provider\":" : "{\"provider\":");
+    json_str(b, routes[i]->provider->name);
+    llmux_buf_appends(b, ",\"model\":");
+    json_str(b, routes[i]->model->id);
+    llmux_buf_appends(b, ",\"provider_model\":");
+    json_str(b, routes[i]->id);
+    llmux_buf_printf(b, ",\"enabled\":%s}", routes[i]->provider->enabled ? "true" : "false");
+  }
+  llmux_buf_appends(b, "]");
+}
+
+static void append_model_object(llmux_buf_t *b, const char *id, const char *kind) {
+  llmux_buf_appends(b, "{\"id\":");
+  json_str(b, id);
+  llmux_buf_printf(b, ",\"object\":\"model\",\"created\":0,\"owned_by\":\"llmux\","
+                      "\"llmux\":{\"kind\":\"%s\"", kind);
+}
+
+static void append_canonical(llmux_buf_t *b, const llmux_model_conf_t *m) {
+  size_t i;
+  llmux_buf_printf(b, ",\"tier\":%d", m->tier);
+  if (m->family) {
+    llmux_buf_appends(b, ",\"family\":");
+    json_str(b, m->family);
+  }
+  llmux_buf_appends(b, ",\"aliases\":[");
+  for (i = 0; i < m->aliases.len; i++) {
+    if (i) llmux_buf_appends(b, ",");
+    json_str(b, m->aliases.items[i]);
+  }
+  llmux_buf_appends(b, "],\"capabilities\":");
+  append_caps(b, m->capabilities);
+  if (m->context_window)
+    llmux_buf_printf(b, ",\"context_window\":%llu", (unsigned long long)m->context_window);
+  if (m->has_price)
+    llmux_buf_printf(b, ",\"price_in\":%g,\"price_out\":%g", m->price_in, m->price_out);
+  llmux_buf_appends(b, ",\"routes\":");
+  append_providers(b, m->routes, m->nroutes);
+}
+
+int llmux_api_build_models(const llmux_config_t *cfg, llmux_buf_t *out) {
+  size_t i;
+  llmux_buf_appends(out, "{\"object\":\"list\",\"data\":[");
+  for (i = 0; i < cfg->nmodels; i++) {
+    if (i) llmux_buf_appends(out, ",");
+    append_model_object(out, cfg->models[i]->id, "canonical");
+    append_canonical(out, cfg->models[i]);
+    llmux_buf_appends(out, "}}");
+  }
+  for (i = 0; i < cfg->ngenerics; i++) {
+    const llmux_generic_conf_t *g = cfg->generics[i];
+    llmux_buf_appends(out, ",");
+    append_model_object(out, g->name, "generic");
+    if (g->tier) llmux_buf_printf(out, ",\"tier\":%d", g->tier);
+    if (g->min_tier) llmux_buf_printf(out, ",\"min_tier\":%d", g->min_tier);
+    llmux_buf_appends(out, ",\"models\":");
+    append_model_list(out, g->models, g->nmodels);
+    llmux_buf_appends(out, "}}");
+  }
+  for (i = 0; i < cfg->nprofiles; i++) {
+    const llmux_profile_conf_t *p = cfg->profiles[i];
+    llmux_buf_appends(out, ",");
+    append_model_object(out, p->name, "profile");
+    llmux_buf_printf(out, ",\"strategy\":\"%s\",\"models\":", llmux_strategy_name(p->strategy));
+    append_model_list(out, p->models, p->nmodels);
+    llmux_buf_appends(out, "}}");
+  }
+  for (i = 0; i < cfg->nagents; i++) {
+    const llmux_agent_conf_t *a = cfg->agents[i];
+    llmux_buf_appends(out, ",");
+    append_model_object(out, a->name, "agent");
+    llmux_buf_appends(out, ",\"profile\":");
+    json_str(out, a->profile->name);
+    llmux_buf_appends(out, "}}");
+  }
+  return llmux_buf_appends(out, "]}");
+}
+
+/* ---- GET /v1/models/{id} ------------------------------------------------ */
+
+static int hexdig(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+/* Percent-decodes s into out (cap bytes); -1 on bad escapes or overflow. */
+static int url_decode(const char *s, size_t n, char *out, size_t cap) {
+  size_t i, o = 0;
+  for (i = 0; i < n; i++) {
+    char c = s[i];
+    if (c == '%') {
+      int hi, lo;
+      if (i + 2 >= n) return -1;
+      hi = hexdig(s[i + 1]);
+      lo = hexdig(s[i + 2]);
+      if (hi < 0 || lo < 0) return -1;
+      c = (char)(hi * 16 + lo);
+      if (c == '\0') return -1;
+      i += 2;
+    }
+    if (o + 1 >= cap) return -1;
+    out[o++] = c;
+  }
+  out[o] = '\0';
+  return (int)o;
+}
+
+static int send_json(llmux_http_req_t *req, int status, llmux_buf_t *body, const char *rid) {
+  llmux_http_header_t h[2] = {JSON_CT, LLMUX_HTTP_HEADER_LIT("x-request-id", "")};
+  h[1].value = (llmux_str_t){rid, strlen(rid)};
+  return llmux_http_respond_buf(req, status, h, 2, body);
+}
+
+/* The 404 for an unknown model, with the closest known names. */
+int llmux_api_model_not_found(llmux_http_req_t *req, const char *name,
+                              const llmux_resolution_t *res) {
+  llmux_buf_t msg = {0};
+  size_t i;
+  int rc;
+  llmux_buf_printf(&msg, "The model '%s' does not exist.", name);
+  for (i = 0; i < res->nsuggestions; i++)
+    llmux_buf_printf(&msg, "%s'%s'", i == 0 ? " Did you mean " : i + 1 == res->nsuggestions
+                                                                     ? " or "
+                                                                     : ", ",
+                     res->suggestions[i]);
+  if (res->nsuggestions) llmux_buf_appends(&msg, "?");
+  llmux_buf_appends(&msg, " GET /v1/models lists every name.");
+  rc = llmux_http_send_error(req, 404, "invalid_request_error", "model_not_found", msg.base,
+                             "model");
+  llmux_buf_free(&msg);
+  return rc;
+}
+
+static void handle_model(llmux_gateway_t *gw, llmux_http_req_t *req, const char *rid) {
+  char name[512];
+  llmux_resolution_t res;
+  llmux_buf_t b = {0};
+  size_t i;
+  const char *prefix = "/v1/models/";
+  llmux_str_t raw = {req->path.base + strlen(prefix), req->path.len - strlen(prefix)};
+
+  if (url_decode(raw.base, raw.len, name, sizeof name) <= 0) {
+    llmux_http_send_error(req, 400, "invalid_request_error", "invalid_model",
+                          "The model name in the URL is empty or badly encoded.", "model");
+    return;
+  }
+  if (llmux_resolve(gw->cfg, name, &res) != 0) {
+    llmux_api_model_not_found(req, name, &res);
+    return;
+  }
+  append_model_object(&b, name, llmux_name_kind_str(res.kind));
+  llmux_buf_appends(&b, ",\"resolves_to\":");
+  json_str(&b, res.target);
+  llmux_buf_printf(&b, ",\"target_kind\":\"%s\",\"chain\":[", llmux_name_kind_str(res.target_kind));
+  for (i = 0; i < res.nchain; i++) {
+    llmux_buf_appends(&b, i ? ",{\"name\":" : "{\"name\":");
+    json_str(&b, res.chain[i].name);
+    llmux_buf_printf(&b, ",\"kind\":\"%s\"}", llmux_name_kind_str(res.chain[i].kind));
+  }
+  llmux_buf_appends(&b, "]");
+  if (res.model) {
+    append_canonical(&b, res.model);
+  } else {
+    llmux_buf_appends(&b, ",\"models\":");
+    append_model_list(&b, res.models, res.nmodels);
+    llmux_buf_appends(&b, ",\"routes\":");
+    append_providers(&b, res.routes, res.nroutes);
+  }
+  llmux_buf_appends(&b, "}}");
+  send_json(req, 200, &b, rid);
+}
+
+/* ---- dispatch ----------------------------------------------------------- */
+
+static void handle_health(llmux_gateway_t *gw, llmux_http_req_t *req, const char *rid) {
+  llmux_buf_t b = {0};
+  size_t i, enabled = 0;
+  for (i = 0; i < gw->cfg->nproviders; i++) enabled += gw->cfg->providers[i]->enabled != 0;
+  llmux_buf_printf(&b,
+                   "{\"status\":\"ok\",\"uptime_s\":%llu,\"models\":%zu,"
+                   "\"providers\":{\"enabled\":%zu,\"total\":%zu}}",
+                   (unsigned long long)((llmux_now_us() - gw->started_us) / 1000000u),
+                   gw->cfg->nmodels, enabled, gw->cfg->nproviders);
+  send_json(req, 200, &b, rid);
+}
+
+static void method_not_allowed(llmux_http_req_t *req, const char *allow) {
+  char msg[160];
+  llmux_http_header_t h[2] = {JSON_CT, LLMUX_HTTP_HEADER_LIT("Allow", "")};
+  llmux_buf_t body = {0};
+  h[1].value = (llmux_str_t){allow, strlen(allow)};
+  snprintf(msg, sizeof msg, "Method %s is not allowed on %.*s: use %s.", req->method,
+           (int)(req->path.len > 80 ? 80 : req->path.len), req->path.base, allow);
+  llmux_http_error_json(&body, "invalid_request_error", "method_not_allowed", msg, NULL);
+  llmux_http_respond_buf(req, 405, h, 2, &body);
+}
+
+static int is_get(const llmux_http_req_t *req) {
+  return strcmp(req->method, "GET") == 0 || strcmp(req->method, "HEAD") == 0;
+}
+
+void llmux_api_on_request(llmux_http_req_t *req) {
+  llmux_gateway_t *gw = req->server->data;
+  llmux_str_t p = req->path;
+  char rid[160];
+  int endpoint = 0;
+
+  gw->requests++;
+  llmux_api_request_id(gw, req, rid);
+  if (str_eq(p, "/v1/chat/completions")) endpoint = LLMUX_ENDPOINT_CHAT;
+  else if (str_eq(p, "/v1/completions")) endpoint = LLMUX_ENDPOINT_COMPLETIONS;
+  else if (str_eq(p, "/v1/embeddings")) endpoint = LLMUX_ENDPOINT_EMBEDDINGS;
+
+  if (endpoint != 0) {
+    if (strcmp(req->method, "POST") != 0) return method_not_allowed(req, "POST");
+    return llmux_proxy_handle(gw, req, endpoint);
+  }
+  if (str_eq(p, "/health")) {
+    if (!is_get(req)) return method_not_allowed(req, "GET, HEAD");
+    return handle_health(gw, req, rid);
+  }
+  if (str_eq(p, "/v1/models")) {
+    llmux_http_header_t h[2] = {JSON_CT, LLMUX_HTTP_HEADER_LIT("x-request-id", "")};
+    if (!is_get(req)) return method_not_allowed(req, "GET, HEAD");
+    h[1].value = (llmux_str_t){rid, strlen(rid)};
+    llmux_http_respond(req, 200, h, 2, gw->models_json.base, gw->models_json.len);
+    return;
+  }
+  if (p.len > 11 && memcmp(p.base, "/v1/models/", 11) == 0) {
+    if (!is_get(req)) return method_not_allowed(req, "GET, HEAD");
+    return handle_model(gw, req, rid);
+  }
+  {
+    char msg[200];
+    snprintf(msg, sizeof msg, "Invalid URL (%s %.*s): see GET /v1/models and "
+             "POST /v1/chat/completions.", req->method,
+             (int)(p.len > 100 ? 100 : p.len), p.base);
+    llmux_http_send_error(req, 404, "invalid_request_error", "unknown_url", msg, NULL);
+  }
+}

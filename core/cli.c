@@ -1,1 +1,237 @@
-/* placeholder */
+/* The command line: serve, check, models, resolve. */
+#include "cli.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "config.h"
+#include "log.h"
+#include "providers.h"
+#include "registry.h"
+#include "server.h"
+#include "util.h"
+
+#ifndef LLMUX_VERSION
+#define LLMUX_VERSION "0.0.0"
+#endif
+#ifndef LLMUX_PLUGIN_INSTALL_DIR
+#define LLMUX_PLUGIN_INSTALL_DIR "/usr/local/lib/llmux/plugins"
+#endif
+
+static const char usage_text[] =
+  "llmux " LLMUX_VERSION ": one OpenAI-compatible endpoint in front of many LLM providers\n"
+  "\n"
+  "Usage: llmux [COMMAND] [OPTIONS]\n"
+  "\n"
+  "Commands:\n"
+  "  serve           start the gateway (the default)\n"
+  "  check           validate the configuration and print the routing table;\n"
+  "                  exits 1 with `file:line: message` lines on errors\n"
+  "  models          list models, aliases, generic names, profiles, agents and routes\n"
+  "  resolve NAME    show what a model name resolves to and the routes it may take\n"
+  "\n"
+  "Options:\n"
+  "  -c, --config FILE   main configuration file (env LLMUX_CONFIG;\n"
+  "                      default config/llmux.ini, then /etc/llmux/llmux.ini)\n"
+  "  -l, --listen ADDR   listen address, e.g. 127.0.0.1:8080 (env LLMUX_LISTEN)\n"
+  "  -v, --verbose       log more (debug level)\n"
+  "  -h, --help          this text\n"
+  "      --version       print the version\n"
+  "\n"
+  "Provider API keys are read from the environment variables that the provider\n"
+  "files name with `api_key_env` (GROQ_API_KEY, OPENROUTER_API_KEY, ...); a\n"
+  "provider whose variable is unset is disabled with a warning.\n"
+  "\n"
+  "Examples:\n"
+  "  llmux check -c config/llmux.ini\n"
+  "  llmux resolve best-large\n"
+  "  GROQ_API_KEY=... llmux serve --listen 0.0.0.0:8080\n";
+
+typedef struct {
+  const char *command;
+  const char *config_path;
+  const char *arg;
+  int verbose;
+} cli_opts_t;
+
+static const char *default_config_path(void) {
+  const char *env = getenv("LLMUX_CONFIG");
+  if (env != NULL && *env != '\0') return env;
+  if (access("config/llmux.ini", R_OK) == 0) return "config/llmux.ini";
+  return "/etc/llmux/llmux.ini";
+}
+
+/* plugins/ beside the binary (the build tree), else the installed dir. */
+static char *default_plugin_dir(void) {
+  char exe[4096];
+  size_t n = sizeof exe;
+  if (uv_exepath(exe, &n) == 0) {
+    llmux_buf_t dir = {0};
+    char *slash = strrchr(exe, '/');
+    if (slash != NULL) *slash = '\0';
+    llmux_buf_printf(&dir, "%s/plugins", exe);
+    if (access(dir.base, R_OK) == 0) return dir.base;
+    llmux_buf_free(&dir);
+  }
+  return llmux_xstrdup(LLMUX_PLUGIN_INSTALL_DIR);
+}
+
+static int parse_args(int argc, char **argv, cli_opts_t *o) {
+  static const struct option longopts[] = {
+    {"config", required_argument, NULL, 'c'}, {"listen", required_argument, NULL, 'l'},
+    {"verbose", no_argument, NULL, 'v'},      {"help", no_argument, NULL, 'h'},
+    {"version", no_argument, NULL, 'V'},      {NULL, 0, NULL, 0},
+  };
+  int c;
+  memset(o, 0, sizeof *o);
+  o->command = "serve";
+  if (argc > 1 && argv[1][0] != '-') {
+    o->command = argv[1];
+    argc--;
+    argv++;
+  }
+  optind = 1;
+  while ((c = getopt_long(argc, argv, "+c:l:vh", longopts, NULL)) != -1) {
+    switch (c) {
+      case 'c': o->config_path = optarg; break;
+      case 'l': setenv("LLMUX_LISTEN", optarg, 1); break;
+      case 'v': o->verbose++; break;
+      case 'h': fputs(usage_text, stdout); exit(0);
+      case 'V': printf("llmux %s\n", LLMUX_VERSION); exit(0);
+      default: fputs("Try 'llmux --help'.\n", stderr); return 2;
+    }
+  }
+  if (optind < argc) o->arg = argv[optind++];
+  if (optind < argc) {
+    fprintf(stderr, "llmux: unexpected argument '%s'\nTry 'llmux --help'.\n", argv[optind]);
+    return 2;
+  }
+  if (o->config_path == NULL) o->config_path = default_config_path();
+  return 0;
+}
+
+/* Loads the config and the providers; prints diagnostics. */
+static int load_all(const cli_opts_t *o, unsigned flags, llmux_config_t **cfg,
+                    llmux_providers_t *provs, char **plugin_dir) {
+  llmux_diag_t diag;
+  int rc;
+  llmux_diag_init(&diag);
+  *cfg = NULL;
+  *plugin_dir = NULL;
+  rc = llmux_config_load(o->config_path, cfg, &diag);
+  if (rc == 0) {
+    if (!o->verbose) llmux_log_level = (*cfg)->server.log_level;
+    *plugin_dir = (*cfg)->server.plugin_dir ? llmux_xstrdup((*cfg)->server.plugin_dir)
+                                            : default_plugin_dir();
+    rc = llmux_providers_build(provs, *cfg, *plugin_dir, flags, &diag);
+  }
+  llmux_diag_print(&diag, stderr);
+  if (rc != 0) {
+    fprintf(stderr, "llmux: %zu error%s in the configuration (%s)\n", diag.errors,
+            diag.errors == 1 ? "" : "s", o->config_path);
+    if (*cfg != NULL) {
+      llmux_providers_free(provs);
+      llmux_config_free(*cfg);
+      *cfg = NULL;
+    }
+    free(*plugin_dir);
+    *plugin_dir = NULL;
+  }
+  llmux_diag_free(&diag);
+  return rc;
+}
+
+static void unload_all(llmux_config_t *cfg, llmux_providers_t *provs, char *plugin_dir) {
+  llmux_providers_free(provs);
+  llmux_config_free(cfg);
+  free(plugin_dir);
+}
+
+static int cmd_dump(const cli_opts_t *o, int is_check) {
+  llmux_config_t *cfg;
+  llmux_providers_t provs;
+  llmux_buf_t out = {0};
+  char *plugin_dir;
+  size_t i, enabled = 0;
+  if (load_all(o, is_check ? LLMUX_PROVIDERS_CREATE | LLMUX_PROVIDERS_TLS : 0, &cfg, &provs,
+               &plugin_dir) != 0)
+    return 1;
+  llmux_registry_dump(cfg, &out);
+  fwrite(out.base, 1, out.len, stdout);
+  for (i = 0; i < cfg->nproviders; i++) enabled += cfg->providers[i]->enabled != 0;
+  if (is_check)
+    printf("\nOK: %s: %zu files, %zu models, %zu routes, %zu of %zu providers enabled, "
+           "plugins from %s\n",
+           o->config_path, cfg->nfiles, cfg->nmodels, cfg->nroutes, enabled, cfg->nproviders,
+           plugin_dir);
+  llmux_buf_free(&out);
+  unload_all(cfg, &provs, plugin_dir);
+  return 0;
+}
+
+static int cmd_resolve(const cli_opts_t *o) {
+  llmux_config_t *cfg;
+  llmux_providers_t provs;
+  llmux_resolution_t res;
+  char *plugin_dir;
+  size_t i;
+  int rc = 0;
+  if (o->arg == NULL) {
+    fputs("llmux resolve: which name? e.g. `llmux resolve best-large`\n", stderr);
+    return 2;
+  }
+  if (load_all(o, 0, &cfg, &provs, &plugin_dir) != 0) return 1;
+  if (llmux_resolve(cfg, o->arg, &res) != 0) {
+    fprintf(stderr, "llmux: unknown model '%s'", o->arg);
+    for (i = 0; i < res.nsuggestions; i++)
+      fprintf(stderr, "%s'%s'", i == 0 ? "; did you mean " : " or ", res.suggestions[i]);
+    fputs("\n", stderr);
+    rc = 1;
+    goto done;
+  }
+  for (i = 0; i < res.nchain; i++)
+    printf("%s%s (%s)", i ? " -> " : "", res.chain[i].name,
+           llmux_name_kind_str(res.chain[i].kind));
+  printf("\nroutes, in order:\n");
+  for (i = 0; i < res.nroutes; i++) {
+    const llmux_route_conf_t *r = res.routes[i];
+    printf("  %2zu. %-12s %-44s model %-24s priority %d", i + 1, r->provider->name, r->id,
+           r->model->id, r->provider->priority);
+    if (!r->provider->enabled) printf("  [disabled: %s]", r->provider->disabled_reason);
+    printf("\n");
+  }
+  if (res.nroutes == 0) printf("  (none: no provider serves it)\n");
+done:
+  unload_all(cfg, &provs, plugin_dir);
+  return rc;
+}
+
+static int cmd_serve(const cli_opts_t *o) {
+  llmux_config_t *cfg;
+  llmux_providers_t provs;
+  char *plugin_dir;
+  int rc;
+  if (load_all(o, LLMUX_PROVIDERS_CREATE | LLMUX_PROVIDERS_TLS, &cfg, &provs, &plugin_dir) != 0)
+    return 1;
+  rc = llmux_serve(cfg, &provs);
+  unload_all(cfg, &provs, plugin_dir);
+  return rc == 0 ? 0 : 1;
+}
+
+int llmux_cli_main(int argc, char **argv) {
+  cli_opts_t o;
+  int rc = parse_args(argc, argv, &o);
+  if (rc != 0) return rc;
+  if (o.verbose) llmux_log_level = LLMUX_LOG_DEBUG;
+  if (strcmp(o.command, "serve") == 0) return cmd_serve(&o);
+  if (strcmp(o.command, "check") == 0) return cmd_dump(&o, 1);
+  if (strcmp(o.command, "models") == 0) return cmd_dump(&o, 0);
+  if (strcmp(o.command, "resolve") == 0) return cmd_resolve(&o);
+  if (strcmp(o.command, "help") == 0) { fputs(usage_text, stdout); return 0; }
+  fprintf(stderr, "llmux: unknown command '%s'\nTry 'llmux --help'.\n", o.command);
+  return 2;
+}

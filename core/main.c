@@ -1,1 +1,5 @@
-int main(void) { return 0; }
+#include "cli.h"
+
+int main(int argc, char **argv) {
+  return llmux_cli_main(argc, argv);
+}

@@ -1,1 +1,119 @@
-/* placeholder */
+#include "server.h"
+
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "util.h"
+
+int llmux_gateway_init(llmux_gateway_t *gw, uv_loop_t *loop, const llmux_config_t *cfg,
+                       llmux_providers_t *provs) {
+  llmux_http_options_t opts;
+  int rc;
+  memset(gw, 0, sizeof *gw);
+  gw->loop = loop;
+  gw->cfg = cfg;
+  gw->provs = provs;
+  gw->started_us = llmux_now_us();
+  gw->id_state = gw->started_us ^ ((uint64_t)getpid() << 32) ^ 0x9e3779b97f4a7c15ull;
+  rc = llmux_api_build_models(cfg, &gw->models_json);
+  if (rc != 0) return rc;
+  memset(&opts, 0, sizeof opts);
+  opts.max_header = cfg->server.max_header;
+  opts.max_body = cfg->server.max_body;
+  opts.header_timeout_ms = cfg->server.header_timeout_ms;
+  opts.idle_timeout_ms = cfg->server.idle_timeout_ms;
+  opts.on_request = llmux_api_on_request;
+  rc = llmux_http_server_init(loop, &gw->http, &opts);
+  if (rc != 0) goto fail;
+  gw->http.data = gw;
+  rc = llmux_upstream_new(loop, NULL, &gw->up);
+  if (rc != 0) goto fail;
+  return 0;
+fail:
+  llmux_buf_free(&gw->models_json);
+  return rc;
+}
+
+int llmux_gateway_listen(llmux_gateway_t *gw, const char *host, int port) {
+  return llmux_http_server_listen(&gw->http, host, port);
+}
+
+static void close_step(llmux_gateway_t *gw) {
+  if (--gw->close_pending > 0) return;
+  llmux_buf_free(&gw->models_json);
+  if (gw->close_cb) gw->close_cb(gw);
+}
+
+static void on_http_closed(llmux_http_server_t *srv) {
+  llmux_gateway_t *gw = srv->data;
+  /* The front door first: aborting client requests cancelled their upstream
+   * requests, so the pool now closes with nothing running. Its handles are
+   * closed by the time uv_run() returns. */
+  llmux_upstream_close(gw->up, NULL);
+  gw->up = NULL;
+  close_step(gw);
+}
+
+void llmux_gateway_close(llmux_gateway_t *gw, void (*cb)(llmux_gateway_t *gw)) {
+  gw->close_cb = cb;
+  gw->close_pending = 1;
+  llmux_http_server_close(&gw->http, on_http_closed);
+}
+
+static void on_signal(uv_signal_t *h, int signum) {
+  llmux_gateway_t *gw = h->data;
+  if (gw->stopping) return;
+  gw->stopping = 1;
+  llmux_info("received %s: shutting down", signum == SIGINT ? "SIGINT" : "SIGTERM");
+  uv_close((uv_handle_t *)&gw->sigint, NULL);
+  uv_close((uv_handle_t *)&gw->sigterm, NULL);
+  llmux_gateway_close(gw, NULL);
+}
+
+static void log_start(const llmux_gateway_t *gw) {
+  size_t i, enabled = 0;
+  for (i = 0; i < gw->cfg->nproviders; i++) enabled += gw->cfg->providers[i]->enabled != 0;
+  llmux_info("llmux listening on http://%s%s%s:%d (%zu models, %zu of %zu providers enabled)",
+             strchr(gw->cfg->server.host, ':') ? "[" : "", gw->cfg->server.host,
+             strchr(gw->cfg->server.host, ':') ? "]" : "", gw->http.port, gw->cfg->nmodels,
+             enabled, gw->cfg->nproviders);
+  if (enabled == 0)
+    llmux_warn("no provider is enabled: set the API key variables the provider files name "
+               "(api_key_env), e.g. GROQ_API_KEY");
+}
+
+int llmux_serve(const llmux_config_t *cfg, llmux_providers_t *provs) {
+  llmux_gateway_t gw;
+  uv_loop_t loop;
+  int rc;
+  signal(SIGPIPE, SIG_IGN);
+  if ((rc = uv_loop_init(&loop)) != 0) return rc;
+  rc = llmux_gateway_init(&gw, &loop, cfg, provs);
+  if (rc != 0) {
+    llmux_error("cannot start: %s", llmux_strerror(rc));
+    uv_loop_close(&loop);
+    return rc;
+  }
+  rc = llmux_gateway_listen(&gw, cfg->server.host, cfg->server.port);
+  if (rc != 0) {
+    llmux_error("cannot listen on %s: %s", cfg->server.listen, uv_strerror(rc));
+    llmux_gateway_close(&gw, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+    return rc;
+  }
+  uv_signal_init(&loop, &gw.sigint);
+  uv_signal_init(&loop, &gw.sigterm);
+  gw.sigint.data = gw.sigterm.data = &gw;
+  uv_signal_start(&gw.sigint, on_signal, SIGINT);
+  uv_signal_start(&gw.sigterm, on_signal, SIGTERM);
+  log_start(&gw);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  rc = uv_loop_close(&loop);
+  if (rc != 0) llmux_warn("event loop closed with handles open: %s", uv_strerror(rc));
+  llmux_info("stopped after %llu requests", (unsigned long long)gw.requests);
+  return 0;
+}

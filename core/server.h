@@ -1,0 +1,56 @@
+/* The running gateway: one libuv loop with the HTTP front door, the
+ * upstream pool and the configuration snapshot it serves. */
+#ifndef LLMUX_SERVER_H
+#define LLMUX_SERVER_H
+
+#include <uv.h>
+
+#include "config.h"
+#include "http_server.h"
+#include "providers.h"
+#include "upstream.h"
+
+typedef struct llmux_gateway_s {
+  void *data;
+  /* read-only */
+  uv_loop_t *loop;
+  const llmux_config_t *cfg;
+  llmux_providers_t *provs;
+  llmux_http_server_t http;
+  llmux_upstream_t *up;
+  llmux_buf_t models_json;     /* GET /v1/models, built once per snapshot */
+  uint64_t started_us;
+  uint64_t requests;           /* requests handled */
+  uint64_t id_state;           /* request-id generator state */
+  /* private */
+  uv_signal_t sigint, sigterm;
+  int stopping;
+  int close_pending;
+  void (*close_cb)(struct llmux_gateway_s *gw);
+} llmux_gateway_t;
+
+/* Serves until SIGINT/SIGTERM. Returns 0 on a clean stop. */
+int llmux_serve(const llmux_config_t *cfg, llmux_providers_t *provs);
+
+/* Lower-level pieces, for tests that run a gateway on their own loop. */
+int llmux_gateway_init(llmux_gateway_t *gw, uv_loop_t *loop, const llmux_config_t *cfg,
+                       llmux_providers_t *provs);
+int llmux_gateway_listen(llmux_gateway_t *gw, const char *host, int port);
+void llmux_gateway_close(llmux_gateway_t *gw, void (*cb)(llmux_gateway_t *gw));
+
+/* api.c: the request router behind the front door. */
+void llmux_api_on_request(llmux_http_req_t *req);
+int llmux_api_build_models(const llmux_config_t *cfg, llmux_buf_t *out);
+/* The request's x-request-id: the client's when it sent a sane one, else a
+ * fresh one, written into buf (at least 64 bytes). */
+const char *llmux_api_request_id(llmux_gateway_t *gw, llmux_http_req_t *req, char *buf);
+
+/* The 404 for an unknown model name, with the closest known names. */
+struct llmux_resolution_s;
+int llmux_api_model_not_found(llmux_http_req_t *req, const char *name,
+                              const struct llmux_resolution_s *res);
+
+/* proxy.c: POST /v1/chat/completions, /v1/completions, /v1/embeddings. */
+void llmux_proxy_handle(llmux_gateway_t *gw, llmux_http_req_t *req, int endpoint);
+
+#endif
