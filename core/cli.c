@@ -95,7 +95,7 @@ static int parse_args(int argc, char **argv, cli_opts_t *o) {
     argv++;
   }
   optind = 1;
-  while ((c = getopt_long(argc, argv, "+c:l:vh", longopts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "c:l:vh", longopts, NULL)) != -1) {
     switch (c) {
       case 'c': o->config_path = optarg; break;
       case 'l': setenv("LLMUX_LISTEN", optarg, 1); break;
@@ -114,6 +114,20 @@ static int parse_args(int argc, char **argv, cli_opts_t *o) {
   return 0;
 }
 
+/* Warnings (disabled providers...) matter when serving or checking; the
+ * listing commands show errors only. */
+static void print_diag(const llmux_diag_t *d, int warnings) {
+  llmux_buf_t line = {0};
+  size_t i;
+  for (i = 0; i < d->len; i++) {
+    if (!warnings && d->items[i].severity != LLMUX_DIAG_ERROR) continue;
+    line.len = 0;
+    llmux_diag_format(&d->items[i], &line);
+    fprintf(stderr, "%s\n", line.base ? line.base : "");
+  }
+  llmux_buf_free(&line);
+}
+
 /* Loads the config and the providers; prints diagnostics. */
 static int load_all(const cli_opts_t *o, unsigned flags, llmux_config_t **cfg,
                     llmux_providers_t *provs, char **plugin_dir) {
@@ -129,7 +143,7 @@ static int load_all(const cli_opts_t *o, unsigned flags, llmux_config_t **cfg,
                                             : default_plugin_dir();
     rc = llmux_providers_build(provs, *cfg, *plugin_dir, flags, &diag);
   }
-  llmux_diag_print(&diag, stderr);
+  print_diag(&diag, flags & LLMUX_PROVIDERS_CREATE);
   if (rc != 0) {
     fprintf(stderr, "llmux: %zu error%s in the configuration (%s)\n", diag.errors,
             diag.errors == 1 ? "" : "s", o->config_path);

@@ -1,0 +1,141 @@
+// The command line: check, models, resolve, help, and configuration
+// mistakes reported as file:line.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import path from "node:path";
+import { BUILD_DIR, SOURCE_DIR, runLlmux, writeConfig } from "./lib/gateway.mjs";
+
+const shipped = path.join(SOURCE_DIR, "config/llmux.ini");
+
+const MODEL = `[model llama-3.3-70b]
+tier = 3
+aliases = llama-3.3-70b-versatile, meta-llama/llama-3.3-70b
+`;
+const PROVIDER = `[provider p1]
+plugin = openai
+base_url = http://127.0.0.1:9/v1
+
+[route p1 llama-3.3-70b]
+id = llama-3.3-70b-versatile
+`;
+
+function check(main, provider = PROVIDER, env = {}) {
+  const cfg = writeConfig({ "llmux.ini": main, "providers/p1.ini": provider });
+  return { cfg, dir: path.dirname(cfg), ...runLlmux(["check", "-c", cfg], env) };
+}
+
+test("check accepts the shipped configuration with no API keys set", () => {
+  const r = runLlmux(["check", "-c", shipped]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /^OK: /m);
+  assert.match(r.stderr, /GROQ_API_KEY/, "disabled providers are warned about");
+  assert.doesNotMatch(r.stderr, /error/i);
+});
+
+test("check prints the routing table", () => {
+  const r = runLlmux(["check", "-c", shipped]);
+  assert.match(r.stdout, /llama-3\.3-70b-versatile/);
+  assert.match(r.stdout, /best-large/);
+});
+
+test("models lists models, aliases, generics, profiles and agents", () => {
+  const r = runLlmux(["models", "-c", shipped]);
+  assert.equal(r.status, 0, r.stderr);
+  for (const name of ["llama-3.1-405b", "meta-llama/llama-3.3-70b", "best-xl", "powerful", "code-review"])
+    assert.ok(r.stdout.includes(name), name);
+});
+
+test("resolve follows a user alias to its routes in priority order", () => {
+  const r = runLlmux(["resolve", "gpt-4", "-c", shipped]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /gpt-4 \(user_alias\) -> llama-3\.3-70b \(canonical\)/);
+  const groq = r.stdout.indexOf("groq");
+  assert.ok(groq > 0, "groq serves it");
+});
+
+test("resolve of an unknown name exits 1 and suggests close names", () => {
+  const r = runLlmux(["resolve", "best-larg", "-c", shipped]);
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /unknown model 'best-larg'.*best-large/);
+});
+
+test("--help explains the commands; an unknown command exits 2", () => {
+  const h = runLlmux(["--help"]);
+  assert.equal(h.status, 0);
+  for (const w of ["serve", "check", "models", "resolve", "--config", "LLMUX_LISTEN"])
+    assert.ok(h.stdout.includes(w), w);
+  assert.equal(runLlmux(["frobnicate"]).status, 2);
+});
+
+test("a malformed line is reported with file and line", () => {
+  const r = check(`[server]\nlisten = 127.0.0.1:0\nthis line is wrong\n${MODEL}`);
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /llmux\.ini:3: /);
+});
+
+test("an unknown key is reported with file and line", () => {
+  const r = check(`${MODEL}tierr = 2\n`);
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /llmux\.ini:4: .*tierr/);
+});
+
+test("a duplicate alias names both definitions", () => {
+  const r = check(`${MODEL}\n[model llama-3.1-8b]\ntier = 1\naliases = meta-llama/llama-3.3-70b\n`);
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /llmux\.ini:7: .*meta-llama\/llama-3\.3-70b.*llmux\.ini:3/);
+});
+
+test("an alias cycle is an error", () => {
+  const r = check(`${MODEL}\n[alias]\na = b\nb = a\n`);
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /llmux\.ini:\d+: .*cycle/);
+});
+
+test("a profile naming an unknown model is an error at its line", () => {
+  const r = check(`${MODEL}\n[profile fast]\nmodels = llama-3.3-70b, no-such-model\n`);
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /llmux\.ini:6: .*no-such-model/);
+});
+
+test("a literal API key in a file is refused", () => {
+  const r = check(MODEL, PROVIDER.replace("plugin = openai", "plugin = openai\napi_key = sk-live-123"));
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /p1\.ini:3: .*api_key_env/);
+  assert.doesNotMatch(r.stderr + r.stdout, /sk-live-123/, "the key is never echoed");
+});
+
+test("a provider with an unknown plugin is reported with the file it looked for", () => {
+  const r = check(MODEL, PROVIDER.replace("plugin = openai", "plugin = nosuch"));
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /p1\.ini:1: .*nosuch.*nosuch\.so/);
+});
+
+test("a plugin's own keys are validated from its declaration", () => {
+  let r = check(MODEL, PROVIDER.replace("plugin = openai", "plugin = openai\nauth_header = api-key"));
+  assert.equal(r.status, 0, r.stderr);
+  r = check(MODEL, PROVIDER.replace("plugin = openai", "plugin = openai\nauth_headr = api-key"));
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /p1\.ini:3: .*auth_headr.*auth_header/);
+});
+
+const testPlugins = path.join(BUILD_DIR, "tests/plugins");
+for (const [plugin, reason] of [
+  ["bad_abi", /bad_abi\.so: plugin built for ABI 99/],
+  ["no_symbol", /no_symbol\.so: not an llmux plugin: no symbol llmux_provider_init/],
+  ["init_fails", /init_fails\.so: llmux_provider_init\(\) failed/],
+]) {
+  test(`a plugin that cannot load (${plugin}) is reported with file and reason`, () => {
+    const r = check(MODEL, PROVIDER.replace("plugin = openai", `plugin = ${plugin}`),
+                    { LLMUX_PLUGIN_DIR: testPlugins });
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /p1\.ini:1: /);
+    assert.match(r.stderr, reason);
+  });
+}
+
+test("serve refuses to start on a broken configuration, with file:line", () => {
+  const cfg = writeConfig({ "llmux.ini": `${MODEL}tier = 9\n` });
+  const r = runLlmux(["serve", "-c", cfg], { LLMUX_LISTEN: "127.0.0.1:0" });
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /llmux\.ini:4: /);
+});
