@@ -1,4 +1,4 @@
-/* Configuration: the main INI file plus every providers/*.ini, loaded into
+/* Configuration: the main INI file plus every providers/NAME.ini, loaded into
  * one immutable snapshot.
  *
  * Ownership: llmux_config_load() returns a snapshot that owns every string
