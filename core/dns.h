@@ -135,16 +135,18 @@ int llmux_dns_init(uv_loop_t *loop, llmux_dns_t *dns, const llmux_dns_options_t 
 void llmux_dns_close(llmux_dns_t *dns, llmux_dns_close_cb cb);
 
 /* Starts resolving `host` (copied) for `port`; cb runs later with the
- * answer and req->data = data. Returns 0, or without calling cb: LLMUX_EINVAL
- * (empty or malformed host, req already active), LLMUX_ECANCELED (closing),
- * LLMUX_ENOMEM. */
+ * answer and req->data = data. req must not be pending already (it needs no
+ * initialisation). Returns 0, or without calling cb: LLMUX_EINVAL (NULL,
+ * empty or malformed host: hostname characters only), LLMUX_ECANCELED
+ * (closing), LLMUX_ENOMEM. Resolution failures always come through cb. */
 int llmux_dns_resolve(llmux_dns_t *dns, llmux_dns_req_t *req, const char *host,
                       uint16_t port, llmux_dns_cb cb, void *data);
 
 /* Forgets a pending req: its callback will not run, and it may be freed as
  * soon as this returns. The lookup itself continues for the other waiters
  * and the cache. Safe from any callback. 0, or LLMUX_EINVAL if the req was
- * not pending (already answered or never started): also harmless. */
+ * not pending (already answered or cancelled): also harmless. Only for a req
+ * that was passed to llmux_dns_resolve() at least once. */
 int llmux_dns_cancel(llmux_dns_req_t *req);
 
 #endif /* LLMUX_DNS_H */
