@@ -50,7 +50,7 @@ struct llmux_tls_s {
   llmux_buf_t out;               /* ciphertext produced, not yet sent */
   size_t out_off;
   int failed;                    /* bio_send could not grow `out` */
-  char err[256];
+  char err[512];
 };
 
 static const char *alpn_list[] = { "http/1.1", NULL };
@@ -238,7 +238,7 @@ int llmux_tls_feed(llmux_tls_t *t, const char *data, size_t len) {
 
 /* Spells out the verification flags as one line. */
 static void describe_verify(llmux_tls_t *t) {
-  char info[512];
+  char info[400];
   uint32_t flags = mbedtls_ssl_get_verify_result(&t->ssl);
   size_t n, i;
   int w;
@@ -274,7 +274,7 @@ int llmux_tls_handshake(llmux_tls_t *t) {
 ssize_t llmux_tls_read(llmux_tls_t *t, char *buf, size_t cap) {
   int rc = mbedtls_ssl_read(&t->ssl, (unsigned char *)buf, cap);
   if (rc > 0) return rc;
-  if (rc == 0 || rc == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY) return LLMUX_EOF;
+  if (rc == 0 || rc == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY) return LLMUX_EEOF;
   return map_error(t, rc, "read");
 }
 

@@ -52,7 +52,7 @@ int llmux_tls_feed(llmux_tls_t *t, const char *data, size_t len);
  * failed verification, LLMUX_ETLS for any other failure. */
 int llmux_tls_handshake(llmux_tls_t *t);
 /* Plaintext out: bytes read (> 0), LLMUX_EAGAIN when no full record is
- * buffered, LLMUX_EOF on close_notify, LLMUX_ETLS on failure. */
+ * buffered, LLMUX_EEOF on close_notify, LLMUX_ETLS on failure. */
 ssize_t llmux_tls_read(llmux_tls_t *t, char *buf, size_t cap);
 /* Encrypts all of `len` bytes into the outgoing queue: 0 or LLMUX_ETLS. */
 int llmux_tls_write(llmux_tls_t *t, const char *data, size_t len);
