@@ -235,6 +235,15 @@ static void finish_ok(proxy_t *p) {
     proxy_finish(p);
     return;
   }
+  /* The body passed through untouched, so check it once: a provider that
+   * answers 200 with something that is not JSON is a 502, not the
+   * client's parse error. */
+  if (llmux_json_scan(p->out.base, p->out.len, NULL, 0, NULL, NULL) != 0) {
+    fail_client(p, 502, "upstream_error", "upstream_garbage", NULL,
+                "Provider '%s' answered 200 with a body that is not a JSON object.",
+                p->route->provider->name);
+    return;
+  }
   n = our_headers(p, h, "application/json", num, overhead_us(p, llmux_now_us(), 1));
   llmux_http_respond_buf(p->client, 200, h, n, &p->out);
   proxy_finish(p);
