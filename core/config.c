@@ -208,6 +208,13 @@ static const keydef_t server_keys[] = {
   {"header_timeout", K_DURATION, SRV(header_timeout_ms), 0},
   {"idle_timeout", K_DURATION, SRV(idle_timeout_ms), 0},
   {"log_level", K_LOGLEVEL, SRV(log_level), 0},
+  {"max_attempts", K_U64, SRV(max_attempts), 0},
+  {"retry_backoff", K_DURATION, SRV(retry_backoff_ms), 0},
+  {"retry_backoff_max", K_DURATION, SRV(retry_backoff_max_ms), 0},
+  {"request_timeout", K_DURATION, SRV(request_timeout_ms), 0},
+  {"cooldown_failures", K_U64, SRV(cooldown_failures), 0},
+  {"cooldown_window", K_DURATION, SRV(cooldown_window_ms), 0},
+  {"cooldown", K_DURATION, SRV(cooldown_ms), 0},
 };
 
 static const keydef_t model_keys[] = {
@@ -255,6 +262,11 @@ static const keydef_t provider_keys[] = {
   {"total_timeout", K_DURATION, PRV(total_timeout_ms), 0},
   {"tls_verify", K_BOOL, PRV(tls_verify), 0},
   {"ca_file", K_PATH, PRV(ca_file), 0},
+  {"ratelimit_headers", K_STR, PRV(ratelimit_headers), 0},
+  {"total_requests_per_minute", K_U64, PRV(wide_limits.requests_per_minute), 0},
+  {"total_requests_per_day", K_U64, PRV(wide_limits.requests_per_day), 0},
+  {"total_tokens_per_minute", K_U64, PRV(wide_limits.tokens_per_minute), 0},
+  {"total_tokens_per_day", K_U64, PRV(wide_limits.tokens_per_day), 0},
 };
 
 static const keydef_t route_keys[] = {
@@ -1178,6 +1190,13 @@ static void server_defaults(load_t *c) {
   s->header_timeout_ms = 10000;
   s->idle_timeout_ms = 60000;
   s->log_level = LLMUX_LOG_INFO;
+  s->max_attempts = 4;
+  s->retry_backoff_ms = 200;
+  s->retry_backoff_max_ms = 2000;
+  s->request_timeout_ms = 120000;
+  s->cooldown_failures = 3;
+  s->cooldown_window_ms = 60000;
+  s->cooldown_ms = 30000;
 }
 
 int llmux_config_load(const char *main_path, llmux_config_t **out, llmux_diag_t *diag) {

@@ -122,6 +122,14 @@ typedef struct llmux_server_conf_s {
   uint64_t header_timeout_ms;
   uint64_t idle_timeout_ms;
   int log_level;             /* LLMUX_LOG_* */
+  /* Failover and retries (issue 6). */
+  uint64_t max_attempts;       /* attempts per request, all routes; default 4 */
+  uint64_t retry_backoff_ms;   /* base of the exponential backoff; 200ms */
+  uint64_t retry_backoff_max_ms; /* its cap; 2s */
+  uint64_t request_timeout_ms; /* deadline for a request, retries included; 120s */
+  uint64_t cooldown_failures;  /* failures inside cooldown_window that rest a route; 3 */
+  uint64_t cooldown_window_ms; /* 60s */
+  uint64_t cooldown_ms;        /* how long it rests; 30s */
 } llmux_server_conf_t;
 
 typedef struct llmux_model_conf_s llmux_model_conf_t;
@@ -217,6 +225,11 @@ struct llmux_provider_conf_s {
                                 non-empty key */
   const char *disabled_reason; /* NULL when enabled */
   llmux_limits_t limits;     /* provider defaults */
+  llmux_limits_t wide_limits;/* provider-wide (`total_*` keys), on top of
+                                every route's own; 0 = none */
+  const char *ratelimit_headers; /* how to read its rate-limit headers:
+                                openai, groq, cerebras, anthropic, generic;
+                                NULL: guessed from the provider's name */
   uint64_t connect_timeout_ms;
   uint64_t timeout_ms;         /* first response byte */
   uint64_t stream_timeout_ms;  /* gap between stream chunks */

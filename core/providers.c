@@ -1,3 +1,4 @@
+#define _GNU_SOURCE
 #include "providers.h"
 
 #include <stdlib.h>
@@ -5,6 +6,7 @@
 #include <strings.h>
 
 #include "log.h"
+#include "ratelimit.h"
 #include "util.h"
 
 int llmux_url_parse(const char *url, int *tls, char **host, int *port, char **path) {
@@ -107,6 +109,30 @@ static void check_plugin_keys(llmux_provider_rt_t *rt, llmux_diag_t *diag) {
   }
 }
 
+/* ratelimit_headers, else a guess from the provider's name and host: the
+ * providers whose headers mean something special are few and well known. */
+static int rl_style_for(const llmux_provider_conf_t *pc, const char *host,
+                        llmux_diag_t *diag) {
+  static const char *const known[] = {"groq", "cerebras", "anthropic", "openai"};
+  size_t i;
+  if (pc->ratelimit_headers != NULL) {
+    if (strcasecmp(pc->ratelimit_headers, "generic") == 0) return LLMUX_RL_STYLE_GENERIC;
+    for (i = 0; i < LLMUX_COUNTOF(known); i++)
+      if (strcasecmp(pc->ratelimit_headers, known[i]) == 0)
+        return (int)llmux_rl_style_from_name(known[i]);
+    llmux_diag_add(diag, pc->file, pc->line, LLMUX_DIAG_ERROR,
+                   "provider '%s': ratelimit_headers must be one of openai, groq, cerebras, "
+                   "anthropic, generic (not '%s')",
+                   pc->name, pc->ratelimit_headers);
+    return LLMUX_RL_STYLE_GENERIC;
+  }
+  for (i = 0; i < LLMUX_COUNTOF(known); i++) {
+    if (strcasestr(pc->name, known[i]) || strcasestr(host, known[i]))
+      return (int)llmux_rl_style_from_name(known[i]);
+  }
+  return LLMUX_RL_STYLE_GENERIC;
+}
+
 static int build_one(llmux_providers_t *set, llmux_provider_rt_t *rt, unsigned flags,
                      llmux_diag_t *diag) {
   const llmux_provider_conf_t *pc = rt->conf;
@@ -136,6 +162,7 @@ static int build_one(llmux_providers_t *set, llmux_provider_rt_t *rt, unsigned f
   if (rt->tls && !pc->tls_verify)
     llmux_warn("provider '%s': tls_verify = false: the certificate of %s is NOT checked",
                pc->name, rt->host);
+  rt->rl_style = rl_style_for(pc, rt->host, diag);
   if (diag->errors != before) return LLMUX_ECONFIG;
   if (rt->tls && (flags & LLMUX_PROVIDERS_TLS)) {
     rt->tls_ctx = tls_ctx_for(set, pc, diag);

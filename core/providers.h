@@ -22,6 +22,7 @@ typedef struct llmux_provider_rt_s {
   char *base_path;                /* "" or "/openai/v1" */
   char *host_header;              /* "api.groq.com" or "host:port" */
   llmux_tls_ctx_t *tls_ctx;       /* borrowed from the set */
+  int rl_style;                   /* llmux_rl_style_t: how to read its headers */
 } llmux_provider_rt_t;
 
 typedef struct llmux_providers_s {

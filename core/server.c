@@ -8,6 +8,37 @@
 #include "log.h"
 #include "util.h"
 
+static int init_routing(llmux_gateway_t *gw) {
+  const llmux_config_t *cfg = gw->cfg;
+  llmux_router_options_t ro;
+  size_t i;
+  int rc;
+  llmux_router_options_default(&ro);
+  ro.failures = (unsigned)(cfg->server.cooldown_failures ? cfg->server.cooldown_failures : 1);
+  ro.window_ms = cfg->server.cooldown_window_ms;
+  ro.cooldown_ms = cfg->server.cooldown_ms;
+  rc = llmux_router_new(cfg, &ro, &gw->router);
+  if (rc != 0) return rc;
+  rc = llmux_rl_memory_store_new(4096 + 2 * cfg->nroutes, &gw->rl);
+  if (rc != 0) return rc;
+  rc = llmux_rl_configure(gw->rl, cfg);
+  for (i = 0; rc == 0 && i < cfg->nproviders; i++) {
+    const llmux_limits_t *w = &cfg->providers[i]->wide_limits;
+    llmux_rl_key_t key = {cfg->providers[i]->name, NULL};
+    if (w->requests_per_minute || w->requests_per_day || w->tokens_per_minute ||
+        w->tokens_per_day)
+      rc = llmux_rl_set_limits(gw->rl, &key, w);
+  }
+  return rc;
+}
+
+static void free_routing(llmux_gateway_t *gw) {
+  if (gw->router) llmux_router_free(gw->router);
+  if (gw->rl) llmux_rl_store_destroy(gw->rl);
+  gw->router = NULL;
+  gw->rl = NULL;
+}
+
 int llmux_gateway_init(llmux_gateway_t *gw, uv_loop_t *loop, const llmux_config_t *cfg,
                        llmux_providers_t *provs) {
   llmux_http_options_t opts;
@@ -29,10 +60,13 @@ int llmux_gateway_init(llmux_gateway_t *gw, uv_loop_t *loop, const llmux_config_
   rc = llmux_http_server_init(loop, &gw->http, &opts);
   if (rc != 0) goto fail;
   gw->http.data = gw;
+  rc = init_routing(gw);
+  if (rc != 0) goto fail;
   rc = llmux_upstream_new(loop, NULL, &gw->up);
   if (rc != 0) goto fail;
   return 0;
 fail:
+  free_routing(gw);
   llmux_buf_free(&gw->models_json);
   return rc;
 }
@@ -43,6 +77,7 @@ int llmux_gateway_listen(llmux_gateway_t *gw, const char *host, int port) {
 
 static void close_step(llmux_gateway_t *gw) {
   if (--gw->close_pending > 0) return;
+  free_routing(gw);
   llmux_buf_free(&gw->models_json);
   if (gw->close_cb) gw->close_cb(gw);
 }

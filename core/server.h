@@ -8,6 +8,8 @@
 #include "config.h"
 #include "http_server.h"
 #include "providers.h"
+#include "ratelimit.h"
+#include "router.h"
 #include "upstream.h"
 
 typedef struct llmux_gateway_s {
@@ -18,6 +20,8 @@ typedef struct llmux_gateway_s {
   llmux_providers_t *provs;
   llmux_http_server_t http;
   llmux_upstream_t *up;
+  llmux_router_t *router;      /* route order, latency, cooldowns */
+  llmux_rl_store_t *rl;        /* rate-limit state */
   llmux_buf_t models_json;     /* GET /v1/models, built once per snapshot */
   uint64_t started_us;
   uint64_t requests;           /* requests handled */

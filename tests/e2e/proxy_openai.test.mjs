@@ -167,9 +167,10 @@ async function expectError(model, status, code, extra) {
 }
 
 test("a provider's 429 reaches the client as 429 with Retry-After", async () => {
-  await expectError("fault-429", 429, "rate_limit_exceeded", (e) => {
+  await expectError("fault-429", 429, "RATE_LIMIT_EXCEEDED", (e) => {
     assert.match(e.headers.get("retry-after"), /^\d+$/);
     assert.equal(e.type, "rate_limit_error");
+    assert.equal(typeof e.error.retry_after, "undefined", "retry_after sits beside error");
   });
 });
 

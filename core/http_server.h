@@ -1,0 +1,185 @@
+/* The HTTP/1.1 front door: a server on a libuv loop, parsing with llhttp.
+ *
+ * One connection hands its requests to the request callback one at a time
+ * and answers them strictly in order (pipelined bytes wait in the
+ * connection's buffer until the previous response is finished).
+ *
+ * Lifetimes and ownership
+ * -----------------------
+ * Server: the caller owns the llmux_http_server_t memory. init -> listen ->
+ *   close(cb). The memory may be freed (and the loop closed) once the close
+ *   callback has run; uv_loop_close() then returns 0.
+ *
+ * Request: the server allocates it and hands it to on_request. It stays
+ *   valid until exactly one of these happens:
+ *   - the handler finishes the response (llmux_http_respond*,
+ *     llmux_http_send_error or llmux_http_end returned, with success or not);
+ *   - the server calls req->on_abort (the client went away, a write failed,
+ *     or the server is closing). on_abort runs at most once, never from inside
+ *     an llmux_http_* call the handler made on that request, and never after
+ *     the response was finished. When it returns the request is gone.
+ *   After that the handler must not touch the request or anything it points
+ *   to (headers, path, body). Memory the handler hung on req->data is the
+ *   handler's to free, typically in on_abort or right after finishing.
+ *   A handler whose work is asynchronous must set on_abort, or it cannot know
+ *   the request went away. The server frees the request itself, once the
+ *   response is finished (or aborted) and libuv no longer holds any of its
+ *   write requests.
+ *   A half-closed client (EOF while a response is pending) counts as gone,
+ *   as in nginx: the request is aborted.
+ *
+ * Strings in a request (target, path, query, header names and values, body)
+ * point into memory owned by the request and are NUL-terminated
+ * (base[len] == '\0'). Header values have surrounding white space trimmed.
+ *
+ * Responses: the server adds `Server: llmux`, Content-Length (complete
+ * responses) or Transfer-Encoding: chunked (streams; HTTP/1.0 clients get a
+ * close-delimited body instead), and `Connection: close` when the connection
+ * will close. Caller headers named Content-Length, Transfer-Encoding or
+ * Connection are dropped, as are headers whose name or value holds CR or LF.
+ * HEAD requests and 204/304 responses send no body bytes.
+ */
+#ifndef LLMUX_HTTP_SERVER_H
+#define LLMUX_HTTP_SERVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+#include "llmux/common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct llmux_http_server_s llmux_http_server_t;
+typedef struct llmux_http_req_s llmux_http_req_t;
+typedef struct llmux__http_conn_s llmux__http_conn_t;
+
+typedef struct llmux_http_header_s {
+  llmux_str_t name;
+  llmux_str_t value;
+} llmux_http_header_t;
+
+/* Header from two string literals: LLMUX_HTTP_HEADER_LIT("Content-Type", "text/plain"). */
+#define LLMUX_HTTP_HEADER_LIT(n, v) \
+  { { (n), sizeof(n) - 1 }, { (v), sizeof(v) - 1 } }
+
+typedef void (*llmux_http_request_cb)(llmux_http_req_t *req);
+typedef void (*llmux_http_abort_cb)(llmux_http_req_t *req);
+typedef void (*llmux_http_drain_cb)(llmux_http_req_t *req);
+typedef void (*llmux_http_close_cb)(llmux_http_server_t *srv);
+
+typedef struct llmux_http_options_s {
+  size_t max_header;          /* request line + headers, bytes; 0: 16 KiB */
+  size_t max_body;            /* decoded body bytes; 0: 8 MiB */
+  uint64_t header_timeout_ms; /* to receive the header block, and again the
+                                 body; also the wait for a first request; 0: 10 s */
+  uint64_t idle_timeout_ms;   /* keep-alive wait between requests; 0: 60 s */
+  llmux_http_request_cb on_request; /* required */
+  void *reserved[4];
+} llmux_http_options_t;
+
+struct llmux_http_req_s {
+  void *data;                   /* public: the handler's */
+  llmux_http_abort_cb on_abort; /* public: set by the handler, see above */
+  llmux_http_drain_cb on_drain; /* public: called once the write queue is
+                                   empty again after llmux_http_write* returned > 0 */
+  int keep_alive;               /* public: the client's wish; set 0 before
+                                   responding to close after this response */
+  /* read-only */
+  llmux_http_server_t *server;
+  const char *method;           /* "GET", static storage */
+  int method_id;                /* llhttp_method_t */
+  int version_major;
+  int version_minor;
+  llmux_str_t target;           /* request-target as sent */
+  llmux_str_t path;             /* target before '?' */
+  llmux_str_t query;            /* after '?' (without it); len 0 if none */
+  const llmux_http_header_t *headers; /* in arrival order, duplicates kept */
+  size_t nheaders;
+  llmux_str_t body;             /* decoded (de-chunked); len 0 if none */
+  uint64_t start_us;            /* llmux_now_us() when the first byte of the
+                                   request was parsed */
+  void *reserved[4];
+};
+
+struct llmux_http_server_s {
+  void *data;                   /* public */
+  /* read-only */
+  uv_loop_t *loop;
+  int port;                     /* bound port, valid after listen */
+  llmux_http_options_t opts;    /* with defaults applied */
+  /* private */
+  uv_tcp_t listener;
+  llmux__http_conn_t *conns;    /* intrusive list of open connections */
+  unsigned nconns;
+  int listening;
+  int closing;
+  int listener_open;
+  llmux_http_close_cb close_cb;
+  char *pool[32];               /* spare read buffers */
+  unsigned npool;
+  void *reserved[4];
+};
+
+/* 0 or a negative error. Does not touch the network. */
+int llmux_http_server_init(uv_loop_t *loop, llmux_http_server_t *srv,
+                           const llmux_http_options_t *opts);
+/* host is an IPv4 or IPv6 literal ("127.0.0.1", "::1", "0.0.0.0"); port 0
+ * picks an ephemeral port, read back from srv->port. Returns 0 or a libuv
+ * error (negative errno, e.g. UV_EADDRINUSE). */
+int llmux_http_server_listen(llmux_http_server_t *srv, const char *host, int port);
+/* Stops listening and closes every connection now, aborting requests in
+ * flight (their on_abort runs synchronously inside this call, so do not call
+ * it from a handler that still holds its own request: finish it first). cb
+ * (may be NULL) runs once every handle is closed. */
+void llmux_http_server_close(llmux_http_server_t *srv, llmux_http_close_cb cb);
+
+/* Value of the first header called `name` (case-insensitive), or NULL. */
+const llmux_str_t *llmux_http_header(const llmux_http_req_t *req, const char *name);
+/* Moves the body out: *out takes ownership (free(out->base)), req->body
+ * becomes empty. out must be empty or zeroed on entry (it is overwritten). */
+void llmux_http_req_take_body(llmux_http_req_t *req, llmux_buf_t *out);
+/* Peer address of the request's connection: 0 or a libuv error. */
+int llmux_http_req_peer(const llmux_http_req_t *req, struct sockaddr_storage *out);
+
+/* Complete responses. Each finishes the request. `body` bytes are borrowed
+ * (copied only if the socket cannot take them at once). Returns 0 or a
+ * negative error; on error the request is finished all the same and the
+ * connection will be closed. */
+int llmux_http_respond(llmux_http_req_t *req, int status,
+                       const llmux_http_header_t *headers, size_t nheaders,
+                       const void *body, size_t len);
+/* Same, taking ownership of body->base (freed with free() once written or on
+ * failure); *body is zeroed. */
+int llmux_http_respond_buf(llmux_http_req_t *req, int status,
+                           const llmux_http_header_t *headers, size_t nheaders,
+                           llmux_buf_t *body);
+/* An OpenAI-shaped JSON error with Content-Type application/json:
+ * {"error":{"message":M,"type":T,"param":P|null,"code":C|null}}. */
+int llmux_http_send_error(llmux_http_req_t *req, int status, const char *type,
+                          const char *code, const char *message, const char *param);
+/* Appends that JSON error object to out. 0 or LLMUX_ENOMEM. */
+int llmux_http_error_json(llmux_buf_t *out, const char *type, const char *code,
+                          const char *message, const char *param);
+
+/* Streamed responses: start, any number of writes, end.
+ * write* return the number of bytes queued for the client and not yet handed
+ * to the kernel (>= 0; large means the client is slow: stop producing and
+ * wait for on_drain), or a negative error (then the connection is failing
+ * and on_abort will follow from the loop). A zero-length write sends nothing
+ * (a zero chunk would end the stream). end finishes the request. */
+int llmux_http_start(llmux_http_req_t *req, int status,
+                     const llmux_http_header_t *headers, size_t nheaders);
+int llmux_http_write(llmux_http_req_t *req, const void *data, size_t len);
+/* Takes ownership of buf->base (freed with free() after the write); *buf is zeroed. */
+int llmux_http_write_buf(llmux_http_req_t *req, llmux_buf_t *buf);
+int llmux_http_end(llmux_http_req_t *req);
+
+/* "OK", "Not Found", ...; "Unknown" for codes it does not know. */
+const char *llmux_http_status_reason(int status);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* LLMUX_HTTP_SERVER_H */
