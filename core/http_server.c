@@ -302,7 +302,7 @@ static int header_dropped(const llmux_http_header_t *h) {
 }
 
 static size_t head_size(const llmux_http_header_t *h, size_t n) {
-  size_t i, size = 160;
+  size_t i, size = 256; /* status line, Server, framing, Connection, CRLF */
   for (i = 0; i < n; i++) size += h[i].name.len + h[i].value.len + 4;
   return size;
 }
@@ -314,6 +314,7 @@ static size_t format_head(char *out, int status, const llmux_http_header_t *h, s
                           int framing, size_t clen, int close, int keep_alive_10) {
   char *p = out;
   size_t i;
+  if (status < 100 || status > 999) status = 500;
   p += sprintf(p, "HTTP/1.1 %d %s\r\nServer: llmux\r\n", status,
                llmux_http_status_reason(status));
   for (i = 0; i < n; i++) {
@@ -377,6 +378,7 @@ static void conn_close(llmux__http_conn_t *c) {
   c->closed = 1;
   c->phase = PH_CLOSING;
   c->req = NULL;
+  conn_unlink(c); /* first: on_abort may close the server, which walks the list */
   if (r != NULL && req_usable(r)) {
     r->aborted = 1;
     if (r->pub.on_abort != NULL) r->pub.on_abort(&r->pub);
@@ -384,7 +386,6 @@ static void conn_close(llmux__http_conn_t *c) {
   }
   req_discard(c->pending);
   c->pending = NULL;
-  conn_unlink(c);
   c->nclose = 2;
   uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
   uv_close((uv_handle_t *)&c->timer, on_conn_closed);

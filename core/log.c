@@ -16,7 +16,8 @@ void llmux_log(int level, const char *fmt, ...) {
   struct timespec now;
   struct tm tm;
   va_list ap;
-  if (level > llmux_log_level) return;
+  if (level & LLMUX_LOG_ALWAYS) level &= ~LLMUX_LOG_ALWAYS;
+  else if (level > llmux_log_level) return;
   clock_gettime(CLOCK_REALTIME, &now);
   gmtime_r(&now.tv_sec, &tm);
   strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);

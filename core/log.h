@@ -9,6 +9,10 @@ enum {
   LLMUX_LOG_DEBUG = 3
 };
 
+/* Or'ed into a level: print whatever the configured level (start-up and
+ * shutdown lines that operators and scripts wait for). */
+#define LLMUX_LOG_ALWAYS 0x100
+
 extern int llmux_log_level;
 
 void llmux_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -656,12 +656,17 @@ static uint64_t synced_left(const synced_t *sy) {
   return sy->remaining > sy->used_since ? sy->remaining - sy->used_since : 0;
 }
 
-/* Time until dimension d of e has room for `cost`; 0 when it has. */
+/* Time until dimension d of e has room for `cost`; 0 when it has. Both
+ * views must agree: the provider's (it sees every client of the key) and
+ * our own count against the configured limit (an operator may give llmux
+ * only part of a key's budget). */
 static uint64_t dim_wait(const entry_t *e, int d, uint64_t cost, uint64_t now) {
   const synced_t *sy = &e->sync[d];
-  if (synced_fresh(sy, now)) return cost <= synced_left(sy) ? 0 : sy->reset_at - now;
-  if (e->limits[d] == 0) return 0;
-  return win_wait(&e->win[d % 2], d / 2, slot_ms[d % 2], e->limits[d], cost, now);
+  uint64_t wait = 0, own;
+  if (synced_fresh(sy, now) && cost > synced_left(sy)) wait = sy->reset_at - now;
+  if (e->limits[d] == 0) return wait;
+  own = win_wait(&e->win[d % 2], d / 2, slot_ms[d % 2], e->limits[d], cost, now);
+  return own > wait ? own : wait;
 }
 
 static uint64_t block_wait(const entry_t *e, uint64_t now) {

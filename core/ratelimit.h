@@ -33,8 +33,9 @@
  * Provider state. A sync records, per dimension (requests/tokens x
  * minute/day), the provider's `remaining` and its reset time. Until that
  * reset, the dimension is judged by `remaining` minus what we reserved since
- * the sync, instead of by our own count: the provider also sees other
- * clients of the same key. Partial replenishment before the reset is not
+ * the sync (the provider also sees other clients of the same key) AND by our
+ * own count against the configured limit (an operator may give llmux only
+ * part of a key's budget): both must allow a request. Partial replenishment before the reset is not
  * modelled: we wait for the reset (conservative). A retry-after makes a
  * block; a block only ever grows, and a spend-limit block (Anthropic's 429
  * for a spend limit) keeps its reason until it ends or llmux_rl_unblock.

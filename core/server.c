@@ -111,7 +111,7 @@ static void on_signal(uv_signal_t *h, int signum) {
 static void log_start(const llmux_gateway_t *gw) {
   size_t i, enabled = 0;
   for (i = 0; i < gw->cfg->nproviders; i++) enabled += gw->cfg->providers[i]->enabled != 0;
-  llmux_info("llmux listening on http://%s%s%s:%d (%zu models, %zu of %zu providers enabled)",
+  llmux_log(LLMUX_LOG_INFO | LLMUX_LOG_ALWAYS, "llmux listening on http://%s%s%s:%d (%zu models, %zu of %zu providers enabled)",
              strchr(gw->cfg->server.host, ':') ? "[" : "", gw->cfg->server.host,
              strchr(gw->cfg->server.host, ':') ? "]" : "", gw->http.port, gw->cfg->nmodels,
              enabled, gw->cfg->nproviders);

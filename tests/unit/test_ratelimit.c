@@ -205,19 +205,17 @@ static void openai_headers_rule_requests_and_tokens_per_minute(void **state) {
   llmux_rl_store_destroy(s);
 }
 
-static void fresh_provider_state_wins_over_own_counting(void **state) {
-  llmux_rl_store_t *s = store_with(&groq_70b, 0, 0, 1000, 0);
+static void a_fresh_provider_report_below_our_count_holds_requests(void **state) {
+  llmux_rl_store_t *s = store_with(&groq_70b, 0, 0, 100000, 0);
   llmux_header_t plenty[] = {hdr("x-ratelimit-remaining-tokens", "5000"),
                              hdr("x-ratelimit-reset-tokens", "30s")};
   llmux_header_t none[] = {hdr("x-ratelimit-remaining-tokens", "0"),
                            hdr("x-ratelimit-reset-tokens", "7.66s")};
   uint64_t ra;
   (void)state;
-  reserve_committed(s, &groq_70b, 1000, 0);
-  assert_int_equal(llmux_rl_check(s, &groq_70b, 500, 0, &ra), LLMUX_EAGAIN);
   llmux_rl_sync_headers(s, &groq_70b, LLMUX_RL_STYLE_GROQ, plenty, 2, 1000, WALL);
   assert_int_equal(llmux_rl_check(s, &groq_70b, 500, 1000, &ra), 0);
-  /* ...and what we send after the report is taken off what it said */
+  /* what we send after the report is taken off what it said */
   reserve_committed(s, &groq_70b, 4800, 1000);
   assert_int_equal(llmux_rl_check(s, &groq_70b, 500, 1000, &ra), LLMUX_EAGAIN);
   assert_int_equal(ra, 30000);
@@ -226,6 +224,21 @@ static void fresh_provider_state_wins_over_own_counting(void **state) {
   assert_int_equal(llmux_rl_check(s, &groq_70b, 1, 2 * MIN, &ra), LLMUX_EAGAIN);
   assert_int_equal(ra, 7660);
   assert_int_equal(llmux_rl_check(s, &groq_70b, 1, 2 * MIN + 7660, &ra), 0);
+  llmux_rl_store_destroy(s);
+}
+
+static void a_configured_limit_holds_even_when_the_provider_reports_more(void **state) {
+  llmux_rl_store_t *s = store_with(&groq_70b, 0, 0, 1000, 0);
+  llmux_header_t plenty[] = {hdr("x-ratelimit-remaining-tokens", "5000"),
+                             hdr("x-ratelimit-reset-tokens", "30s")};
+  uint64_t ra;
+  (void)state;
+  reserve_committed(s, &groq_70b, 1000, 0);
+  assert_int_equal(llmux_rl_check(s, &groq_70b, 500, 0, &ra), LLMUX_EAGAIN);
+  llmux_rl_sync_headers(s, &groq_70b, LLMUX_RL_STYLE_GROQ, plenty, 2, 1000, WALL);
+  assert_int_equal(llmux_rl_check(s, &groq_70b, 500, 1000, &ra), LLMUX_EAGAIN);
+  assert_true(ra > 30000);
+  assert_int_equal(llmux_rl_check(s, &groq_70b, 500, MIN + 1000, &ra), 0);
   llmux_rl_store_destroy(s);
 }
 
@@ -613,7 +626,8 @@ int main(void) {
     cmocka_unit_test(a_released_request_gives_its_share_back),
     cmocka_unit_test(the_provider_wide_limit_applies_on_top_of_each_route),
     cmocka_unit_test(openai_headers_rule_requests_and_tokens_per_minute),
-    cmocka_unit_test(fresh_provider_state_wins_over_own_counting),
+    cmocka_unit_test(a_fresh_provider_report_below_our_count_holds_requests),
+    cmocka_unit_test(a_configured_limit_holds_even_when_the_provider_reports_more),
     cmocka_unit_test(a_commit_after_a_newer_report_is_not_counted_twice),
     cmocka_unit_test(groq_request_headers_are_per_day_and_token_headers_per_minute),
     cmocka_unit_test(cerebras_headers_name_their_window_and_reset_in_seconds),
