@@ -38,6 +38,18 @@
  * will close. Caller headers named Content-Length, Transfer-Encoding or
  * Connection are dropped, as are headers whose name or value holds CR or LF.
  * HEAD requests and 204/304 responses send no body bytes.
+ *
+ * Requests the server answers itself (OpenAI-shaped JSON, then close; the
+ * handler never sees them): 400 malformed, bad header name, obs-fold, missing
+ * Host on 1.1, Content-Length with Transfer-Encoding, duplicate or invalid
+ * Content-Length; 501 a transfer-coding other than chunked; 505 not HTTP/1.x;
+ * 431 request line + headers > max_header; 413 body > max_body (from
+ * Content-Length before reading, or while de-chunking); 417 an Expect other
+ * than 100-continue; 408 header or body timeout. `Expect: 100-continue` gets
+ * "100 Continue" once the head passed those checks. Idle keep-alive
+ * connections close silently. Chunked trailers are read and dropped.
+ * Upgrade/CONNECT are parsed as plain requests and the connection closes
+ * after the response.
  */
 #ifndef LLMUX_HTTP_SERVER_H
 #define LLMUX_HTTP_SERVER_H
