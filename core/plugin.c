@@ -111,7 +111,7 @@ static int plugin_open(llmux_plugin_t *p, char *err, size_t errlen) {
     return rc ? rc : LLMUX_EABI;
   }
   if (vt->abi_major != LLMUX_PROVIDER_ABI_MAJOR ||
-      vt->size < offsetof(llmux_provider_t, reserved)) {
+      vt->size < offsetof(llmux_provider_t, explain_error)) {
     snprintf(err, errlen,
              "%s: plugin built for ABI %u.%u (struct size %zu), this llmux speaks ABI %d.%d",
              p->path, vt->abi_major, vt->abi_minor, vt->size, LLMUX_PROVIDER_ABI_MAJOR,

@@ -555,12 +555,20 @@ static void attempt_failed_net(proxy_t *p, int status) {
   llmux_router_report(p->gw->router, p->route->index, LLMUX_OUTCOME_FAILURE, 0, now_ms(p));
   if (reached) llmux_rl_commit(&p->resv, p->resv_tokens, now_ms(p));
   else llmux_rl_release(&p->resv, now_ms(p));
+  llmux_buf_t advice = {0};
+  const llmux_provider_t *vt = p->prov->plugin->vt;
+  /* A plugin may know what to tell the user ("start it with `ollama serve`"). */
+  if (vt->size >= offsetof(llmux_provider_t, explain_error) + sizeof(vt->explain_error) &&
+      vt->explain_error != NULL &&
+      vt->explain_error(p->prov->instance, status, why, &advice) == 0 && advice.len > 0)
+    why = advice.base;
   if (status == LLMUX_ETIMEOUT)
     note_failure(p, 504, "upstream_error", "upstream_timeout", 0, "timed out: %s", why);
   else if (status == LLMUX_EPROTO)
     note_failure(p, 502, "upstream_error", "upstream_garbage", 0, "not HTTP: %s", why);
   else
     note_failure(p, 502, "upstream_error", llmux_err_code(status), 0, "%s", why);
+  llmux_buf_free(&advice);
   failover(p, status == LLMUX_ETIMEOUT || status == LLMUX_ECONNRESET || status == LLMUX_EEOF);
 }
 

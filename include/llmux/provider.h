@@ -32,7 +32,7 @@ extern "C" {
 #endif
 
 #define LLMUX_PROVIDER_ABI_MAJOR 1
-#define LLMUX_PROVIDER_ABI_MINOR 0
+#define LLMUX_PROVIDER_ABI_MINOR 1
 
 /* The symbol the gateway looks up with dlsym(). */
 #define LLMUX_PROVIDER_INIT_SYMBOL "llmux_provider_init"
@@ -235,7 +235,22 @@ typedef struct llmux_provider_s {
   /* Releases txn->data and whatever the plugin kept for this txn. */
   void (*txn_free)(void *instance, llmux_txn_t *txn);
 
-  void *reserved[8];
+  /* ---- ABI 1.1: optional; NULL when the plugin does not offer them ---- */
+
+  /* The provider could not be reached at all (`err` is LLMUX_ECONNREFUSED,
+   * LLMUX_EDNS, LLMUX_ETIMEOUT, ...; `detail` the host's words): append
+   * advice for the user to `out`, e.g. "Ollama is not running at URL:
+   * start it with `ollama serve`". Returns 0, or nonzero for no advice. */
+  int (*explain_error)(void *instance, int err, const char *detail, llmux_buf_t *out);
+
+  /* Listing the provider's own models (`llmux models`): fill txn's method,
+   * path and headers for the request (body parts may stay empty), then
+   * parse the whole 2xx body into model names, each appended to `names`
+   * followed by a NUL byte. */
+  int (*models_request)(void *instance, llmux_txn_t *txn);
+  int (*parse_models)(void *instance, const char *body, size_t len, llmux_buf_t *names);
+
+  void *reserved[5];
 } llmux_provider_t;
 
 /* The entry point: check host->abi_major, keep `host` (valid for the life
