@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs the pure-logic unit tests and the CLI's configuration paths under
+# valgrind's memcheck: any leak or invalid access fails the run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD=${1:-build}
+VG=(valgrind --quiet --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect
+    --track-origins=yes)
+fail=0
+for t in test_base_json_scan test_config test_config_registry test_ratelimit test_router \
+         test_net_tls; do
+  [ -x "$BUILD/tests/$t" ] || continue
+  if "${VG[@]}" "$BUILD/tests/$t" >/dev/null 2>"$BUILD/valgrind-$t.log"; then
+    echo "valgrind: $t clean"
+  else
+    echo "valgrind: $t FAILED"; cat "$BUILD/valgrind-$t.log"; fail=1
+  fi
+done
+for args in "check -c config/llmux.ini" "resolve best-large -c config/llmux.ini"; do
+  # shellcheck disable=SC2086
+  if "${VG[@]}" "$BUILD/llmux" $args >/dev/null 2>"$BUILD/valgrind-cli.log"; then
+    echo "valgrind: llmux $args clean"
+  else
+    echo "valgrind: llmux $args FAILED"; grep -v "warning: provider" "$BUILD/valgrind-cli.log"; fail=1
+  fi
+done
+exit $fail
