@@ -8,7 +8,7 @@ PKGS=(cmake gcc make pkg-config
       libuv1-dev libmbedtls-dev libinih-dev libjansson-dev libcmocka-dev node-llhttp)
 if [ "${1:-}" = "--test" ]; then
   # Tests also need openssl (throwaway CA), and node/npm for the openai client.
-  PKGS+=(openssl ca-certificates)
+  PKGS+=(openssl ca-certificates valgrind)
 fi
 
 missing=()

@@ -16,6 +16,9 @@ cmake --build build -j"$JOBS"
 echo "== tests =="
 ctest --test-dir build --output-on-failure -j"$JOBS" --timeout 300
 
+echo "== valgrind (memcheck) =="
+./scripts/valgrind.sh build
+
 echo "== build (ASan + UBSan) =="
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DLLMUX_SANITIZE=ON >/dev/null
 cmake --build build-asan -j"$JOBS"
