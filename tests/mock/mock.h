@@ -134,6 +134,9 @@ typedef struct mock_call_s {
   int64_t latency_ms;
   int64_t event;             /* next stream event */
   int64_t nevents;
+  int ollama;                /* Ollama's native API (ollama.c answers); tools = count */
+  int anthropic;             /* Anthropic's Messages API (anthropic.c answers) */
+  int anthropic_status;      /* anthropic.c: status of the answer rendered in conn->body */
 } mock_call_t;
 
 struct mock_conn_s {
@@ -199,6 +202,20 @@ void mock_send_body(mock_conn_t *c, int status, const char *ctype, const char *b
                     size_t len);
 void mock_send_error(mock_conn_t *c, int status, const char *type, const char *param,
                      const char *code, const char *msg);
+
+/* ollama.c: Ollama's native /api/chat, /api/embed, /api/tags. route sets
+ * call->endpoint and call->ollama and returns 1 for those paths. */
+int mock_ollama_route(mock_call_t *call, const mock_req_t *r, const char *path, size_t plen);
+int mock_ollama_parse_body(mock_call_t *call, mock_req_t *r, mock_knobs_t *body_knobs);
+void mock_ollama_respond(mock_conn_t *c);
+void mock_ollama_stream_tick(mock_conn_t *c);
+
+/* anthropic.c: Anthropic's POST .../messages. match says whether a request
+ * is one; dispatch takes r like mock_dispatch and sets call->anthropic. */
+int mock_anthropic_match(const mock_req_t *r, const char *path, size_t plen);
+void mock_anthropic_dispatch(mock_conn_t *c, mock_req_t *r);
+void mock_anthropic_respond(mock_conn_t *c);
+void mock_anthropic_stream_tick(mock_conn_t *c);
 
 /* request.c: reads the body fields the answer depends on into call (its
  * endpoint already set) and the "mock" object's knobs; MOCK_BODY_*. */

@@ -687,6 +687,8 @@ static void flush_out(mock_conn_t *c) {
  * the head. */
 void mock_stream_tick(mock_conn_t *c) {
   mock_call_t *call = &c->call;
+  if (call->ollama) { mock_ollama_stream_tick(c); return; }
+  if (call->anthropic) { mock_anthropic_stream_tick(c); return; }
   while (call->event < call->nevents) {
     if (mid_stream_fault(call->fault) && call->event == call->fail_after) {
       flush_out(c);
@@ -745,6 +747,8 @@ static void respond_ok(mock_conn_t *c) {
 }
 
 void mock_respond(mock_conn_t *c) {
+  if (c->call.ollama) { mock_ollama_respond(c); return; }
+  if (c->call.anthropic) { mock_anthropic_respond(c); return; }
   switch (c->call.fault) {
     case MOCK_FAULT_RESET: mock_conn_reset(c); return;
     case MOCK_FAULT_STALL: return; /* the conn stays BUSY until the peer leaves */
@@ -834,9 +838,12 @@ void mock_dispatch(mock_conn_t *c, mock_req_t *r) {
   }
   srv->stats.requests++;
   c->call.created = (uint64_t)time(NULL);
+  if (mock_anthropic_match(r, path, plen)) { mock_anthropic_dispatch(c, r); return; }
   c->call.endpoint = route(r, path, plen, &c->call);
   mock_knobs_unset(&body_knobs);
-  if (c->call.endpoint >= MOCK_EP_CHAT && c->call.endpoint <= MOCK_EP_EMBEDDINGS)
+  if (mock_ollama_route(&c->call, r, path, plen))
+    c->call.body_error = mock_ollama_parse_body(&c->call, r, &body_knobs);
+  else if (c->call.endpoint >= MOCK_EP_CHAT && c->call.endpoint <= MOCK_EP_EMBEDDINGS)
     c->call.body_error = mock_parse_body(&c->call, r, &body_knobs);
   if (c->call.body_error == MOCK_BODY_NOT_JSON) mock_knobs_unset(&body_knobs);
   resolve_knobs(c, &r->knobs, &body_knobs);

@@ -1,0 +1,603 @@
+/* The ollama plugin (build/plugins/ollama.so), loaded as the gateway loads
+ * it and driven through the ABI with the host's own service table:
+ * requests and responses recorded in Ollama's documented format live in
+ * tests/data/ollama/, and each test feeds one in and checks what a client
+ * (or Ollama) would receive. */
+#include <dlfcn.h>
+#include <jansson.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "plugin.h"
+#include "util.h"
+
+#define DATA LLMUX_SOURCE_DIR "/tests/data/ollama/"
+#define PLUGIN LLMUX_BUILD_DIR "/plugins/ollama.so"
+
+static void *dl;
+static const llmux_provider_t *vt;
+static void *inst;
+
+/* ---- fixture ------------------------------------------------------------ */
+
+static const char *cfg_get(const llmux_provider_config_t *cfg, const char *key) {
+  (void)cfg;
+  if (strcmp(key, "keep_alive") == 0) return "10m";
+  if (strcmp(key, "num_ctx") == 0) return "8192";
+  return NULL;
+}
+
+static int group_setup(void **state) {
+  llmux_provider_init_fn init;
+  llmux_provider_config_t cfg;
+  char err[128];
+  (void)state;
+  dl = dlopen(PLUGIN, RTLD_NOW | RTLD_LOCAL);
+  if (dl == NULL) {
+    fprintf(stderr, "test_plugin_ollama: %s not built (build target plugin_ollama): %s\n",
+            PLUGIN, dlerror());
+    return -1;
+  }
+  init = (llmux_provider_init_fn)dlsym(dl, LLMUX_PROVIDER_INIT_SYMBOL);
+  if (init == NULL || init(llmux_host_api(), &vt) != 0) return -1;
+  memset(&cfg, 0, sizeof cfg);
+  cfg.size = sizeof cfg;
+  cfg.name = "ollama";
+  cfg.base_url = "http://127.0.0.1:11434";
+  cfg.base_path = "";
+  cfg.get = cfg_get;
+  return vt->create(&cfg, &inst, err, sizeof err);
+}
+
+static int group_teardown(void **state) {
+  (void)state;
+  if (vt && inst) vt->destroy(inst);
+  if (dl) dlclose(dl);
+  return 0;
+}
+
+static char *slurp(const char *name, size_t *len) {
+  char path[512];
+  FILE *f;
+  char *buf;
+  long n;
+  snprintf(path, sizeof path, DATA "%s", name);
+  f = fopen(path, "rb");
+  assert_non_null(f);
+  fseek(f, 0, SEEK_END);
+  n = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  buf = malloc((size_t)n + 1);
+  assert_non_null(buf);
+  assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
+  buf[n] = '\0';
+  fclose(f);
+  if (len) *len = (size_t)n;
+  return buf;
+}
+
+/* One attempt: the host's txn with an emit that collects the client's bytes. */
+typedef struct {
+  llmux_host_txn_t ht;
+  llmux_buf_t client;
+  char *body;
+} attempt_t;
+
+static int collect(void *owner, const char *data, size_t len) {
+  return llmux_buf_append(&((attempt_t *)owner)->client, data, len);
+}
+
+static void attempt_start(attempt_t *a, llmux_endpoint_t ep, const char *body_file, int stream) {
+  size_t len;
+  memset(a, 0, sizeof *a);
+  a->body = slurp(body_file, &len);
+  a->ht.owner = a;
+  a->ht.emit = collect;
+  llmux_host_txn_clear_out(&a->ht);
+  a->ht.txn.size = sizeof a->ht.txn;
+  a->ht.txn.endpoint = ep;
+  a->ht.txn.body = (llmux_str_t){a->body, len};
+  a->ht.txn.stream = stream;
+  a->ht.txn.canonical_model = "llama-3.1-8b";
+  a->ht.txn.provider_model = ep == LLMUX_ENDPOINT_EMBEDDINGS ? "nomic-embed-text" : "llama3.1";
+  assert_int_equal(vt->translate_request(inst, &a->ht.txn), 0);
+  a->ht.txn.status = 200;
+}
+
+static void attempt_end(attempt_t *a) {
+  vt->txn_free(inst, &a->ht.txn);
+  assert_null(a->ht.txn.data);
+  llmux_host_txn_free(&a->ht);
+  llmux_buf_free(&a->client);
+  free(a->body);
+}
+
+/* The upstream body the plugin built, parsed. */
+static json_t *upstream_json(const attempt_t *a) {
+  const llmux_txn_t *t = &a->ht.txn;
+  json_error_t e;
+  json_t *j;
+  assert_int_equal(t->nbody_parts, 1);
+  j = json_loadb(t->body_parts[0].base, t->body_parts[0].len, 0, &e);
+  assert_non_null(j);
+  return j;
+}
+
+static void assert_json_file(const json_t *got, const char *file) {
+  json_t *want;
+  char path[512];
+  snprintf(path, sizeof path, DATA "%s", file);
+  want = json_load_file(path, 0, NULL);
+  assert_non_null(want);
+  if (!json_equal(got, want)) {
+    char *g = json_dumps(got, JSON_COMPACT | JSON_SORT_KEYS);
+    fprintf(stderr, "got:  %s\n", g);
+    free(g);
+    fail_msg("the upstream body differs from %s", file);
+  }
+  json_decref(want);
+}
+
+/* Feeds a recorded body to parse_response `step` bytes at a time. */
+static int feed_file(attempt_t *a, const char *file, size_t step) {
+  size_t len, off;
+  char *data = slurp(file, &len);
+  int rc = 0;
+  for (off = 0; off < len && rc == 0; off += step) {
+    size_t n = len - off < step ? len - off : step;
+    rc = vt->parse_response(inst, &a->ht.txn, data + off, n, 0);
+  }
+  if (rc == 0) rc = vt->parse_response(inst, &a->ht.txn, NULL, 0, 1);
+  free(data);
+  return rc;
+}
+
+/* The client's SSE frames as JSON (NULL for [DONE]); returns the count. */
+static size_t sse_frames(const llmux_buf_t *b, json_t **out, size_t max) {
+  size_t n = 0;
+  const char *p = b->base, *end = b->base + b->len;
+  while (p < end) {
+    const char *sep = strstr(p, "\n\n");
+    assert_non_null(sep);
+    assert_memory_equal(p, "data: ", 6);
+    assert_true(n < max);
+    if ((size_t)(sep - p) == 12 && memcmp(p + 6, "[DONE]", 6) == 0) out[n++] = NULL;
+    else {
+      out[n] = json_loadb(p + 6, (size_t)(sep - p - 6), 0, NULL);
+      assert_non_null(out[n]);
+      n++;
+    }
+    p = sep + 2;
+  }
+  return n;
+}
+
+static void free_frames(json_t **f, size_t n) {
+  size_t i;
+  for (i = 0; i < n; i++) json_decref(f[i]);
+}
+
+static const json_t *delta_of(const json_t *chunk) {
+  return json_object_get(json_array_get(json_object_get(chunk, "choices"), 0), "delta");
+}
+
+static const char *finish_of(const json_t *chunk) {
+  return json_string_value(
+      json_object_get(json_array_get(json_object_get(chunk, "choices"), 0), "finish_reason"));
+}
+
+/* ---- requests ------------------------------------------------------------ */
+
+static void chat_request_maps_messages_options_tools_images_and_format(void **state) {
+  attempt_t a;
+  json_t *up;
+  (void)state;
+  attempt_start(&a, LLMUX_ENDPOINT_CHAT, "chat_request.json", 1);
+  assert_string_equal(a.ht.txn.path.base, "/api/chat");
+  assert_null(a.ht.txn.method);
+  assert_int_equal(a.ht.txn.headers.len, 0); /* no key: no Authorization */
+  up = upstream_json(&a);
+  assert_json_file(up, "chat_request.expected.json");
+  json_decref(up);
+  attempt_end(&a);
+}
+
+static void json_schema_becomes_format_and_tool_choice_none_drops_tools(void **state) {
+  attempt_t a;
+  json_t *up;
+  (void)state;
+  attempt_start(&a, LLMUX_ENDPOINT_CHAT, "schema_request.json", 0);
+  up = upstream_json(&a);
+  assert_json_file(up, "schema_request.expected.json");
+  json_decref(up);
+  attempt_end(&a);
+}
+
+static void embeddings_request_goes_to_api_embed(void **state) {
+  attempt_t a;
+  json_t *up;
+  (void)state;
+  attempt_start(&a, LLMUX_ENDPOINT_EMBEDDINGS, "embed_request.json", 0);
+  assert_string_equal(a.ht.txn.path.base, "/api/embed");
+  up = upstream_json(&a);
+  assert_json_file(up, "embed_request.expected.json");
+  json_decref(up);
+  attempt_end(&a);
+}
+
+static void retranslation_is_idempotent(void **state) {
+  attempt_t a;
+  char *first;
+  (void)state;
+  attempt_start(&a, LLMUX_ENDPOINT_CHAT, "chat_request.json", 1);
+  first = strndup(a.ht.txn.body_parts[0].base, a.ht.txn.body_parts[0].len);
+  llmux_host_txn_clear_out(&a.ht);
+  a.ht.txn.attempt = 1;
+  assert_int_equal(vt->translate_request(inst, &a.ht.txn), 0);
+  assert_int_equal(a.ht.txn.body_parts[0].len, strlen(first));
+  assert_memory_equal(a.ht.txn.body_parts[0].base, first, strlen(first));
+  assert_string_equal(a.ht.txn.path.base, "/api/chat");
+  free(first);
+  attempt_end(&a);
+}
+
+static void image_urls_that_are_not_data_urls_are_refused(void **state) {
+  static const char body[] =
+      "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\","
+      "\"image_url\":{\"url\":\"https://example.com/cat.png\"}}]}]}";
+  llmux_host_txn_t ht;
+  (void)state;
+  memset(&ht, 0, sizeof ht);
+  ht.txn.endpoint = LLMUX_ENDPOINT_CHAT;
+  ht.txn.body = (llmux_str_t){body, sizeof body - 1};
+  ht.txn.provider_model = "llava";
+  assert_int_equal(vt->translate_request(inst, &ht.txn), LLMUX_EINVAL);
+  vt->txn_free(inst, &ht.txn);
+  llmux_host_txn_free(&ht);
+}
+
+/* ---- streamed chat -------------------------------------------------------- */
+
+static void stream_fed_one_byte_at_a_time_becomes_chunks_then_done(void **state) {
+  attempt_t a;
+  json_t *f[16];
+  size_t n, i;
+  llmux_buf_t text = {0};
+  (void)state;
+  attempt_start(&a, LLMUX_ENDPOINT_CHAT, "chat_request.json", 1); /* include_usage */
+  assert_int_equal(feed_file(&a, "chat_stream.ndjson", 1), 0);
+  n = sse_frames(&a.client, f, 16);
+  /* role, 3 contents, finish, usage, [DONE] */
+  assert_int_equal(n, 7);
+  assert_string_equal(json_string_value(json_object_get(delta_of(f[0]), "role")), "assistant");
+  for (i = 0; i + 1 < n; i++) {
+    assert_string_equal(json_string_value(json_object_get(f[i], "object")),
+                        "chat.completion.chunk");
+    assert_string_equal(json_string_value(json_object_get(f[i], "model")), "llama3.1");
+    /* created_at 2024-08-07T03:57:33Z of the first line */
+    assert_int_equal(json_integer_value(json_object_get(f[i], "created")), 1723003053);
+    assert_string_equal(json_string_value(json_object_get(f[i], "id")),
+                        json_string_value(json_object_get(f[0], "id")));
+  }
+  for (i = 1; i <= 3; i++) {
+    assert_null(finish_of(f[i]));
+    llmux_buf_appends(&text, json_string_value(json_object_get(delta_of(f[i]), "content")));
+  }
+  assert_string_equal(text.base, "Hello! \"Bonjour\"\n\xc3\xa9 \xe2\x9c\x93");
+  assert_string_equal(finish_of(f[4]), "stop");
+  assert_int_equal(json_array_size(json_object_get(f[5], "choices")), 0);
+  assert_int_equal(json_integer_value(json_object_get(json_object_get(f[5], "usage"),
+                                                      "prompt_tokens")), 10);
+  assert_int_equal(json_integer_value(json_object_get(json_object_get(f[5], "usage"),
+                                                      "completion_tokens")), 17);
+  assert_null(f[6]);
+  assert_int_equal(a.ht.txn.usage.prompt_tokens, 10);
+  assert_int_equal(a.ht.txn.usage.completion_tokens, 17);
+  assert_string_equal(a.ht.txn.served_model.base, "llama3.1");
+  free_frames(f, n);
+  llmux_buf_free(&text);
+  attempt_end(&a);
+}
+
+/* The ids of one run of the tools stream, for comparing runs. */
+static void run_tools_stream(size_t step, char ids[3][64]) {
+  attempt_t a;
+  json_t *f[16];
+  size_t n, i;
+  attempt_start(&a, LLMUX_ENDPOINT_CHAT, "schema_request.json", 1);
+  assert_int_equal(feed_file(&a, "chat_tools_stream.ndjson", step), 0);
+  n = sse_frames(&a.client, f, 16);
+  assert_int_equal(n, 6); /* role, 3 tool calls, finish, [DONE] (no usage asked) */
+  for (i = 0; i < 3; i++) {
+    const json_t *tc = json_array_get(json_object_get(delta_of(f[i + 1]), "tool_calls"), 0);
+    const char *id = json_string_value(json_object_get(tc, "id"));
+    const char *args = json_string_value(
+        json_object_get(json_object_get(tc, "function"), "arguments"));
+    json_t *parsed = json_loads(args, 0, NULL);
+    assert_int_equal(json_integer_value(json_object_get(tc, "index")), (json_int_t)i);
+    assert_string_equal(json_string_value(json_object_get(tc, "type")), "function");
+    assert_non_null(id);
+    assert_memory_equal(id, "call_", 5);
+    assert_true(json_is_object(parsed)); /* arguments: a string holding a JSON object */
+    snprintf(ids[i], 64, "%s", id);
+    json_decref(parsed);
+  }
+  assert_string_equal(
+      json_string_value(json_object_get(json_object_get(
+          json_array_get(json_object_get(delta_of(f[2]), "tool_calls"), 0), "function"), "arguments")),
+      "{\"city\":\"Lyon\",\"units\":\"celsius\"}");
+  assert_string_equal(finish_of(f[4]), "tool_calls");
+  assert_null(f[5]);
+  free_frames(f, n);
+  attempt_end(&a);
+}
+
+static void streamed_tool_calls_keep_their_indexes_and_get_stable_ids(void **state) {
+  char one[3][64], two[3][64];
+  (void)state;
+  run_tools_stream(1, one);
+  run_tools_stream(7, two);
+  assert_string_not_equal(one[0], one[1]);
+  assert_string_not_equal(one[1], one[2]);
+  assert_string_not_equal(one[0], one[2]);
+  assert_string_equal(one[0], two[0]); /* same request, same ids */
+  assert_string_equal(one[2], two[2]);
+}
+
+static void error_line_mid_stream_becomes_an_sse_error_event(void **state) {
+  attempt_t a;
+  json_t *f[8];
+  size_t n;
+  const char *msg;
+  (void)state;
+  attempt_start(&a, LLMUX_ENDPOINT_CHAT, "schema_request.json", 1);
+  assert_int_equal(feed_file(&a, "chat_error_mid_stream.ndjson", 3), 0);
+  n = sse_frames(&a.client, f, 8);
+  assert_int_equal(n, 3); /* role, "Once", error; no [DONE] */
+  assert_string_equal(json_string_value(json_object_get(delta_of(f[1]), "content")), "Once");
+  msg = json_string_value(json_object_get(json_object_get(f[2], "error"), "message"));
+  assert_non_null(msg);
+  assert_non_null(strstr(msg, "llama runner process has terminated"));
+  free_frames(f, n);
+  attempt_end(&a);
+}
+
+static void stream_cut_before_done_ends_with_an_error_event(void **state) {
+  static const char part[] =
+      "{\"model\":\"llama3.1\",\"created_at\":\"2025-01-02T10:00:00Z\",\"message\":"
+      "{\"role\":\"assistant\",\"content\":\"Hi\"},\"done\":false}\n{\"model\":\"lla";
+  attempt_t a;
+  json_t *f[8];
+  size_t n;
+  (void)state;
+  attempt_start(&a, LLMUX_ENDPOINT_CHAT, "schema_request.json", 1);
+  assert_int_equal(vt->parse_response(inst, &a.ht.txn, part, sizeof part - 1, 0), 0);
+  assert_int_not_equal(vt->parse_response(inst, &a.ht.txn, NULL, 0, 1), 0);
+  n = sse_frames(&a.client, f, 8);
+  assert_int_equal(n, 3);
+  assert_non_null(json_object_get(f[2], "error"));
+  free_frames(f, n);
+  attempt_end(&a);
+}
+
+static void garbage_line_is_refused(void **state) {
+  attempt_t a;
+  (void)state;
+  attempt_start(&a, LLMUX_ENDPOINT_CHAT, "schema_request.json", 1);
+  assert_int_equal(vt->parse_response(inst, &a.ht.txn, "<html>oops</html>\n", 18, 0),
+                   LLMUX_EUPSTREAM);
+  attempt_end(&a);
+}
+
+/* ---- plain chat and embeddings -------------------------------------------- */
+
+static json_t *client_json(const attempt_t *a) {
+  json_t *j = json_loadb(a->client.base, a->client.len, 0, NULL);
+  assert_non_null(j);
+  return j;
+}
+
+static void plain_answer_with_tool_calls_becomes_a_chat_completion(void **state) {
+  attempt_t a;
+  json_t *r;
+  const json_t *choice, *msg, *calls, *usage;
+  (void)state;
+  attempt_start(&a, LLMUX_ENDPOINT_CHAT, "schema_request.json", 0);
+  assert_int_equal(feed_file(&a, "chat_tools.json", 5), 0);
+  r = client_json(&a);
+  choice = json_array_get(json_object_get(r, "choices"), 0);
+  msg = json_object_get(choice, "message");
+  calls = json_object_get(msg, "tool_calls");
+  usage = json_object_get(r, "usage");
+  assert_string_equal(json_string_value(json_object_get(r, "object")), "chat.completion");
+  assert_string_equal(json_string_value(json_object_get(choice, "finish_reason")), "tool_calls");
+  assert_true(json_is_null(json_object_get(msg, "content")));
+  assert_int_equal(json_array_size(calls), 2);
+  assert_string_equal(json_string_value(json_object_get(
+                          json_object_get(json_array_get(calls, 1), "function"), "arguments")),
+                      "{\"tz\":\"Europe/Paris\"}");
+  assert_string_not_equal(json_string_value(json_object_get(json_array_get(calls, 0), "id")),
+                          json_string_value(json_object_get(json_array_get(calls, 1), "id")));
+  assert_int_equal(json_integer_value(json_object_get(usage, "prompt_tokens")), 122);
+  assert_int_equal(json_integer_value(json_object_get(usage, "completion_tokens")), 33);
+  assert_int_equal(json_integer_value(json_object_get(usage, "total_tokens")), 155);
+  json_decref(r);
+  attempt_end(&a);
+}
+
+static void done_reason_length_becomes_finish_length(void **state) {
+  attempt_t a;
+  json_t *r;
+  const json_t *choice;
+  (void)state;
+  attempt_start(&a, LLMUX_ENDPOINT_CHAT, "schema_request.json", 0);
+  assert_int_equal(feed_file(&a, "chat_length.json", 1000), 0);
+  r = client_json(&a);
+  choice = json_array_get(json_object_get(r, "choices"), 0);
+  assert_string_equal(json_string_value(json_object_get(choice, "finish_reason")), "length");
+  assert_string_equal(json_string_value(json_object_get(json_object_get(choice, "message"),
+                                                        "content")), "The sky is");
+  json_decref(r);
+  attempt_end(&a);
+}
+
+static void embeddings_become_an_openai_list(void **state) {
+  attempt_t a;
+  json_t *r;
+  const json_t *data;
+  (void)state;
+  attempt_start(&a, LLMUX_ENDPOINT_EMBEDDINGS, "embed_request.json", 0);
+  assert_int_equal(feed_file(&a, "embed_response.json", 11), 0);
+  r = client_json(&a);
+  data = json_object_get(r, "data");
+  assert_string_equal(json_string_value(json_object_get(r, "object")), "list");
+  assert_int_equal(json_array_size(data), 2);
+  assert_int_equal(json_integer_value(json_object_get(json_array_get(data, 1), "index")), 1);
+  assert_true(json_real_value(json_array_get(
+                  json_object_get(json_array_get(data, 0), "embedding"), 1)) == -0.25);
+  assert_int_equal(json_integer_value(json_object_get(json_object_get(r, "usage"),
+                                                      "prompt_tokens")), 8);
+  assert_string_equal(json_string_value(json_object_get(r, "model")), "nomic-embed-text");
+  json_decref(r);
+  attempt_end(&a);
+}
+
+static void embeddings_in_base64_are_little_endian_float32(void **state) {
+  static const char body[] = "{\"model\":\"e\",\"input\":\"x\",\"encoding_format\":\"base64\"}";
+  static const char resp[] = "{\"model\":\"e\",\"embeddings\":[[0.5,-0.25,1,0]]}";
+  llmux_host_txn_t ht;
+  attempt_t a;
+  json_t *r;
+  (void)state;
+  memset(&a, 0, sizeof a);
+  memset(&ht, 0, sizeof ht);
+  ht.owner = &a;
+  ht.emit = collect;
+  ht.txn.endpoint = LLMUX_ENDPOINT_EMBEDDINGS;
+  ht.txn.body = (llmux_str_t){body, sizeof body - 1};
+  ht.txn.provider_model = "e";
+  assert_int_equal(vt->translate_request(inst, &ht.txn), 0);
+  assert_int_equal(vt->parse_response(inst, &ht.txn, resp, sizeof resp - 1, 1), 0);
+  r = json_loadb(a.client.base, a.client.len, 0, NULL);
+  assert_non_null(r);
+  /* 0.5 = 00 00 00 3f, -0.25 = 00 00 80 be, 1 = 00 00 80 3f, 0 */
+  assert_string_equal(json_string_value(json_object_get(json_array_get(
+                          json_object_get(r, "data"), 0), "embedding")),
+                      "AAAAPwAAgL4AAIA/AAAAAA==");
+  json_decref(r);
+  vt->txn_free(inst, &ht.txn);
+  llmux_host_txn_free(&ht);
+  llmux_buf_free(&a.client);
+}
+
+/* ---- errors and model listing -------------------------------------------- */
+
+static void unknown_model_says_to_pull_it(void **state) {
+  llmux_txn_t txn;
+  llmux_error_info_t e;
+  size_t len;
+  char *body = slurp("error_model_not_found.json", &len);
+  (void)state;
+  memset(&txn, 0, sizeof txn);
+  memset(&e, 0, sizeof e);
+  txn.status = 404;
+  txn.provider_model = "llama9";
+  assert_int_equal(vt->classify_error(inst, &txn, body, len, &e), 0);
+  assert_int_equal(e.cls, LLMUX_FAIL_MODEL_NOT_FOUND);
+  assert_true(e.retry_elsewhere);
+  assert_string_equal(e.message.base, "model 'llama9' is not pulled: run `ollama pull llama9`");
+  llmux_buf_free(&e.message);
+  free(body);
+}
+
+static void other_errors_are_classified_for_the_router(void **state) {
+  static const struct { int status; const char *body; llmux_fail_class_t cls; int elsewhere, same; }
+  cases[] = {
+    {503, "{\"error\":\"server busy, please try again.\"}", LLMUX_FAIL_OVERLOADED, 1, 1},
+    {500, "{\"error\":\"llama runner process has terminated\"}", LLMUX_FAIL_SERVER, 1, 1},
+    {500, "{\"error\":\"model requires more system memory (9 GiB) than is available\"}",
+     LLMUX_FAIL_SERVER, 1, 0},
+    {400, "{\"error\":\"registry.ollama.ai/library/gemma:2b does not support tools\"}",
+     LLMUX_FAIL_BAD_REQUEST, 1, 0},
+    {400, "{\"error\":\"invalid options\"}", LLMUX_FAIL_BAD_REQUEST, 0, 0},
+    {401, "{\"error\":\"unauthorized\"}", LLMUX_FAIL_AUTH, 1, 0},
+  };
+  size_t i;
+  (void)state;
+  for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    llmux_txn_t txn;
+    llmux_error_info_t e;
+    memset(&txn, 0, sizeof txn);
+    memset(&e, 0, sizeof e);
+    txn.status = cases[i].status;
+    txn.provider_model = "m";
+    vt->classify_error(inst, &txn, cases[i].body, strlen(cases[i].body), &e);
+    assert_int_equal(e.cls, cases[i].cls);
+    assert_int_equal(e.retry_elsewhere, cases[i].elsewhere);
+    assert_int_equal(e.retry_same, cases[i].same);
+    assert_non_null(e.message.base);
+    assert_null(strchr(e.message.base, '{')); /* Ollama's words, not its JSON */
+    llmux_buf_free(&e.message);
+  }
+}
+
+static void connection_refused_says_to_start_ollama(void **state) {
+  llmux_buf_t out = {0};
+  (void)state;
+  assert_int_equal(vt->explain_error(inst, LLMUX_ECONNREFUSED, "connection refused", &out), 0);
+  assert_string_equal(out.base, "Ollama is not running at http://127.0.0.1:11434: start it "
+                                "with `ollama serve`");
+  out.len = 0;
+  assert_int_not_equal(vt->explain_error(inst, LLMUX_ETLS, "tls", &out), 0);
+  assert_int_equal(out.len, 0);
+  llmux_buf_free(&out);
+}
+
+static void models_are_listed_from_api_tags(void **state) {
+  llmux_host_txn_t ht;
+  llmux_buf_t names = {0};
+  size_t len;
+  char *body = slurp("tags.json", &len);
+  static const char want[] = "llama3.1:latest\0nomic-embed-text:latest";
+  (void)state;
+  memset(&ht, 0, sizeof ht);
+  assert_int_equal(vt->models_request(inst, &ht.txn), 0);
+  assert_string_equal(ht.txn.method, "GET");
+  assert_string_equal(ht.txn.path.base, "/api/tags");
+  assert_int_equal(vt->parse_models(inst, body, len, &names), 0);
+  assert_int_equal(names.len, sizeof want);
+  assert_memory_equal(names.base, want, sizeof want);
+  assert_int_not_equal(vt->parse_models(inst, "[]", 2, &names), 0);
+  llmux_host_txn_free(&ht);
+  llmux_buf_free(&names);
+  free(body);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+    cmocka_unit_test(chat_request_maps_messages_options_tools_images_and_format),
+    cmocka_unit_test(json_schema_becomes_format_and_tool_choice_none_drops_tools),
+    cmocka_unit_test(embeddings_request_goes_to_api_embed),
+    cmocka_unit_test(retranslation_is_idempotent),
+    cmocka_unit_test(image_urls_that_are_not_data_urls_are_refused),
+    cmocka_unit_test(stream_fed_one_byte_at_a_time_becomes_chunks_then_done),
+    cmocka_unit_test(streamed_tool_calls_keep_their_indexes_and_get_stable_ids),
+    cmocka_unit_test(error_line_mid_stream_becomes_an_sse_error_event),
+    cmocka_unit_test(stream_cut_before_done_ends_with_an_error_event),
+    cmocka_unit_test(garbage_line_is_refused),
+    cmocka_unit_test(plain_answer_with_tool_calls_becomes_a_chat_completion),
+    cmocka_unit_test(done_reason_length_becomes_finish_length),
+    cmocka_unit_test(embeddings_become_an_openai_list),
+    cmocka_unit_test(embeddings_in_base64_are_little_endian_float32),
+    cmocka_unit_test(unknown_model_says_to_pull_it),
+    cmocka_unit_test(other_errors_are_classified_for_the_router),
+    cmocka_unit_test(connection_refused_says_to_start_ollama),
+    cmocka_unit_test(models_are_listed_from_api_tags),
+  };
+  return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
