@@ -734,43 +734,53 @@ static void resolve_knobs(mock_conn_t *c, const mock_knobs_t *h) {
   else call->tokens = tokens;
 }
 
+/* Anthropic's checks, in its order: 0, or the status with its message in
+ * msg. Reads stream and max_tokens into call on success. */
+static int validate(mock_call_t *call, const mock_req_t *r, json_t *body, llmux_buf_t *msg) {
+  check_t k = {msg, json_array()};
+  int status = 0;
+  if (req_header(r, "x-api-key") == NULL) {
+    status = 401;
+    ap_s(msg, "x-api-key header is required");
+  } else if (req_header(r, "anthropic-version") == NULL) {
+    status = 400;
+    ap_s(msg, "anthropic-version: header is required");
+  } else if (!json_is_object(body)) {
+    status = 400;
+    ap_s(msg, "There was an issue with the request body: the body must be a JSON object.");
+  } else if (check_body(&k, body) != 0) {
+    status = 400;
+  } else {
+    call->stream = json_is_true(json_object_get(body, "stream"));
+    call->tokens = json_integer_value(json_object_get(body, "max_tokens"));
+    llmux_buf_appends(&call->model, json_string_value(json_object_get(body, "model")));
+  }
+  json_decref(k.tool_ids);
+  return status;
+}
+
+static void render_error(llmux_buf_t *out, int status, const char *msg) {
+  json_t *e = json_pack("{s:s, s:{s:s, s:s}, s:s}", "type", "error", "error", "type",
+                        status == 401 ? "authentication_error" : "invalid_request_error",
+                        "message", msg, "request_id", "req_mock");
+  ap_json(out, e);
+  json_decref(e);
+}
+
 /* Validates and renders the answer into c->body (status in
  * call->anthropic_status). */
 static void prepare(mock_conn_t *c, mock_req_t *r, const char *stream_error) {
   mock_call_t *call = &c->call;
   llmux_buf_t msg = {0};
-  check_t k = {&msg, json_array()};
   json_t *body = json_loadb(r->body.base ? r->body.base : "", r->body.len, 0, NULL);
   plan_t p;
-  call->anthropic_status = 200;
-  if (req_header(r, "x-api-key") == NULL) {
-    call->anthropic_status = 401;
-    ap_s(&msg, "x-api-key header is required");
-  } else if (req_header(r, "anthropic-version") == NULL) {
-    call->anthropic_status = 400;
-    ap_s(&msg, "anthropic-version: header is required");
-  } else if (!json_is_object(body)) {
-    call->anthropic_status = 400;
-    ap_s(&msg, "There was an issue with the request body: the body must be a JSON object.");
-  } else if (check_body(&k, body) != 0) {
-    call->anthropic_status = 400;
-  }
-  if (call->anthropic_status == 200) {
-    const char *model = json_string_value(json_object_get(body, "model"));
-    call->stream = json_is_true(json_object_get(body, "stream"));
-    call->tokens = json_integer_value(json_object_get(body, "max_tokens"));
-    llmux_buf_appends(&call->model, model);
-  }
+  int status = validate(call, r, body, &msg);
   resolve_knobs(c, &r->knobs);
   call->prompt_tokens = r->body.len / 4 + 1;
+  call->anthropic_status = status ? status : 200;
   c->body.len = 0;
-  if (call->anthropic_status != 200) {
-    json_t *e = json_pack("{s:s, s:{s:s, s:s}, s:s}", "type", "error", "error", "type",
-                          call->anthropic_status == 401 ? "authentication_error"
-                                                   : "invalid_request_error",
-                          "message", msg.base, "request_id", "req_mock");
-    ap_json(&c->body, e);
-    json_decref(e);
+  if (status != 0) {
+    render_error(&c->body, status, msg.base);
   } else {
     memset(&p, 0, sizeof p);
     p.c = c;
@@ -780,12 +790,10 @@ static void prepare(mock_conn_t *c, mock_req_t *r, const char *stream_error) {
     if (call->stream) render_stream(&p, &c->body);
     else render_plain(&p, &c->body);
     if (call->stream && stream_error)
-      cut_with_error(&c->body, call->fail_after >= 0 ? call->fail_after
-                                                             : DEFAULT_FAIL_AFTER,
+      cut_with_error(&c->body, call->fail_after >= 0 ? call->fail_after : DEFAULT_FAIL_AFTER,
                      stream_error);
     json_decref(p.calls);
   }
-  json_decref(k.tool_ids);
   json_decref(body);
   llmux_buf_free(&msg);
 }

@@ -1,0 +1,561 @@
+#define _GNU_SOURCE /* memmem */
+/* The anthropic plugin, loaded from build/plugins/anthropic.so through the
+ * host's own loader and host table: recorded OpenAI requests must become
+ * the recorded Messages requests, recorded Anthropic answers (plain and
+ * streamed, whole or one byte at a time) the recorded OpenAI answers, and
+ * Anthropic's errors the right classes for the router. Data files live in
+ * tests/data/anthropic/ (see its README). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <jansson.h>
+
+#include "plugin.h"
+#include "util.h"
+
+#define DATA LLMUX_TEST_DATA "/anthropic/"
+#define PROVIDER_MODEL "claude-3-5-sonnet-20241022"
+
+typedef struct {
+  llmux_plugins_t set;
+  const llmux_provider_t *vt;
+  void *inst;
+} fixture_t;
+
+/* ---- fixtures ---- */
+
+typedef struct {
+  const char *version;
+  const char *max_tokens;
+  const char *api_key;
+} conf_t;
+
+static const char *conf_get(const llmux_provider_config_t *cfg, const char *key) {
+  const conf_t *c = (const conf_t *)cfg->reserved[0];
+  if (strcmp(key, "anthropic_version") == 0) return c->version ? c->version : "2023-06-01";
+  if (strcmp(key, "default_max_tokens") == 0) return c->max_tokens ? c->max_tokens : "4096";
+  return NULL;
+}
+
+static int create_with(fixture_t *f, const conf_t *c, void **inst, char *err, size_t errlen) {
+  llmux_provider_config_t cfg;
+  memset(&cfg, 0, sizeof cfg);
+  cfg.size = sizeof cfg;
+  cfg.name = "anthropic";
+  cfg.base_url = "https://api.anthropic.com/v1";
+  cfg.base_path = "/v1";
+  cfg.api_key = c->api_key;
+  cfg.get = conf_get;
+  cfg.reserved[0] = (void *)c;
+  return f->vt->create(&cfg, inst, err, errlen);
+}
+
+static int setup(void **state) {
+  fixture_t *f = calloc(1, sizeof *f);
+  conf_t c = {NULL, NULL, "sk-ant-test-key"};
+  char err[512] = "";
+  llmux_plugin_t *pl;
+  llmux_plugins_init(&f->set, LLMUX_BUILD_DIR "/plugins");
+  pl = llmux_plugins_get(&f->set, "anthropic", err, sizeof err);
+  if (pl == NULL) {
+    fprintf(stderr, "cannot load the anthropic plugin (build target plugin_anthropic): %s\n",
+            err);
+    llmux_plugins_free(&f->set);
+    free(f);
+    return -1;
+  }
+  f->vt = pl->vt;
+  if (create_with(f, &c, &f->inst, err, sizeof err) != 0) return -1;
+  *state = f;
+  return 0;
+}
+
+static int teardown(void **state) {
+  fixture_t *f = *state;
+  f->vt->destroy(f->inst);
+  llmux_plugins_free(&f->set);
+  free(f);
+  return 0;
+}
+
+/* ---- one request through the plugin ---- */
+
+typedef struct {
+  llmux_host_txn_t ht;
+  llmux_buf_t req;  /* the client's body */
+  llmux_buf_t out;  /* what the client got */
+  llmux_header_t resp_headers[4];
+} run_t;
+
+static int capture(void *owner, const char *data, size_t len) {
+  return llmux_buf_append(&((run_t *)owner)->out, data, len);
+}
+
+static void read_file(const char *name, llmux_buf_t *b) {
+  char path[512];
+  char chunk[4096];
+  size_t n;
+  FILE *fp;
+  snprintf(path, sizeof path, DATA "%s", name);
+  fp = fopen(path, "rb");
+  if (fp == NULL) fail_msg("cannot open %s", path);
+  while ((n = fread(chunk, 1, sizeof chunk, fp)) > 0) assert_int_equal(llmux_buf_append(b, chunk, n), 0);
+  fclose(fp);
+}
+
+static json_t *load_json(const char *name) {
+  llmux_buf_t b = {0};
+  json_error_t e;
+  json_t *j;
+  read_file(name, &b);
+  j = json_loadb(b.base, b.len, 0, &e);
+  if (j == NULL) fail_msg("%s: %s at line %d", name, e.text, e.line);
+  llmux_buf_free(&b);
+  return j;
+}
+
+static void run_start(run_t *r, const char *body, int stream) {
+  memset(r, 0, sizeof *r);
+  assert_int_equal(llmux_buf_appends(&r->req, body), 0);
+  r->ht.owner = r;
+  r->ht.emit = capture;
+  r->ht.txn.size = sizeof r->ht.txn;
+  r->ht.txn.endpoint = LLMUX_ENDPOINT_CHAT;
+  r->ht.txn.body = (llmux_str_t){r->req.base, r->req.len};
+  r->ht.txn.stream = stream;
+  r->ht.txn.canonical_model = "claude-3.5-sonnet";
+  r->ht.txn.provider_model = PROVIDER_MODEL;
+  llmux_host_txn_clear_out(&r->ht);
+}
+
+static void run_start_file(run_t *r, const char *name, int stream) {
+  llmux_buf_t b = {0};
+  read_file(name, &b);
+  run_start(r, b.base, stream);
+  llmux_buf_free(&b);
+}
+
+static int translate(fixture_t *f, run_t *r) {
+  llmux_host_txn_clear_out(&r->ht);
+  return f->vt->translate_request(f->inst, &r->ht.txn);
+}
+
+static void run_end(fixture_t *f, run_t *r) {
+  f->vt->txn_free(f->inst, &r->ht.txn);
+  assert_null(r->ht.txn.data);
+  llmux_host_txn_free(&r->ht);
+  llmux_buf_free(&r->req);
+  llmux_buf_free(&r->out);
+}
+
+static json_t *sent_body(run_t *r) {
+  llmux_txn_t *t = &r->ht.txn;
+  json_error_t e;
+  json_t *j;
+  assert_int_equal(t->nbody_parts, 1);
+  j = json_loadb(t->body_parts[0].base, t->body_parts[0].len, 0, &e);
+  if (j == NULL) fail_msg("the plugin sent invalid JSON: %s", e.text);
+  return j;
+}
+
+static void assert_json_equal(json_t *got, json_t *want) {
+  if (!json_equal(got, want)) {
+    char *g = json_dumps(got, JSON_INDENT(1) | JSON_SORT_KEYS);
+    char *w = json_dumps(want, JSON_INDENT(1) | JSON_SORT_KEYS);
+    fprintf(stderr, "got:\n%s\nwant:\n%s\n", g, w);
+    free(g);
+    free(w);
+    fail_msg("JSON differs");
+  }
+}
+
+static int contains(const llmux_buf_t *b, const char *s) {
+  return b->base != NULL && memmem(b->base, b->len, s, strlen(s)) != NULL;
+}
+
+/* ---- requests ---- */
+
+static void translates_a_full_conversation_with_tools_and_images(void **state) {
+  fixture_t *f = *state;
+  run_t r;
+  json_t *got, *want = load_json("chat_full.anthropic.json");
+  run_start_file(&r, "chat_full.openai.json", 1);
+  assert_int_equal(translate(f, &r), 0);
+  assert_null(r.ht.txn.method);
+  assert_string_equal(r.ht.txn.path.base, "/messages");
+  assert_true(contains(&r.ht.txn.headers, "x-api-key: sk-ant-test-key\r\n"));
+  assert_true(contains(&r.ht.txn.headers, "anthropic-version: 2023-06-01\r\n"));
+  got = sent_body(&r);
+  assert_json_equal(got, want);
+  /* Reals keep their shortest form: 0.7, not 0.69999999999999996. */
+  assert_non_null(memmem(r.ht.txn.body_parts[0].base, r.ht.txn.body_parts[0].len,
+                         "\"temperature\":0.7,", 18));
+  json_decref(got);
+  json_decref(want);
+  run_end(f, &r);
+}
+
+static void translation_is_idempotent_across_retries(void **state) {
+  fixture_t *f = *state;
+  run_t r;
+  llmux_buf_t first = {0};
+  run_start_file(&r, "chat_full.openai.json", 1);
+  assert_int_equal(translate(f, &r), 0);
+  llmux_buf_append(&first, r.ht.txn.body_parts[0].base, r.ht.txn.body_parts[0].len);
+  r.ht.txn.attempt = 1;
+  assert_int_equal(translate(f, &r), 0);
+  assert_int_equal(r.ht.txn.body_parts[0].len, first.len);
+  assert_memory_equal(r.ht.txn.body_parts[0].base, first.base, first.len);
+  assert_string_equal(r.ht.txn.path.base, "/messages");
+  llmux_buf_free(&first);
+  run_end(f, &r);
+}
+
+static void fills_max_tokens_merges_turns_and_drops_empty_stops(void **state) {
+  fixture_t *f = *state;
+  run_t r;
+  json_t *got, *want = load_json("chat_plain.anthropic.json");
+  run_start_file(&r, "chat_plain.openai.json", 0);
+  assert_int_equal(translate(f, &r), 0);
+  got = sent_body(&r);
+  assert_json_equal(got, want);
+  json_decref(got);
+  json_decref(want);
+  run_end(f, &r);
+}
+
+static void declared_keys_set_version_and_default_max_tokens(void **state) {
+  fixture_t *f = *state;
+  conf_t c = {"2024-10-22", "77", NULL};
+  void *inst = NULL;
+  char err[256];
+  run_t r;
+  json_t *got;
+  assert_int_equal(create_with(f, &c, &inst, err, sizeof err), 0);
+  run_start(&r, "{\"model\":\"x\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", 0);
+  llmux_host_txn_clear_out(&r.ht);
+  assert_int_equal(f->vt->translate_request(inst, &r.ht.txn), 0);
+  assert_true(contains(&r.ht.txn.headers, "anthropic-version: 2024-10-22\r\n"));
+  assert_false(contains(&r.ht.txn.headers, "x-api-key"));
+  got = sent_body(&r);
+  assert_int_equal(json_integer_value(json_object_get(got, "max_tokens")), 77);
+  assert_string_equal(json_string_value(json_object_get(
+                          json_array_get(json_object_get(got, "messages"), 0), "content")),
+                      "hi");
+  json_decref(got);
+  f->vt->txn_free(inst, &r.ht.txn);
+  llmux_host_txn_free(&r.ht);
+  llmux_buf_free(&r.req);
+  f->vt->destroy(inst);
+
+  c.max_tokens = "0";
+  assert_int_equal(create_with(f, &c, &inst, err, sizeof err), LLMUX_ECONFIG);
+  assert_non_null(strstr(err, "default_max_tokens"));
+}
+
+static void untranslatable_requests_are_refused(void **state) {
+  static const char *const bodies[] = {
+    "{\"model\":\"x\",\"messages\":[{\"role\":\"assistant\",\"tool_calls\":[{\"id\":\"a\","
+    "\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"{not json\"}}]}]}",
+    "{\"model\":\"x\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"input_audio\","
+    "\"input_audio\":{\"data\":\"AAAA\",\"format\":\"wav\"}}]}]}",
+    "{\"model\":\"x\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\","
+    "\"image_url\":{\"url\":\"ftp://host/x.png\"}}]}]}",
+    "{\"model\":\"x\",\"messages\":[{\"role\":\"wizard\",\"content\":\"hi\"}]}",
+    "{\"model\":\"x\",\"messages\":[{\"role\":\"tool\",\"content\":\"no id\"}]}",
+    "{\"model\":\"x\",\"messages\":\"hi\"}",
+    "{\"model\":\"x\",\"messages\":[],\"tools\":[{\"type\":\"code_interpreter\"}]}",
+  };
+  fixture_t *f = *state;
+  size_t i;
+  run_t r;
+  for (i = 0; i < sizeof bodies / sizeof bodies[0]; i++) {
+    run_start(&r, bodies[i], 0);
+    assert_int_equal(translate(f, &r), LLMUX_EINVAL);
+    run_end(f, &r);
+  }
+  run_start(&r, "{\"model\":\"x\",\"input\":\"hi\"}", 0);
+  r.ht.txn.endpoint = LLMUX_ENDPOINT_EMBEDDINGS;
+  assert_int_equal(translate(f, &r), LLMUX_EINVAL);
+  run_end(f, &r);
+}
+
+/* ---- plain responses ---- */
+
+static void plain(fixture_t *f, const char *response, const char *expected) {
+  llmux_buf_t body = {0};
+  json_t *got, *want = load_json(expected);
+  run_t r;
+  size_t half;
+  run_start(&r, "{\"model\":\"x\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", 0);
+  assert_int_equal(translate(f, &r), 0);
+  read_file(response, &body);
+  half = body.len / 2;
+  r.ht.txn.status = 200;
+  assert_int_equal(f->vt->parse_response(f->inst, &r.ht.txn, body.base, half, 0), 0);
+  assert_int_equal(r.out.len, 0); /* nothing until the whole message is in */
+  assert_int_equal(f->vt->parse_response(f->inst, &r.ht.txn, body.base + half, body.len - half, 0), 0);
+  assert_int_equal(f->vt->parse_response(f->inst, &r.ht.txn, NULL, 0, 1), 0);
+  got = json_loadb(r.out.base, r.out.len, 0, NULL);
+  assert_non_null(got);
+  assert_true(json_integer_value(json_object_get(got, "created")) > 1700000000);
+  json_object_del(got, "created");
+  assert_json_equal(got, want);
+  assert_string_equal(r.ht.txn.served_model.base, PROVIDER_MODEL);
+  assert_int_equal(r.ht.txn.usage.prompt_tokens,
+                   json_integer_value(json_object_get(json_object_get(want, "usage"), "prompt_tokens")));
+  assert_int_equal(r.ht.txn.usage.completion_tokens,
+                   json_integer_value(json_object_get(json_object_get(want, "usage"), "completion_tokens")));
+  json_decref(got);
+  json_decref(want);
+  llmux_buf_free(&body);
+  run_end(f, &r);
+}
+
+static void plain_text_answer_becomes_a_chat_completion(void **state) {
+  plain(*state, "message_text.response.json", "message_text.expected.json");
+}
+
+static void plain_tool_use_becomes_tool_calls(void **state) {
+  plain(*state, "message_tools.response.json", "message_tools.expected.json");
+}
+
+static void plain_answer_that_is_not_a_message_is_refused(void **state) {
+  fixture_t *f = *state;
+  run_t r;
+  static const char body[] = "{\"type\":\"completion\",\"completion\":\"hi\"}";
+  run_start(&r, "{\"model\":\"x\",\"messages\":[]}", 0);
+  assert_int_equal(translate(f, &r), 0);
+  assert_int_equal(f->vt->parse_response(f->inst, &r.ht.txn, body, sizeof body - 1, 1),
+                   LLMUX_EUPSTREAM);
+  assert_int_equal(r.out.len, 0);
+  run_end(f, &r);
+}
+
+/* ---- streams ---- */
+
+/* The client's bytes with `"created":N,` removed and frames ended by one
+ * newline, to compare with an .expected.sse file byte for byte. */
+static void normalise_sse(const llmux_buf_t *in, llmux_buf_t *out) {
+  size_t i = 0;
+  while (i < in->len) {
+    if (in->len - i > 10 && memcmp(in->base + i, "\"created\":", 10) == 0) {
+      i += 10;
+      while (i < in->len && in->base[i] >= '0' && in->base[i] <= '9') i++;
+      if (i < in->len && in->base[i] == ',') i++;
+      continue;
+    }
+    if (in->len - i >= 2 && memcmp(in->base + i, "\n\n", 2) == 0) {
+      llmux_buf_append(out, "\n", 1);
+      i += 2;
+      continue;
+    }
+    llmux_buf_append(out, in->base + i, 1);
+    i++;
+  }
+}
+
+/* Feeds `sse` in pieces of `step` bytes (0: all at once). Returns the
+ * parse result of the last call. */
+static int stream(fixture_t *f, run_t *r, const char *sse, size_t step, int include_usage) {
+  llmux_buf_t body = {0};
+  size_t off = 0;
+  int rc = 0;
+  run_start(r, include_usage ? "{\"model\":\"x\",\"stream\":true,\"stream_options\":"
+                               "{\"include_usage\":true},\"messages\":[]}"
+                             : "{\"model\":\"x\",\"stream\":true,\"messages\":[]}", 1);
+  assert_int_equal(translate(f, r), 0);
+  read_file(sse, &body);
+  r->ht.txn.status = 200;
+  while (off < body.len && rc == 0) {
+    size_t n = step == 0 || body.len - off < step ? body.len - off : step;
+    rc = f->vt->parse_response(f->inst, &r->ht.txn, body.base + off, n, 0);
+    off += n;
+  }
+  if (rc == 0) rc = f->vt->parse_response(f->inst, &r->ht.txn, NULL, 0, 1);
+  llmux_buf_free(&body);
+  return rc;
+}
+
+static void assert_stream(fixture_t *f, const char *sse, const char *expected, size_t step,
+                          int include_usage) {
+  llmux_buf_t want = {0}, got = {0};
+  run_t r;
+  assert_int_equal(stream(f, &r, sse, step, include_usage), 0);
+  read_file(expected, &want);
+  normalise_sse(&r.out, &got);
+  if (got.len != want.len || memcmp(got.base, want.base, got.len) != 0)
+    fail_msg("step %zu: got\n%.*s\nwant\n%.*s", step, (int)got.len, got.base, (int)want.len,
+             want.base);
+  assert_string_equal(r.ht.txn.served_model.base, PROVIDER_MODEL);
+  llmux_buf_free(&want);
+  llmux_buf_free(&got);
+  run_end(f, &r);
+}
+
+static void stream_of_text_becomes_chunks_whatever_the_byte_boundaries(void **state) {
+  static const size_t steps[] = {0, 1, 2, 3, 7, 64};
+  size_t i;
+  for (i = 0; i < sizeof steps / sizeof steps[0]; i++)
+    assert_stream(*state, "stream_text.sse", "stream_text.expected.sse", steps[i], 1);
+}
+
+static void stream_usage_is_reported_to_the_host(void **state) {
+  fixture_t *f = *state;
+  run_t r;
+  assert_int_equal(stream(f, &r, "stream_text.sse", 1, 0), 0);
+  assert_int_equal(r.ht.txn.usage.prompt_tokens, 25);
+  assert_int_equal(r.ht.txn.usage.completion_tokens, 15);
+  assert_false(contains(&r.out, "\"usage\"")); /* not asked for */
+  run_end(f, &r);
+}
+
+static void stream_tool_use_becomes_indexed_tool_call_deltas(void **state) {
+  static const size_t steps[] = {0, 1, 5, 13};
+  size_t i;
+  for (i = 0; i < sizeof steps / sizeof steps[0]; i++)
+    assert_stream(*state, "stream_tools.sse", "stream_tools.expected.sse", steps[i], 0);
+}
+
+static void stream_error_event_ends_the_stream_in_openai_shape(void **state) {
+  assert_stream(*state, "stream_error.sse", "stream_error.expected.sse", 0, 1);
+  assert_stream(*state, "stream_error.sse", "stream_error.expected.sse", 1, 1);
+}
+
+static void stream_cut_before_message_stop_ends_with_an_error(void **state) {
+  fixture_t *f = *state;
+  llmux_buf_t body = {0};
+  const char *cut;
+  run_t r;
+  run_start(&r, "{\"model\":\"x\",\"stream\":true,\"messages\":[]}", 1);
+  assert_int_equal(translate(f, &r), 0);
+  read_file("stream_text.sse", &body);
+  cut = strstr(body.base, "event: message_delta");
+  assert_non_null(cut);
+  assert_int_equal(f->vt->parse_response(f->inst, &r.ht.txn, body.base,
+                                         (size_t)(cut - body.base), 0), 0);
+  assert_int_equal(f->vt->parse_response(f->inst, &r.ht.txn, NULL, 0, 1), 0);
+  assert_true(contains(&r.out, "\"content\":\" \\\"w\xc3\xb6rld\\\"\\n!\""));
+  assert_true(contains(&r.out, "ended before message_stop"));
+  assert_false(contains(&r.out, "[DONE]"));
+  llmux_buf_free(&body);
+  run_end(f, &r);
+}
+
+static void stream_garbage_is_refused_and_nothing_follows(void **state) {
+  fixture_t *f = *state;
+  static const char bad[] = "event: message_start\ndata: {\"type\":\"message_start\",\n\n";
+  run_t r;
+  run_start(&r, "{\"model\":\"x\",\"stream\":true,\"messages\":[]}", 1);
+  assert_int_equal(translate(f, &r), 0);
+  assert_int_equal(f->vt->parse_response(f->inst, &r.ht.txn, bad, sizeof bad - 1, 0),
+                   LLMUX_EUPSTREAM);
+  f->vt->parse_response(f->inst, &r.ht.txn, NULL, 0, 1);
+  assert_int_equal(r.out.len, 0); /* the host says it in its own words */
+  run_end(f, &r);
+}
+
+/* ---- errors ---- */
+
+static llmux_fail_class_t class_named(const char *name) {
+  static const char *const names[] = {"NONE", "RATE_LIMITED", "QUOTA", "OVERLOADED", "SERVER",
+                                      "TIMEOUT", "AUTH", "BAD_REQUEST", "CONTEXT_LENGTH",
+                                      "MODEL_NOT_FOUND"};
+  size_t i;
+  for (i = 0; i < sizeof names / sizeof names[0]; i++)
+    if (strcmp(names[i], name) == 0) return (llmux_fail_class_t)i;
+  fail_msg("unknown class %s", name);
+  return LLMUX_FAIL_NONE;
+}
+
+static void errors_are_classified_for_the_router(void **state) {
+  fixture_t *f = *state;
+  json_t *cases = load_json("errors.json"), *c;
+  size_t i;
+  json_array_foreach(cases, i, c) {
+    json_t *body = json_object_get(c, "body");
+    char *text = json_is_string(body) ? strdup(json_string_value(body))
+                                      : json_dumps(body, JSON_COMPACT);
+    const char *ra = json_string_value(json_object_get(json_object_get(c, "headers"),
+                                                       "retry-after"));
+    llmux_error_info_t e;
+    run_t r;
+    run_start(&r, "{\"model\":\"x\",\"messages\":[]}", 0);
+    assert_int_equal(translate(f, &r), 0);
+    r.ht.txn.status = (int)json_integer_value(json_object_get(c, "status"));
+    if (ra) {
+      r.resp_headers[0].name = (llmux_str_t){"Retry-After", 11};
+      r.resp_headers[0].value = (llmux_str_t){ra, strlen(ra)};
+      r.ht.txn.resp_headers = r.resp_headers;
+      r.ht.txn.nresp_headers = 1;
+    }
+    memset(&e, 0, sizeof e);
+    assert_int_equal(f->vt->classify_error(f->inst, &r.ht.txn, text, strlen(text), &e), 0);
+    if (e.cls != class_named(json_string_value(json_object_get(c, "class"))))
+      fail_msg("case %zu (%s): class %d", i, text, (int)e.cls);
+    assert_int_equal(e.retry_elsewhere, json_is_true(json_object_get(c, "retry_elsewhere")));
+    assert_int_equal(e.retry_same, json_is_true(json_object_get(c, "retry_same")));
+    assert_int_equal(e.retry_after_ms, json_integer_value(json_object_get(c, "retry_after_ms")));
+    assert_true(e.message.len > 0);
+    if (json_is_object(body))
+      assert_non_null(strstr(e.message.base, json_string_value(json_object_get(
+                                                 json_object_get(body, "error"), "message"))));
+    llmux_buf_free(&e.message);
+    free(text);
+    run_end(f, &r);
+  }
+  json_decref(cases);
+}
+
+/* ---- models ---- */
+
+static void model_listing_reads_anthropic_models(void **state) {
+  fixture_t *f = *state;
+  static const char body[] =
+      "{\"data\":[{\"type\":\"model\",\"id\":\"claude-sonnet-4-5-20250929\",\"display_name\":"
+      "\"Claude Sonnet 4.5\",\"created_at\":\"2025-09-29T00:00:00Z\"},{\"type\":\"model\",\"id\":"
+      "\"claude-3-5-haiku-20241022\"}],\"has_more\":false}";
+  llmux_buf_t names = {0};
+  run_t r;
+  run_start(&r, "{}", 0);
+  assert_int_equal(f->vt->models_request(f->inst, &r.ht.txn), 0);
+  assert_string_equal(r.ht.txn.method, "GET");
+  assert_non_null(strstr(r.ht.txn.path.base, "/models"));
+  assert_true(contains(&r.ht.txn.headers, "x-api-key: sk-ant-test-key\r\n"));
+  assert_int_equal(f->vt->parse_models(f->inst, body, sizeof body - 1, &names), 0);
+  assert_int_equal(names.len, sizeof "claude-sonnet-4-5-20250929" + sizeof "claude-3-5-haiku-20241022");
+  assert_string_equal(names.base, "claude-sonnet-4-5-20250929");
+  assert_string_equal(names.base + sizeof "claude-sonnet-4-5-20250929", "claude-3-5-haiku-20241022");
+  assert_int_equal(f->vt->parse_models(f->inst, "[]", 2, &names), LLMUX_EUPSTREAM);
+  llmux_buf_free(&names);
+  run_end(f, &r);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+    cmocka_unit_test(translates_a_full_conversation_with_tools_and_images),
+    cmocka_unit_test(translation_is_idempotent_across_retries),
+    cmocka_unit_test(fills_max_tokens_merges_turns_and_drops_empty_stops),
+    cmocka_unit_test(declared_keys_set_version_and_default_max_tokens),
+    cmocka_unit_test(untranslatable_requests_are_refused),
+    cmocka_unit_test(plain_text_answer_becomes_a_chat_completion),
+    cmocka_unit_test(plain_tool_use_becomes_tool_calls),
+    cmocka_unit_test(plain_answer_that_is_not_a_message_is_refused),
+    cmocka_unit_test(stream_of_text_becomes_chunks_whatever_the_byte_boundaries),
+    cmocka_unit_test(stream_usage_is_reported_to_the_host),
+    cmocka_unit_test(stream_tool_use_becomes_indexed_tool_call_deltas),
+    cmocka_unit_test(stream_error_event_ends_the_stream_in_openai_shape),
+    cmocka_unit_test(stream_cut_before_message_stop_ends_with_an_error),
+    cmocka_unit_test(stream_garbage_is_refused_and_nothing_follows),
+    cmocka_unit_test(errors_are_classified_for_the_router),
+    cmocka_unit_test(model_listing_reads_anthropic_models),
+  };
+  return cmocka_run_group_tests(tests, setup, teardown);
+}
