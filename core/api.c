@@ -1,8 +1,11 @@
 /* The gateway's endpoints: which handler serves a request. */
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
+#include "agent.h"
 #include "llmux/provider.h"
 #include "log.h"
 #include "registry.h"
@@ -117,18 +120,23 @@ static void append_canonical(llmux_buf_t *b, const llmux_model_conf_t *m) {
   append_providers(b, m->routes, m->nroutes);
 }
 
-int llmux_api_build_models(const llmux_config_t *cfg, llmux_buf_t *out) {
-  size_t i;
+/* Lists every name tenant t may use (t NULL: all of them). */
+int llmux_api_build_tenant_models(const llmux_config_t *cfg, const llmux_tenant_t *t,
+                                  llmux_buf_t *out) {
+  size_t i, n = 0;
+#define KEEP(name) (t == NULL || llmux_tenant_may_use_name(t, cfg, (name)))
   llmux_buf_appends(out, "{\"object\":\"list\",\"data\":[");
   for (i = 0; i < cfg->nmodels; i++) {
-    if (i) llmux_buf_appends(out, ",");
+    if (!KEEP(cfg->models[i]->id)) continue;
+    if (n++) llmux_buf_appends(out, ",");
     append_model_object(out, cfg->models[i]->id, "canonical");
     append_canonical(out, cfg->models[i]);
     llmux_buf_appends(out, "}}");
   }
   for (i = 0; i < cfg->ngenerics; i++) {
     const llmux_generic_conf_t *g = cfg->generics[i];
-    llmux_buf_appends(out, ",");
+    if (!KEEP(g->name)) continue;
+    if (n++) llmux_buf_appends(out, ",");
     append_model_object(out, g->name, "generic");
     if (g->tier) llmux_buf_printf(out, ",\"tier\":%d", g->tier);
     if (g->min_tier) llmux_buf_printf(out, ",\"min_tier\":%d", g->min_tier);
@@ -138,7 +146,8 @@ int llmux_api_build_models(const llmux_config_t *cfg, llmux_buf_t *out) {
   }
   for (i = 0; i < cfg->nprofiles; i++) {
     const llmux_profile_conf_t *p = cfg->profiles[i];
-    llmux_buf_appends(out, ",");
+    if (!KEEP(p->name)) continue;
+    if (n++) llmux_buf_appends(out, ",");
     append_model_object(out, p->name, "profile");
     llmux_buf_printf(out, ",\"strategy\":\"%s\",\"models\":", llmux_strategy_name(p->strategy));
     append_model_list(out, p->models, p->nmodels);
@@ -146,13 +155,20 @@ int llmux_api_build_models(const llmux_config_t *cfg, llmux_buf_t *out) {
   }
   for (i = 0; i < cfg->nagents; i++) {
     const llmux_agent_conf_t *a = cfg->agents[i];
-    llmux_buf_appends(out, ",");
+    const llmux_profile_conf_t *p = llmux_tenant_agent_profile(t ? t->conf : NULL, a);
+    if (t != NULL && !llmux_tenant_may_use_agent(t, cfg, a)) continue;
+    if (n++) llmux_buf_appends(out, ",");
     append_model_object(out, a->name, "agent");
     llmux_buf_appends(out, ",\"profile\":");
-    json_str(out, a->profile->name);
+    json_str(out, p->name);
     llmux_buf_appends(out, "}}");
   }
+#undef KEEP
   return llmux_buf_appends(out, "]}");
+}
+
+int llmux_api_build_models(const llmux_config_t *cfg, llmux_buf_t *out) {
+  return llmux_api_build_tenant_models(cfg, NULL, out);
 }
 
 /* ---- GET /v1/models/{id} ------------------------------------------------ */
@@ -212,7 +228,8 @@ int llmux_api_model_not_found(llmux_http_req_t *req, const char *name,
   return rc;
 }
 
-static void handle_model(llmux_gateway_t *gw, llmux_http_req_t *req, const char *rid) {
+static void handle_model(llmux_gateway_t *gw, llmux_http_req_t *req, const char *rid,
+                         const llmux_tenant_t *tenant) {
   char name[512];
   llmux_resolution_t res;
   llmux_buf_t b = {0};
@@ -227,6 +244,10 @@ static void handle_model(llmux_gateway_t *gw, llmux_http_req_t *req, const char 
   }
   if (llmux_resolve(gw->cfg, name, &res) != 0) {
     llmux_api_model_not_found(req, name, &res);
+    return;
+  }
+  if (tenant != NULL && !llmux_tenant_may_use(tenant, &res, NULL)) {
+    llmux_api_model_not_allowed(req, tenant, name);
     return;
   }
   append_model_object(&b, name, llmux_name_kind_str(res.kind));
@@ -248,6 +269,134 @@ static void handle_model(llmux_gateway_t *gw, llmux_http_req_t *req, const char 
     append_providers(&b, res.routes, res.nroutes);
   }
   llmux_buf_appends(&b, "}}");
+  send_json(req, 200, &b, rid);
+}
+
+/* ---- tenants ------------------------------------------------------------ */
+
+int llmux_api_model_not_allowed(llmux_http_req_t *req, const llmux_tenant_t *t,
+                                const char *name) {
+  char msg[400];
+  snprintf(msg, sizeof msg, "Tenant '%s' may not use model '%.200s': GET /v1/models lists "
+           "what it may use.", t->conf->name, name);
+  return llmux_http_send_error(req, 403, "invalid_request_error", "model_not_allowed", msg,
+                               "model");
+}
+
+/* The key a request carries: `Authorization: Bearer KEY`, else `x-api-key`
+ * (Anthropic's clients). Never logged. */
+static llmux_str_t request_key(const llmux_http_req_t *req) {
+  const llmux_str_t *v = llmux_http_header(req, "authorization");
+  llmux_str_t k = {NULL, 0};
+  if (v != NULL && v->len > 7 && strncasecmp(v->base, "Bearer ", 7) == 0) {
+    k.base = v->base + 7;
+    k.len = v->len - 7;
+    while (k.len > 0 && *k.base == ' ') { k.base++; k.len--; }
+    if (k.len > 0) return k;
+  }
+  v = llmux_http_header(req, "x-api-key");
+  if (v != NULL && v->len > 0) k = *v;
+  return k;
+}
+
+static void unauthorized(llmux_http_req_t *req, int agent, int missing, const char *rid) {
+  llmux_http_header_t h[3] = {JSON_CT, LLMUX_HTTP_HEADER_LIT("x-request-id", ""),
+                              LLMUX_HTTP_HEADER_LIT("WWW-Authenticate", "Bearer")};
+  llmux_buf_t body = {0};
+  const char *msg = missing ? "You didn't provide an API key: send it as 'Authorization: "
+                              "Bearer KEY' (or 'x-api-key: KEY')."
+                            : "Incorrect API key provided.";
+  h[1].value = (llmux_str_t){rid, strlen(rid)};
+  if (agent) llmux_agent_error_json(&body, msg, "INVALID_API_KEY", 0);
+  else llmux_http_error_json(&body, "invalid_request_error", "invalid_api_key", msg, NULL);
+  llmux_http_respond_buf(req, 401, h, 3, &body);
+}
+
+/* ---- GET /v1/usage -------------------------------------------------------- */
+
+typedef struct usage_acc_s {
+  json_t *today, *month; /* model -> counts */
+  int day;
+} usage_acc_t;
+
+static void acc_add(json_t *per_model, const llmux_usage_row_t *r) {
+  json_t *m = json_object_get(per_model, r->model);
+  if (m == NULL) {
+    m = json_pack("{s:s,s:I,s:I,s:I,s:f}", "model", r->model, "requests", (json_int_t)0,
+                  "input_tokens", (json_int_t)0, "output_tokens", (json_int_t)0, "cost_usd", 0.0);
+    json_object_set_new(per_model, r->model, m);
+  }
+#define ADD_INT(k, v) \
+  json_object_set_new(m, k, json_integer(json_integer_value(json_object_get(m, k)) + (json_int_t)(v)))
+  ADD_INT("requests", r->counts.requests);
+  ADD_INT("input_tokens", r->counts.input_tokens);
+  ADD_INT("output_tokens", r->counts.output_tokens);
+#undef ADD_INT
+  json_object_set_new(m, "cost_usd",
+                      json_real(json_real_value(json_object_get(m, "cost_usd")) + r->counts.cost_usd));
+}
+
+static void on_usage_row(void *arg, const llmux_usage_row_t *r) {
+  usage_acc_t *a = arg;
+  acc_add(a->month, r);
+  if (r->day == a->day) acc_add(a->today, r);
+}
+
+/* {"requests","input_tokens","output_tokens","cost_usd","models":[...]} */
+static json_t *period(const char *key, const char *label, json_t *per_model,
+                      const llmux_usage_counts_t *tot) {
+  json_t *models = json_array(), *m;
+  const char *k;
+  json_object_foreach(per_model, k, m) json_array_append(models, m);
+  return json_pack("{s:s,s:I,s:I,s:I,s:f,s:o}", key, label, "requests",
+                   (json_int_t)tot->requests, "input_tokens", (json_int_t)tot->input_tokens,
+                   "output_tokens", (json_int_t)tot->output_tokens, "cost_usd", tot->cost_usd,
+                   "models", models);
+}
+
+static json_t *limit_or_null(uint64_t v) {
+  return v ? json_integer((json_int_t)v) : json_null();
+}
+
+static void handle_usage(llmux_gateway_t *gw, llmux_http_req_t *req, const char *rid,
+                         const llmux_tenant_t *t) {
+  const llmux_tenant_conf_t *c;
+  usage_acc_t a;
+  llmux_usage_counts_t today, month;
+  char day[11], mon[8], *text;
+  json_t *o;
+  llmux_buf_t b = {0};
+  if (t == NULL) {
+    llmux_http_send_error(req, 404, "invalid_request_error", "no_tenants",
+                          "Usage is kept per tenant, and no [tenant] is configured.", NULL);
+    return;
+  }
+  c = t->conf;
+  a.day = llmux_usage_today();
+  a.today = json_object();
+  a.month = json_object();
+  llmux_usage_foreach(gw->usage, c->name, llmux_usage_month_start(a.day), a.day, on_usage_row, &a);
+  llmux_usage_tenant_totals(gw->usage, c->name, a.day, &today, &month);
+  llmux_usage_day_str(a.day, day);
+  llmux_usage_month_str(a.day, mon);
+  o = json_pack("{s:s,s:s,s:o,s:o,s:{s:o,s:o,s:o,s:o}}", "object", "usage", "tenant", c->name,
+                "today", period("date", day, a.today, &today),
+                "month", period("month", mon, a.month, &month), "limits",
+                "requests_per_minute", limit_or_null(c->limits.requests_per_minute),
+                "tokens_per_minute", limit_or_null(c->limits.tokens_per_minute),
+                "tokens_per_day", limit_or_null(c->limits.tokens_per_day),
+                "budget_usd_per_month",
+                c->has_budget ? json_real(c->budget_usd_per_month) : json_null());
+  text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+  json_decref(o);
+  json_decref(a.today);
+  json_decref(a.month);
+  if (text == NULL) {
+    llmux_http_send_error(req, 500, "server_error", "internal_error", "Out of memory.", NULL);
+    return;
+  }
+  llmux_buf_appends(&b, text);
+  free(text);
   send_json(req, 200, &b, rid);
 }
 
@@ -283,18 +432,29 @@ static int is_get(const llmux_http_req_t *req) {
 void llmux_api_on_request(llmux_http_req_t *req) {
   llmux_gateway_t *gw = req->server->data;
   llmux_str_t p = req->path;
+  llmux_proxy_opts_t po = {0, NULL, 0};
   char rid[160];
-  int endpoint = 0;
 
   gw->requests++;
   llmux_api_request_id(gw, req, rid);
-  if (str_eq(p, "/v1/chat/completions")) endpoint = LLMUX_ENDPOINT_CHAT;
-  else if (str_eq(p, "/v1/completions")) endpoint = LLMUX_ENDPOINT_COMPLETIONS;
-  else if (str_eq(p, "/v1/embeddings")) endpoint = LLMUX_ENDPOINT_EMBEDDINGS;
+  if (str_eq(p, "/v1/chat/completions")) po.endpoint = LLMUX_ENDPOINT_CHAT;
+  else if (str_eq(p, "/v1/completions")) po.endpoint = LLMUX_ENDPOINT_COMPLETIONS;
+  else if (str_eq(p, "/v1/embeddings")) po.endpoint = LLMUX_ENDPOINT_EMBEDDINGS;
+  else if (str_eq(p, "/v1/chat")) po.endpoint = LLMUX_ENDPOINT_CHAT, po.agent = 1;
 
-  if (endpoint != 0) {
+  /* With tenants, everything but /health needs a key. */
+  if (gw->tenants.n > 0 && !str_eq(p, "/health")) {
+    llmux_str_t key = request_key(req);
+    po.tenant = key.len ? llmux_tenants_auth(&gw->tenants, key.base, key.len) : NULL;
+    if (po.tenant == NULL) return unauthorized(req, po.agent, key.len == 0, rid);
+  }
+  if (po.endpoint != 0) {
     if (strcmp(req->method, "POST") != 0) return method_not_allowed(req, "POST");
-    return llmux_proxy_handle(gw, req, endpoint);
+    return llmux_proxy_handle_opts(gw, req, &po);
+  }
+  if (str_eq(p, "/v1/usage")) {
+    if (!is_get(req)) return method_not_allowed(req, "GET, HEAD");
+    return handle_usage(gw, req, rid, po.tenant);
   }
   if (str_eq(p, "/health")) {
     if (!is_get(req)) return method_not_allowed(req, "GET, HEAD");
@@ -304,12 +464,15 @@ void llmux_api_on_request(llmux_http_req_t *req) {
     llmux_http_header_t h[2] = {JSON_CT, LLMUX_HTTP_HEADER_LIT("x-request-id", "")};
     if (!is_get(req)) return method_not_allowed(req, "GET, HEAD");
     h[1].value = (llmux_str_t){rid, strlen(rid)};
-    llmux_http_respond(req, 200, h, 2, gw->models_json.base, gw->models_json.len);
+    if (po.tenant != NULL)
+      llmux_http_respond(req, 200, h, 2, po.tenant->models_json.base, po.tenant->models_json.len);
+    else
+      llmux_http_respond(req, 200, h, 2, gw->models_json.base, gw->models_json.len);
     return;
   }
   if (p.len > 11 && memcmp(p.base, "/v1/models/", 11) == 0) {
     if (!is_get(req)) return method_not_allowed(req, "GET, HEAD");
-    return handle_model(gw, req, rid);
+    return handle_model(gw, req, rid, po.tenant);
   }
   {
     char msg[200];

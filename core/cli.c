@@ -8,6 +8,8 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "chat.h"
+#include "cli_tenant.h"
 #include "config.h"
 #include "log.h"
 #include "providers.h"
@@ -33,6 +35,12 @@ static const char usage_text[] =
   "                  exits 1 with `file:line: message` lines on errors\n"
   "  models          list models, aliases, generic names, profiles, agents and routes\n"
   "  resolve NAME    show what a model name resolves to and the routes it may take\n"
+  "  key new TENANT  print a fresh API key for [tenant TENANT] (shown once) and the\n"
+  "                  key_sha256 line to add to that section\n"
+  "  usage           print every tenant's usage (today and this month, per model)\n"
+  "                  from the usage_db of [server]\n"
+  "  chat PROMPT     send one prompt through the providers and stream the answer\n"
+  "                  (`llmux chat --help` for its options)\n"
   "\n"
   "Options:\n"
   "  -c, --config FILE   main configuration file (env LLMUX_CONFIG;\n"
@@ -176,6 +184,7 @@ static int cmd_dump(const cli_opts_t *o, int is_check) {
     return 1;
   llmux_registry_dump(cfg, &out);
   fwrite(out.base, 1, out.len, stdout);
+  if (!is_check) llmux_list_provider_models(cfg, &provs, stdout); /* ABI 1.1 listings */
   for (i = 0; i < cfg->nproviders; i++) enabled += cfg->providers[i]->enabled != 0;
   if (is_check)
     printf("\nOK: %s: %zu files, %zu models, %zu routes, %zu of %zu providers enabled, "
@@ -238,13 +247,17 @@ static int cmd_serve(const cli_opts_t *o) {
 
 int llmux_cli_main(int argc, char **argv) {
   cli_opts_t o;
-  int rc = parse_args(argc, argv, &o);
+  int rc;
+  if (argc > 1 && strcmp(argv[1], "chat") == 0) return llmux_chat_main(argc - 1, argv + 1);
+  if (argc > 1 && strcmp(argv[1], "key") == 0) return llmux_cli_key(argc - 1, argv + 1);
+  rc = parse_args(argc, argv, &o);
   if (rc != 0) return rc;
   if (o.verbose) llmux_log_level = LLMUX_LOG_DEBUG;
   if (strcmp(o.command, "serve") == 0) return cmd_serve(&o);
   if (strcmp(o.command, "check") == 0) return cmd_dump(&o, 1);
   if (strcmp(o.command, "models") == 0) return cmd_dump(&o, 0);
   if (strcmp(o.command, "resolve") == 0) return cmd_resolve(&o);
+  if (strcmp(o.command, "usage") == 0) return llmux_cli_usage(o.config_path);
   if (strcmp(o.command, "help") == 0) { fputs(usage_text, stdout); return 0; }
   fprintf(stderr, "llmux: unknown command '%s'\nTry 'llmux --help'.\n", o.command);
   return 2;

@@ -173,16 +173,18 @@ enum {
   SEC_PROFILE,
   SEC_AGENT,
   SEC_PROVIDER,
-  SEC_ROUTE
+  SEC_ROUTE,
+  SEC_TENANT
 };
 
 enum {
   K_STR, K_URL, K_ENVNAME, K_PATH, K_DURATION, K_SIZE, K_U64, K_INT, K_BOOL,
   K_TIER, K_PRICE, K_LIMIT, K_LIST, K_CAPS, K_STRATEGY, K_WEIGHTS,
-  K_LOGLEVEL, K_LISTEN
+  K_LOGLEVEL, K_LISTEN, K_KEYHASH, K_USD
 };
 
-#define IS_LIST_KEY(t) ((t) == K_LIST || (t) == K_CAPS || (t) == K_WEIGHTS)
+/* K_KEYHASH is a list that may also be written on several lines. */
+#define IS_LIST_KEY(t) ((t) == K_LIST || (t) == K_CAPS || (t) == K_WEIGHTS || (t) == K_KEYHASH)
 
 typedef struct keydef_s {
   const char *name;
@@ -198,6 +200,7 @@ typedef struct keydef_s {
 #define AGT(f) offsetof(llmux_agent_conf_t, f)
 #define PRV(f) offsetof(llmux_provider_conf_t, f)
 #define RTE(f) offsetof(llmux_route_conf_t, f)
+#define TEN(f) offsetof(llmux_tenant_conf_t, f)
 
 static const keydef_t server_keys[] = {
   {"listen", K_LISTEN, 0, 0},
@@ -215,6 +218,7 @@ static const keydef_t server_keys[] = {
   {"cooldown_failures", K_U64, SRV(cooldown_failures), 0},
   {"cooldown_window", K_DURATION, SRV(cooldown_window_ms), 0},
   {"cooldown", K_DURATION, SRV(cooldown_ms), 0},
+  {"usage_db", K_PATH, SRV(usage_db), 0},
 };
 
 static const keydef_t model_keys[] = {
@@ -274,6 +278,16 @@ static const keydef_t route_keys[] = {
   LIMIT_KEYS(RTE),
 };
 
+/* Tenant limits are checked by llmux itself, whatever provider serves. */
+static const keydef_t tenant_keys[] = {
+  {"key_sha256", K_KEYHASH, 0, 0},
+  {"models", K_LIST, TEN(models), 0},
+  {"requests_per_minute", K_LIMIT, TEN(limits.requests_per_minute), LLMUX_LIMIT_RPM},
+  {"tokens_per_minute", K_LIMIT, TEN(limits.tokens_per_minute), LLMUX_LIMIT_TPM},
+  {"tokens_per_day", K_LIMIT, TEN(limits.tokens_per_day), LLMUX_LIMIT_TPD},
+  {"budget_usd_per_month", K_USD, TEN(budget_usd_per_month), 0},
+};
+
 typedef struct secdef_s {
   const char *name;
   int type;
@@ -293,6 +307,7 @@ static const secdef_t sections[] = {
   {"agent", SEC_AGENT, 1, "[agent NAME]", KEYS(agent_keys)},
   {"provider", SEC_PROVIDER, 1, "[provider NAME]", KEYS(provider_keys)},
   {"route", SEC_ROUTE, 2, "[route PROVIDER MODEL]", KEYS(route_keys)},
+  {"tenant", SEC_TENANT, 1, "[tenant NAME]", KEYS(tenant_keys)},
 };
 
 /* Keys that would put a secret in a file. */
@@ -457,6 +472,14 @@ static void *new_section(load_t *c, int type, char **args) {
     obj = r;
     break;
   }
+  case SEC_TENANT: {
+    llmux_tenant_conf_t *t = alloc(c, sizeof(*t));
+    t->name = sdup(c, args[0]);
+    t->index = cfg->ntenants;
+    VEC_PUSH(cfg->tenants, cfg->ntenants, t);
+    obj = t;
+    break;
+  }
   default:
     break;
   }
@@ -476,6 +499,7 @@ static void set_origin(load_t *c, int type, void *obj) {
   case SEC_AGENT: ORIGIN(llmux_agent_conf_t);
   case SEC_PROVIDER: ORIGIN(llmux_provider_conf_t);
   case SEC_ROUTE: ORIGIN(llmux_route_conf_t);
+  case SEC_TENANT: ORIGIN(llmux_tenant_conf_t);
   default: return;
   }
 #undef ORIGIN
@@ -678,12 +702,51 @@ static void add_weight(load_t *c, const keydef_t *k, char *item) {
   p->weights[p->nweights++] = w;
 }
 
+static int hexval(char ch) {
+  if (ch >= '0' && ch <= '9') return ch - '0';
+  if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
+  if (ch >= 'A' && ch <= 'F') return ch - 'A' + 10;
+  return -1;
+}
+
+/* One `key_sha256` item: 64 hex digits. The value is never echoed: a user
+ * may have pasted the key itself here. */
+static void add_key_hash(load_t *c, const keydef_t *k, char *item) {
+  llmux_tenant_conf_t *t = c->sec;
+  unsigned char h[LLMUX_KEY_HASH_LEN];
+  size_t i, n = strlen(item);
+  if (strncmp(item, "llmux-", 6) == 0) {
+    err(c, "'key_sha256' holds a key, not its SHA-256: a key must never be written in a "
+           "config file; put the key_sha256 line that `llmux key new %s` prints here",
+        t->name);
+    return;
+  }
+  for (i = 0; n == 2 * LLMUX_KEY_HASH_LEN && i < LLMUX_KEY_HASH_LEN; i++) {
+    int hi = hexval(item[2 * i]), lo = hexval(item[2 * i + 1]);
+    if (hi < 0 || lo < 0) break;
+    h[i] = (unsigned char)(hi << 4 | lo);
+  }
+  if (n != 2 * LLMUX_KEY_HASH_LEN || i != LLMUX_KEY_HASH_LEN) {
+    err(c, "bad value for '%s' (expected the key's SHA-256 as 64 hex digits, as printed "
+           "by `llmux key new %s`)", k->name, t->name);
+    return;
+  }
+  t->key_hashes = arena_grow(c->cfg->arena, t->key_hashes, t->nkeys, sizeof(*t->key_hashes));
+  t->key_lines = arena_grow(c->cfg->arena, t->key_lines, t->nkeys, sizeof(*t->key_lines));
+  memcpy(t->key_hashes[t->nkeys], h, sizeof h);
+  t->key_lines[t->nkeys] = c->lineno;
+  t->nkeys++;
+}
+
 static void set_list(load_t *c, const keydef_t *k, const char *value) {
-  if (k->type == K_CAPS) for_each_item(c, k, value, add_cap);
+  if (k->type == K_KEYHASH) for_each_item(c, k, value, add_key_hash);
+  else if (k->type == K_CAPS) for_each_item(c, k, value, add_cap);
   else if (k->type == K_WEIGHTS) for_each_item(c, k, value, add_weight);
   else for_each_item(c, k, value, add_list_item);
   if (c->sec_type == SEC_PROFILE && k->type == K_LIST)
     ((llmux_profile_conf_t *)c->sec)->models_line = c->lineno;
+  if (c->sec_type == SEC_TENANT && k->type == K_LIST)
+    ((llmux_tenant_conf_t *)c->sec)->has_models = 1;
 }
 
 static int parse_listen(load_t *c, const char *s, const char **host, int *port) {
@@ -790,6 +853,10 @@ static const char *parse_scalar(int type, const char *value, void *field) {
       return "USD per million tokens, like 0.59";
     *(double *)field = d;
     return NULL;
+  case K_USD:
+    if (llmux_parse_double(value, &d) != 0 || d < 0) return "an amount in USD, like 25.50";
+    *(double *)field = d;
+    return NULL;
   case K_LOGLEVEL:
     if (llmux_log_parse_level(value, &b) != 0) return "error, warn, info or debug";
     *(int *)field = b;
@@ -816,14 +883,19 @@ static void set_value(load_t *c, const keydef_t *k, const char *value) {
       c->providers_dir_line = c->lineno;
     if (c->sec_type == SEC_AGENT) ((llmux_agent_conf_t *)c->sec)->profile_line = c->lineno;
     return;
-  case K_LIST: case K_CAPS: case K_WEIGHTS:
+  case K_LIST: case K_CAPS: case K_WEIGHTS: case K_KEYHASH:
     set_list(c, k, value);
     return;
   case K_LIMIT:
     set_number(c, k, value, field);
     /* limits.set sits at the same place relative to the struct's limits. */
     if (c->sec_type == SEC_PROVIDER) ((llmux_provider_conf_t *)c->sec)->limits.set |= k->bit;
+    else if (c->sec_type == SEC_TENANT) ((llmux_tenant_conf_t *)c->sec)->limits.set |= k->bit;
     else ((llmux_route_conf_t *)c->sec)->limits.set |= k->bit;
+    return;
+  case K_USD:
+    set_number(c, k, value, field);
+    ((llmux_tenant_conf_t *)c->sec)->has_budget = 1;
     return;
   case K_PRICE:
     set_number(c, k, value, field);
@@ -892,6 +964,37 @@ static void provider_other_key(load_t *c, const char *name, const char *value) {
   c->cont_kv = push_kv(c, &p->extra, &p->nextra, name, value);
 }
 
+static void unknown_key(load_t *c, const char *name);
+
+/* Keys of a [tenant] section outside its table: `agent.NAME = PROFILE`. */
+static void tenant_other_key(load_t *c, const char *name, const char *value) {
+  llmux_tenant_conf_t *t = c->sec;
+  llmux_agent_override_t *o;
+  if (is_secret_key(name)) {
+    err(c, "'%s' would put a tenant's key in a config file: store only its SHA-256 "
+           "(key_sha256 = HEX, as printed by `llmux key new %s`)", name, t->name);
+    c->cont_suppress = 1;
+    return;
+  }
+  if (strncasecmp(name, "agent.", 6) != 0) {
+    unknown_key(c, name);
+    return;
+  }
+  if (!valid_name(name + 6) || !valid_name(value)) {
+    err(c, "bad agent override '%s = %s': expected 'agent.NAME = PROFILE'", name, value);
+    c->cont_suppress = 1;
+    return;
+  }
+  t->agent_overrides = arena_grow(c->cfg->arena, t->agent_overrides, t->nagent_overrides,
+                                  sizeof(*t->agent_overrides));
+  o = &t->agent_overrides[t->nagent_overrides++];
+  memset(o, 0, sizeof(*o));
+  o->agent_name = sdup(c, name + 6);
+  o->profile_name = sdup(c, value);
+  o->file = c->file;
+  o->line = c->lineno;
+}
+
 static void unknown_key(load_t *c, const char *name) {
   const char *names[32];
   llmux_buf_t msg = {0};
@@ -930,10 +1033,12 @@ static void section_key(load_t *c, const char *name, const char *value) {
   }
   if (i == def->nkeys) {
     if (c->sec_type == SEC_PROVIDER) provider_other_key(c, name, value);
+    else if (c->sec_type == SEC_TENANT) tenant_other_key(c, name, value);
     else unknown_key(c, name);
     return;
   }
-  if (c->seen & (1u << i)) {
+  /* key_sha256 may be repeated: one line per key, for rotation. */
+  if ((c->seen & (1u << i)) && def->keys[i].type != K_KEYHASH) {
     err(c, "duplicate key '%s' (first set on line %d)", def->keys[i].name, c->seen_line[i]);
     c->cont_suppress = 1;
     return;
@@ -1136,7 +1241,10 @@ static void check_provider(load_t *c, llmux_provider_conf_t *p) {
   if (p->plugin == NULL)
     llmux_diag_add(c->diag, p->file, p->line, LLMUX_DIAG_ERROR,
                    "provider '%s' has no plugin (plugin = openai)", p->name);
-  if (p->base_url == NULL)
+  /* Without a plugin there is nothing to ask; otherwise a missing base_url
+   * is checked against the plugin in core/providers.c: one that answers
+   * locally (ABI 1.2 respond_local, e.g. `simple`) needs none. */
+  if (p->plugin == NULL && p->base_url == NULL)
     llmux_diag_add(c->diag, p->file, p->line, LLMUX_DIAG_ERROR,
                    "provider '%s' has no base_url", p->name);
   if (!p->enabled) {
@@ -1164,6 +1272,115 @@ static void check_provider(load_t *c, llmux_provider_conf_t *p) {
     return;
   }
   p->api_key = sdup(c, key);
+}
+
+/* ---- Tenants: checked against the registry once it is built ----------- */
+
+static const llmux_agent_conf_t *find_agent(const llmux_config_t *cfg, const char *name) {
+  size_t i;
+  for (i = 0; i < cfg->nagents; i++) {
+    if (strcasecmp(cfg->agents[i]->name, name) == 0) return cfg->agents[i];
+  }
+  return NULL;
+}
+
+static const llmux_profile_conf_t *find_profile(const llmux_config_t *cfg, const char *name) {
+  size_t i;
+  for (i = 0; i < cfg->nprofiles; i++) {
+    if (strcasecmp(cfg->profiles[i]->name, name) == 0) return cfg->profiles[i];
+  }
+  return NULL;
+}
+
+static void check_tenant_overrides(llmux_config_t *cfg, llmux_tenant_conf_t *t,
+                                   llmux_diag_t *d) {
+  size_t i, j;
+  for (i = 0; i < t->nagent_overrides; i++) {
+    llmux_agent_override_t *o = &t->agent_overrides[i];
+    o->agent = find_agent(cfg, o->agent_name);
+    o->profile = find_profile(cfg, o->profile_name);
+    if (o->agent == NULL)
+      llmux_diag_add(d, o->file, o->line, LLMUX_DIAG_ERROR,
+                     "tenant '%s' overrides unknown agent '%s' (agents are [agent NAME] "
+                     "sections)", t->name, o->agent_name);
+    if (o->profile == NULL)
+      llmux_diag_add(d, o->file, o->line, LLMUX_DIAG_ERROR,
+                     "tenant '%s': agent '%s' names unknown profile '%s' (profiles are "
+                     "[profile NAME] sections)", t->name, o->agent_name, o->profile_name);
+    for (j = 0; j < i; j++) {
+      if (strcasecmp(t->agent_overrides[j].agent_name, o->agent_name) == 0)
+        llmux_diag_add(d, o->file, o->line, LLMUX_DIAG_ERROR,
+                       "duplicate override of agent '%s' (first on line %d)", o->agent_name,
+                       t->agent_overrides[j].line);
+    }
+  }
+}
+
+/* A key hash given twice, to one tenant or two, is a mistake either way. */
+static void check_tenant_keys(llmux_config_t *cfg, size_t ti, llmux_diag_t *d) {
+  llmux_tenant_conf_t *t = cfg->tenants[ti];
+  size_t i, oj, ok;
+  for (i = 0; i < t->nkeys; i++) {
+    for (oj = 0; oj <= ti; oj++) {
+      const llmux_tenant_conf_t *o = cfg->tenants[oj];
+      size_t end = oj == ti ? i : o->nkeys;
+      for (ok = 0; ok < end; ok++) {
+        if (memcmp(o->key_hashes[ok], t->key_hashes[i], LLMUX_KEY_HASH_LEN) != 0) continue;
+        llmux_diag_add(d, t->file, t->key_lines[i], LLMUX_DIAG_ERROR,
+                       "this key_sha256 is already given to tenant '%s' (%s:%d)", o->name,
+                       o->file, o->key_lines[ok]);
+      }
+    }
+  }
+}
+
+static void check_tenants(llmux_config_t *cfg, llmux_diag_t *d, int registry_ok) {
+  size_t i, j;
+  for (i = 0; i < cfg->ntenants; i++) {
+    llmux_tenant_conf_t *t = cfg->tenants[i];
+    llmux_resolution_t res;
+    for (j = 0; j < i; j++) {
+      if (strcasecmp(cfg->tenants[j]->name, t->name) == 0)
+        llmux_diag_add(d, t->file, t->line, LLMUX_DIAG_ERROR,
+                       "duplicate [tenant %s] (first at %s:%d)", t->name,
+                       cfg->tenants[j]->file, cfg->tenants[j]->line);
+    }
+    if (t->nkeys == 0)
+      llmux_diag_add(d, t->file, t->line, LLMUX_DIAG_WARNING,
+                     "tenant '%s' has no key_sha256: nobody can call as this tenant "
+                     "(`llmux key new %s` makes a key)", t->name, t->name);
+    if (t->has_models && t->models.len == 0)
+      llmux_diag_add(d, t->file, t->line, LLMUX_DIAG_ERROR,
+                     "tenant '%s': 'models' is empty (leave it out to allow every model)",
+                     t->name);
+    check_tenant_keys(cfg, i, d);
+    check_tenant_overrides(cfg, t, d);
+    for (j = 0; registry_ok && j < t->models.len; j++) {
+      if (llmux_resolve(cfg, t->models.items[j], &res) == 0) continue;
+      llmux_diag_add(d, t->file, t->models.lines[j], LLMUX_DIAG_ERROR,
+                     "tenant '%s' may use unknown model '%s'%s%s%s", t->name,
+                     t->models.items[j], res.nsuggestions ? "; did you mean '" : "",
+                     res.nsuggestions ? res.suggestions[0] : "", res.nsuggestions ? "'?" : "");
+    }
+  }
+}
+
+const llmux_tenant_conf_t *llmux_config_find_tenant(const llmux_config_t *cfg,
+                                                    const char *name) {
+  size_t i;
+  for (i = 0; i < cfg->ntenants; i++) {
+    if (strcasecmp(cfg->tenants[i]->name, name) == 0) return cfg->tenants[i];
+  }
+  return NULL;
+}
+
+const llmux_profile_conf_t *llmux_tenant_agent_profile(const llmux_tenant_conf_t *tenant,
+                                                       const llmux_agent_conf_t *agent) {
+  size_t i;
+  for (i = 0; tenant != NULL && i < tenant->nagent_overrides; i++) {
+    if (tenant->agent_overrides[i].agent == agent) return tenant->agent_overrides[i].profile;
+  }
+  return agent->profile;
 }
 
 static void apply_env(load_t *c) {
@@ -1228,7 +1445,7 @@ int llmux_config_load(const char *main_path, llmux_config_t **out, llmux_diag_t 
     check_provider(&c, cfg->providers[i]);
   }
   apply_env(&c);
-  llmux__registry_build(cfg, diag);
+  check_tenants(cfg, diag, llmux__registry_build(cfg, diag) == 0);
 
   if (diag->errors > errors) {
     llmux_config_free(cfg);
@@ -1256,6 +1473,7 @@ void llmux_config_free(llmux_config_t *cfg) {
   free(cfg->agents);
   free(cfg->providers);
   free(cfg->routes);
+  free(cfg->tenants);
   free(cfg->files);
   arena_free(cfg->arena);
   free(cfg);

@@ -130,6 +130,10 @@ typedef struct llmux_server_conf_s {
   uint64_t cooldown_failures;  /* failures inside cooldown_window that rest a route; 3 */
   uint64_t cooldown_window_ms; /* 60s */
   uint64_t cooldown_ms;        /* how long it rests; 30s */
+  /* Tenants (issue 8). */
+  const char *usage_db;        /* SQLite file for per-tenant usage, resolved
+                                  against the main file's directory; NULL:
+                                  usage is kept in memory only */
 } llmux_server_conf_t;
 
 typedef struct llmux_model_conf_s llmux_model_conf_t;
@@ -212,6 +216,40 @@ typedef struct llmux_agent_conf_s {
   llmux_profile_conf_t *profile;
 } llmux_agent_conf_t;
 
+/* SHA-256 digests of tenant keys are kept in binary. */
+#define LLMUX_KEY_HASH_LEN 32
+
+/* One `agent.NAME = PROFILE` line of a [tenant]. */
+typedef struct llmux_agent_override_s {
+  const char *agent_name;    /* as written */
+  const char *profile_name;
+  const char *file;
+  int line;
+  /* read-only, filled at load */
+  const llmux_agent_conf_t *agent;
+  const llmux_profile_conf_t *profile;
+} llmux_agent_override_t;
+
+/* [tenant NAME]: one team calling llmux with its own keys and limits. */
+typedef struct llmux_tenant_conf_s {
+  const char *name;
+  unsigned char (*key_hashes)[LLMUX_KEY_HASH_LEN]; /* `key_sha256` lines, decoded */
+  int *key_lines;
+  size_t nkeys;
+  llmux_strlist_t models;    /* names it may use, as written */
+  int has_models;            /* 0: `models` absent, every name is allowed */
+  llmux_limits_t limits;     /* requests_per_minute, tokens_per_minute,
+                                tokens_per_day; 0 = none */
+  double budget_usd_per_month; /* 0 with has_budget 0: none */
+  int has_budget;
+  llmux_agent_override_t *agent_overrides;
+  size_t nagent_overrides;
+  const char *file;
+  int line;
+  /* read-only, filled at load */
+  size_t index;
+} llmux_tenant_conf_t;
+
 /* [provider NAME] */
 struct llmux_provider_conf_s {
   const char *name;
@@ -281,6 +319,8 @@ typedef struct llmux_config_s {
   size_t nproviders;
   llmux_route_conf_t **routes;
   size_t nroutes;
+  llmux_tenant_conf_t **tenants;
+  size_t ntenants;
   const char **files;                /* every file read, in load order */
   size_t nfiles;
   /* private */
@@ -302,6 +342,13 @@ const llmux_provider_conf_t *llmux_config_find_provider(const llmux_config_t *cf
                                                         const char *name);
 const llmux_model_conf_t *llmux_config_find_model(const llmux_config_t *cfg,
                                                   const char *canonical_id);
+const llmux_tenant_conf_t *llmux_config_find_tenant(const llmux_config_t *cfg,
+                                                    const char *name);
+/* The profile a tenant's requests for `agent` go through: the tenant's
+ * `agent.NAME = PROFILE` override, else the agent's own profile. `tenant`
+ * may be NULL. */
+const llmux_profile_conf_t *llmux_tenant_agent_profile(const llmux_tenant_conf_t *tenant,
+                                                       const llmux_agent_conf_t *agent);
 
 const char *llmux_strategy_name(llmux_strategy_t s);
 /* "tools,json": capability names joined by ','. */

@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include "providers.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -133,6 +134,45 @@ static int rl_style_for(const llmux_provider_conf_t *pc, const char *host,
   return LLMUX_RL_STYLE_GENERIC;
 }
 
+static int answers_locally(const llmux_plugin_t *p) {
+  const llmux_provider_t *vt = p->vt;
+  return vt->size >= offsetof(llmux_provider_t, respond_local) + sizeof(vt->respond_local) &&
+         vt->respond_local != NULL;
+}
+
+/* A provider without base_url: its plugin answers every request itself
+ * (ABI 1.2 respond_local), so there is no host, TLS or header set. The
+ * proxy tells such a provider by rt->host == NULL. */
+static int build_local(llmux_provider_rt_t *rt, unsigned flags, llmux_diag_t *diag) {
+  const llmux_provider_conf_t *pc = rt->conf;
+  char err[512];
+  if (!answers_locally(rt->plugin)) {
+    llmux_diag_add(diag, pc->file, pc->line, LLMUX_DIAG_ERROR,
+                   "provider '%s' has no base_url (plugin '%s' needs one)", pc->name,
+                   pc->plugin);
+    return LLMUX_ECONFIG;
+  }
+  rt->base_path = llmux_xstrdup("");
+  rt->rl_style = LLMUX_RL_STYLE_GENERIC;
+  rt->headers = llmux_xcalloc(1, sizeof *rt->headers);
+  rt->pub.size = sizeof rt->pub;
+  rt->pub.name = pc->name;
+  rt->pub.base_path = rt->base_path;
+  rt->pub.api_key = pc->api_key;
+  rt->pub.headers = rt->headers;
+  rt->pub.get = rt_get;
+  if (!(flags & LLMUX_PROVIDERS_CREATE) || !pc->enabled) return 0;
+  err[0] = '\0';
+  if (rt->plugin->vt->create(&rt->pub, &rt->instance, err, sizeof err) != 0) {
+    llmux_diag_add(diag, pc->file, pc->line, LLMUX_DIAG_ERROR,
+                   "provider '%s': plugin '%s' refused the configuration: %s", pc->name,
+                   pc->plugin, err[0] ? err : "no reason given");
+    rt->instance = NULL;
+    return LLMUX_ECONFIG;
+  }
+  return 0;
+}
+
 static int build_one(llmux_providers_t *set, llmux_provider_rt_t *rt, unsigned flags,
                      llmux_diag_t *diag) {
   const llmux_provider_conf_t *pc = rt->conf;
@@ -146,6 +186,8 @@ static int build_one(llmux_providers_t *set, llmux_provider_rt_t *rt, unsigned f
     return LLMUX_ECONFIG;
   }
   check_plugin_keys(rt, diag);
+  if (pc->base_url == NULL)
+    return diag->errors != before ? LLMUX_ECONFIG : build_local(rt, flags, diag);
   if (llmux_url_parse(pc->base_url, &rt->tls, &rt->host, &rt->port, &rt->base_path) != 0) {
     llmux_diag_add(diag, pc->file, pc->line, LLMUX_DIAG_ERROR,
                    "provider '%s': invalid base_url '%s': expected http(s)://host[:port][/path]",

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "agent.h"
 #include "json_scan.h"
 #include "log.h"
 #include "plugin.h"
@@ -90,6 +91,14 @@ typedef struct proxy_s {
 
   /* time spent upstream or waiting, excluded from x-llmux-overhead-us */
   uint64_t t_start, t_up_start, t_up_head, elsewhere_us;
+
+  /* the tenant calling, and ARES's agent endpoint (issue 8) */
+  const llmux_tenant_t *tenant;   /* NULL when llmux runs open */
+  llmux_rl_reservation_t tenant_resv; /* its per-minute windows */
+  uint64_t tenant_tokens;         /* committed at the end: the answer's usage */
+  int agent;                      /* 1: POST /v1/chat, answers in ARES's shapes */
+  llmux_agent_req_t areq;
+  llmux_agent_stream_t astream;
 } proxy_t;
 
 static void try_next(proxy_t *p);
@@ -123,6 +132,10 @@ static void proxy_free(proxy_t *p) {
     llmux_router_report(p->gw->router, p->route->index, LLMUX_OUTCOME_NEUTRAL, 0, now_ms(p));
   }
   if (p->resv.held) llmux_rl_commit(&p->resv, p->resv_tokens, now_ms(p));
+  /* A request that got no answer counts, without tokens, against the
+   * tenant's requests_per_minute. */
+  if (p->tenant_resv.held) llmux_rl_commit(&p->tenant_resv, p->tenant_tokens, now_ms(p));
+  llmux_agent_stream_free(&p->astream);
   free_txn(p);
   llmux_host_txn_free(&p->ht);
   llmux_buf_free(&p->body);
@@ -200,7 +213,9 @@ static void respond_error(proxy_t *p, int status, const char *type, const char *
   char num[48], ra[24];
   size_t n;
   if (p->client == NULL) return;
-  if (ares) {
+  if (p->agent) {
+    llmux_agent_error_json(&body, msg, llmux_agent_error_code(status, code), retry_after_s);
+  } else if (ares) {
     llmux_buf_appends(&body, "{\"error\":{\"message\":");
     llmux_buf_append_json_str(&body, msg, strlen(msg));
     llmux_buf_printf(&body, ",\"type\":\"%s\",\"code\":\"%s\"},\"retry_after\":%llu}", type, code,
@@ -322,7 +337,18 @@ static int emit_to_client(void *owner, const char *data, size_t len) {
   int queued;
   if (p->client == NULL) return LLMUX_ECANCELED;
   if (!p->stream) return llmux_buf_append(&p->out, data, len);
-  queued = llmux_http_write(p->client, data, len);
+  if (p->agent) {
+    /* ARES events out of the provider's OpenAI events, line by line. */
+    llmux_buf_t ev = {0};
+    int rc = llmux_agent_stream_feed(&p->astream, data, len, &ev);
+    if (rc != 0 || ev.len == 0) {
+      llmux_buf_free(&ev);
+      return rc;
+    }
+    queued = llmux_http_write_buf(p->client, &ev);
+  } else {
+    queued = llmux_http_write(p->client, data, len);
+  }
   if (queued < 0) {
     p->emit_failed = 1;
     return queued;
@@ -345,22 +371,76 @@ static void start_stream(proxy_t *p) {
 static void end_stream_with_error(proxy_t *p, const char *code, const char *msg) {
   llmux_buf_t ev = {0};
   llmux_buf_appends(&ev, "data: ");
-  llmux_http_error_json(&ev, "upstream_error", code, msg, NULL);
+  if (p->agent) {
+    llmux_buf_appends(&ev, "{\"type\":\"error\",\"error\":");
+    llmux_buf_append_json_str(&ev, msg, strlen(msg));
+    llmux_buf_appends(&ev, ",\"code\":\"UPSTREAM_UNAVAILABLE\"}");
+  } else {
+    llmux_http_error_json(&ev, "upstream_error", code, msg, NULL);
+  }
   llmux_buf_appends(&ev, "\n\n");
   llmux_http_write_buf(p->client, &ev);
   llmux_http_end(p->client);
   proxy_finish(p);
 }
 
+/* The answer's usage, per tenant and model; input falls back on the
+ * estimate when the provider did not say (a stream without
+ * stream_options.include_usage). */
+static void account(proxy_t *p) {
+  const llmux_usage_t *u = &p->ht.txn.usage;
+  const llmux_model_conf_t *m = p->route ? p->route->model : NULL;
+  uint64_t in, out;
+  if (p->tenant == NULL || m == NULL) return;
+  in = u->prompt_tokens >= 0 ? (uint64_t)u->prompt_tokens : p->prompt_tokens;
+  out = u->completion_tokens >= 0 ? (uint64_t)u->completion_tokens : 0;
+  p->tenant_tokens = in + out;
+  llmux_usage_add(p->gw->usage, p->tenant->conf->name, m->id, llmux_usage_today(), in, out,
+                  ((double)in * m->price_in + (double)out * m->price_out) / 1e6);
+}
+
+static llmux_agent_info_t agent_info(const proxy_t *p) {
+  llmux_agent_info_t i;
+  i.agent_type = p->areq.agent->name;
+  i.tier = p->areq.profile->name;
+  i.model = p->route->model->id;
+  i.provider = p->route->provider->name;
+  return i;
+}
+
+/* ARES's answer from the buffered OpenAI one; 0, or the client got a 502. */
+static int agent_answer(proxy_t *p) {
+  llmux_agent_info_t info = agent_info(p);
+  llmux_buf_t a = {0};
+  if (llmux_agent_answer(p->out.base, p->out.len, &info, &a) != 0) {
+    llmux_buf_free(&a);
+    respond_error(p, 502, "upstream_error", "UPSTREAM_UNAVAILABLE", NULL,
+                  "The provider's answer has no message.", 0, 0);
+    proxy_finish(p);
+    return -1;
+  }
+  llmux_buf_free(&p->out);
+  p->out = a;
+  return 0;
+}
+
 static void finish_ok(proxy_t *p) {
   llmux_http_header_t h[10];
   char num[48];
   size_t n;
+  account(p);
   if (p->stream) {
+    if (p->agent) {
+      llmux_agent_info_t info = agent_info(p);
+      llmux_buf_t ev = {0};
+      if (llmux_agent_stream_end(&p->astream, &info, &ev) == 0) llmux_http_write_buf(p->client, &ev);
+      llmux_buf_free(&ev);
+    }
     llmux_http_end(p->client);
     proxy_finish(p);
     return;
   }
+  if (p->agent && agent_answer(p) != 0) return;
   n = our_headers(p, h, "application/json", num);
   llmux_http_respond_buf(p->client, 200, h, n, &p->out);
   proxy_finish(p);
@@ -714,6 +794,45 @@ static void build_upstream(proxy_t *p) {
   p->up.on_done = on_up_done;
 }
 
+/* ABI 1.2: a provider without base_url (rt->host == NULL) is answered by
+ * its plugin's respond_local, with no upstream request at all (the
+ * `simple` embedding provider). The whole answer is emitted during the
+ * call, so it is finished (or failed over) before this returns. */
+static void respond_locally(proxy_t *p, const llmux_route_conf_t *r, llmux_provider_rt_t *rt) {
+  const llmux_provider_t *vt = rt->plugin->vt;
+  llmux_usage_t *u = &p->ht.txn.usage;
+  int rc;
+  if (p->stream) start_stream(p);
+  rc = vt->respond_local(rt->instance, &p->ht.txn);
+  if (rc == 0 && !p->stream && p->emit_failed == 0 &&
+      llmux_json_scan(p->out.base, p->out.len, NULL, 0, NULL, NULL) != 0)
+    rc = LLMUX_EUPSTREAM;
+  if (rc != 0 && p->started) {
+    llmux_rl_release(&p->resv, now_ms(p));
+    end_stream_with_error(p, "local_provider_failed", "The local provider failed mid-answer.");
+    return;
+  }
+  if (rc != 0) {
+    llmux_rl_release(&p->resv, now_ms(p));
+    if (rc == LLMUX_EINVAL)
+      note_failure(p, 400, "invalid_request_error", "unsupported_request", 0,
+                   "provider '%s' (plugin '%s') cannot serve this request", r->provider->name,
+                   rt->plugin->name);
+    else
+      note_failure(p, 502, "upstream_error", llmux_err_code(rc), 0,
+                   "plugin '%s' could not answer: %s", rt->plugin->name, llmux_strerror(rc));
+    try_next(p);
+    return;
+  }
+  llmux_rl_commit(&p->resv,
+                  u->prompt_tokens >= 0 && u->completion_tokens >= 0
+                      ? (uint64_t)(u->prompt_tokens + u->completion_tokens)
+                      : p->resv_tokens,
+                  now_ms(p));
+  llmux_router_report(p->gw->router, r->index, LLMUX_OUTCOME_SUCCESS, 0, now_ms(p));
+  finish_ok(p);
+}
+
 /* Sends the request to one route. On a local failure notes it and moves
  * on to the next candidate. */
 static void attempt(proxy_t *p, const llmux_route_conf_t *r, llmux_provider_rt_t *rt,
@@ -747,6 +866,10 @@ static void attempt(proxy_t *p, const llmux_route_conf_t *r, llmux_provider_rt_t
   p->ht.owner = p;
   p->ht.emit = emit_to_client;
   p->txn_prov = rt;
+  if (rt->host == NULL) { /* no base_url: the plugin answers (ABI 1.2) */
+    respond_locally(p, r, rt);
+    return;
+  }
   rc = rt->plugin->vt->translate_request(rt->instance, t);
   if (rc != 0 || t->nbody_parts == 0 || t->nbody_parts > LLMUX_TXN_MAX_BODY_PARTS) {
     llmux_rl_release(&p->resv, now_ms(p));
@@ -850,7 +973,60 @@ static int plan_routes(proxy_t *p) {
   return 0;
 }
 
+/* ARES's body -> an OpenAI chat body through the agent's profile. */
+static int agent_request(proxy_t *p) {
+  llmux_buf_t body = {0};
+  char msg[256];
+  int rc = llmux_agent_build_request(p->gw->cfg, p->tenant ? p->tenant->conf : NULL,
+                                     p->body.base, p->body.len, &p->areq, &body, msg,
+                                     sizeof msg);
+  if (rc != 0) {
+    llmux_buf_free(&body);
+    fail_client(p, 400, "invalid_request_error",
+                rc == LLMUX_ENOTFOUND ? "UNKNOWN_AGENT_TYPE" : "INVALID_REQUEST", NULL, "%s",
+                msg);
+    return -1;
+  }
+  llmux_buf_free(&p->body);
+  p->body = body;
+  return 0;
+}
+
+/* The tenant's say, before any provider's: may it use this, and has it
+ * headroom? Reserves its per-minute share. */
+static int tenant_admit(proxy_t *p) {
+  llmux_tenant_verdict_t v;
+  uint64_t tokens;
+  char msg[256];
+  int allowed = p->agent ? llmux_tenant_may_use_agent(p->tenant, p->gw->cfg, p->areq.agent)
+                         : llmux_tenant_may_use(p->tenant, &p->res, NULL);
+  if (!allowed) {
+    fail_client(p, 403, "invalid_request_error", "model_not_allowed", "model",
+                "Tenant '%s' may not use %s '%s': GET /v1/models lists what it may use.",
+                p->tenant->conf->name, p->agent ? "agent" : "model",
+                p->agent ? p->areq.agent->name : p->model_name);
+    return -1;
+  }
+  tokens = llmux_rl_tokens_to_reserve(LLMUX_RL_STYLE_GENERIC, p->prompt_tokens, p->max_tokens, 0);
+  if (llmux_tenant_admit(&p->gw->tenants, p->gw->usage, p->tenant, tokens, now_ms(p), wall_ms(),
+                         &p->tenant_resv, &v) == 0)
+    return 0;
+  snprintf(msg, sizeof msg, "%s exceeded for tenant '%s': %s", v.quota ? "Quota" : "Rate limit",
+           p->tenant->conf->name, v.limit);
+  respond_error(p, 429, v.quota ? "insufficient_quota" : "rate_limit_error",
+                v.quota ? "QUOTA_EXCEEDED" : "RATE_LIMIT_EXCEEDED", NULL, msg,
+                secs_up(v.retry_after_ms), 1);
+  proxy_finish(p);
+  return -1;
+}
+
 void llmux_proxy_handle(llmux_gateway_t *gw, llmux_http_req_t *req, int endpoint) {
+  llmux_proxy_opts_t o = {endpoint, NULL, 0};
+  llmux_proxy_handle_opts(gw, req, &o);
+}
+
+void llmux_proxy_handle_opts(llmux_gateway_t *gw, llmux_http_req_t *req,
+                             const llmux_proxy_opts_t *opts) {
   proxy_t *p = calloc(1, sizeof *p);
   if (p == NULL) {
     llmux_http_send_error(req, 503, "server_error", "out_of_memory", "Out of memory.", NULL);
@@ -858,15 +1034,25 @@ void llmux_proxy_handle(llmux_gateway_t *gw, llmux_http_req_t *req, int endpoint
   }
   p->gw = gw;
   p->client = req;
-  p->endpoint = endpoint;
+  p->endpoint = opts->endpoint;
+  p->tenant = opts->tenant;
+  p->agent = opts->agent;
   p->t_start = req->start_us;
   req->data = p;
   req->on_abort = on_client_abort;
   req->on_drain = on_client_drain;
   llmux_api_request_id(gw, req, p->rid);
   llmux_http_req_take_body(req, &p->body);
+  if (p->agent && agent_request(p) != 0) return;
   if (validate(p) != 0) return;
-  if (llmux_resolve(gw->cfg, p->model_name, &p->res) != 0) {
+  if (llmux_resolve(gw->cfg, p->model_name, &p->res) != 0 ||
+      (p->agent && p->res.profile != p->areq.profile)) {
+    if (p->agent) {
+      fail_client(p, 500, "server_error", "internal_error", NULL,
+                  "Profile '%s' of agent '%s' does not resolve to itself.", p->model_name,
+                  p->areq.agent->name);
+      return;
+    }
     llmux_api_model_not_found(req, p->model_name, &p->res);
     proxy_finish(p);
     return;
@@ -875,6 +1061,7 @@ void llmux_proxy_handle(llmux_gateway_t *gw, llmux_http_req_t *req, int endpoint
   p->prompt_tokens = llmux_rl_estimate_tokens(p->body.base, p->body.len);
   if (llmux_rl_parse_max_tokens(p->body.base, p->body.len, &p->max_tokens) != 0)
     p->max_tokens = 0;
+  if (p->tenant && tenant_admit(p) != 0) return;
   if (plan_routes(p) != 0) {
     fail_client(p, 500, "server_error", "internal_error", NULL, "Routing failed.");
     return;

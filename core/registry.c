@@ -730,7 +730,7 @@ int llmux_registry_dump(const llmux_config_t *cfg, llmux_buf_t *out) {
   for (i = 0; i < cfg->nproviders; i++) {
     const llmux_provider_conf_t *p = cfg->providers[i];
     llmux_buf_printf(out, "  %s  plugin %s  %s  priority %d  %s%s%s", p->name,
-                     p->plugin ? p->plugin : "?", p->base_url ? p->base_url : "?",
+                     p->plugin ? p->plugin : "?", p->base_url ? p->base_url : "(local)",
                      p->priority, p->enabled ? "enabled" : "disabled",
                      p->enabled ? "" : ": ", p->enabled ? "" : p->disabled_reason);
     dump_limits(out, &p->limits);

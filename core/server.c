@@ -8,6 +8,22 @@
 #include "log.h"
 #include "util.h"
 
+/* Tenants and their usage. The database is opened (and this month's rows
+ * loaded) before the gateway listens: a blocking start-up step. */
+static int init_tenants(llmux_gateway_t *gw) {
+  char err[512];
+  int rc = llmux_tenants_init(&gw->tenants, gw->cfg, llmux_api_build_tenant_models);
+  if (rc != 0) return rc;
+  rc = llmux_usage_open(gw->loop, gw->cfg->server.usage_db, llmux_usage_today(), &gw->usage,
+                        err, sizeof err);
+  if (rc != 0) llmux_error("%s", err);
+  return rc;
+}
+
+static void free_tenants(llmux_gateway_t *gw) {
+  llmux_tenants_free(&gw->tenants);
+}
+
 static int init_routing(llmux_gateway_t *gw) {
   const llmux_config_t *cfg = gw->cfg;
   llmux_router_options_t ro;
@@ -62,10 +78,15 @@ int llmux_gateway_init(llmux_gateway_t *gw, uv_loop_t *loop, const llmux_config_
   gw->http.data = gw;
   rc = init_routing(gw);
   if (rc != 0) goto fail;
+  rc = init_tenants(gw);
+  if (rc != 0) goto fail;
   rc = llmux_upstream_new(loop, NULL, &gw->up);
   if (rc != 0) goto fail;
   return 0;
 fail:
+  if (gw->usage) llmux_usage_close(gw->usage, NULL, NULL);
+  gw->usage = NULL;
+  free_tenants(gw);
   free_routing(gw);
   llmux_buf_free(&gw->models_json);
   return rc;
@@ -77,9 +98,15 @@ int llmux_gateway_listen(llmux_gateway_t *gw, const char *host, int port) {
 
 static void close_step(llmux_gateway_t *gw) {
   if (--gw->close_pending > 0) return;
+  free_tenants(gw);
   free_routing(gw);
   llmux_buf_free(&gw->models_json);
   if (gw->close_cb) gw->close_cb(gw);
+}
+
+static void on_usage_closed(llmux_usage_store_t *s, void *arg) {
+  (void)s;
+  close_step(arg);
 }
 
 static void on_http_closed(llmux_http_server_t *srv) {
@@ -89,6 +116,13 @@ static void on_http_closed(llmux_http_server_t *srv) {
    * closed by the time uv_run() returns. */
   llmux_upstream_close(gw->up, NULL);
   gw->up = NULL;
+  /* Every request is finished and counted: write the last usage now, on
+   * this thread, so a clean stop loses nothing. */
+  if (gw->usage) {
+    gw->close_pending++;
+    llmux_usage_close(gw->usage, on_usage_closed, gw);
+    gw->usage = NULL;
+  }
   close_step(gw);
 }
 
@@ -115,6 +149,12 @@ static void log_start(const llmux_gateway_t *gw) {
              strchr(gw->cfg->server.host, ':') ? "[" : "", gw->cfg->server.host,
              strchr(gw->cfg->server.host, ':') ? "]" : "", gw->http.port, gw->cfg->nmodels,
              enabled, gw->cfg->nproviders);
+  if (gw->cfg->ntenants == 0)
+    llmux_warn("no [tenant] is configured: llmux runs open, every endpoint answers without "
+               "an API key (fine for local use; `llmux key new NAME` makes a key)");
+  else if (gw->cfg->server.usage_db == NULL)
+    llmux_warn("usage_db is not set in [server]: tenant usage and daily quotas are kept in "
+               "memory only and start again from zero after a restart");
   if (enabled == 0)
     llmux_warn("no provider is enabled: set the API key variables the provider files name "
                "(api_key_env), e.g. GROQ_API_KEY");

@@ -10,7 +10,9 @@
 #include "providers.h"
 #include "ratelimit.h"
 #include "router.h"
+#include "tenant.h"
 #include "upstream.h"
+#include "usage.h"
 
 typedef struct llmux_gateway_s {
   void *data;
@@ -23,6 +25,8 @@ typedef struct llmux_gateway_s {
   llmux_router_t *router;      /* route order, latency, cooldowns */
   llmux_rl_store_t *rl;        /* rate-limit state */
   llmux_buf_t models_json;     /* GET /v1/models, built once per snapshot */
+  llmux_tenants_t tenants;     /* keys and limits; tenants.n == 0: open */
+  llmux_usage_store_t *usage;  /* per-tenant usage, persisted to usage_db */
   uint64_t started_us;
   uint64_t requests;           /* requests handled */
   uint64_t id_state;           /* request-id generator state */
@@ -45,6 +49,9 @@ void llmux_gateway_close(llmux_gateway_t *gw, void (*cb)(llmux_gateway_t *gw));
 /* api.c: the request router behind the front door. */
 void llmux_api_on_request(llmux_http_req_t *req);
 int llmux_api_build_models(const llmux_config_t *cfg, llmux_buf_t *out);
+/* The same, listing only what tenant t may use (t NULL: everything). */
+int llmux_api_build_tenant_models(const llmux_config_t *cfg, const llmux_tenant_t *t,
+                                  llmux_buf_t *out);
 /* The request's x-request-id: the client's when it sent a sane one, else a
  * fresh one, written into buf (at least 64 bytes). */
 const char *llmux_api_request_id(llmux_gateway_t *gw, llmux_http_req_t *req, char *buf);
@@ -53,8 +60,20 @@ const char *llmux_api_request_id(llmux_gateway_t *gw, llmux_http_req_t *req, cha
 struct llmux_resolution_s;
 int llmux_api_model_not_found(llmux_http_req_t *req, const char *name,
                               const struct llmux_resolution_s *res);
+/* The 403 for a model tenant t may not use. */
+int llmux_api_model_not_allowed(llmux_http_req_t *req, const llmux_tenant_t *t,
+                                const char *name);
 
 /* proxy.c: POST /v1/chat/completions, /v1/completions, /v1/embeddings. */
 void llmux_proxy_handle(llmux_gateway_t *gw, llmux_http_req_t *req, int endpoint);
+
+/* How a request enters the proxy (issue 8). */
+typedef struct llmux_proxy_opts_s {
+  int endpoint;                  /* LLMUX_ENDPOINT_* (CHAT for the agent endpoint) */
+  const llmux_tenant_t *tenant;  /* the caller; NULL when llmux runs open */
+  int agent;                     /* 1: ARES's POST /v1/chat (agent.h) */
+} llmux_proxy_opts_t;
+void llmux_proxy_handle_opts(llmux_gateway_t *gw, llmux_http_req_t *req,
+                             const llmux_proxy_opts_t *opts);
 
 #endif

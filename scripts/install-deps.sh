@@ -5,7 +5,8 @@
 set -euo pipefail
 
 PKGS=(cmake gcc make pkg-config
-      libuv1-dev libmbedtls-dev libinih-dev libjansson-dev libcmocka-dev node-llhttp)
+      libuv1-dev libmbedtls-dev libinih-dev libjansson-dev libcmocka-dev node-llhttp
+      libsqlite3-dev)
 if [ "${1:-}" = "--test" ]; then
   # Tests also need openssl (throwaway CA), and node/npm for the openai client.
   PKGS+=(openssl ca-certificates valgrind)

@@ -32,7 +32,7 @@ extern "C" {
 #endif
 
 #define LLMUX_PROVIDER_ABI_MAJOR 1
-#define LLMUX_PROVIDER_ABI_MINOR 1
+#define LLMUX_PROVIDER_ABI_MINOR 2
 
 /* The symbol the gateway looks up with dlsym(). */
 #define LLMUX_PROVIDER_INIT_SYMBOL "llmux_provider_init"
@@ -250,7 +250,23 @@ typedef struct llmux_provider_s {
   int (*models_request)(void *instance, llmux_txn_t *txn);
   int (*parse_models)(void *instance, const char *body, size_t len, llmux_buf_t *names);
 
-  void *reserved[5];
+  /* ---- ABI 1.2: optional ---------------------------------------------- */
+
+  /* Answers the request inside the plugin, with no network at all (the
+   * `simple` embedding provider). The host calls it instead of
+   * translate_request and the upstream request when the plugin sets it and
+   * the provider's section has no base_url (a provider without base_url
+   * whose plugin lacks it is a configuration error). The txn's read-only
+   * request fields are set as for translate_request; the plugin emits the
+   * whole OpenAI-format answer with host->emit before returning (for
+   * `stream` the client already has an event-stream head: emit the SSE
+   * frames and `data: [DONE]`), and may set usage and served_model.
+   * Returns 0, LLMUX_EINVAL when it cannot serve this kind of request
+   * (the client's fault, answered 400), or another negative LLMUX_E*
+   * (another route is tried). txn_free follows as usual. */
+  int (*respond_local)(void *instance, llmux_txn_t *txn);
+
+  void *reserved[4];
 } llmux_provider_t;
 
 /* The entry point: check host->abi_major, keep `host` (valid for the life

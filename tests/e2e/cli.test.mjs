@@ -104,6 +104,12 @@ test("a literal API key in a file is refused", () => {
   assert.doesNotMatch(r.stderr + r.stdout, /sk-live-123/, "the key is never echoed");
 });
 
+test("a provider without base_url is an error for a plugin that needs the network", () => {
+  const r = check(MODEL, PROVIDER.replace(/base_url = .*\n/, ""));
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /p1\.ini:1: .*no base_url/);
+});
+
 test("a provider with an unknown plugin is reported with the file it looked for", () => {
   const r = check(MODEL, PROVIDER.replace("plugin = openai", "plugin = nosuch"));
   assert.equal(r.status, 1);

@@ -22,7 +22,7 @@ test("GET /health answers ok with a request id", async () => {
   assert.match(r.headers.get("x-request-id"), /^req_[0-9a-f]{16}$/);
   const body = await r.json();
   assert.equal(body.status, "ok");
-  assert.equal(body.providers.enabled, 1, "only keyless Ollama is enabled without keys");
+  assert.equal(body.providers.enabled, 2, "only keyless Ollama and the local simple embedder are enabled without keys");
 });
 
 test("a client's x-request-id is passed back", async () => {
