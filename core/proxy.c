@@ -873,9 +873,17 @@ static void attempt(proxy_t *p, const llmux_route_conf_t *r, llmux_provider_rt_t
   rc = rt->plugin->vt->translate_request(rt->instance, t);
   if (rc != 0 || t->nbody_parts == 0 || t->nbody_parts > LLMUX_TXN_MAX_BODY_PARTS) {
     llmux_rl_release(&p->resv, now_ms(p));
-    note_failure(p, 502, "upstream_error", "translation_failed", 0,
-                 "plugin '%s' could not translate the request: %s", rt->plugin->name,
-                 llmux_strerror(rc ? rc : LLMUX_EINVAL));
+    /* EINVAL: the request holds something this provider cannot take (an
+     * audio part for Anthropic, say): another route may; if none can, it
+     * is the client's 400. Anything else is the plugin's failure. */
+    if (rc == LLMUX_EINVAL || rc == 0)
+      note_failure(p, 400, "invalid_request_error", "unsupported_by_provider", 0,
+                   "provider '%s' (plugin '%s') cannot accept this request", r->provider->name,
+                   rt->plugin->name);
+    else
+      note_failure(p, 502, "upstream_error", "translation_failed", 0,
+                   "plugin '%s' could not translate the request: %s", rt->plugin->name,
+                   llmux_strerror(rc));
     try_next(p);
     return;
   }

@@ -212,3 +212,13 @@ test("an error line mid-stream reaches the client as a stream error", async () =
   }, /llama runner process has terminated/);
   assert.equal(text, expectedContent("ol", 2), "what came before the error arrived");
 });
+
+test("a request the provider's API cannot take is the client's 400, naming the provider", async () => {
+  // Ollama's native API has no legacy completions endpoint.
+  await assert.rejects(client.completions.create({ model: "local-chat", prompt: "Once" }), (e) => {
+    assert.equal(e.status, 400);
+    assert.equal(e.code, "unsupported_by_provider");
+    assert.match(e.message, /cannot accept this request/);
+    return true;
+  });
+});
