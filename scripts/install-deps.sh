@@ -9,7 +9,7 @@ PKGS=(cmake gcc make pkg-config
       libsqlite3-dev)
 if [ "${1:-}" = "--test" ]; then
   # Tests also need openssl (throwaway CA), and node/npm for the openai client.
-  PKGS+=(openssl ca-certificates valgrind)
+  PKGS+=(openssl ca-certificates valgrind nginx wrk gnuplot-nox)
 fi
 
 missing=()

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The benchmark in one command: installs what is missing (nginx, wrk,
+# gnuplot from Debian; the Portkey gateway from npm into bench/node_modules),
+# builds llmux, the mock upstream and bench/streamload as Release, then runs
+# bench/run.mjs, which writes bench/results/{results.json,results.md,latency.png}.
+#
+#   bench/run.sh [--smoke] [--no-portkey] [--duration S] [--out DIR]
+#
+# LLMUX_BENCH_BUILD_DIR picks the build directory (default build-bench).
+# A peer that cannot be installed is skipped with a line saying so.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD=${LLMUX_BENCH_BUILD_DIR:-build-bench}
+JOBS=$(nproc 2>/dev/null || echo 2)
+
+./scripts/install-deps.sh
+missing=()
+for t in nginx:nginx wrk:wrk gnuplot:gnuplot-nox; do
+  command -v "${t%%:*}" >/dev/null 2>&1 || missing+=("${t#*:}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "bench: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+portkey=1
+for a in "$@"; do [ "$a" = "--no-portkey" ] && portkey=0; done
+if [ $portkey = 1 ] && [ ! -f bench/node_modules/@portkey-ai/gateway/package.json ]; then
+  (cd bench && npm ci --no-audit --no-fund --loglevel=error) ||
+    echo "bench: could not install the Portkey gateway from npm; it will be skipped" >&2
+fi
+
+cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build "$BUILD" -j"$JOBS" --target llmux plugin_openai mock_upstream
+cmake -S bench -B "$BUILD/bench-tools" -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build "$BUILD/bench-tools" -j"$JOBS"
+
+# 1,000 streams through a proxy need ~2,000 descriptors in it.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+exec node bench/run.mjs --build-dir "$BUILD" "$@"
