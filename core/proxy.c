@@ -80,6 +80,7 @@ typedef struct proxy_s {
   llmux_buf_t up_path;
   llmux_buf_t up_headers;
   llmux_buf_t out;                /* non-stream: the whole answer */
+  llmux_buf_t pending;            /* stream: events not yet written */
   llmux_buf_t err_body;           /* non-2xx: the provider's body */
   llmux_buf_t resp_hdr_store;     /* copies of the provider's response headers */
   llmux_header_t resp_headers[MAX_RESP_HEADERS];
@@ -145,6 +146,7 @@ static void proxy_free(proxy_t *p) {
   llmux_buf_free(&p->up_path);
   llmux_buf_free(&p->up_headers);
   llmux_buf_free(&p->out);
+  llmux_buf_free(&p->pending);
   llmux_buf_free(&p->err_body);
   llmux_buf_free(&p->resp_hdr_store);
   if (p->timer_live) {
@@ -248,7 +250,8 @@ static void fail_client(proxy_t *p, int status, const char *type, const char *co
 
 /* ---- validation --------------------------------------------------------- */
 
-enum { F_MODEL, F_STREAM, F_MESSAGES, F_PROMPT, F_INPUT, F_TOOLS, F_FORMAT, F_COUNT };
+enum { F_MODEL, F_STREAM, F_MESSAGES, F_PROMPT, F_INPUT, F_TOOLS, F_FORMAT, F_MAX_COMPLETION,
+       F_MAX_TOKENS, F_COUNT };
 
 static int validate_fields(proxy_t *p, llmux_json_field_t *f) {
   if (f[F_MODEL].type == LLMUX_JSON_NONE) {
@@ -308,9 +311,31 @@ static unsigned needed_caps(const proxy_t *p, const llmux_json_field_t *f) {
   return caps;
 }
 
+/* Token estimates for rate limits and the context-window filter, from the
+ * one scan validation already made: about four bytes of JSON text per token
+ * in what the model reads (a deliberate over-estimate: keys and quotes count
+ * too), corrected later by the response's usage. */
+static void estimate_tokens(proxy_t *p, const llmux_json_field_t *f) {
+  static const int text[] = {F_MESSAGES, F_PROMPT, F_INPUT, F_TOOLS};
+  static const int limits[] = {F_MAX_COMPLETION, F_MAX_TOKENS};
+  uint64_t bytes = 0;
+  size_t i, j;
+  for (i = 0; i < LLMUX_COUNTOF(text); i++) bytes += f[text[i]].value.len;
+  p->prompt_tokens = (bytes + 3) / 4 + 3;
+  p->max_tokens = 0;
+  for (i = 0; i < LLMUX_COUNTOF(limits) && p->max_tokens == 0; i++) {
+    const llmux_json_field_t *m = &f[limits[i]];
+    if (m->type != LLMUX_JSON_NUMBER || m->value.base[0] == '-') continue;
+    for (j = 0; j < m->value.len && m->value.base[j] >= '0' && m->value.base[j] <= '9'; j++)
+      p->max_tokens = p->max_tokens * 10 + (uint64_t)(m->value.base[j] - '0');
+    if (j < m->value.len) p->max_tokens = 0; /* 1e3 or 12.5: not a count */
+  }
+}
+
 static int validate(proxy_t *p) {
   llmux_json_field_t f[F_COUNT] = {{"model"}, {"stream"}, {"messages"}, {"prompt"},
-                                   {"input"}, {"tools"},  {"response_format"}};
+                                   {"input"}, {"tools"},  {"response_format"},
+                                   {"max_completion_tokens"}, {"max_tokens"}};
   size_t off = 0;
   const char *why = NULL;
   if (p->body.len == 0) {
@@ -327,34 +352,36 @@ static int validate(proxy_t *p) {
   p->stream = f[F_STREAM].type == LLMUX_JSON_TRUE;
   p->model_value = f[F_MODEL].value;
   p->caps = needed_caps(p, f);
+  estimate_tokens(p, f);
   return 0;
 }
 
 /* ---- streaming to the client -------------------------------------------- */
 
+/* Stream events are gathered in `pending` and written once per upstream
+ * read (flush_pending), not once per event: a read often carries dozens. */
 static int emit_to_client(void *owner, const char *data, size_t len) {
   proxy_t *p = owner;
-  int queued;
   if (p->client == NULL) return LLMUX_ECANCELED;
   if (!p->stream) return llmux_buf_append(&p->out, data, len);
-  if (p->agent) {
-    /* ARES events out of the provider's OpenAI events, line by line. */
-    llmux_buf_t ev = {0};
-    int rc = llmux_agent_stream_feed(&p->astream, data, len, &ev);
-    if (rc != 0 || ev.len == 0) {
-      llmux_buf_free(&ev);
-      return rc;
-    }
-    queued = llmux_http_write_buf(p->client, &ev);
-  } else {
-    queued = llmux_http_write(p->client, data, len);
-  }
+  if (p->agent) /* ARES events out of the provider's OpenAI events */
+    return llmux_agent_stream_feed(&p->astream, data, len, &p->pending);
+  return llmux_buf_append(&p->pending, data, len);
+}
+
+static void flush_pending(proxy_t *p) {
+  int queued;
+  if (p->pending.len == 0 || p->client == NULL || !p->started) return;
+  queued = llmux_http_write_buf(p->client, &p->pending);
   if (queued < 0) {
     p->emit_failed = 1;
-    return queued;
+    return;
   }
   if ((size_t)queued > CLIENT_HIGH_WATER && p->up_running) llmux_upstream_pause(&p->up);
-  return 0;
+}
+
+static void on_up_read_end(llmux_upstream_req_t *up) {
+  flush_pending(up->data);
 }
 
 static void start_stream(proxy_t *p) {
@@ -370,6 +397,7 @@ static void start_stream(proxy_t *p) {
  * SSE event in OpenAI's error shape, and end the stream. */
 static void end_stream_with_error(proxy_t *p, const char *code, const char *msg) {
   llmux_buf_t ev = {0};
+  flush_pending(p);
   llmux_buf_appends(&ev, "data: ");
   if (p->agent) {
     llmux_buf_appends(&ev, "{\"type\":\"error\",\"error\":");
@@ -430,6 +458,7 @@ static void finish_ok(proxy_t *p) {
   size_t n;
   account(p);
   if (p->stream) {
+    flush_pending(p);
     if (p->agent) {
       llmux_agent_info_t info = agent_info(p);
       llmux_buf_t ev = {0};
@@ -792,6 +821,7 @@ static void build_upstream(proxy_t *p) {
   p->up.on_head = on_up_head;
   p->up.on_body = on_up_body;
   p->up.on_done = on_up_done;
+  p->up.on_read_end = on_up_read_end;
 }
 
 /* ABI 1.2: a provider without base_url (rt->host == NULL) is answered by
@@ -1066,9 +1096,6 @@ void llmux_proxy_handle_opts(llmux_gateway_t *gw, llmux_http_req_t *req,
     return;
   }
   p->deadline_ms = now_ms(p) + gw->cfg->server.request_timeout_ms;
-  p->prompt_tokens = llmux_rl_estimate_tokens(p->body.base, p->body.len);
-  if (llmux_rl_parse_max_tokens(p->body.base, p->body.len, &p->max_tokens) != 0)
-    p->max_tokens = 0;
   if (p->tenant && tenant_admit(p) != 0) return;
   if (plan_routes(p) != 0) {
     fail_client(p, 500, "server_error", "internal_error", NULL, "Routing failed.");

@@ -840,6 +840,7 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   llmux__upconn_t *conn = s->data;
+  llmux_upstream_req_t *req;
 
   if (nread == 0 || conn->closing) return;
   if (conn->state == C_IDLE) { /* pooled: the server closed it, or sent junk */
@@ -854,8 +855,12 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     fail_uv(conn, (int)nread, "reading from");
     return;
   }
+  req = conn->req;
   if (conn->tls) conn_on_cipher(conn, buf->base, (size_t)nread);
   else conn_on_plain(conn, buf->base, (size_t)nread);
+  /* The connection's memory outlives this call (freed in a close
+   * callback); its request is still ours only if nothing ended it. */
+  if (req != NULL && conn->req == req && req->on_read_end != NULL) req->on_read_end(req);
 }
 
 /* ---- public API -------------------------------------------------------- */
@@ -873,7 +878,7 @@ int llmux_upstream_new(uv_loop_t *loop, const llmux_upstream_options_t *opts,
   }
   up->dns.data = up;
   up->loop = loop;
-  up->max_idle = opts && opts->max_idle_per_key ? opts->max_idle_per_key : 32;
+  up->max_idle = opts && opts->max_idle_per_key ? opts->max_idle_per_key : 256;
   up->idle_timeout_ms = opts && opts->idle_timeout_ms ? opts->idle_timeout_ms : 30000;
   *out = up;
   return 0;

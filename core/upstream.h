@@ -61,9 +61,13 @@ typedef void (*llmux_upstream_body_cb)(llmux_upstream_req_t *req, const char *da
  * response byte arrived (if so, a retry elsewhere must not replay a response
  * the client may already have seen). */
 typedef void (*llmux_upstream_done_cb)(llmux_upstream_req_t *req, int status);
+/* Everything one socket read brought has been delivered through on_body:
+ * a caller that gathers what on_body produced sends it now, in one write,
+ * instead of one write per stream event. Not called after on_done. */
+typedef void (*llmux_upstream_read_end_cb)(llmux_upstream_req_t *req);
 
 typedef struct llmux_upstream_options_s {
-  unsigned max_idle_per_key; /* idle connections kept per key; 0 -> 32 */
+  unsigned max_idle_per_key; /* idle connections kept per key; 0 -> 256 */
   uint64_t idle_timeout_ms;  /* an idle connection is closed after; 0 -> 30000 */
   /* The pool's resolver (nameservers, hosts file, timeouts; tests point it
    * at a fake nameserver). Read during llmux_upstream_new() only. NULL:
@@ -104,6 +108,7 @@ struct llmux_upstream_req_s {
   llmux_upstream_head_cb on_head;  /* optional */
   llmux_upstream_body_cb on_body;  /* optional */
   llmux_upstream_done_cb on_done;  /* required */
+  llmux_upstream_read_end_cb on_read_end; /* optional */
 
   /* read-only */
   int status;                    /* HTTP status once the head arrived, else 0 */

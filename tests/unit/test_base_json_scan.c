@@ -88,6 +88,29 @@ static void probes_nested_keys(void **state) {
   assert_false(llmux_json_mentions_key("{\"x\":\"image_url\"}", 17, "image_url"));
 }
 
+/* The word-at-a-time skip must stop at every special byte wherever it
+ * falls in a word. */
+static void finds_special_bytes_at_every_alignment(void **state) {
+  char body[128];
+  size_t pos;
+  (void)state;
+  for (pos = 0; pos < 40; pos++) {
+    llmux_json_field_t f[] = {{"a"}, {"b"}};
+    memset(body, 0, sizeof body);
+    memcpy(body, "{\"a\":\"", 6);
+    memset(body + 6, 'x', 48);
+    memcpy(body + 6 + pos, "\\\"", 2); /* an escaped quote inside */
+    memcpy(body + 54, "\",\"b\":1}", 9);
+    assert_int_equal(llmux_json_scan(body, strlen(body), f, 2, NULL, NULL), 0);
+    assert_int_equal(f[0].value.len, 50);
+    assert_int_equal(f[1].type, LLMUX_JSON_NUMBER);
+    body[6 + pos] = '\x01'; /* a raw control character is invalid */
+    assert_int_equal(llmux_json_scan(body, strlen(body), f, 2, NULL, NULL), LLMUX_EINVAL);
+    body[6 + pos] = '\xc3'; /* a lone UTF-8 lead byte is invalid */
+    assert_int_equal(llmux_json_scan(body, strlen(body), f, 2, NULL, NULL), LLMUX_EINVAL);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(finds_top_level_model_and_stream),
@@ -96,6 +119,7 @@ int main(void) {
     cmocka_unit_test(limits_nesting_depth),
     cmocka_unit_test(unquotes_escapes_and_surrogates),
     cmocka_unit_test(probes_nested_keys),
+    cmocka_unit_test(finds_special_bytes_at_every_alignment),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
