@@ -10,6 +10,9 @@ typedef struct {
   const char *p, *end, *start;
   const char *err_msg;
   const char *err_at;
+  const char *probe;   /* a key looked for at any depth, or NULL */
+  size_t probe_len;
+  int probe_hit;
 } scan_t;
 
 static int fail(scan_t *s, const char *at, const char *msg) {
@@ -51,10 +54,29 @@ static size_t utf8_len(const unsigned char *p, const unsigned char *end) {
   return n;
 }
 
-/* Eight bytes at a time over plain ASCII string content: the bulk of a
+/* Many bytes at a time over plain ASCII string content: the bulk of a
  * request is message text, and a byte-at-a-time loop over it cost more than
- * everything else on the proxy path. A word is skipped whole when none of
- * its bytes is '"', '\\', a control character or non-ASCII. */
+ * everything else on the proxy path. A block is skipped whole when none of
+ * its bytes is '"', '\\', a control character or non-ASCII; otherwise we stop
+ * at the first such byte and let the caller look at it. */
+#if defined(__SSE2__)
+#include <emmintrin.h>
+static const char *skip_plain(const char *p, const char *end) {
+  const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\');
+  const __m128i space = _mm_set1_epi8(0x20);
+  while (end - p >= 16) {
+    __m128i v = _mm_loadu_si128((const __m128i *)(const void *)p);
+    /* Signed compare: bytes >= 0x80 are negative, so "< 0x20" catches
+     * control characters and non-ASCII at once. */
+    __m128i m = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, bslash)),
+                             _mm_cmplt_epi8(v, space));
+    int mask = _mm_movemask_epi8(m);
+    if (mask != 0) return p + __builtin_ctz((unsigned)mask);
+    p += 16;
+  }
+  return p;
+}
+#else
 static const char *skip_plain(const char *p, const char *end) {
   const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
   while (end - p >= 8) {
@@ -69,6 +91,7 @@ static const char *skip_plain(const char *p, const char *end) {
   }
   return p;
 }
+#endif
 
 static int scan_string(scan_t *s) {
   const char *open = s->p;
@@ -155,6 +178,8 @@ static int scan_container(scan_t *s, int depth, int is_object, llmux_json_field_
       key = s->p + 1;
       if (scan_string(s) != 0) return -1;
       keylen = (size_t)(s->p - key - 1);
+      if (s->probe != NULL && keylen == s->probe_len && memcmp(key, s->probe, keylen) == 0)
+        s->probe_hit = 1;
       skip_ws(s);
       if (s->p >= s->end || *s->p != ':') return fail(s, s->p, "expected ':'");
       s->p++;
@@ -191,7 +216,13 @@ static int scan_value(scan_t *s, int depth, llmux_json_type_t *type) {
 
 int llmux_json_scan(const char *body, size_t len, llmux_json_field_t *fields,
                     size_t nfields, size_t *err_off, const char **err_msg) {
-  scan_t s = {body, body + len, body, NULL, NULL};
+  return llmux_json_scan_probe(body, len, fields, nfields, NULL, NULL, err_off, err_msg);
+}
+
+int llmux_json_scan_probe(const char *body, size_t len, llmux_json_field_t *fields,
+                          size_t nfields, const char *probe, int *probe_hit, size_t *err_off,
+                          const char **err_msg) {
+  scan_t s = {body, body + len, body, NULL, NULL, probe, probe ? strlen(probe) : 0, 0};
   size_t i;
   for (i = 0; i < nfields; i++) {
     fields[i].type = LLMUX_JSON_NONE;
@@ -209,6 +240,7 @@ int llmux_json_scan(const char *body, size_t len, llmux_json_field_t *fields,
     fail(&s, s.p, "unexpected data after the JSON object");
     goto fail;
   }
+  if (probe_hit) *probe_hit = s.probe_hit;
   return 0;
 
 fail:

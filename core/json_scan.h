@@ -36,6 +36,12 @@ typedef struct llmux_json_field_s {
 int llmux_json_scan(const char *body, size_t len, llmux_json_field_t *fields,
                     size_t nfields, size_t *err_off, const char **err_msg);
 
+/* The same, also telling whether an object key spelled `probe` occurs at
+ * any depth (e.g. "image_url" inside messages), at no extra pass. */
+int llmux_json_scan_probe(const char *body, size_t len, llmux_json_field_t *fields,
+                          size_t nfields, const char *probe, int *probe_hit, size_t *err_off,
+                          const char **err_msg);
+
 /* Decodes a JSON string value (quotes included) into out (NUL-terminated,
  * at most cap-1 bytes): 0, or LLMUX_ETOOLARGE / LLMUX_EINVAL. Handles \uXXXX
  * escapes including surrogate pairs. */

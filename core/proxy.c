@@ -297,13 +297,11 @@ static int validate_fields(proxy_t *p, llmux_json_field_t *f) {
 }
 
 /* What the request needs from a model, for the router's capability filter. */
-static unsigned needed_caps(const proxy_t *p, const llmux_json_field_t *f) {
+static unsigned needed_caps(const proxy_t *p, const llmux_json_field_t *f, int images) {
   unsigned caps = 0;
   if (p->endpoint == LLMUX_ENDPOINT_EMBEDDINGS) return LLMUX_CAP_EMBEDDINGS;
   if (f[F_TOOLS].type == LLMUX_JSON_ARRAY && f[F_TOOLS].value.len > 2) caps |= LLMUX_CAP_TOOLS;
-  if (f[F_MESSAGES].type == LLMUX_JSON_ARRAY &&
-      llmux_json_mentions_key(f[F_MESSAGES].value.base, f[F_MESSAGES].value.len, "image_url"))
-    caps |= LLMUX_CAP_VISION;
+  if (images && f[F_MESSAGES].type == LLMUX_JSON_ARRAY) caps |= LLMUX_CAP_VISION;
   if (f[F_FORMAT].type == LLMUX_JSON_OBJECT &&
       (memmem(f[F_FORMAT].value.base, f[F_FORMAT].value.len, "json_object", 11) ||
        memmem(f[F_FORMAT].value.base, f[F_FORMAT].value.len, "json_schema", 11)))
@@ -333,6 +331,7 @@ static void estimate_tokens(proxy_t *p, const llmux_json_field_t *f) {
 }
 
 static int validate(proxy_t *p) {
+  int images = 0;
   llmux_json_field_t f[F_COUNT] = {{"model"}, {"stream"}, {"messages"}, {"prompt"},
                                    {"input"}, {"tools"},  {"response_format"},
                                    {"max_completion_tokens"}, {"max_tokens"}};
@@ -343,7 +342,8 @@ static int validate(proxy_t *p) {
                 "The request has no body: send a JSON object with at least 'model'.");
     return -1;
   }
-  if (llmux_json_scan(p->body.base, p->body.len, f, F_COUNT, &off, &why) != 0) {
+  if (llmux_json_scan_probe(p->body.base, p->body.len, f, F_COUNT, "image_url", &images, &off,
+                            &why) != 0) {
     fail_client(p, 400, "invalid_request_error", "invalid_json", NULL,
                 "We could not parse the JSON body of your request: %s at byte %zu.", why, off);
     return -1;
@@ -351,7 +351,7 @@ static int validate(proxy_t *p) {
   if (validate_fields(p, f) != 0) return -1;
   p->stream = f[F_STREAM].type == LLMUX_JSON_TRUE;
   p->model_value = f[F_MODEL].value;
-  p->caps = needed_caps(p, f);
+  p->caps = needed_caps(p, f, images);
   estimate_tokens(p, f);
   return 0;
 }
@@ -640,7 +640,18 @@ static void on_up_head(llmux_upstream_req_t *up, int status, const llmux_str_t *
   if (status < 200 || status >= 300) return;
   llmux_router_report(p->gw->router, p->route->index, LLMUX_OUTCOME_SUCCESS,
                       (p->t_up_head - p->t_up_start) / 1000, now_ms(p));
-  if (p->stream && p->client) start_stream(p);
+  if (p->stream && p->client) {
+    start_stream(p);
+  } else {
+    /* Size the answer's buffer once rather than doubling it up to size. */
+    const llmux_str_t *cl = llmux_host_api()->header_get(p->resp_headers,
+                                                         p->ht.txn.nresp_headers, "content-length");
+    uint64_t len = 0;
+    size_t i;
+    for (i = 0; cl != NULL && i < cl->len && cl->base[i] >= '0' && cl->base[i] <= '9'; i++)
+      len = len * 10 + (uint64_t)(cl->base[i] - '0');
+    if (len > 0 && len <= (64u << 20)) llmux_buf_reserve(&p->out, (size_t)len);
+  }
 }
 
 static void on_up_body(llmux_upstream_req_t *up, const char *data, size_t len) {
@@ -787,6 +798,7 @@ static void build_upstream(proxy_t *p) {
   uint64_t left = p->deadline_ms > now_ms(p) ? p->deadline_ms - now_ms(p) : 1;
   size_t i;
   p->up_path.len = 0;
+  llmux_buf_reserve(&p->up_headers, 512);
   llmux_buf_appends(&p->up_path, p->prov->base_path);
   llmux_buf_append(&p->up_path, t->path.base, t->path.len);
   p->up_headers.len = 0;

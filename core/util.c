@@ -59,14 +59,24 @@ int llmux_buf_appends(llmux_buf_t *b, const char *s) {
   return llmux_buf_append(b, s, strlen(s));
 }
 
+/* One vsnprintf when the result fits in the spare capacity (the common
+ * case once a buffer has grown), a second only when it must grow. */
 int llmux_buf_printf(llmux_buf_t *b, const char *fmt, ...) {
   va_list ap;
+  size_t room = b->cap > b->len ? b->cap - b->len : 0;
   int n;
   va_start(ap, fmt);
-  n = vsnprintf(NULL, 0, fmt, ap);
+  n = vsnprintf(room ? b->base + b->len : NULL, room, fmt, ap);
   va_end(ap);
   if (n < 0) return LLMUX_EINVAL;
-  if (llmux_buf_reserve(b, (size_t)n) != 0) return LLMUX_ENOMEM;
+  if ((size_t)n < room) {
+    b->len += (size_t)n;
+    return 0;
+  }
+  if (llmux_buf_reserve(b, (size_t)n) != 0) {
+    if (b->base) b->base[b->len] = '\0';
+    return LLMUX_ENOMEM;
+  }
   va_start(ap, fmt);
   vsnprintf(b->base + b->len, (size_t)n + 1, fmt, ap);
   va_end(ap);

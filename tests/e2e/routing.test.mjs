@@ -310,3 +310,21 @@ test("capability filter: tools only go to models with the tools capability", asy
   assert.equal((await chat(client, { model: "any" })).provider, "a");
   assert.equal((await chat(client, { model: "any", tools })).provider, "b");
 });
+
+test("capability filter: images only go to models with the vision capability", async () => {
+  const a = await mock("a"), b = await mock("b");
+  const { client } = await gateway({
+    models: "[model blind]\ntier = 2\ncapabilities = tools\n[model seeing]\ntier = 2\ncapabilities = vision\n",
+    providers: [
+      { name: "a", mock: a, priority: 1, model: "blind" },
+      { name: "b", mock: b, priority: 2, model: "seeing" },
+    ],
+    profiles: "[profile any]\nmodels = blind, seeing\n",
+  });
+  const picture = [{ role: "user", content: [
+    { type: "text", text: "what is this?" },
+    { type: "image_url", image_url: { url: "data:image/png;base64,iVBORw0KGgo=" } },
+  ] }];
+  assert.equal((await chat(client, { model: "any" })).provider, "a");
+  assert.equal((await chat(client, { model: "any", messages: picture })).provider, "b");
+});

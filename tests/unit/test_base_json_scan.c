@@ -111,6 +111,18 @@ static void finds_special_bytes_at_every_alignment(void **state) {
   }
 }
 
+static void probes_a_key_at_any_depth_in_the_same_pass(void **state) {
+  const char *img = "{\"messages\":[{\"content\":[{\"type\":\"image_url\","
+                    "\"image_url\":{\"url\":\"data:x\"}}]}]}";
+  const char *txt = "{\"messages\":[{\"content\":\"the image_url key\"}]}";
+  int hit = -1;
+  (void)state;
+  assert_int_equal(llmux_json_scan_probe(img, strlen(img), NULL, 0, "image_url", &hit, NULL, NULL), 0);
+  assert_int_equal(hit, 1);
+  assert_int_equal(llmux_json_scan_probe(txt, strlen(txt), NULL, 0, "image_url", &hit, NULL, NULL), 0);
+  assert_int_equal(hit, 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(finds_top_level_model_and_stream),
@@ -120,6 +132,7 @@ int main(void) {
     cmocka_unit_test(unquotes_escapes_and_surrogates),
     cmocka_unit_test(probes_nested_keys),
     cmocka_unit_test(finds_special_bytes_at_every_alignment),
+    cmocka_unit_test(probes_a_key_at_any_depth_in_the_same_pass),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
