@@ -45,7 +45,8 @@ const char *llmux_api_request_id(llmux_gateway_t *gw, llmux_http_req_t *req, cha
   x ^= x << 25;
   x ^= x >> 27;
   gw->id_state = x;
-  snprintf(buf, 64, "req_%016llx", (unsigned long long)(x * 0x2545f4914f6cdd1dull));
+  memcpy(buf, "req_", 4);
+  llmux_u64_hex(buf + 4, x * 0x2545f4914f6cdd1dull, 16);
   return buf;
 }
 

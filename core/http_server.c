@@ -315,8 +315,18 @@ static size_t format_head(char *out, int status, const llmux_http_header_t *h, s
   char *p = out;
   size_t i;
   if (status < 100 || status > 999) status = 500;
-  p += sprintf(p, "HTTP/1.1 %d %s\r\nServer: llmux\r\n", status,
-               llmux_http_status_reason(status));
+  {
+    const char *reason = llmux_http_status_reason(status);
+    size_t rl = strlen(reason);
+    memcpy(p, "HTTP/1.1 ", 9);
+    p += 9;
+    p += llmux_u64_dec(p, (uint64_t)(status < 0 ? 0 : status));
+    *p++ = ' ';
+    memcpy(p, reason, rl);
+    p += rl;
+    memcpy(p, "\r\nServer: llmux\r\n", 17);
+    p += 17;
+  }
   for (i = 0; i < n; i++) {
     if (header_dropped(&h[i])) continue;
     memcpy(p, h[i].name.base, h[i].name.len);
@@ -328,10 +338,16 @@ static size_t format_head(char *out, int status, const llmux_http_header_t *h, s
     *p++ = '\r';
     *p++ = '\n';
   }
-  if (framing == FRAME_LENGTH) p += sprintf(p, "Content-Length: %zu\r\n", clen);
-  if (framing == FRAME_CHUNKED) p += sprintf(p, "Transfer-Encoding: chunked\r\n");
-  if (close) p += sprintf(p, "Connection: close\r\n");
-  else if (keep_alive_10) p += sprintf(p, "Connection: keep-alive\r\n");
+#define LIT(s) (memcpy(p, s, sizeof(s) - 1), p += sizeof(s) - 1)
+  if (framing == FRAME_LENGTH) {
+    LIT("Content-Length: ");
+    p += llmux_u64_dec(p, clen);
+    LIT("\r\n");
+  }
+  if (framing == FRAME_CHUNKED) LIT("Transfer-Encoding: chunked\r\n");
+  if (close) LIT("Connection: close\r\n");
+  else if (keep_alive_10) LIT("Connection: keep-alive\r\n");
+#undef LIT
   *p++ = '\r';
   *p++ = '\n';
   return (size_t)(p - out);
@@ -1086,7 +1102,12 @@ static int write_chunk(http_req_t *r, const char *data, size_t len, char *owned)
   if (!r->started) { free(owned); return LLMUX_EINVAL; }
   if (len == 0 || r->no_body) { free(owned); return (int)write_queue(c); }
   if (r->chunked) {
-    bufs[0] = uv_buf_init(size_line, (unsigned)snprintf(size_line, sizeof(size_line), "%zx\r\n", len));
+    {
+      size_t sl = llmux_u64_hex(size_line, len, 1);
+      size_line[sl++] = '\r';
+      size_line[sl++] = '\n';
+      bufs[0] = uv_buf_init(size_line, (unsigned)sl);
+    }
     bufs[1] = uv_buf_init((char *)data, (unsigned)len);
     bufs[2] = uv_buf_init((char *)"\r\n", 2);
     rc = conn_write(c, r, bufs, 3, owned ? 1 : -1, owned);

@@ -197,9 +197,9 @@ static size_t our_headers(proxy_t *p, llmux_http_header_t *h, const char *ctype,
     h[n++] = (llmux_http_header_t){{"x-llmux-model", 13},
                                    {p->route->model->id, strlen(p->route->model->id)}};
   }
-  snprintf(num, 24, "%llu", (unsigned long long)overhead_us(p));
+  llmux_u64_dec(num, overhead_us(p));
   h[n++] = (llmux_http_header_t){{"x-llmux-overhead-us", 19}, {num, strlen(num)}};
-  snprintf(num + 24, 24, "%u", p->attempts);
+  llmux_u64_dec(num + 24, p->attempts);
   h[n++] = (llmux_http_header_t){{"x-llmux-attempts", 16}, {num + 24, strlen(num + 24)}};
   return n;
 }
@@ -805,7 +805,9 @@ static void build_upstream(proxy_t *p) {
   llmux_buf_appends(&p->up_headers, "Content-Type: application/json\r\n");
   llmux_buf_appends(&p->up_headers,
                     p->stream ? "Accept: text/event-stream\r\n" : "Accept: application/json\r\n");
-  llmux_buf_printf(&p->up_headers, "X-Request-Id: %s\r\n", p->rid);
+  llmux_buf_appends(&p->up_headers, "X-Request-Id: ");
+  llmux_buf_appends(&p->up_headers, p->rid);
+  llmux_buf_appends(&p->up_headers, "\r\n");
   llmux_buf_append(&p->up_headers, t->headers.base, t->headers.len);
   for (i = 0; i < pc->nheaders; i++)
     llmux_buf_printf(&p->up_headers, "%s: %s\r\n", pc->headers[i].key, pc->headers[i].value);

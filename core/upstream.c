@@ -514,6 +514,36 @@ static int conn_open(llmux_upstream_t *up, upkey_t *key, llmux_upstream_req_t *r
 /* ---- sending ----------------------------------------------------------- */
 
 static void on_write(uv_write_t *w, int status);
+static void request_sent(llmux__upconn_t *conn);
+
+/* Writes iov now if the socket takes it all (the common case: no queued
+ * write request, and no POLLOUT registration for libuv to undo with an
+ * epoll_ctl afterwards); queues the rest with uv_write. Returns 1 when all
+ * was written, 0 when a write is outstanding (on_write follows), or a
+ * negative LLMUX_E*. The iov array may be modified. */
+static int write_now_or_queue(llmux__upconn_t *conn, uv_buf_t *iov, unsigned n) {
+  size_t total = 0;
+  unsigned i;
+  int r;
+  for (i = 0; i < n; i++) total += iov[i].len;
+  r = uv_try_write((uv_stream_t *)&conn->tcp, iov, n);
+  if (r >= 0 && (size_t)r == total) return 1;
+  if (r < 0 && r != UV_EAGAIN) return map_uv(r);
+  if (r > 0) { /* partial: skip what went out */
+    size_t done = (size_t)r;
+    while (n > 0 && done >= iov[0].len) {
+      done -= iov[0].len;
+      iov++;
+      n--;
+    }
+    iov[0].base += done;
+    iov[0].len -= done;
+  }
+  r = uv_write(&conn->wreq, (uv_stream_t *)&conn->tcp, iov, n, on_write);
+  if (r != 0) return map_uv(r);
+  conn->writing = 1;
+  return 0;
+}
 
 /* TLS: hands all queued ciphertext to one uv_write (one write at a time;
  * more is sent from on_write). */
@@ -523,10 +553,12 @@ static int conn_flush(llmux__upconn_t *conn) {
   if (conn->writing) return 0;
   if (llmux_tls_out_take(conn->tls, &conn->wbuf) == 0) return 0;
   b = uv_buf_init(conn->wbuf.base, (unsigned)conn->wbuf.len);
-  r = uv_write(&conn->wreq, (uv_stream_t *)&conn->tcp, &b, 1, on_write);
-  if (r != 0) return map_uv(r);
-  conn->writing = 1;
-  return 0;
+  r = write_now_or_queue(conn, &b, 1);
+  if (r == 1 && conn->req_queued) {
+    const char *more;
+    if (llmux_tls_out(conn->tls, &more) == 0) request_sent(conn);
+  }
+  return r < 0 ? r : 0;
 }
 
 static void request_sent(llmux__upconn_t *conn) {
@@ -566,14 +598,26 @@ static int build_head(llmux__upconn_t *conn, const llmux_upstream_req_t *req, si
   int v6 = strchr(k->host, ':') != NULL;
   int r;
 
+  char num[24];
   h->len = 0;
-  r = llmux_buf_printf(h, "%s %s HTTP/1.1\r\nHost: %s%s%s", req->method ? req->method : "GET",
-                       req->path ? req->path : "/", v6 ? "[" : "", k->host, v6 ? "]" : "");
-  if (r == 0 && k->port != (k->https ? 443 : 80)) r = llmux_buf_printf(h, ":%u", k->port);
+  r = llmux_buf_reserve(h, 128 + req->headers_len);
+  if (r == 0) r = llmux_buf_appends(h, req->method ? req->method : "GET");
+  if (r == 0) r = llmux_buf_append(h, " ", 1);
+  if (r == 0) r = llmux_buf_appends(h, req->path ? req->path : "/");
+  if (r == 0) r = llmux_buf_appends(h, v6 ? " HTTP/1.1\r\nHost: [" : " HTTP/1.1\r\nHost: ");
+  if (r == 0) r = llmux_buf_appends(h, k->host);
+  if (r == 0 && v6) r = llmux_buf_append(h, "]", 1);
+  if (r == 0 && k->port != (k->https ? 443 : 80)) {
+    num[0] = ':';
+    r = llmux_buf_append(h, num, 1 + llmux_u64_dec(num + 1, k->port));
+  }
   if (r == 0) r = llmux_buf_append(h, "\r\n", 2);
   if (r == 0 && req->headers_len) r = llmux_buf_append(h, req->headers, req->headers_len);
-  if (r == 0 && (req->nbody > 0 || (req->method && method_has_body(req->method))))
-    r = llmux_buf_printf(h, "Content-Length: %zu\r\n", body_len);
+  if (r == 0 && (req->nbody > 0 || (req->method && method_has_body(req->method)))) {
+    r = llmux_buf_appends(h, "Content-Length: ");
+    if (r == 0) r = llmux_buf_append(h, num, llmux_u64_dec(num, body_len));
+    if (r == 0) r = llmux_buf_append(h, "\r\n", 2);
+  }
   if (r == 0) r = llmux_buf_append(h, "\r\n", 2);
   return r;
 }
@@ -599,11 +643,9 @@ static int send_plain(llmux__upconn_t *conn, const llmux_upstream_req_t *req) {
   }
   iov[0] = uv_buf_init(conn->head.base, (unsigned)conn->head.len);
   if (req->nbody) memcpy(iov + 1, req->body, req->nbody * sizeof(*iov));
-  r = uv_write(&conn->wreq, (uv_stream_t *)&conn->tcp, iov, n, on_write);
+  r = write_now_or_queue(conn, iov, n);
   if (iov != small) free(iov);
-  if (r != 0) return map_uv(r);
-  conn->writing = 1;
-  return 0;
+  return r < 0 ? r : 0; /* conn_send marks it sent when nothing is queued */
 }
 
 static const llhttp_settings_t parser_settings;

@@ -84,6 +84,31 @@ int llmux_buf_printf(llmux_buf_t *b, const char *fmt, ...) {
   return 0;
 }
 
+size_t llmux_u64_dec(char *out, uint64_t v) {
+  char tmp[24];
+  size_t n = 0, i;
+  do {
+    tmp[n++] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v);
+  for (i = 0; i < n; i++) out[i] = tmp[n - 1 - i];
+  out[n] = '\0';
+  return n;
+}
+
+size_t llmux_u64_hex(char *out, uint64_t v, unsigned min_digits) {
+  static const char hex[] = "0123456789abcdef";
+  char tmp[20];
+  size_t n = 0, i;
+  do {
+    tmp[n++] = hex[v & 15];
+    v >>= 4;
+  } while (v || n < min_digits);
+  for (i = 0; i < n; i++) out[i] = tmp[n - 1 - i];
+  out[n] = '\0';
+  return n;
+}
+
 int llmux_buf_append_json_str(llmux_buf_t *b, const char *s, size_t n) {
   static const char hex[] = "0123456789abcdef";
   size_t i, run = 0;

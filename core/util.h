@@ -28,6 +28,10 @@ int llmux_buf_append(llmux_buf_t *b, const void *data, size_t n);
 int llmux_buf_appends(llmux_buf_t *b, const char *s);
 int llmux_buf_printf(llmux_buf_t *b, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/* Decimal and hex digits of v into out (at least 21 bytes), NUL-terminated;
+ * returns the length. For hot paths where printf's parsing shows up. */
+size_t llmux_u64_dec(char *out, uint64_t v);
+size_t llmux_u64_hex(char *out, uint64_t v, unsigned min_digits);
 /* Appends `s` as a JSON string literal, quotes included. */
 int llmux_buf_append_json_str(llmux_buf_t *b, const char *s, size_t n);
 void llmux_buf_consume(llmux_buf_t *b, size_t n); /* drop n bytes at the front */
