@@ -83,6 +83,7 @@ struct llmux__http_conn_s {
   unsigned failed : 1; /* write failed inside an API call: close from the loop */
   unsigned reading : 1;
   unsigned in_process : 1;
+  unsigned direct : 1;  /* the last read went straight into the body buffer */
   unsigned resume_armed : 1;
   unsigned resume_on_drain : 1;
   unsigned eof : 1;
@@ -749,6 +750,11 @@ static int on_body(llhttp_t *p, const char *at, size_t len) {
   http_req_t *r = c->pending;
   if (r->body.len + len > c->srv->opts.max_body)
     return fail_with(c, 413, "request_too_large", "request body too large");
+  if (r->body.base != NULL && at == r->body.base + r->body.len) { /* read in place */
+    r->body.len += len;
+    r->body.base[r->body.len] = '\0';
+    return 0;
+  }
   if (llmux_buf_append(&r->body, at, len) != 0)
     return fail_with(c, 500, "out_of_memory", "out of memory");
   return 0;
@@ -855,8 +861,28 @@ static void on_timer(uv_timer_t *t) {
   }
 }
 
+/* Reads of at least this much body go straight into the body buffer. */
+#define DIRECT_MIN 4096
+
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *out) {
   llmux__http_conn_t *c = h->data;
+  /* In the middle of a body of known length with nothing unparsed
+   * buffered: let the kernel write into the request's body buffer, which
+   * on_body then only has to extend, instead of copying every byte from
+   * the read buffer (the body of a large prompt is most of a request). The
+   * read asks for no more than the body's rest, so no byte of a pipelined
+   * next request can land there. */
+  if (c->phase == PH_BODY && c->req == NULL && c->pending != NULL && c->rlen == c->rpos &&
+      (c->parser.flags & F_CONTENT_LENGTH) && !(c->parser.flags & F_CHUNKED) &&
+      c->parser.content_length >= DIRECT_MIN && c->parser.content_length < UINT32_MAX) {
+    llmux_buf_t *b = &c->pending->body;
+    size_t want = (size_t)c->parser.content_length;
+    if (llmux_buf_reserve(b, want) == 0) {
+      c->direct = 1;
+      *out = uv_buf_init(b->base + b->len, (unsigned)want);
+      return;
+    }
+  }
   if (c->rb == NULL) {
     c->rb = pool_get(c->srv);
     c->rcap = c->rb ? RBUF_SIZE : 0;
@@ -878,9 +904,31 @@ static void on_eof(llmux__http_conn_t *c) {
   conn_close(c);
 }
 
+/* Parses body bytes that were read in place (see on_alloc). */
+static void conn_process_direct(llmux__http_conn_t *c, const char *data, size_t n) {
+  llhttp_errno_t err;
+  c->in_process = 1;
+  err = llhttp_execute(&c->parser, data, n);
+  if (err == HPE_PAUSED) {
+    llhttp_resume(&c->parser);
+    dispatch(c);
+  } else if (err != HPE_OK) {
+    parse_error(c, err);
+  }
+  c->in_process = 0;
+  if (!c->closed) conn_process(c); /* the usual tail: timers, reading */
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   llmux__http_conn_t *c = s->data;
   size_t limit;
+  if (c->direct) {
+    c->direct = 0;
+    if (nread > 0 && c->pending != NULL) {
+      conn_process_direct(c, buf->base, (size_t)nread);
+      return;
+    }
+  }
   if (nread < 0) {
     if (nread == UV_EOF) on_eof(c);
     else conn_close(c);

@@ -237,3 +237,32 @@ test("connections to a provider are kept alive and reused", async () => {
   assert.ok(after.connections - before.connections <= 1,
             `at most one new connection for 5 requests: ${JSON.stringify({ before, after })}`);
 });
+
+test("a large request body arriving in pieces reaches the provider byte for byte", async () => {
+  const net = await import("node:net");
+  await plain.reset();
+  const text = "x".repeat(150000) + "\u00e9\u4e2d" + "y".repeat(50000);
+  const body = Buffer.from(JSON.stringify({ model: "chat-model", messages: [{ role: "user", content: text }] }));
+  const head = `POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n` +
+               `Content-Length: ${body.length}\r\n\r\n`;
+  const sock = net.connect(gw.port, "127.0.0.1");
+  await new Promise((r) => sock.once("connect", r));
+  const chunks = [];
+  sock.on("data", (d) => chunks.push(d));
+  const pause = () => new Promise((r) => setTimeout(r, 20));
+  sock.write(head + body.subarray(0, 1000).toString("latin1"), "latin1");
+  for (const [a, b] of [[1000, 70000], [70000, 70001], [70001, body.length]]) {
+    await pause();
+    sock.write(body.subarray(a, b));
+  }
+  await new Promise((resolve) => {
+    const check = () => (Buffer.concat(chunks).toString().includes("chat.completion") ? resolve() : setTimeout(check, 10));
+    check();
+  });
+  sock.destroy();
+  assert.match(Buffer.concat(chunks).toString(), /^HTTP\/1\.1 200 /);
+  const [seen] = await plain.requests();
+  const sent = JSON.parse(seen.body);
+  assert.equal(sent.model, "provider-chat-id");
+  assert.equal(sent.messages[0].content, text, "every byte of the message arrived");
+});
