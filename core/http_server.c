@@ -84,6 +84,7 @@ struct llmux__http_conn_s {
   unsigned reading : 1;
   unsigned in_process : 1;
   unsigned direct : 1;  /* the last read went straight into the body buffer */
+  unsigned send_armed : 1; /* PH_HANDLING: the timer bounds a stalled client */
   unsigned resume_armed : 1;
   unsigned resume_on_drain : 1;
   unsigned eof : 1;
@@ -184,6 +185,10 @@ static void on_write(uv_write_t *w, int status) {
   if (status < 0) {
     if (!c->closed) conn_close(c); /* aborts c->req; r is kept by nwrites */
   } else if (!c->closed && write_queue(c) == 0) {
+    if (c->send_armed) {
+      c->send_armed = 0;
+      if (c->phase == PH_HANDLING) disarm(c);
+    }
     if (r != NULL && r->want_drain && req_usable(r) && r->pub.on_drain != NULL) {
       r->want_drain = 0;
       r->pub.on_drain(&r->pub);
@@ -856,6 +861,10 @@ static void on_timer(uv_timer_t *t) {
   case PH_CLOSING:
     conn_close(c);
     break;
+  case PH_HANDLING:
+    if (c->send_armed && write_queue(c) > 0) conn_close(c); /* aborts the request */
+    c->send_armed = 0;
+    break;
   default:
     break;
   }
@@ -1165,7 +1174,16 @@ static int write_chunk(http_req_t *r, const char *data, size_t len, char *owned)
   }
   if (rc < 0) return rc;
   q = write_queue(c);
-  if (q > 0) r->want_drain = 1;
+  if (q > 0) {
+    r->want_drain = 1;
+    /* A client that stops reading a stream must not hold it (and its
+     * provider connection) for ever: if nothing drains within the idle
+     * timeout, the connection is closed and the request aborted. */
+    if (!c->send_armed && c->phase == PH_HANDLING) {
+      c->send_armed = 1;
+      arm(c, c->srv->opts.idle_timeout_ms);
+    }
+  }
   return q > INT32_MAX ? INT32_MAX : (int)q;
 }
 

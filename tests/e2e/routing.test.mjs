@@ -328,3 +328,35 @@ test("capability filter: images only go to models with the vision capability", a
   assert.equal((await chat(client, { model: "any" })).provider, "a");
   assert.equal((await chat(client, { model: "any", messages: picture })).provider, "b");
 });
+
+test("a client that stops reading a stream is cut off after idle_timeout, and the provider too", async () => {
+  const net = await import("node:net");
+  // 1e6 tokens (~200 MB of events) outlast every socket buffer on the way.
+  const a = await mock("a", ["--tokens", "1000000"]);
+  const { gw } = await gateway({ providers: [{ name: "a", mock: a, priority: 1 }],
+                                 server: "idle_timeout = 1s\n" });
+  const body = JSON.stringify({ model: "m", stream: true, messages: hello });
+  const sock = net.connect(gw.port, "127.0.0.1");
+  await new Promise((r) => sock.once("connect", r));
+  sock.write(`POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n` +
+             `Content-Length: ${body.length}\r\n\r\n${body}`);
+  sock.pause(); // never read: the gateway's writes pile up
+  const start = Date.now();
+  // The provider's connection goes when the gateway gives up on the client:
+  // then only our own stats request is open at the mock.
+  let active = -1;
+  for (let i = 0; i < 60 && active !== 1; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    active = (await a.stats()).active_connections;
+  }
+  assert.equal(active, 1, "the upstream stream was cancelled");
+  assert.ok(Date.now() - start >= 1000, "not before idle_timeout");
+  // The client's connection was closed too: reading again finds its end.
+  const closed = new Promise((r) => sock.once("close", () => r(true)));
+  sock.on("error", () => {});
+  sock.resume();
+  assert.equal(await Promise.race([closed, new Promise((r) => setTimeout(() => r(false), 5000))]), true,
+               "the gateway closed the stalled client's connection");
+  const r = await fetch(gw.url + "/health");
+  assert.equal(r.status, 200, "the gateway serves on");
+});
