@@ -164,9 +164,14 @@ static void proxy_finish(proxy_t *p) {
   proxy_free(p);
 }
 
+static void account(proxy_t *p);
+
 static void on_client_abort(llmux_http_req_t *req) {
   proxy_t *p = req->data;
   llmux_debug("%s: client went away; cancelling the upstream request", p->rid);
+  /* A stream the client left half-way was still served (and billed by the
+   * provider): count what is known of it. */
+  if (p->started) account(p);
   proxy_finish(p);
 }
 

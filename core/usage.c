@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "log.h"
@@ -518,9 +519,26 @@ const char *llmux_usage_last_error(const llmux_usage_store_t *s) {
 
 /* ---- open / close -------------------------------------------------------- */
 
+/* Creates the directories leading to path (as `mkdir -p` would), so that
+ * `usage_db = data/usage.db` works on a fresh checkout. Start-up only. */
+static void make_parent_dirs(const char *path) {
+  char buf[4096];
+  size_t i, n = strlen(path);
+  if (n >= sizeof buf) return;
+  memcpy(buf, path, n + 1);
+  for (i = 1; i < n; i++) {
+    if (buf[i] != '/') continue;
+    buf[i] = '\0';
+    (void)mkdir(buf, 0750);
+    buf[i] = '/';
+  }
+}
+
 static int open_db(llmux_usage_store_t *s, const char *path, int today, char *err,
                    size_t errlen) {
-  int rc = sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
+  int rc;
+  make_parent_dirs(path);
+  rc = sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
                                              SQLITE_OPEN_FULLMUTEX, NULL);
   if (rc == SQLITE_OK) sqlite3_busy_timeout(s->db, 2000);
   if (rc == SQLITE_OK) rc = sqlite3_exec(s->db, schema_sql, NULL, NULL, NULL);
