@@ -9,6 +9,7 @@
  * error answers, which are the troubleshooting text we print. Everything
  * runs on one loop, and every handle is closed before we return. */
 #include "chat.h"
+#include "cli.h"
 
 #include <getopt.h>
 #include <jansson.h>
@@ -143,44 +144,11 @@ static int parse_opts(int argc, char **argv, chat_opts_t *o) {
   if (o->model == NULL) o->model = o->embed ? DEFAULT_EMBED_MODEL : DEFAULT_CHAT_MODEL;
   env = getenv("LLMUX_PROVIDER");
   if (o->provider == NULL && env && *env) o->provider = env;
-  env = getenv("LLMUX_CONFIG");
-  if (o->config_path == NULL) o->config_path = env && *env ? env : NULL;
-  if (o->config_path == NULL)
-    o->config_path = access("config/llmux.ini", R_OK) == 0 ? "config/llmux.ini"
-                                                            : "/etc/llmux/llmux.ini";
+  o->config_path = llmux_cli_config_path(o->config_path);
   return -1;
 }
 
 /* ---- configuration ------------------------------------------------------- */
-
-/* plugins/ beside the binary (the build tree), else the installed dir: the
- * same rule as the other commands (core/cli.c). */
-static char *plugin_dir_for(const llmux_config_t *cfg) {
-  char exe[4096];
-  size_t n = sizeof exe;
-  if (cfg->server.plugin_dir) return llmux_xstrdup(cfg->server.plugin_dir);
-  if (uv_exepath(exe, &n) == 0) {
-    llmux_buf_t dir = {0};
-    char *slash = strrchr(exe, '/');
-    if (slash != NULL) *slash = '\0';
-    llmux_buf_printf(&dir, "%s/plugins", exe);
-    if (access(dir.base, R_OK) == 0) return dir.base;
-    llmux_buf_free(&dir);
-  }
-  return llmux_xstrdup(LLMUX_PLUGIN_INSTALL_DIR);
-}
-
-static void print_diag(const llmux_diag_t *d, int warnings) {
-  llmux_buf_t line = {0};
-  size_t i;
-  for (i = 0; i < d->len; i++) {
-    if (!warnings && d->items[i].severity != LLMUX_DIAG_ERROR) continue;
-    line.len = 0;
-    llmux_diag_format(&d->items[i], &line);
-    fprintf(stderr, "%s\n", line.base ? line.base : "");
-  }
-  llmux_buf_free(&line);
-}
 
 /* --provider: the provider must exist and serve the model; every other
  * provider is then disabled in this process's snapshot, so the router
@@ -238,11 +206,11 @@ static int load(const chat_opts_t *o, llmux_config_t **cfg, llmux_providers_t *p
     return 1;
   }
   if (rc == 0) {
-    *plugin_dir = plugin_dir_for(*cfg);
+    *plugin_dir = llmux_cli_plugin_dir(*cfg);
     rc = llmux_providers_build(provs, *cfg, *plugin_dir,
                                LLMUX_PROVIDERS_CREATE | LLMUX_PROVIDERS_TLS, &diag);
   }
-  print_diag(&diag, o->verbose);
+  llmux_cli_print_diag(&diag, o->verbose);
   if (rc != 0) {
     fprintf(stderr, "llmux: %zu error%s in the configuration (%s)\n", diag.errors,
             diag.errors == 1 ? "" : "s", o->config_path);

@@ -66,17 +66,19 @@ typedef struct {
   int verbose;
 } cli_opts_t;
 
-static const char *default_config_path(void) {
+const char *llmux_cli_config_path(const char *given) {
   const char *env = getenv("LLMUX_CONFIG");
+  if (given != NULL) return given;
   if (env != NULL && *env != '\0') return env;
   if (access("config/llmux.ini", R_OK) == 0) return "config/llmux.ini";
   return "/etc/llmux/llmux.ini";
 }
 
 /* plugins/ beside the binary (the build tree), else the installed dir. */
-static char *default_plugin_dir(void) {
+char *llmux_cli_plugin_dir(const llmux_config_t *cfg) {
   char exe[4096];
   size_t n = sizeof exe;
+  if (cfg != NULL && cfg->server.plugin_dir) return llmux_xstrdup(cfg->server.plugin_dir);
   if (uv_exepath(exe, &n) == 0) {
     llmux_buf_t dir = {0};
     char *slash = strrchr(exe, '/');
@@ -118,13 +120,13 @@ static int parse_args(int argc, char **argv, cli_opts_t *o) {
     fprintf(stderr, "llmux: unexpected argument '%s'\nTry 'llmux --help'.\n", argv[optind]);
     return 2;
   }
-  if (o->config_path == NULL) o->config_path = default_config_path();
+  o->config_path = llmux_cli_config_path(o->config_path);
   return 0;
 }
 
 /* Warnings (disabled providers...) matter when serving or checking; the
  * listing commands show errors only. */
-static void print_diag(const llmux_diag_t *d, int warnings) {
+void llmux_cli_print_diag(const llmux_diag_t *d, int warnings) {
   llmux_buf_t line = {0};
   size_t i;
   for (i = 0; i < d->len; i++) {
@@ -147,11 +149,10 @@ static int load_all(const cli_opts_t *o, unsigned flags, llmux_config_t **cfg,
   rc = llmux_config_load(o->config_path, cfg, &diag);
   if (rc == 0) {
     if (!o->verbose) llmux_log_level = (*cfg)->server.log_level;
-    *plugin_dir = (*cfg)->server.plugin_dir ? llmux_xstrdup((*cfg)->server.plugin_dir)
-                                            : default_plugin_dir();
+    *plugin_dir = llmux_cli_plugin_dir(*cfg);
     rc = llmux_providers_build(provs, *cfg, *plugin_dir, flags, &diag);
   }
-  print_diag(&diag, flags & LLMUX_PROVIDERS_CREATE);
+  llmux_cli_print_diag(&diag, flags & LLMUX_PROVIDERS_CREATE);
   if (rc != 0) {
     fprintf(stderr, "llmux: %zu error%s in the configuration (%s)\n", diag.errors,
             diag.errors == 1 ? "" : "s", o->config_path);

@@ -143,9 +143,24 @@ static int answers_locally(const llmux_plugin_t *p) {
 /* A provider without base_url: its plugin answers every request itself
  * (ABI 1.2 respond_local), so there is no host, TLS or header set. The
  * proxy tells such a provider by rt->host == NULL. */
-static int build_local(llmux_provider_rt_t *rt, unsigned flags, llmux_diag_t *diag) {
+/* The plugin's instance for an enabled provider, when asked for. */
+static int create_instance(llmux_provider_rt_t *rt, unsigned flags, llmux_diag_t *diag) {
   const llmux_provider_conf_t *pc = rt->conf;
   char err[512];
+  if (!(flags & LLMUX_PROVIDERS_CREATE) || !pc->enabled) return 0;
+  err[0] = '\0';
+  if (rt->plugin->vt->create(&rt->pub, &rt->instance, err, sizeof err) != 0) {
+    llmux_diag_add(diag, pc->file, pc->line, LLMUX_DIAG_ERROR,
+                   "provider '%s': plugin '%s' refused the configuration: %s", pc->name,
+                   pc->plugin, err[0] ? err : "no reason given");
+    rt->instance = NULL;
+    return LLMUX_ECONFIG;
+  }
+  return 0;
+}
+
+static int build_local(llmux_provider_rt_t *rt, unsigned flags, llmux_diag_t *diag) {
+  const llmux_provider_conf_t *pc = rt->conf;
   if (!answers_locally(rt->plugin)) {
     llmux_diag_add(diag, pc->file, pc->line, LLMUX_DIAG_ERROR,
                    "provider '%s' has no base_url (plugin '%s' needs one)", pc->name,
@@ -161,16 +176,7 @@ static int build_local(llmux_provider_rt_t *rt, unsigned flags, llmux_diag_t *di
   rt->pub.api_key = pc->api_key;
   rt->pub.headers = rt->headers;
   rt->pub.get = rt_get;
-  if (!(flags & LLMUX_PROVIDERS_CREATE) || !pc->enabled) return 0;
-  err[0] = '\0';
-  if (rt->plugin->vt->create(&rt->pub, &rt->instance, err, sizeof err) != 0) {
-    llmux_diag_add(diag, pc->file, pc->line, LLMUX_DIAG_ERROR,
-                   "provider '%s': plugin '%s' refused the configuration: %s", pc->name,
-                   pc->plugin, err[0] ? err : "no reason given");
-    rt->instance = NULL;
-    return LLMUX_ECONFIG;
-  }
-  return 0;
+  return create_instance(rt, flags, diag);
 }
 
 static int build_one(llmux_providers_t *set, llmux_provider_rt_t *rt, unsigned flags,
@@ -224,17 +230,7 @@ static int build_one(llmux_providers_t *set, llmux_provider_rt_t *rt, unsigned f
   rt->pub.headers = rt->headers;
   rt->pub.nheaders = pc->nheaders;
   rt->pub.get = rt_get;
-  if ((flags & LLMUX_PROVIDERS_CREATE) && pc->enabled) {
-    err[0] = '\0';
-    if (rt->plugin->vt->create(&rt->pub, &rt->instance, err, sizeof err) != 0) {
-      llmux_diag_add(diag, pc->file, pc->line, LLMUX_DIAG_ERROR,
-                     "provider '%s': plugin '%s' refused the configuration: %s", pc->name,
-                     pc->plugin, err[0] ? err : "no reason given");
-      rt->instance = NULL;
-      return LLMUX_ECONFIG;
-    }
-  }
-  return 0;
+  return create_instance(rt, flags, diag);
 }
 
 int llmux_providers_build(llmux_providers_t *set, const llmux_config_t *cfg,

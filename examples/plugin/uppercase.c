@@ -273,10 +273,4 @@ static const llmux_provider_t uppercase_provider = {
   .parse_models = uppercase_parse_models,
 };
 
-LLMUX_PLUGIN_EXPORT int llmux_provider_init(const llmux_host_api_t *h,
-                                            const llmux_provider_t **out) {
-  if (h->abi_major != LLMUX_PROVIDER_ABI_MAJOR) return LLMUX_EABI;
-  host = h;
-  *out = &uppercase_provider;
-  return 0;
-}
+LLMUX_PROVIDER_ENTRY(host, uppercase_provider)

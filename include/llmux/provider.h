@@ -277,6 +277,21 @@ typedef int (*llmux_provider_init_fn)(const llmux_host_api_t *host,
 LLMUX_PLUGIN_EXPORT int llmux_provider_init(const llmux_host_api_t *host,
                                             const llmux_provider_t **out);
 
+/* The usual entry point in one line: checks the host's ABI major, keeps the
+ * host table in `host_var` (a `static const llmux_host_api_t *`) and returns
+ * `vtable` (a static llmux_provider_t):
+ *   static const llmux_host_api_t *host;
+ *   static const llmux_provider_t my_provider = { ... };
+ *   LLMUX_PROVIDER_ENTRY(host, my_provider) */
+#define LLMUX_PROVIDER_ENTRY(host_var, vtable)                                  \
+  LLMUX_PLUGIN_EXPORT int llmux_provider_init(const llmux_host_api_t *llmux__h, \
+                                              const llmux_provider_t **llmux__out) { \
+    if (llmux__h->abi_major != LLMUX_PROVIDER_ABI_MAJOR) return LLMUX_EABI;     \
+    host_var = llmux__h;                                                        \
+    *llmux__out = &(vtable);                                                    \
+    return 0;                                                                   \
+  }
+
 #ifdef __cplusplus
 }
 #endif

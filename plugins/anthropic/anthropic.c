@@ -1033,10 +1033,4 @@ static const llmux_provider_t anthropic_provider = {
   .parse_models = anthropic_parse_models,
 };
 
-LLMUX_PLUGIN_EXPORT int llmux_provider_init(const llmux_host_api_t *h,
-                                            const llmux_provider_t **out) {
-  if (h->abi_major != LLMUX_PROVIDER_ABI_MAJOR) return LLMUX_EABI;
-  host = h;
-  *out = &anthropic_provider;
-  return 0;
-}
+LLMUX_PROVIDER_ENTRY(host, anthropic_provider)

@@ -933,10 +933,4 @@ static const llmux_provider_t ollama_provider = {
   .parse_models = ollama_parse_models,
 };
 
-LLMUX_PLUGIN_EXPORT int llmux_provider_init(const llmux_host_api_t *h,
-                                            const llmux_provider_t **out) {
-  if (h->abi_major != LLMUX_PROVIDER_ABI_MAJOR) return LLMUX_EABI;
-  host = h;
-  *out = &ollama_provider;
-  return 0;
-}
+LLMUX_PROVIDER_ENTRY(host, ollama_provider)

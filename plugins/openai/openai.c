@@ -298,10 +298,4 @@ static const llmux_provider_t openai_provider = {
   .txn_free = openai_txn_free,
 };
 
-LLMUX_PLUGIN_EXPORT int llmux_provider_init(const llmux_host_api_t *h,
-                                            const llmux_provider_t **out) {
-  if (h->abi_major != LLMUX_PROVIDER_ABI_MAJOR) return LLMUX_EABI;
-  host = h;
-  *out = &openai_provider;
-  return 0;
-}
+LLMUX_PROVIDER_ENTRY(host, openai_provider)

@@ -326,12 +326,6 @@ static const llmux_provider_t simple_provider = {
   .respond_local = simple_respond_local,
 };
 
-LLMUX_PLUGIN_EXPORT int llmux_provider_init(const llmux_host_api_t *h,
-                                            const llmux_provider_t **out) {
-  /* respond_local is only ever called by a host of ABI 1.2 or later; an
-   * older host would need a base_url and so refuses our config anyway. */
-  if (h->abi_major != LLMUX_PROVIDER_ABI_MAJOR) return LLMUX_EABI;
-  host = h;
-  *out = &simple_provider;
-  return 0;
-}
+/* respond_local is only ever called by a host of ABI 1.2 or later; an
+ * older host would need a base_url and so refuses our config anyway. */
+LLMUX_PROVIDER_ENTRY(host, simple_provider)
