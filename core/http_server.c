@@ -84,6 +84,7 @@ struct llmux__http_conn_s {
   unsigned reading : 1;
   unsigned in_process : 1;
   unsigned direct : 1;  /* the last read went straight into the body buffer */
+  unsigned skip_read : 1; /* the body is complete: no speculative read now */
   unsigned send_armed : 1; /* PH_HANDLING: the timer bounds a stalled client */
   unsigned resume_armed : 1;
   unsigned resume_on_drain : 1;
@@ -875,6 +876,15 @@ static void on_timer(uv_timer_t *t) {
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *out) {
   llmux__http_conn_t *c = h->data;
+  /* libuv reads again after a read that filled its buffer; after a direct
+   * read that completed the body there is nothing more to expect, and that
+   * read would only return EAGAIN. An empty buffer skips it (read_cb gets
+   * UV_ENOBUFS; the next readiness reads as usual). */
+  if (c->skip_read) {
+    c->skip_read = 0;
+    *out = uv_buf_init(NULL, 0);
+    return;
+  }
   /* In the middle of a body of known length with nothing unparsed
    * buffered: let the kernel write into the request's body buffer, which
    * on_body then only has to extend, instead of copying every byte from
@@ -931,9 +941,11 @@ static void conn_process_direct(llmux__http_conn_t *c, const char *data, size_t 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   llmux__http_conn_t *c = s->data;
   size_t limit;
+  if (nread == UV_ENOBUFS) return; /* see skip_read */
   if (c->direct) {
     c->direct = 0;
     if (nread > 0 && c->pending != NULL) {
+      if ((size_t)nread == buf->len) c->skip_read = 1;
       conn_process_direct(c, buf->base, (size_t)nread);
       return;
     }
