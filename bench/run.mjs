@@ -31,6 +31,7 @@ function parseArgs(argv) {
     else if (a === "--build-dir") o.buildDir = path.resolve(argv[++i]);
     else if (a === "--out") o.out = path.resolve(argv[++i]);
     else if (a === "--duration") o.duration = Number(argv[++i]);
+    else if (a === "--rounds") o.rounds = Number(argv[++i]);
     else throw new Error(`unknown argument ${a} (see bench/README.md)`);
   }
   return o;
@@ -39,7 +40,8 @@ function parseArgs(argv) {
 // What one run measures. Smoke: a few seconds, tiny load, same code paths.
 function plan(o) {
   const full = {
-    concurrency: [1, 32, 256], bodies: [1024, 65536], duration: o.duration || 5, warmup: 1,
+    concurrency: [1, 32, 256], bodies: [1024, 65536], duration: o.duration || 6, warmup: 1,
+    rounds: o.rounds || 3,
     streams: [ // many tokens per response: TTFB / TTLB
       { name: "200tok-0ms", tokens: 200, delayMs: 0, conc: 32, n: 640 },
       { name: "200tok-1ms", tokens: 200, delayMs: 1, conc: 32, n: 128 },
@@ -48,6 +50,7 @@ function plan(o) {
   };
   const smoke = {
     concurrency: [4], bodies: [1024, 65536], duration: o.duration || 1, warmup: 0,
+    rounds: o.rounds || 1,
     streams: [{ name: "20tok-1ms", tokens: 20, delayMs: 1, conc: 4, n: 8 }],
     open: { streams: 50, tokens: 10, delayMs: 20 },
   };
@@ -161,23 +164,42 @@ async function runNonStream(pl, svc, paths, results) {
   if (pl.warmup) {
     for (const p of names) await wrk(paths[p]("fast"), 8, 1024, pl.warmup);
   }
+  // Each cell runs in rounds, the paths' order rotating from round to round,
+  // so that drift on a shared machine hits every path alike; a path's cell
+  // sums its rounds' requests and takes the median of their percentiles.
+  const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+  const seconds = Math.max(1, Math.round(pl.duration / pl.rounds));
   for (const body of pl.bodies) {
     for (const conc of pl.concurrency) {
-      for (const p of names) { // paths interleaved per cell: drift hits them alike
-        const pid = pathPid(svc, p);
-        const cpu0 = pid ? cpuUs(pid) : 0;
-        const w = await wrk(paths[p]("fast"), conc, body, pl.duration);
-        const cpu = pid ? cpuUs(pid) - cpu0 : null;
-        const errs = Object.values(w.errors).reduce((a, b) => a + b, 0);
-        const ok = w.requests - w.errors.status; // wrk counts non-2xx answers as requests
+      const runs = Object.fromEntries(names.map((p) => [p, []]));
+      for (let r = 0; r < pl.rounds; r++) {
+        for (let i = 0; i < names.length; i++) {
+          const p = names[(i + r) % names.length];
+          const pid = pathPid(svc, p);
+          const cpu0 = pid ? cpuUs(pid) : 0;
+          const w = await wrk(paths[p]("fast"), conc, body, seconds);
+          runs[p].push({ w, cpu: pid ? cpuUs(pid) - cpu0 : null });
+        }
+      }
+      for (const p of names) {
+        const rs = runs[p];
+        const sum = (f) => rs.reduce((a, x) => a + f(x), 0);
+        const errors = {};
+        for (const k of Object.keys(rs[0].w.errors)) errors[k] = sum((x) => x.w.errors[k]);
+        const requests = sum((x) => x.w.requests), durUs = sum((x) => x.w.duration_us);
+        const ok = requests - errors.status; // wrk counts non-2xx answers as requests
+        const lat = {};
+        for (const k of Object.keys(rs[0].w.latency_us)) lat[k] = median(rs.map((x) => x.w.latency_us[k]));
+        const cpu = rs[0].cpu === null ? null : sum((x) => x.cpu);
+        const errs = Object.values(errors).reduce((a, b) => a + b, 0);
         results.nonstream.push({
-          path: p, concurrency: conc, body_bytes: body, requests: w.requests, ok,
-          rps: ok / (w.duration_us / 1e6), latency_us: w.latency_us, errors: w.errors,
-          cpu_us: cpu, cpu_us_per_req: cpu !== null && w.requests ? cpu / w.requests : null,
+          path: p, concurrency: conc, body_bytes: body, requests, ok, rounds: rs.length,
+          rps: ok / (durUs / 1e6), latency_us: lat, errors,
+          cpu_us: cpu, cpu_us_per_req: cpu !== null && requests ? cpu / requests : null,
         });
         log(`${p.padEnd(8)} c=${String(conc).padEnd(3)} body=${body}: ` +
-            `${(ok / (w.duration_us / 1e6)).toFixed(0)} req/s p50 ${(w.latency_us.p50 / 1000).toFixed(3)} ms` +
-            (errs ? ` errors ${JSON.stringify(w.errors)}` : ""));
+            `${(ok / (durUs / 1e6)).toFixed(0)} req/s p50 ${(lat.p50 / 1000).toFixed(3)} ms` +
+            ` (${rs.length} rounds)` + (errs ? ` errors ${JSON.stringify(errors)}` : ""));
       }
     }
   }
