@@ -44,8 +44,6 @@ typedef struct proxy_s {
   llmux_resolution_t res;
 
   /* candidates and the attempts made on them */
-  const llmux_route_conf_t *cands[MAX_CANDIDATES];
-  llmux_route_skip_t skips[MAX_CANDIDATES];
   llmux_route_plan_t plan;
   size_t next;                    /* next candidate to consider */
   unsigned attempts;
@@ -76,14 +74,12 @@ typedef struct proxy_s {
   llmux_provider_rt_t *txn_prov;  /* whose plugin owns ht.txn.data */
   llmux_upstream_req_t up;
   int up_running;
-  uv_buf_t iov[LLMUX_TXN_MAX_BODY_PARTS];
   llmux_buf_t up_path;
   llmux_buf_t up_headers;
   llmux_buf_t out;                /* non-stream: the whole answer */
   llmux_buf_t pending;            /* stream: events not yet written */
   llmux_buf_t err_body;           /* non-2xx: the provider's body */
   llmux_buf_t resp_hdr_store;     /* copies of the provider's response headers */
-  llmux_header_t resp_headers[MAX_RESP_HEADERS];
   int started;                    /* stream: the client has our head */
   int emit_failed;                /* 1: client write failed; 2: plugin refused the body */
 
@@ -100,6 +96,12 @@ typedef struct proxy_s {
   int agent;                      /* 1: POST /v1/chat, answers in ARES's shapes */
   llmux_agent_req_t areq;
   llmux_agent_stream_t astream;
+  /* Scratch arrays, last: each is written before it is read, so a new
+   * proxy zeroes only what comes before them (they are most of its size). */
+  const llmux_route_conf_t *cands[MAX_CANDIDATES];
+  llmux_route_skip_t skips[MAX_CANDIDATES];
+  uv_buf_t iov[LLMUX_TXN_MAX_BODY_PARTS];
+  llmux_header_t resp_headers[MAX_RESP_HEADERS];
 } proxy_t;
 
 static void try_next(proxy_t *p);
@@ -1084,7 +1086,8 @@ void llmux_proxy_handle(llmux_gateway_t *gw, llmux_http_req_t *req, int endpoint
 
 void llmux_proxy_handle_opts(llmux_gateway_t *gw, llmux_http_req_t *req,
                              const llmux_proxy_opts_t *opts) {
-  proxy_t *p = calloc(1, sizeof *p);
+  proxy_t *p = malloc(sizeof *p);
+  if (p != NULL) memset(p, 0, offsetof(proxy_t, cands));
   if (p == NULL) {
     llmux_http_send_error(req, 503, "server_error", "out_of_memory", "Out of memory.", NULL);
     return;

@@ -6,6 +6,7 @@
  * spliced in; the response comes back byte for byte. The only parsing on the
  * success path is a scan of the response's last bytes for token usage. */
 #include <jansson.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -97,7 +98,10 @@ static int openai_translate_request(void *instance, llmux_txn_t *txn) {
   if (t == NULL) {
     t = host->malloc(sizeof *t);
     if (t == NULL) return LLMUX_ENOMEM;
-    memset(t, 0, sizeof *t);
+    /* The tail buffer is written before it is read: zero the rest only. */
+    memset(t, 0, offsetof(openai_txn_t, tail));
+    t->tail_len = 0;
+    t->seen_first = 0;
     txn->data = t;
   }
   if (host->buf_append(&txn->path, path, strlen(path)) != 0) return LLMUX_ENOMEM;
@@ -139,19 +143,18 @@ static void keep_tail(openai_txn_t *t, const char *data, size_t len) {
   t->tail_len += len;
 }
 
-/* The integer after the last `"key":` in s[0..n), or -1. */
+/* The integer after the last `"key":` in s[0..n), or -1. Searched from the
+ * end: usage is among the last bytes of an answer and of a stream. */
 static int64_t last_int_field(const char *s, size_t n, const char *key) {
   size_t klen = strlen(key);
-  const char *hit = NULL, *p = s, *end = s + n;
-  int64_t v = -1;
-  while (p < end) {
-    const char *q = memmem(p, (size_t)(end - p), key, klen);
-    if (q == NULL) break;
-    hit = q;
-    p = q + klen;
+  const char *p, *end = s + n;
+  int64_t v;
+  if (n < klen) return -1;
+  for (p = end - klen;; p--) {
+    if (*p == key[0] && memcmp(p, key, klen) == 0) break;
+    if (p == s) return -1;
   }
-  if (hit == NULL) return -1;
-  p = hit + klen;
+  p += klen;
   while (p < end && (*p == ' ' || *p == ':' || *p == '"')) p++;
   if (p >= end || *p < '0' || *p > '9') return -1;
   for (v = 0; p < end && *p >= '0' && *p <= '9'; p++) v = v * 10 + (*p - '0');
