@@ -1232,6 +1232,7 @@ static void refused_first_address_falls_back_to_the_next(void **state) {
   static const step_t s0[] = { SEND(R_HELLO), END };
   static const dns_setup_t d = {
     NS_SILENT, "127.0.0.1 dual.test\n::1 dual.test\n127.0.0.1 v4only.test\n", "::1" };
+  static const step_t *const scripts[] = {s0};
   t_t t;
   client_t c1, c2;
   int fd, i;
@@ -1245,7 +1246,7 @@ static void refused_first_address_falls_back_to_the_next(void **state) {
    * (the port was free only on ::1): then try another one. */
   for (i = 0;; i++) {
     next_dns = &d;
-    t_init(&t, 0, NULL, 1, SCRIPTS(s0));
+    t_init(&t, 0, NULL, 1, scripts, 1); /* not SCRIPTS(): its array would end with the loop */
     fd = reserve_port("127.0.0.1", t.srv.port, NULL);
     if (fd >= 0) break;
     t_finish(&t, NULL, 0);
