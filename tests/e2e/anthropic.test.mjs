@@ -10,7 +10,7 @@ import OpenAI from "openai";
 import { startGateway, writeConfig } from "./lib/gateway.mjs";
 import { expectedContent, httpRequest, parseSSE, startMock } from "./lib/mock.mjs";
 
-const KEY = "sk-ant-test-key-for-the-mock-0123456789";
+const KEY = "test-anthropic-key-for-the-mock-0123456789";
 const CLAUDE_ID = "claude-3-5-sonnet-20241022";
 let claude, backup, gw, client;
 

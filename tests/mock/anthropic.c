@@ -39,13 +39,7 @@
 #define MAX_TOOL_CALLS 3
 #define DEFAULT_FAIL_AFTER 2
 
-/* ---- appending (the mock aborts on OOM: a test tool has no better answer) ---- */
-
-static void ap(llmux_buf_t *b, const char *s, size_t n) {
-  if (llmux_buf_append(b, s, n) != 0) abort();
-}
-
-static void ap_s(llmux_buf_t *b, const char *s) { ap(b, s, strlen(s)); }
+/* ---- appending (ap, AL, ap_s...: mock.h) ---- */
 
 static void ap_fmt(llmux_buf_t *b, const char *fmt, unsigned long long v) {
   if (llmux_buf_printf(b, fmt, v) != 0) abort();

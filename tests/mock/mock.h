@@ -13,6 +13,8 @@
 #define MOCK_H
 
 #include <stdint.h>
+#include <string.h>
+#include <stdlib.h>
 #include <uv.h>
 
 #include "llhttp.h"
@@ -245,6 +247,30 @@ int mock_json_array(const char *p, size_t len, mock_json_elem_cb cb, void *ud);
 /* Classifies a value span: '"' string (span is the raw content), '{', '[',
  * 't', 'f', 'n', or '0' for a number. */
 int mock_json_type(llmux_str_t val);
+/* ---- appending answers (shared by openai.c, ollama.c, anthropic.c) ----
+ * The mock is a test tool: running out of memory while building an answer
+ * has no sensible response, so these abort. */
+static inline void ap(llmux_buf_t *b, const char *s, size_t n) {
+  if (llmux_buf_append(b, s, n) != 0) abort();
+}
+#define AL(b, lit) ap((b), (lit), sizeof(lit) - 1)
+static inline void ap_s(llmux_buf_t *b, const char *s) { ap(b, s, strlen(s)); }
+static inline void ap_buf(llmux_buf_t *b, const llmux_buf_t *s) { ap(b, s->base, s->len); }
+static inline void ap_u64(llmux_buf_t *b, uint64_t v) {
+  char tmp[24];
+  size_t i = sizeof(tmp);
+  do { tmp[--i] = (char)('0' + v % 10); v /= 10; } while (v);
+  ap(b, tmp + i, sizeof(tmp) - i);
+}
+/* Token i of the deterministic answer ("NAME tok1 tok2 ..."), and the
+ * whole answer's content. */
+void mock_ap_token(llmux_buf_t *b, const mock_server_t *srv, int64_t i);
+void mock_ap_content(llmux_buf_t *b, const mock_conn_t *c);
+
+/* FNV-1a of p[0..n): deterministic seeds for answers. */
+uint64_t mock_fnv1a(const char *p, size_t n);
+/* A JSON value that is a plain non-negative integer, else -1. */
+int64_t mock_json_int(llmux_str_t v);
 int mock_json_is(llmux_str_t s, const char *lit);
 /* The span of a string value without its quotes. */
 llmux_str_t mock_json_strval(llmux_str_t val);

@@ -26,30 +26,10 @@
 #define DEFAULT_DIMENSIONS 16
 #define MAX_DIMENSIONS 8192
 
-static void ap(llmux_buf_t *b, const char *s, size_t n) {
-  if (llmux_buf_append(b, s, n) != 0) abort();
-}
-#define AL(b, lit) ap((b), (lit), sizeof(lit) - 1)
 
-static void ap_s(llmux_buf_t *b, const char *s) { ap(b, s, strlen(s)); }
-static void ap_buf(llmux_buf_t *b, const llmux_buf_t *s) { ap(b, s->base, s->len); }
 
-static void ap_u64(llmux_buf_t *b, uint64_t v) {
-  char tmp[24];
-  int n = snprintf(tmp, sizeof(tmp), "%llu", (unsigned long long)v);
-  ap(b, tmp, (size_t)n);
-}
 
-static void ap_token(llmux_buf_t *b, const mock_server_t *srv, int64_t i) {
-  if (i == 0) { ap_s(b, srv->name); return; }
-  AL(b, " tok");
-  ap_u64(b, (uint64_t)i);
-}
 
-static void ap_content(llmux_buf_t *b, const mock_conn_t *c) {
-  int64_t i;
-  for (i = 0; i < c->call.tokens; i++) ap_token(b, c->srv, i);
-}
 
 static int model_starts(const mock_call_t *call, const char *prefix) {
   size_t n = strlen(prefix);
@@ -77,27 +57,9 @@ typedef struct scan_s {
   int have_model;
 } scan_t;
 
-static uint64_t fnv1a(const char *p, size_t n) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  size_t i;
-  for (i = 0; i < n; i++) { h ^= (unsigned char)p[i]; h *= 0x100000001b3ull; }
-  return h;
-}
-
-static int64_t json_int(llmux_str_t v) {
-  int64_t x = 0;
-  size_t i;
-  if (v.len == 0 || v.len > 12) return -1;
-  for (i = 0; i < v.len; i++) {
-    if (v.base[i] < '0' || v.base[i] > '9') return -1;
-    x = x * 10 + (v.base[i] - '0');
-  }
-  return x;
-}
-
 static int on_option(void *ud, llmux_str_t key, llmux_str_t val) {
   scan_t *s = ud;
-  if (mock_json_is(key, "num_predict") && json_int(val) > 0) s->call->tokens = json_int(val);
+  if (mock_json_is(key, "num_predict") && mock_json_int(val) > 0) s->call->tokens = mock_json_int(val);
   return 0;
 }
 
@@ -126,7 +88,7 @@ static int on_tool(void *ud, size_t index, llmux_str_t val) {
 }
 
 static void add_input(scan_t *s, llmux_str_t val) {
-  uint64_t seed = fnv1a(val.base, val.len);
+  uint64_t seed = mock_fnv1a(val.base, val.len);
   ap(&s->call->seeds, (const char *)&seed, sizeof(seed));
   s->call->prompt_tokens += val.len / 4 + 1;
 }
@@ -159,8 +121,8 @@ static int on_member(void *ud, llmux_str_t key, llmux_str_t val) {
   } else if (mock_json_is(key, "input")) {
     if (t == '"') add_input(s, mock_json_strval(val));
     else if (t == '[') mock_json_array(val.base, val.len, on_input, s);
-  } else if (mock_json_is(key, "dimensions") && json_int(val) > 0) {
-    s->call->dimensions = json_int(val) > MAX_DIMENSIONS ? MAX_DIMENSIONS : json_int(val);
+  } else if (mock_json_is(key, "dimensions") && mock_json_int(val) > 0) {
+    s->call->dimensions = mock_json_int(val) > MAX_DIMENSIONS ? MAX_DIMENSIONS : mock_json_int(val);
   } else if (mock_json_is(key, "mock") && t == '{') {
     mock_json_object(val.base, val.len, on_knob, s);
   }
@@ -307,7 +269,7 @@ static void ap_tool_call(llmux_buf_t *b, const mock_conn_t *c, int i) {
   AL(b, "{\"function\":{\"name\":\"");
   ap_s(b, tool_name(&c->call, i));
   AL(b, "\",\"arguments\":{\"input\":\"");
-  ap_content(b, c);
+  mock_ap_content(b, c);
   AL(b, "\",\"call\":");
   ap_u64(b, (uint64_t)i);
   AL(b, "}}}");
@@ -330,7 +292,7 @@ static void chat_body(mock_conn_t *c) {
   int i;
   line_start(b, c);
   AL(b, "\"message\":{\"role\":\"assistant\",\"content\":\"");
-  if (!c->call.tools) ap_content(b, c);
+  if (!c->call.tools) mock_ap_content(b, c);
   AL(b, "\"");
   if (c->call.tools) {
     AL(b, ",\"tool_calls\":[");
@@ -421,7 +383,7 @@ static void stream_line(mock_conn_t *c, int64_t k) {
     AL(b, "{\"error\":\"llama runner process has terminated: signal: killed\"}");
   } else if (k < nbody) {
     AL(b, "\"message\":{\"role\":\"assistant\",\"content\":\"");
-    if (!c->call.tools) ap_token(b, c->srv, k);
+    if (!c->call.tools) mock_ap_token(b, c->srv, k);
     AL(b, "\"");
     if (c->call.tools) {
       AL(b, ",\"tool_calls\":[");

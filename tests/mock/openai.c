@@ -91,24 +91,7 @@ static int64_t pick(int64_t header, int64_t body, int64_t dflt) {
   return header >= 0 ? header : body >= 0 ? body : dflt;
 }
 
-/* ---- appending ---- */
-
-/* The mock is a test tool: running out of memory while building a
- * response has no sensible answer, so it aborts. */
-static void ap(llmux_buf_t *b, const char *s, size_t n) {
-  if (llmux_buf_append(b, s, n) != 0) abort();
-}
-#define AL(b, lit) ap((b), (lit), sizeof(lit) - 1)
-
-static void ap_s(llmux_buf_t *b, const char *s) { ap(b, s, strlen(s)); }
-static void ap_buf(llmux_buf_t *b, const llmux_buf_t *s) { ap(b, s->base, s->len); }
-
-static void ap_u64(llmux_buf_t *b, uint64_t v) {
-  char tmp[24];
-  size_t i = sizeof(tmp);
-  do { tmp[--i] = (char)('0' + v % 10); v /= 10; } while (v);
-  ap(b, tmp + i, sizeof(tmp) - i);
-}
+/* ---- appending (ap, AL, ap_s, ap_buf, ap_u64: mock.h) ---- */
 
 static void ap_hex(llmux_buf_t *b, uint64_t v) {
   char tmp[24];
@@ -133,15 +116,15 @@ static void ap_duration(llmux_buf_t *b, uint64_t ms) {
 }
 
 /* Token i of the deterministic answer. */
-static void ap_token(llmux_buf_t *b, const mock_server_t *srv, int64_t i) {
+void mock_ap_token(llmux_buf_t *b, const mock_server_t *srv, int64_t i) {
   if (i == 0) { ap_s(b, srv->name); return; }
   AL(b, " tok");
   ap_u64(b, (uint64_t)i);
 }
 
-static void ap_content(llmux_buf_t *b, const mock_conn_t *c) {
+void mock_ap_content(llmux_buf_t *b, const mock_conn_t *c) {
   int64_t i;
-  for (i = 0; i < c->call.tokens; i++) ap_token(b, c->srv, i);
+  for (i = 0; i < c->call.tokens; i++) mock_ap_token(b, c->srv, i);
 }
 
 /* ---- streamed bodies: one HTTP chunk per SSE event (raw for HTTP/1.0) ---- */
@@ -448,7 +431,7 @@ static const char *finish_reason(const mock_call_t *call) {
  * when the arguments sit inside a JSON string. */
 static void ap_tool_args(llmux_buf_t *b, const mock_conn_t *c) {
   AL(b, "{\\\"input\\\":\\\"");
-  ap_content(b, c);
+  mock_ap_content(b, c);
   AL(b, "\\\"}");
 }
 
@@ -466,7 +449,7 @@ static void chat_body(mock_conn_t *c) {
     AL(b, "\"}}]");
   } else {
     AL(b, "\"");
-    ap_content(b, c);
+    mock_ap_content(b, c);
     AL(b, "\"");
   }
   AL(b, ",\"refusal\":null},\"logprobs\":null,\"finish_reason\":\"");
@@ -480,7 +463,7 @@ static void completion_body(mock_conn_t *c) {
   llmux_buf_t *b = &c->body;
   ap_obj_start(b, c, "cmpl-mock", "text_completion");
   AL(b, ",\"choices\":[{\"text\":\"");
-  ap_content(b, c);
+  mock_ap_content(b, c);
   AL(b, "\",\"index\":0,\"logprobs\":null,\"finish_reason\":\"");
   ap_s(b, c->call.truncated ? "length" : "stop");
   AL(b, "\"}],\"usage\":");
@@ -616,14 +599,14 @@ static void chunk_end(llmux_buf_t *b, const mock_conn_t *c, const char *finish) 
 static void chat_delta(llmux_buf_t *b, const mock_conn_t *c, int64_t k) {
   if (!c->call.tools) {
     AL(b, "{\"content\":\"");
-    ap_token(b, c->srv, k - 1);
+    mock_ap_token(b, c->srv, k - 1);
     AL(b, "\"}");
     return;
   }
   AL(b, "{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"");
   if (k == 1) AL(b, "{\\\"input\\\":\\\"");
   else if (k == c->call.tokens + 2) AL(b, "\\\"}");
-  else ap_token(b, c->srv, k - 2);
+  else mock_ap_token(b, c->srv, k - 2);
   AL(b, "\"}}]}");
 }
 
@@ -649,7 +632,7 @@ static void chat_event(llmux_buf_t *b, const mock_conn_t *c, int64_t k, int64_t 
 static void completion_event(llmux_buf_t *b, const mock_conn_t *c, int64_t k, int64_t nbody) {
   chunk_start(b, c);
   AL(b, "{\"text\":\"");
-  if (k < nbody) ap_token(b, c->srv, k);
+  if (k < nbody) mock_ap_token(b, c->srv, k);
   AL(b, "\",\"index\":0");
   chunk_end(b, c, k == nbody ? (c->call.truncated ? "length" : "stop") : NULL);
 }

@@ -16,14 +16,14 @@ typedef struct body_scan_s {
   uint64_t input_tokens;
 } body_scan_t;
 
-static uint64_t fnv1a(const char *p, size_t n) {
+uint64_t mock_fnv1a(const char *p, size_t n) {
   uint64_t h = 0xcbf29ce484222325ull;
   size_t i;
   for (i = 0; i < n; i++) { h ^= (unsigned char)p[i]; h *= 0x100000001b3ull; }
   return h;
 }
 
-static int64_t json_int(llmux_str_t v) {
+int64_t mock_json_int(llmux_str_t v) {
   int64_t x = 0;
   size_t i;
   if (v.len == 0 || v.len > 12) return -1;
@@ -66,7 +66,7 @@ static int on_tool(void *ud, size_t index, llmux_str_t val) {
 }
 
 static void add_input(body_scan_t *s, llmux_str_t val) {
-  uint64_t seed = fnv1a(val.base, val.len);
+  uint64_t seed = mock_fnv1a(val.base, val.len);
   if (llmux_buf_append(&s->call->seeds, &seed, sizeof(seed)) != 0) abort();
   s->input_tokens += val.len / 4 + 1;
 }
@@ -107,12 +107,12 @@ static int on_member(void *ud, llmux_str_t key, llmux_str_t val) {
   } else if (mock_json_is(key, "tool_choice")) {
     s->tool_choice_none = mock_json_is(val, "\"none\"");
   } else if ((mock_json_is(key, "max_tokens") || mock_json_is(key, "max_completion_tokens")) &&
-             json_int(val) > 0) {
-    call->tokens = json_int(val);
+             mock_json_int(val) > 0) {
+    call->tokens = mock_json_int(val);
   } else if (mock_json_is(key, "input")) {
     scan_input(s, val);
-  } else if (mock_json_is(key, "dimensions") && json_int(val) > 0) {
-    call->dimensions = json_int(val);
+  } else if (mock_json_is(key, "dimensions") && mock_json_int(val) > 0) {
+    call->dimensions = mock_json_int(val);
   } else if (mock_json_is(key, "encoding_format")) {
     call->base64 = mock_json_is(val, "\"base64\"");
   } else if (mock_json_is(key, "mock") && t == '{') {
