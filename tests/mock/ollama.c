@@ -27,10 +27,6 @@
 #define MAX_DIMENSIONS 8192
 
 
-
-
-
-
 static int model_starts(const mock_call_t *call, const char *prefix) {
   size_t n = strlen(prefix);
   return call->model.len >= n && memcmp(call->model.base, prefix, n) == 0;
