@@ -7,6 +7,8 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include <jansson.h>
+
 #include "json_scan.h"
 #include "util.h"
 
@@ -123,6 +125,58 @@ static void probes_a_key_at_any_depth_in_the_same_pass(void **state) {
   assert_int_equal(hit, 0);
 }
 
+/* Differential check against jansson over mutated documents (fixed seed):
+ * whatever one accepts as a JSON object, the other must too. */
+static unsigned long long rng = 0x9e3779b97f4a7c15ull;
+static unsigned next_rand(void) {
+  rng ^= rng << 13;
+  rng ^= rng >> 7;
+  rng ^= rng << 17;
+  return (unsigned)(rng >> 11);
+}
+
+static void agrees_with_jansson_on_mutated_documents(void **state) {
+  static const char *seeds[] = {
+    "{\"model\":\"gpt-4\",\"messages\":[{\"role\":\"user\",\"content\":\"h\\u00e9\\n\"}],"
+    "\"stream\":true,\"n\":-1.5e3,\"x\":null,\"y\":false,\"z\":{}}",
+    "{\"a\":[1,2,[3,{\"b\":\"\\\"q\\\"\"}]],\"c\":0.25,\"d\":\"caf\xc3\xa9\"}",
+  };
+  static const char alphabet[] = "{}[]\":,0123456789-+.eEtrufalsn \\u\x01\xc3\xa9\xff";
+  char buf[512];
+  int i, k;
+  (void)state;
+  for (i = 0; i < 20000; i++) {
+    const char *seed = seeds[i % 2];
+    size_t n = strlen(seed), j;
+    int mine, theirs;
+    json_t *doc;
+    memcpy(buf, seed, n + 1);
+    for (k = 0; k < 1 + (int)(next_rand() % 3); k++) {
+      size_t at = next_rand() % n;
+      char c = alphabet[next_rand() % (sizeof(alphabet) - 1)];
+      switch (next_rand() % 3) {
+        case 0: buf[at] = c; break; /* replace */
+        case 1: /* insert */
+          if (n + 1 < sizeof buf) { memmove(buf + at + 1, buf + at, n - at + 1); buf[at] = c; n++; }
+          break;
+        default: /* delete */
+          memmove(buf + at, buf + at + 1, n - at);
+          n--;
+      }
+    }
+    /* Known, deliberate differences: jansson refuses \u0000 by default. */
+    for (j = 0; j + 5 < n; j++)
+      if (memcmp(buf + j, "\\u0000", 6) == 0) break;
+    if (j + 5 < n) continue;
+    mine = llmux_json_scan(buf, n, NULL, 0, NULL, NULL) == 0;
+    doc = json_loadb(buf, n, 0, NULL);
+    theirs = doc != NULL && json_is_object(doc);
+    json_decref(doc);
+    if (mine != theirs) fail_msg("scanner %s, jansson %s: %.*s", mine ? "accepts" : "refuses",
+                                 theirs ? "accepts" : "refuses", (int)n, buf);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(finds_top_level_model_and_stream),
@@ -133,6 +187,7 @@ int main(void) {
     cmocka_unit_test(probes_nested_keys),
     cmocka_unit_test(finds_special_bytes_at_every_alignment),
     cmocka_unit_test(probes_a_key_at_any_depth_in_the_same_pass),
+    cmocka_unit_test(agrees_with_jansson_on_mutated_documents),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
