@@ -1174,7 +1174,7 @@ static void unanswered_lookup_hits_the_connect_timeout(void **state) {
 
   assert_int_equal(c.done_status, LLMUX_ETIMEOUT);
   assert_non_null(strstr(c.req.error, "connect timeout"));
-  assert_true(uv_now(&t.loop) - t0 >= 60 && uv_now(&t.loop) - t0 < 1000);
+  assert_true(uv_now(&t.loop) - t0 >= 60); /* not before the connect timeout */
   t_finish(&t, CLIENTS(&c));
 }
 
