@@ -17,6 +17,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <arpa/inet.h>
 #include <string.h>
 
 #include <mbedtls/ctr_drbg.h>
@@ -50,6 +51,8 @@ struct llmux_tls_s {
   llmux_buf_t out;               /* ciphertext produced, not yet sent */
   size_t out_off;
   int failed;                    /* bio_send could not grow `out` */
+  unsigned char ip[16];          /* client role, IP literal peer: its address */
+  size_t iplen;                  /* 4 or 16; 0 for a host name */
   char err[512];
 };
 
@@ -194,6 +197,37 @@ static int bio_send(void *arg, const unsigned char *buf, size_t len) {
   return (int)len;
 }
 
+/* An IP literal ("127.0.0.1", "::1", "[::1]") into t->ip; 0 if not one. */
+static size_t parse_ip_literal(const char *host, unsigned char *ip) {
+  char tmp[64];
+  size_t n = strlen(host);
+  if (n >= 2 && host[0] == '[' && host[n - 1] == ']') {
+    if (n - 2 >= sizeof tmp) return 0;
+    memcpy(tmp, host + 1, n - 2);
+    tmp[n - 2] = '\0';
+    host = tmp;
+  }
+  if (inet_pton(AF_INET, host, ip) == 1) return 4;
+  if (inet_pton(AF_INET6, host, ip) == 1) return 16;
+  return 0;
+}
+
+/* mbedTLS 2.28 matches a certificate against DNS names only. For a peer
+ * named by an IP address the leaf certificate must carry that address as
+ * an iPAddress subjectAltName (RFC 6125; what browsers and curl check). */
+static int verify_ip_san(void *arg, mbedtls_x509_crt *crt, int depth, uint32_t *flags) {
+  const llmux_tls_t *t = arg;
+  const mbedtls_x509_sequence *san;
+  if (depth != 0) return 0;
+  for (san = &crt->subject_alt_names; san != NULL; san = san->next) {
+    if (san->buf.tag == (MBEDTLS_ASN1_CONTEXT_SPECIFIC | 7) && san->buf.len == t->iplen &&
+        memcmp(san->buf.p, t->ip, t->iplen) == 0)
+      return 0;
+  }
+  *flags |= MBEDTLS_X509_BADCERT_CN_MISMATCH;
+  return 0;
+}
+
 int llmux_tls_new(llmux_tls_t **out, llmux_tls_ctx_t *ctx, const char *sni_host) {
   llmux_tls_t *t;
   int rc;
@@ -205,10 +239,15 @@ int llmux_tls_new(llmux_tls_t **out, llmux_tls_ctx_t *ctx, const char *sni_host)
   mbedtls_ssl_init(&t->ssl);
   rc = mbedtls_ssl_setup(&t->ssl, &ctx->conf);
   if (rc != 0) goto fail;
-  /* Sets SNI and the name the certificate must match. */
+  /* Sets SNI and the name the certificate must match; an IP address is
+   * sent as no SNI at all (RFC 6066) and checked against the iPAddress
+   * subjectAltNames instead. */
   if (!ctx->is_server && sni_host != NULL) {
-    rc = mbedtls_ssl_set_hostname(&t->ssl, sni_host);
-    if (rc != 0) goto fail;
+    t->iplen = parse_ip_literal(sni_host, t->ip);
+    if (t->iplen > 0)
+      mbedtls_ssl_set_verify(&t->ssl, verify_ip_san, t);
+    else if ((rc = mbedtls_ssl_set_hostname(&t->ssl, sni_host)) != 0)
+      goto fail;
   }
   mbedtls_ssl_set_bio(&t->ssl, t, bio_send, bio_recv, NULL);
   *out = t;

@@ -128,6 +128,29 @@ static void wrong_hostname_fails_with_ecert(void **state) {
   pair_close(&p);
 }
 
+/* A peer named by address is checked against the certificate's iPAddress
+ * subjectAltNames: the server certificate carries 127.0.0.1 and ::1 is
+ * not among them. */
+static void ip_literals_are_matched_against_ip_san(void **state) {
+  static const struct { const char *host; int ok; } cases[] = {
+    {"127.0.0.1", 1}, {"[127.0.0.1]", 1}, {"10.0.0.1", 0}, {"::1", 0}, {"[::1]", 0},
+  };
+  size_t i;
+  for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    pair_t p;
+    pair_open(&p, cert_path("ca.crt"), 1, cert_path("server.crt"), cert_path("server.key"),
+              cases[i].host);
+    pair_handshake(&p);
+    if (cases[i].ok) {
+      assert_int_equal(p.cres, 0);
+    } else {
+      assert_int_equal(p.cres, LLMUX_ECERT);
+      assert_non_null(strstr(llmux_tls_last_error(p.c), "CN"));
+    }
+    pair_close(&p);
+  }
+}
+
 static void verify_off_accepts_an_untrusted_certificate(void **state) {
   pair_t p;
   pair_open(&p, NULL, 0, cert_path("bad.crt"), cert_path("bad.key"), "wrong.example");
@@ -221,6 +244,7 @@ int main(void) {
     cmocka_unit_test(large_write_is_split_into_records_and_reassembled),
     cmocka_unit_test(untrusted_certificate_fails_with_ecert_and_a_reason),
     cmocka_unit_test(wrong_hostname_fails_with_ecert),
+    cmocka_unit_test(ip_literals_are_matched_against_ip_san),
     cmocka_unit_test(verify_off_accepts_an_untrusted_certificate),
     cmocka_unit_test(missing_ca_file_is_a_config_error_naming_the_file),
     cmocka_unit_test(server_key_that_does_not_exist_is_a_config_error),

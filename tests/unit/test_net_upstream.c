@@ -958,13 +958,14 @@ static void tls_untrusted_certificate_is_ecert(void **state) {
 
 static void tls_wrong_hostname_is_ecert(void **state) {
   static const step_t s0[] = { SEND(R_HELLO), END };
+  static const dns_setup_t d = { NS_SILENT, "127.0.0.1 wrong.test\n", NULL };
   t_t t;
   client_t c;
 
+  next_dns = &d;
   t_init(&t, 1, "server", 1, SCRIPTS(s0));
-  /* The certificate names localhost; mbedTLS 2.28 matches the name against
-   * DNS entries only, so the literal address is a mismatch. */
-  client_init(&c, t.up, "127.0.0.1", t.srv.port);
+  /* The certificate names localhost and 127.0.0.1, not wrong.test. */
+  client_init(&c, t.up, "wrong.test", t.srv.port);
   c.req.https = 1;
   c.req.tls_ctx = t.cctx;
   assert_int_equal(llmux_upstream_start(t.up, &c.req), 0);
@@ -972,6 +973,35 @@ static void tls_wrong_hostname_is_ecert(void **state) {
 
   assert_int_equal(c.done_status, LLMUX_ECERT);
   assert_non_null(strstr(c.req.error, "CN"));
+  t_finish(&t, CLIENTS(&c));
+}
+
+static void tls_ip_literal_is_checked_against_ip_san(void **state) {
+  static const step_t s0[] = { SEND(R_HELLO), END };
+  static const step_t s1[] = { SEND(R_HELLO), END };
+  t_t t;
+  client_t c;
+
+  /* The server certificate carries IP:127.0.0.1: a provider reached by
+   * that address verifies, which mbedTLS alone would refuse. */
+  t_init(&t, 1, "server", 1, SCRIPTS(s0));
+  client_init(&c, t.up, "127.0.0.1", t.srv.port);
+  c.req.https = 1;
+  c.req.tls_ctx = t.cctx;
+  assert_int_equal(llmux_upstream_start(t.up, &c.req), 0);
+  t_run_until(&t, &c.done);
+  assert_int_equal(c.done_status, 200);
+  t_finish(&t, CLIENTS(&c));
+
+  /* The self-signed "bad" certificate names 127.0.0.1 too, but no CA we
+   * trust signed it: the address matching does not bypass the chain. */
+  t_init(&t, 1, "bad", 1, SCRIPTS(s1));
+  client_init(&c, t.up, "127.0.0.1", t.srv.port);
+  c.req.https = 1;
+  c.req.tls_ctx = t.cctx;
+  assert_int_equal(llmux_upstream_start(t.up, &c.req), 0);
+  t_run_until(&t, &c.done);
+  assert_int_equal(c.done_status, LLMUX_ECERT);
   t_finish(&t, CLIENTS(&c));
 }
 
@@ -1400,6 +1430,7 @@ int main(void) {
     cmocka_unit_test(tls_with_ca_file_verifies_and_keeps_alive),
     cmocka_unit_test(tls_untrusted_certificate_is_ecert),
     cmocka_unit_test(tls_wrong_hostname_is_ecert),
+    cmocka_unit_test(tls_ip_literal_is_checked_against_ip_san),
     cmocka_unit_test(tls_verify_off_accepts_the_bad_certificate),
     cmocka_unit_test(hosts_file_names_and_localhost_need_no_query),
     cmocka_unit_test(second_connection_to_a_name_uses_the_cached_answer),
