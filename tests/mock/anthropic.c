@@ -508,19 +508,6 @@ static void cut_with_error(llmux_buf_t *out, int64_t after, const char *type) {
 
 /* ---- HTTP ---- */
 
-static const char *reason(int status) {
-  switch (status) {
-    case 200: return "OK";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 404: return "Not Found";
-    case 429: return "Too Many Requests";
-    case 500: return "Internal Server Error";
-    case 529: return "Site Overloaded";
-    default: return "Unknown";
-  }
-}
-
 static void ap_rfc3339(llmux_buf_t *b, time_t at) {
   char tmp[40];
   struct tm tm;
@@ -563,7 +550,7 @@ static void head(mock_conn_t *c, int status, int64_t clen) {
   struct tm tm;
   b->len = 0;
   ap_fmt(b, "HTTP/1.1 %llu ", (unsigned long long)status);
-  ap_s(b, reason(status));
+  ap_s(b, mock_status_reason(status));
   gmtime_r(&now, &tm);
   strftime(date, sizeof date, "\r\ndate: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
   ap_s(b, date);

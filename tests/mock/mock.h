@@ -258,14 +258,14 @@ static inline void ap_s(llmux_buf_t *b, const char *s) { ap(b, s, strlen(s)); }
 static inline void ap_buf(llmux_buf_t *b, const llmux_buf_t *s) { ap(b, s->base, s->len); }
 static inline void ap_u64(llmux_buf_t *b, uint64_t v) {
   char tmp[24];
-  size_t i = sizeof(tmp);
-  do { tmp[--i] = (char)('0' + v % 10); v /= 10; } while (v);
-  ap(b, tmp + i, sizeof(tmp) - i);
+  ap(b, tmp, llmux_u64_dec(tmp, v));
 }
 /* Token i of the deterministic answer ("NAME tok1 tok2 ..."), and the
  * whole answer's content. */
 void mock_ap_token(llmux_buf_t *b, const mock_server_t *srv, int64_t i);
 void mock_ap_content(llmux_buf_t *b, const mock_conn_t *c);
+/* The reason phrase of an HTTP status the mock answers with. */
+const char *mock_status_reason(int status);
 
 /* FNV-1a of p[0..n): deterministic seeds for answers. */
 uint64_t mock_fnv1a(const char *p, size_t n);

@@ -143,7 +143,7 @@ static void ap_last_frame(llmux_buf_t *out, const mock_conn_t *c) {
 
 /* ---- the response head ---- */
 
-static const char *reason(int status) {
+const char *mock_status_reason(int status) {
   switch (status) {
     case 200: return "OK";
     case 400: return "Bad Request";
@@ -152,6 +152,7 @@ static const char *reason(int status) {
     case 429: return "Too Many Requests";
     case 500: return "Internal Server Error";
     case 503: return "Service Unavailable";
+    case 529: return "Site Overloaded"; /* Anthropic's overloaded_error */
     default: return "Unknown";
   }
 }
@@ -198,7 +199,7 @@ static void head(mock_conn_t *c, int status, const char *ctype, int64_t clen) {
   AL(b, "HTTP/1.1 ");
   ap_u64(b, (uint64_t)status);
   AL(b, " ");
-  ap_s(b, reason(status));
+  ap_s(b, mock_status_reason(status));
   AL(b, "\r\n");
   ap_date(b, c->srv);
   AL(b, "content-type: ");
