@@ -338,19 +338,3 @@ int llmux_json_unquote(llmux_str_t v, char *out, size_t cap) {
   out[n] = '\0';
   return 0;
 }
-
-int llmux_json_mentions_key(const char *s, size_t n, const char *key) {
-  size_t klen = strlen(key);
-  const char *p = s, *end = s + n;
-  while (p < end) {
-    const char *q = memmem(p, (size_t)(end - p), key, klen);
-    if (q == NULL) return 0;
-    if (q > s && q[-1] == '"' && q + klen < end && q[klen] == '"') {
-      const char *r = q + klen + 1;
-      while (r < end && (*r == ' ' || *r == '\t' || *r == '\n' || *r == '\r')) r++;
-      if (r < end && *r == ':') return 1;
-    }
-    p = q + klen;
-  }
-  return 0;
-}

@@ -47,8 +47,4 @@ int llmux_json_scan_probe(const char *body, size_t len, llmux_json_field_t *fiel
  * escapes including surrogate pairs. */
 int llmux_json_unquote(llmux_str_t value, char *out, size_t cap);
 
-/* True if s[0..n) contains `"key"` followed by optional space and ':'
- * somewhere (any depth): a cheap probe for nested fields like "image_url". */
-int llmux_json_mentions_key(const char *s, size_t n, const char *key);
-
 #endif

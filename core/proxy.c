@@ -317,24 +317,10 @@ static unsigned needed_caps(const proxy_t *p, const llmux_json_field_t *f, int i
 }
 
 /* Token estimates for rate limits and the context-window filter, from the
- * one scan validation already made: about four bytes of JSON text per token
- * in what the model reads (a deliberate over-estimate: keys and quotes count
- * too), corrected later by the response's usage. */
+ * one scan validation already made (the estimator is ratelimit's). */
 static void estimate_tokens(proxy_t *p, const llmux_json_field_t *f) {
-  static const int text[] = {F_MESSAGES, F_PROMPT, F_INPUT, F_TOOLS};
-  static const int limits[] = {F_MAX_COMPLETION, F_MAX_TOKENS};
-  uint64_t bytes = 0;
-  size_t i, j;
-  for (i = 0; i < LLMUX_COUNTOF(text); i++) bytes += f[text[i]].value.len;
-  p->prompt_tokens = (bytes + 3) / 4 + 3;
-  p->max_tokens = 0;
-  for (i = 0; i < LLMUX_COUNTOF(limits) && p->max_tokens == 0; i++) {
-    const llmux_json_field_t *m = &f[limits[i]];
-    if (m->type != LLMUX_JSON_NUMBER || m->value.base[0] == '-') continue;
-    for (j = 0; j < m->value.len && m->value.base[j] >= '0' && m->value.base[j] <= '9'; j++)
-      p->max_tokens = p->max_tokens * 10 + (uint64_t)(m->value.base[j] - '0');
-    if (j < m->value.len) p->max_tokens = 0; /* 1e3 or 12.5: not a count */
-  }
+  p->prompt_tokens = llmux_rl_estimate_fields(f, F_COUNT);
+  if (llmux_rl_max_tokens_fields(f, F_COUNT, &p->max_tokens) != 0) p->max_tokens = 0;
 }
 
 static int validate(proxy_t *p) {

@@ -444,7 +444,7 @@ int llmux_rl_parse_headers(llmux_rl_style_t style, const llmux_header_t *headers
  * already validated, and the number of objects directly inside it (the
  * messages of a "messages" array). */
 static void count_text(llmux_str_t v, uint64_t *bytes, uint64_t *objects) {
-  const char *p = v.base, *end = v.base + v.len, *start, *q;
+  const char *p = v.base, *end = v.base + v.len, *start, *q, *r;
   int depth = 0;
   while (p < end) {
     char c = *p++;
@@ -454,41 +454,68 @@ static void count_text(llmux_str_t v, uint64_t *bytes, uint64_t *objects) {
     } else if (c == '}' || c == ']') {
       depth--;
     } else if (c == '"') {
-      for (start = p; p < end && *p != '"'; p++)
-        if (*p == '\\') p++;
-      q = ++p;
+      /* The string's end: the next quote not escaped by an odd run of
+       * backslashes, found with memchr (strings are most of a request). */
+      for (start = p;;) {
+        size_t bs = 0;
+        q = memchr(p, '"', (size_t)(end - p));
+        if (q == NULL) return;
+        for (r = q; r > start && r[-1] == '\\'; r--) bs++;
+        p = q + 1;
+        if (bs % 2 == 0) break;
+      }
+      q = p;
       while (q < end && (*q == ' ' || *q == '\n' || *q == '\r' || *q == '\t')) q++;
       if (q == end || *q != ':') *bytes += (uint64_t)(p - 1 - start);
     }
   }
 }
 
-uint64_t llmux_rl_estimate_tokens(const char *body, size_t len) {
-  llmux_json_field_t f[] = {{"messages"}, {"prompt"}, {"input"}, {"tools"}};
+static const llmux_json_field_t *field(const llmux_json_field_t *f, size_t n, const char *key) {
+  size_t i;
+  for (i = 0; i < n; i++)
+    if (f[i].type != LLMUX_JSON_NONE && strcmp(f[i].key, key) == 0) return &f[i];
+  return NULL;
+}
+
+uint64_t llmux_rl_estimate_fields(const llmux_json_field_t *f, size_t n) {
+  static const char *const keys[] = {"messages", "prompt", "input", "tools"};
   uint64_t bytes = 0, msgs = 0;
   size_t i;
-  if (llmux_json_scan(body, len, f, LLMUX_COUNTOF(f), NULL, NULL) != 0)
-    return (uint64_t)len / 4 + 3;
-  for (i = 0; i < LLMUX_COUNTOF(f); i++) {
+  for (i = 0; i < LLMUX_COUNTOF(keys); i++) {
+    const llmux_json_field_t *v = field(f, n, keys[i]);
     uint64_t objs = 0;
-    if (f[i].type == LLMUX_JSON_NONE) continue;
-    count_text(f[i].value, &bytes, &objs);
+    if (v == NULL) continue;
+    count_text(v->value, &bytes, &objs);
     if (i == 0) msgs = objs;
   }
   return (bytes + 3) / 4 + 4 * msgs + 3;
 }
 
-int llmux_rl_parse_max_tokens(const char *body, size_t len, uint64_t *out) {
-  llmux_json_field_t f[] = {{"max_completion_tokens"}, {"max_tokens"}};
+int llmux_rl_max_tokens_fields(const llmux_json_field_t *f, size_t n, uint64_t *out) {
+  static const char *const keys[] = {"max_completion_tokens", "max_tokens"};
   size_t i;
-  if (llmux_json_scan(body, len, f, LLMUX_COUNTOF(f), NULL, NULL) != 0)
-    return LLMUX_EINVAL;
-  for (i = 0; i < LLMUX_COUNTOF(f); i++) {
-    if (f[i].type == LLMUX_JSON_NUMBER &&
-        parse_u64(f[i].value.base, f[i].value.len, out) == 0)
+  for (i = 0; i < LLMUX_COUNTOF(keys); i++) {
+    const llmux_json_field_t *v = field(f, n, keys[i]);
+    if (v != NULL && v->type == LLMUX_JSON_NUMBER &&
+        parse_u64(v->value.base, v->value.len, out) == 0)
       return 0;
   }
   return LLMUX_ENOTFOUND;
+}
+
+uint64_t llmux_rl_estimate_tokens(const char *body, size_t len) {
+  llmux_json_field_t f[] = {{"messages"}, {"prompt"}, {"input"}, {"tools"}};
+  if (llmux_json_scan(body, len, f, LLMUX_COUNTOF(f), NULL, NULL) != 0)
+    return (uint64_t)len / 4 + 3;
+  return llmux_rl_estimate_fields(f, LLMUX_COUNTOF(f));
+}
+
+int llmux_rl_parse_max_tokens(const char *body, size_t len, uint64_t *out) {
+  llmux_json_field_t f[] = {{"max_completion_tokens"}, {"max_tokens"}};
+  if (llmux_json_scan(body, len, f, LLMUX_COUNTOF(f), NULL, NULL) != 0)
+    return LLMUX_EINVAL;
+  return llmux_rl_max_tokens_fields(f, LLMUX_COUNTOF(f), out);
 }
 
 uint64_t llmux_rl_tokens_to_reserve(llmux_rl_style_t style, uint64_t prompt_tokens,

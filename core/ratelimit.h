@@ -57,6 +57,7 @@
 #include "llmux/common.h"
 #include "llmux/provider.h" /* llmux_header_t */
 #include "config.h"         /* llmux_limits_t, llmux_config_t */
+#include "json_scan.h"      /* llmux_json_field_t */
 
 #ifdef __cplusplus
 extern "C" {
@@ -162,11 +163,18 @@ int llmux_rl_parse_http_date(const char *s, size_t n, int64_t *out_unix_ms);
  * "input" and "tools", plus 4 per message and 3 per request. A body that is
  * not a JSON object is estimated as len/4 + 3. Never 0. */
 uint64_t llmux_rl_estimate_tokens(const char *body, size_t len);
+/* The same from fields the caller already found with llmux_json_scan (its
+ * keys "messages", "prompt", "input", "tools"; others are ignored), so the
+ * proxy scans a request once. */
+uint64_t llmux_rl_estimate_fields(const llmux_json_field_t *f, size_t n);
 
 /* The request's completion cap: max_completion_tokens, else max_tokens.
  * 0 with *out set; LLMUX_ENOTFOUND when neither is a non-negative integer
  * (Cerebras's -1 means "no cap"); LLMUX_EINVAL when body is not JSON. */
 int llmux_rl_parse_max_tokens(const char *body, size_t len, uint64_t *out);
+/* The same from already-scanned fields ("max_completion_tokens",
+ * "max_tokens"): 0 with *out set, or LLMUX_ENOTFOUND. */
+int llmux_rl_max_tokens_fields(const llmux_json_field_t *f, size_t n, uint64_t *out);
 
 /* Tokens to reserve for one request. CEREBRAS counts the prompt plus the
  * completion cap against the limit up front: prompt + max_tokens, or without

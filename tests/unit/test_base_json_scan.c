@@ -82,14 +82,6 @@ static void unquotes_escapes_and_surrogates(void **state) {
   assert_int_equal(llmux_json_unquote(v, out, 4), LLMUX_ETOOLARGE);
 }
 
-static void probes_nested_keys(void **state) {
-  const char *s = "{\"content\":[{\"type\":\"image_url\",\"image_url\" :{\"url\":\"x\"}}]}";
-  (void)state;
-  assert_true(llmux_json_mentions_key(s, strlen(s), "image_url"));
-  assert_false(llmux_json_mentions_key(s, strlen(s), "tools"));
-  assert_false(llmux_json_mentions_key("{\"x\":\"image_url\"}", 17, "image_url"));
-}
-
 /* The word-at-a-time skip must stop at every special byte wherever it
  * falls in a word. */
 static void finds_special_bytes_at_every_alignment(void **state) {
@@ -184,7 +176,6 @@ int main(void) {
     cmocka_unit_test(accepts_all_value_kinds),
     cmocka_unit_test(limits_nesting_depth),
     cmocka_unit_test(unquotes_escapes_and_surrogates),
-    cmocka_unit_test(probes_nested_keys),
     cmocka_unit_test(finds_special_bytes_at_every_alignment),
     cmocka_unit_test(probes_a_key_at_any_depth_in_the_same_pass),
     cmocka_unit_test(agrees_with_jansson_on_mutated_documents),

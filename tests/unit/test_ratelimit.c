@@ -529,6 +529,19 @@ static void token_estimate_is_a_quarter_of_the_message_text(void **state) {
   assert_int_equal(llmux_rl_estimate_tokens("not json at all!", 16), 4 + 3);
 }
 
+static void token_estimate_finds_string_ends_past_escaped_quotes(void **state) {
+  /* The value's raw text is ab\"c\"d\\ (10 bytes): escaped quotes inside,
+   * and a string ending in an escaped backslash. */
+  const char *body = "{\"prompt\":\"ab\\\"c\\\"d\\\\\",\"n\":1}";
+  llmux_json_field_t f[] = {{"prompt"}, {"max_tokens"}, {"max_completion_tokens"}};
+  uint64_t max = 7;
+  (void)state;
+  assert_int_equal(llmux_rl_estimate_tokens(body, strlen(body)), (10 + 3) / 4 + 3);
+  assert_int_equal(llmux_json_scan(body, strlen(body), f, 3, NULL, NULL), 0);
+  assert_int_equal(llmux_rl_estimate_fields(f, 3), (10 + 3) / 4 + 3);
+  assert_int_equal(llmux_rl_max_tokens_fields(f, 3, &max), LLMUX_ENOTFOUND);
+}
+
 /* ---- The store itself -------------------------------------------------- */
 
 static void the_store_holds_at_most_max_keys(void **state) {
@@ -640,6 +653,7 @@ int main(void) {
     cmocka_unit_test(cerebras_reserves_the_prompt_plus_max_completion_tokens),
     cmocka_unit_test(max_tokens_is_read_from_the_body),
     cmocka_unit_test(token_estimate_is_a_quarter_of_the_message_text),
+    cmocka_unit_test(token_estimate_finds_string_ends_past_escaped_quotes),
     cmocka_unit_test(the_store_holds_at_most_max_keys),
     cmocka_unit_test(foreach_reports_every_key_with_its_counts),
     cmocka_unit_test(configure_sets_every_route_of_a_config),
