@@ -242,13 +242,27 @@ test("GET /v1/usage returns the calling tenant's usage, today and this month", a
   assert.equal(u.limits.tokens_per_day, null);
 });
 
+// Polls `llmux usage` until its output matches (the writer thread runs at
+// least once a second; under load it may take longer). Returns the run.
+async function untilUsage(re) {
+  let r;
+  for (let i = 0; i < 100; i++) {
+    r = runLlmux(["usage", "-c", config]);
+    if (r.status === 0 && re.test(r.stdout)) return r;
+    await new Promise((res) => setTimeout(res, 100));
+  }
+  assert.fail(`usage never showed ${re}:\n${r.stdout}${r.stderr}`);
+}
+
 test("a daily quota holds after the gateway is killed with SIGKILL and restarted", async () => {
   const c = client(keys.daily.key);
   await c.chat.completions.create({ model: "m", messages: hello });
   let e = await apiError(c.chat.completions.create({ model: "m", messages: hello }));
   assert.equal(e.status, 429);
   assert.equal(e.error.message, "Rate limit exceeded for tenant 'daily': tokens_per_day");
-  await new Promise((r) => setTimeout(r, 1500)); // the writer runs once a second
+  // The writer persists at least once a second: wait until the database
+  // holds the request (read with `llmux usage`, as an operator would).
+  await untilUsage(/^daily\s+m\s+\d{4}-\d{2}-\d{2}\s+1\s/m);
   live.splice(live.indexOf(gw), 1);
   const exited = new Promise((r) => gw.proc.once("exit", r));
   gw.proc.kill("SIGKILL");
@@ -264,8 +278,7 @@ test("a daily quota holds after the gateway is killed with SIGKILL and restarted
 });
 
 test("`llmux usage` prints every tenant's usage from the database", async () => {
-  await new Promise((r) => setTimeout(r, 1200));
-  const r = runLlmux(["usage", "-c", config]);
+  const r = await untilUsage(/^narrow\s+m\s+\d{4}-\d{2}-\d{2}\s+2\s/m);
   assert.equal(r.status, 0, r.stderr);
   assert.ok(r.stdout.includes(path.join(path.dirname(config), "data/usage.db")));
   const rows = r.stdout.split("\n").filter((l) => /^narrow\s+m\s/.test(l));
