@@ -14,6 +14,7 @@
 #include "http_server.h"
 
 #include <assert.h>
+#include <ctype.h>
 #include <llhttp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -601,9 +602,18 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len) {
   if (c->nspans == 0) return 0;
   s = &c->spans[c->nspans - 1];
   if (c->hstate != 2) {
+    /* Between the name and its value only ':' and blanks may stand; a line
+     * break there is an obs-fold with an empty first line. */
+    const char *gap = c->rb + c->head_start + s->name_off + s->name_len;
+    if (memchr(gap, '\n', off - s->name_off - s->name_len) != NULL ||
+        memchr(gap, '\r', off - s->name_off - s->name_len) != NULL)
+      return fail_with(c, 400, "bad_request", "obsolete line folding in a header");
     s->val_off = off;
     s->val_len = 0;
     c->hstate = 2;
+  } else if (off != s->val_off + s->val_len) {
+    /* llhttp hands a folded value over in pieces with the fold between. */
+    return fail_with(c, 400, "bad_request", "obsolete line folding in a header");
   }
   s->val_len += len;
   return 0;
@@ -628,16 +638,42 @@ static llmux_str_t copy_str(char **dst, const char *src, size_t n) {
   return s;
 }
 
+/* Where the path starts in a request-target. An absolute-form target
+ * (`http://host/v1/x`, RFC 9112 3.2.2) has its scheme and authority skipped;
+ * origin-form starts at 0. *no_path is set when an absolute-form target has
+ * no path at all (`http://host`), which means "/". */
+static size_t path_start(const char *t, size_t n, int *no_path) {
+  size_t i = 0;
+  const char *slash;
+  *no_path = 0;
+  if (n == 0 || t[0] == '/') return 0;
+  while (i < n && (isalnum((unsigned char)t[i]) || t[i] == '+' || t[i] == '-' || t[i] == '.'))
+    i++;
+  if (i == 0 || n - i < 3 || memcmp(t + i, "://", 3) != 0) return 0;
+  i += 3;
+  slash = memchr(t + i, '/', n - i);
+  if (slash == NULL) {
+    const char *q = memchr(t + i, '?', n - i);
+    *no_path = 1;
+    return q ? (size_t)(q - t) : n;
+  }
+  return (size_t)(slash - t);
+}
+
 /* One allocation: the request, its header array and every string. */
 static http_req_t *build_req(llmux__http_conn_t *c) {
   const char *head = c->rb + c->head_start;
   size_t i, n = c->nspans, bytes = 2 * (c->url_len + 1);
   llmux_http_header_t *hdrs;
   http_req_t *r;
-  const char *q;
+  const char *q, *url = head + c->url_off;
+  size_t p0;
+  int no_path;
   char *dst;
 
   for (i = 0; i < n; i++) bytes += c->spans[i].name_len + c->spans[i].val_len + 2;
+  p0 = path_start(url, c->url_len, &no_path);
+  bytes += 1; /* room for the "/" of a path-less absolute-form target */
   r = malloc(sizeof(*r) + n * sizeof(*hdrs) + bytes);
   if (r == NULL) return NULL;
   memset(r, 0, sizeof(*r));
@@ -645,9 +681,13 @@ static http_req_t *build_req(llmux__http_conn_t *c) {
   dst = (char *)(hdrs + n);
   r->conn = c;
   r->pub.server = c->srv;
-  r->pub.target = copy_str(&dst, head + c->url_off, c->url_len);
-  q = memchr(r->pub.target.base, '?', c->url_len);
-  r->pub.path = copy_str(&dst, head + c->url_off, q ? (size_t)(q - r->pub.target.base) : c->url_len);
+  r->pub.target = copy_str(&dst, url, c->url_len);
+  q = memchr(r->pub.target.base + p0, '?', c->url_len - p0);
+  if (no_path)
+    r->pub.path = copy_str(&dst, "/", 1);
+  else
+    r->pub.path = copy_str(&dst, url + p0,
+                           (q ? (size_t)(q - r->pub.target.base) : c->url_len) - p0);
   r->pub.query.base = q ? q + 1 : r->pub.target.base + c->url_len;
   r->pub.query.len = q ? (size_t)(r->pub.target.base + c->url_len - q - 1) : 0;
   for (i = 0; i < n; i++) {
@@ -685,7 +725,7 @@ static int header_valid(const llmux_http_header_t *h) {
 static int check_head(llmux__http_conn_t *c, http_req_t *r) {
   llhttp_t *p = &c->parser;
   const llmux_str_t *expect = llmux_http_header(&r->pub, "expect");
-  size_t i;
+  size_t i, nhost = 0;
   int has_body = (p->flags & F_CHUNKED) || p->content_length > 0;
 
   if (p->http_major != 1)
@@ -693,7 +733,12 @@ static int check_head(llmux__http_conn_t *c, http_req_t *r) {
   for (i = 0; i < r->pub.nheaders; i++) {
     const llmux_http_header_t *h = &r->pub.headers[i];
     if (!header_valid(h)) return fail_with(c, 400, "bad_request", "invalid header field");
+    if (name_is(h->name, "host") && nhost++ > 0)
+      return fail_with(c, 400, "bad_request", "more than one Host header");
     if (!name_is(h->name, "transfer-encoding")) continue;
+    /* RFC 9112 6.1: a 1.0 message with Transfer-Encoding is faulty framing. */
+    if (p->http_minor == 0)
+      return fail_with(c, 400, "bad_request", "Transfer-Encoding in an HTTP/1.0 request");
     if (p->flags & F_CONTENT_LENGTH)
       return fail_with(c, 400, "bad_request", "Content-Length with Transfer-Encoding");
     if (!name_is(h->value, "chunked"))

@@ -28,6 +28,9 @@
  *   A half-closed client (EOF while a response is pending) counts as gone,
  *   as in nginx: the request is aborted.
  *
+ * An absolute-form target (`POST http://host/v1/x`) is accepted as RFC 9112
+ * requires: `target` is as sent, `path` is its path ("/" if it has none).
+ *
  * Strings in a request (target, path, query, header names and values, body)
  * point into memory owned by the request and are NUL-terminated
  * (base[len] == '\0'). Header values have surrounding white space trimmed.
@@ -40,9 +43,10 @@
  * HEAD requests and 204/304 responses send no body bytes.
  *
  * Requests the server answers itself (OpenAI-shaped JSON, then close; the
- * handler never sees them): 400 malformed, bad header name, obs-fold, missing
- * Host on 1.1, Content-Length with Transfer-Encoding, duplicate or invalid
- * Content-Length; 501 a transfer-coding other than chunked; 505 not HTTP/1.x;
+ * handler never sees them): 400 malformed, bad header name, obs-fold (also
+ * with an empty first line), missing Host on 1.1 or more than one Host,
+ * Content-Length with Transfer-Encoding, Transfer-Encoding on HTTP/1.0,
+ * duplicate or invalid Content-Length, chunk data not followed by CRLF; 501 a transfer-coding other than chunked; 505 not HTTP/1.x;
  * 431 request line + headers > max_header; 413 body > max_body (from
  * Content-Length before reading, or while de-chunking); 417 an Expect other
  * than 100-continue; 408 header or body timeout. `Expect: 100-continue` gets

@@ -166,6 +166,61 @@ static void test_hostile_requests_get_the_right_status(void **state) {
   for (i = 0; i < LLMUX_COUNTOF(cases); i++) expect_status(&o, cases[i].raw, cases[i].status);
 }
 
+/* Framings another proxy in front of us may read differently: each is
+ * refused with 400 and the connection closes, so nothing after it is served. */
+static void test_smuggling_framings_are_refused_and_nothing_after_is_served(void **state) {
+  static const char *const cases[] = {
+      /* obs-fold whose first line is empty */
+      "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n"
+      "GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
+      /* chunk data not followed by CRLF */
+      "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}XX0\r\n\r\n"
+      "GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
+      /* two Host headers */
+      "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
+      /* Transfer-Encoding on HTTP/1.0 */
+      "POST / HTTP/1.0\r\nHost: h\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n"
+      "0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
+  };
+  llmux_http_options_t o = {.header_timeout_ms = 200, .idle_timeout_ms = 200};
+  size_t i, k, n;
+  for (i = 0; i < LLMUX_COUNTOF(cases); i++) {
+    for (n = strlen(cases[i]); n >= 1; n = n > 7 ? n / 7 : 0) { /* whole, then in pieces */
+      fixture_t f;
+      char **pieces = split(cases[i], n, &k);
+      tclient_t *cl;
+      fixture_init(&f, &o, h_describe);
+      cl = fixture_client(&f, (const char *const *)pieces, k, 1, NULL);
+      fixture_run(&f);
+      if (find(&cl->in, "HTTP/1.1 400 ") == NULL || find(&cl->in, "smuggled") != NULL)
+        fail_msg("case %zu in pieces of %zu: %s", i, n, cl->in.base);
+      assert_int_equal(f.requests, 0);
+      fixture_finish(&f);
+      free_split(pieces, k);
+    }
+  }
+}
+
+static void test_absolute_form_targets_are_served_by_their_path(void **state) {
+  static const struct { const char *raw, *desc; } cases[] = {
+      {"POST http://gw.example/v1/chat/completions?x=1 HTTP/1.1\r\nHost: gw.example\r\n"
+       "Content-Length: 2\r\n\r\n{}", "M=POST P=/v1/chat/completions Q=x=1 V=1.1"},
+      {"GET HTTPS://gw.example:8080 HTTP/1.1\r\nHost: gw.example\r\n\r\n", "M=GET P=/ Q= "},
+      {"GET http://gw.example?a HTTP/1.1\r\nHost: gw.example\r\n\r\n", "M=GET P=/ Q=a "},
+  };
+  size_t i;
+  for (i = 0; i < LLMUX_COUNTOF(cases); i++) {
+    fixture_t f;
+    const char *pieces[] = {cases[i].raw};
+    fixture_init(&f, NULL, h_describe);
+    fixture_client(&f, pieces, 1, 0, "|");
+    fixture_run(&f);
+    assert_has(&f.clients[0].in, "HTTP/1.1 200 OK");
+    assert_has(&f.clients[0].in, cases[i].desc);
+    fixture_finish(&f);
+  }
+}
+
 static void test_error_responses_are_openai_shaped_and_close(void **state) {
   llmux_buf_t out;
   fixture_once(NULL, h_describe, "GARBAGE\r\n\r\n", &out);
@@ -308,6 +363,8 @@ int main(void) {
       cmocka_unit_test(test_body_limit_is_exact),
       cmocka_unit_test(test_header_limit_gives_431),
       cmocka_unit_test(test_hostile_requests_get_the_right_status),
+      cmocka_unit_test(test_smuggling_framings_are_refused_and_nothing_after_is_served),
+      cmocka_unit_test(test_absolute_form_targets_are_served_by_their_path),
       cmocka_unit_test(test_error_responses_are_openai_shaped_and_close),
       cmocka_unit_test(test_pipelined_requests_are_handled_one_at_a_time_in_order),
       cmocka_unit_test(test_expect_100_continue_comes_before_the_response),
