@@ -209,20 +209,41 @@ static int send_json(llmux_http_req_t *req, int status, llmux_buf_t *body, const
   return llmux_http_respond_buf(req, status, h, 2, body);
 }
 
-/* The 404 for an unknown model, with the closest known names. */
-int llmux_api_model_not_found(llmux_http_req_t *req, const char *name,
-                              const llmux_resolution_t *res) {
+typedef struct may_use_s {
+  const llmux_config_t *cfg;
+  const llmux_tenant_t *tenant;
+} may_use_t;
+
+static int may_use(void *arg, const char *name) {
+  const may_use_t *m = arg;
+  return llmux_tenant_may_use_name(m->tenant, m->cfg, name);
+}
+
+/* The 404 for a model the caller cannot use. Open (no tenants): "does not
+ * exist", with the closest known names. A tenant hears OpenAI's words for a
+ * name that does not exist and for one it may not use alike, and is offered
+ * only names it may use: the answer never tells the two apart. */
+int llmux_api_model_not_found(llmux_http_req_t *req, const llmux_config_t *cfg,
+                              const llmux_tenant_t *tenant, const char *name) {
+  const char *sugg[LLMUX_RESOLVE_MAX_SUGGEST];
+  const char *q = tenant ? "`" : "'";
+  may_use_t m = {cfg, tenant};
   llmux_buf_t msg = {0};
-  size_t i;
+  size_t i, n;
   int rc;
-  llmux_buf_printf(&msg, "The model '%s' does not exist.", name);
-  for (i = 0; i < res->nsuggestions; i++)
-    llmux_buf_printf(&msg, "%s'%s'", i == 0 ? " Did you mean " : i + 1 == res->nsuggestions
-                                                                     ? " or "
-                                                                     : ", ",
-                     res->suggestions[i]);
-  if (res->nsuggestions) llmux_buf_appends(&msg, "?");
-  llmux_buf_appends(&msg, " GET /v1/models lists every name.");
+  if (tenant != NULL) {
+    n = llmux_registry_suggest_if(cfg, name, may_use, &m, sugg, LLMUX_COUNTOF(sugg));
+    llmux_buf_printf(&msg, "The model `%.200s` does not exist or you do not have access to it.",
+                     name);
+  } else {
+    n = llmux_registry_suggest(cfg, name, sugg, LLMUX_COUNTOF(sugg));
+    llmux_buf_printf(&msg, "The model '%.200s' does not exist.", name);
+  }
+  for (i = 0; i < n; i++)
+    llmux_buf_printf(&msg, "%s%s%s%s", i == 0 ? " Did you mean " : i + 1 == n ? " or " : ", ",
+                     q, sugg[i], q);
+  if (n) llmux_buf_appends(&msg, "?");
+  if (tenant == NULL) llmux_buf_appends(&msg, " GET /v1/models lists every name.");
   rc = llmux_http_send_error(req, 404, "invalid_request_error", "model_not_found", msg.base,
                              "model");
   llmux_buf_free(&msg);
@@ -243,12 +264,9 @@ static void handle_model(llmux_gateway_t *gw, llmux_http_req_t *req, const char 
                           "The model name in the URL is empty or badly encoded.", "model");
     return;
   }
-  if (llmux_resolve(gw->cfg, name, &res) != 0) {
-    llmux_api_model_not_found(req, name, &res);
-    return;
-  }
-  if (tenant != NULL && !llmux_tenant_may_use(tenant, &res, NULL)) {
-    llmux_api_model_not_allowed(req, tenant, name);
+  if (llmux_resolve(gw->cfg, name, &res) != 0 ||
+      (tenant != NULL && !llmux_tenant_may_use(tenant, &res, NULL))) {
+    llmux_api_model_not_found(req, gw->cfg, tenant, name);
     return;
   }
   append_model_object(&b, name, llmux_name_kind_str(res.kind));
@@ -274,15 +292,6 @@ static void handle_model(llmux_gateway_t *gw, llmux_http_req_t *req, const char 
 }
 
 /* ---- tenants ------------------------------------------------------------ */
-
-int llmux_api_model_not_allowed(llmux_http_req_t *req, const llmux_tenant_t *t,
-                                const char *name) {
-  char msg[400];
-  snprintf(msg, sizeof msg, "Tenant '%s' may not use model '%.200s': GET /v1/models lists "
-           "what it may use.", t->conf->name, name);
-  return llmux_http_send_error(req, 403, "invalid_request_error", "model_not_allowed", msg,
-                               "model");
-}
 
 /* The key a request carries: `Authorization: Bearer KEY`, else `x-api-key`
  * (Anthropic's clients). Never logged. */
@@ -311,6 +320,39 @@ static void unauthorized(llmux_http_req_t *req, int agent, int missing, const ch
   if (agent) llmux_agent_error_json(&body, msg, "INVALID_API_KEY", 0);
   else llmux_http_error_json(&body, "invalid_request_error", "invalid_api_key", msg, NULL);
   llmux_http_respond_buf(req, 401, h, 3, &body);
+}
+
+/* With tenants, everything but /health needs a key. */
+static int needs_key(const llmux_gateway_t *gw, const llmux_http_req_t *req) {
+  return gw->tenants.n > 0 && !str_eq(req->path, "/health");
+}
+
+/* The tenant whose key the request carries; NULL once it is answered 401. */
+static const llmux_tenant_t *authenticate(llmux_gateway_t *gw, llmux_http_req_t *req) {
+  llmux_str_t key = request_key(req);
+  const llmux_tenant_t *t = key.len ? llmux_tenants_auth(&gw->tenants, key.base, key.len) : NULL;
+  char rid[160];
+  if (t == NULL) {
+    llmux_api_request_id(gw, req, rid);
+    unauthorized(req, str_eq(req->path, "/v1/chat"), key.len == 0, rid);
+  }
+  return t;
+}
+
+/* Keys are checked at the head, before a byte of the body is read: a client
+ * without one cannot make the gateway hold its body. The tenant goes on
+ * req->data for llmux_api_on_request (which checks again only when the
+ * front door was set up without this hook). */
+void llmux_api_on_head(llmux_http_req_t *req) {
+  llmux_gateway_t *gw = req->server->data;
+  const llmux_tenant_t *t;
+  if (!needs_key(gw, req)) return;
+  t = authenticate(gw, req);
+  if (t == NULL) {
+    gw->requests++; /* answered, and gone: on_request never runs */
+    return;
+  }
+  req->data = (void *)t;
 }
 
 /* ---- GET /v1/usage -------------------------------------------------------- */
@@ -443,11 +485,9 @@ void llmux_api_on_request(llmux_http_req_t *req) {
   else if (str_eq(p, "/v1/embeddings")) po.endpoint = LLMUX_ENDPOINT_EMBEDDINGS;
   else if (str_eq(p, "/v1/chat")) po.endpoint = LLMUX_ENDPOINT_CHAT, po.agent = 1;
 
-  /* With tenants, everything but /health needs a key. */
-  if (gw->tenants.n > 0 && !str_eq(p, "/health")) {
-    llmux_str_t key = request_key(req);
-    po.tenant = key.len ? llmux_tenants_auth(&gw->tenants, key.base, key.len) : NULL;
-    if (po.tenant == NULL) return unauthorized(req, po.agent, key.len == 0, rid);
+  if (needs_key(gw, req)) {
+    po.tenant = req->data; /* llmux_api_on_head checked the key */
+    if (po.tenant == NULL && (po.tenant = authenticate(gw, req)) == NULL) return;
   }
   if (po.endpoint != 0) {
     if (strcmp(req->method, "POST") != 0) return method_not_allowed(req, "POST");

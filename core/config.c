@@ -10,6 +10,7 @@
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <ini.h>
 #include <limits.h>
 #include <stdarg.h>
@@ -17,6 +18,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "registry.h"
@@ -208,6 +210,8 @@ static const keydef_t server_keys[] = {
   {"plugin_dir", K_PATH, SRV(plugin_dir), 0},
   {"max_body", K_SIZE, SRV(max_body), 0},
   {"max_header", K_SIZE, SRV(max_header), 0},
+  {"max_connections", K_U64, SRV(max_connections), 0},
+  {"max_memory", K_SIZE, SRV(max_memory), 0},
   {"header_timeout", K_DURATION, SRV(header_timeout_ms), 0},
   {"idle_timeout", K_DURATION, SRV(idle_timeout_ms), 0},
   {"log_level", K_LOGLEVEL, SRV(log_level), 0},
@@ -780,6 +784,12 @@ static int valid_env_name(const char *s) {
   return 1;
 }
 
+/* `http://user:password@host/`: a secret in the file (never echoed). */
+static int url_has_userinfo(const char *url) {
+  const char *authority = strstr(url, "://") + 3;
+  return memchr(authority, '@', strcspn(authority, "/?#")) != NULL;
+}
+
 static void set_string(load_t *c, const keydef_t *k, const char *value, void *field) {
   const char **f = field;
   char *v;
@@ -788,6 +798,11 @@ static void set_string(load_t *c, const keydef_t *k, const char *value, void *fi
   case K_URL:
     if (strncmp(value, "http://", 7) != 0 && strncmp(value, "https://", 8) != 0) {
       bad_value(c, k->name, value, "an http:// or https:// URL");
+      return;
+    }
+    if (url_has_userinfo(value)) {
+      err(c, "'%s' carries credentials (user:password@host): keys never go in a config "
+             "file; set api_key_env = VARIABLE and export the key there", k->name);
       return;
     }
     v = sdup(c, value);
@@ -920,7 +935,22 @@ static void set_value(load_t *c, const keydef_t *k, const char *value) {
   }
 }
 
-/* ---- Key handlers ------------------------------------------------------ */
+/* ---- Literal secrets --------------------------------------------------- */
+
+/* Prefixes of providers' API keys: OpenAI (and DeepSeek), Anthropic,
+ * OpenRouter, Groq, Cerebras, NVIDIA. A value holds a key when a prefix
+ * starts a token (no key character just before it) and is followed by at
+ * least KEY_MIN_RUN key characters with a digit or a capital among them.
+ * Real keys carry 32 to 100+ random characters after the prefix; names that
+ * share one are short ("sk-learn", "nvapi-docs", "sk-1.5-chat" stops at the
+ * '.') or plain lowercase words. Longest first, so the message names the
+ * most specific prefix. */
+static const char *const key_prefixes[] = {"sk-ant-", "sk-or-", "sk-", "gsk_", "csk-",
+                                           "nvapi-"};
+#define KEY_MIN_RUN 20
+/* `Bearer TOKEN` (any case) is a credential when TOKEN, an RFC 7235 token68,
+ * has at least this many characters; "bearer auth" in prose is not one. */
+#define BEARER_MIN_TOKEN 8
 
 static int is_secret_key(const char *name) {
   size_t i;
@@ -929,6 +959,84 @@ static int is_secret_key(const char *name) {
   }
   return 0;
 }
+
+static int key_char(int ch) {
+  return isalnum(ch) || ch == '-' || ch == '_';
+}
+
+static int token68_char(int ch) {
+  return isalnum(ch) || (ch != '\0' && strchr("-._~+/=", ch) != NULL);
+}
+
+/* The prefix of the key that starts at s, or NULL. */
+static const char *key_at(const char *s) {
+  size_t i, n, run;
+  int mixed;
+  for (i = 0; i < LLMUX_COUNTOF(key_prefixes); i++) {
+    n = strlen(key_prefixes[i]);
+    if (strncmp(s, key_prefixes[i], n) != 0) continue;
+    for (run = 0, mixed = 0; key_char((unsigned char)s[n + run]); run++)
+      mixed |= isdigit((unsigned char)s[n + run]) || isupper((unsigned char)s[n + run]);
+    if (run >= KEY_MIN_RUN && mixed) return key_prefixes[i];
+  }
+  return NULL;
+}
+
+static int bearer_at(const char *s) {
+  size_t n = 0;
+  if (strncasecmp(s, "bearer", 6) != 0 || (s[6] != ' ' && s[6] != '\t')) return 0;
+  for (s += 6; *s == ' ' || *s == '\t'; s++) continue;
+  while (token68_char((unsigned char)s[n])) n++;
+  return n >= BEARER_MIN_TOKEN;
+}
+
+/* What the first literal credential in `value` starts with ("sk-",
+ * "Bearer "), or NULL when there is none. */
+static const char *literal_secret(const char *value) {
+  const char *p, *kind;
+  for (p = value; *p; p++) {
+    if (p > value && key_char((unsigned char)p[-1])) continue;
+    if ((kind = key_at(p)) != NULL) return kind;
+    if (bearer_at(p)) return "Bearer ";
+  }
+  return NULL;
+}
+
+/* Never echoes the value: says what it looks like and where keys belong. */
+static void secret_error(load_t *c, const char *name, const char *kind) {
+  if (c->sec_type == SEC_PROVIDER && strncasecmp(name, "header.", 7) == 0)
+    err(c, "'%s' holds what looks like a literal key (%s...): keys never go in a config "
+           "file; export it in an environment variable and write header_env.%s = VARIABLE",
+        name, kind, name + 7);
+  else
+    err(c, "'%s' holds what looks like a literal key (%s...): keys never go in a config "
+           "file; export it in an environment variable and name that with api_key_env = "
+           "VARIABLE (header_env.NAME = VARIABLE for a header)", name, kind);
+}
+
+/* A secret on this line, by the key's name (api_key, header.Authorization)
+ * or by the look of its value, in any section: reported, and the line is
+ * dropped. Returns 1 when it was. */
+static int refuse_secret(load_t *c, const char *name, const char *value) {
+  const char *kind;
+  if (c->sec_type == SEC_PROVIDER && is_secret_key(name)) {
+    err(c, "'%s' puts a secret in a config file: set api_key_env = VARIABLE and export the "
+           "key in that environment variable instead (header_env.NAME = VARIABLE for "
+           "another header)", name);
+  } else if (c->sec_type == SEC_TENANT && is_secret_key(name)) {
+    err(c, "'%s' would put a tenant's key in a config file: store only its SHA-256 "
+           "(key_sha256 = HEX, as printed by `llmux key new %s`)", name,
+        ((llmux_tenant_conf_t *)c->sec)->name);
+  } else if ((kind = literal_secret(value)) != NULL) {
+    secret_error(c, name, kind);
+  } else {
+    return 0;
+  }
+  c->cont_suppress = 1;
+  return 1;
+}
+
+/* ---- Key handlers ------------------------------------------------------ */
 
 static llmux_conf_kv_t *push_kv(load_t *c, llmux_conf_kv_t **arr, size_t *n,
                                 const char *key, const char *value) {
@@ -939,17 +1047,32 @@ static llmux_conf_kv_t *push_kv(load_t *c, llmux_conf_kv_t **arr, size_t *n,
   kv->value = sdup(c, value);
   kv->file = c->file;
   kv->line = c->lineno;
+  kv->env = NULL;
   return kv;
+}
+
+/* `header_env.NAME = VARIABLE`: the header's value is read from the
+ * environment in check_provider, as api_key_env's is. */
+static void header_env_key(load_t *c, const char *name, const char *value) {
+  llmux_provider_conf_t *p = c->sec;
+  llmux_conf_kv_t *kv;
+  if (!valid_name(name + 11) || !valid_env_name(value)) {
+    err(c, "'%s' must name an environment variable (letters, digits, '_') that holds "
+           "the header's value", name);
+    c->cont_suppress = 1;
+    return;
+  }
+  kv = push_kv(c, &p->headers, &p->nheaders, name + 11, value);
+  kv->env = kv->value;
+  kv->value = "";
 }
 
 /* Keys of a [provider] section the host does not know: headers and the
  * plugin's own keys, checked later against the plugin's declaration. */
 static void provider_other_key(load_t *c, const char *name, const char *value) {
   llmux_provider_conf_t *p = c->sec;
-  if (is_secret_key(name)) {
-    err(c, "'%s' puts a secret in a config file: set api_key_env = VARIABLE and "
-           "export the key in that environment variable instead", name);
-    c->cont_suppress = 1;
+  if (strncasecmp(name, "header_env.", 11) == 0) {
+    header_env_key(c, name, value);
     return;
   }
   if (strncasecmp(name, "header.", 7) == 0) {
@@ -970,12 +1093,6 @@ static void unknown_key(load_t *c, const char *name);
 static void tenant_other_key(load_t *c, const char *name, const char *value) {
   llmux_tenant_conf_t *t = c->sec;
   llmux_agent_override_t *o;
-  if (is_secret_key(name)) {
-    err(c, "'%s' would put a tenant's key in a config file: store only its SHA-256 "
-           "(key_sha256 = HEX, as printed by `llmux key new %s`)", name, t->name);
-    c->cont_suppress = 1;
-    return;
-  }
   if (strncasecmp(name, "agent.", 6) != 0) {
     unknown_key(c, name);
     return;
@@ -1051,9 +1168,15 @@ static void section_key(load_t *c, const char *name, const char *value) {
 
 static void continuation(load_t *c, const char *raw) {
   char *v = sdup(c, raw);
+  const char *kind;
   *(char *)find_chars_or_comment(v, NULL) = '\0';
   v = llmux_trim(v);
   if (c->cont_suppress || c->sec_type == SEC_SKIP || c->sec_type == SEC_NONE) return;
+  if ((kind = literal_secret(v)) != NULL) {
+    secret_error(c, c->cont_name ? c->cont_name : "?", kind);
+    c->cont_suppress = 1;
+    return;
+  }
   if (c->cont_key != NULL) {
     set_list(c, c->cont_key, v);
   } else if (c->cont_kv != NULL) {
@@ -1085,6 +1208,7 @@ static int on_key(void *user, const char *section, const char *name, const char 
     c->cont_suppress = 1;
     return 1;
   }
+  if (refuse_secret(c, name, value)) return 1;
   switch (c->sec_type) {
   case SEC_NONE:
     err(c, "key '%s' outside of any section", name);
@@ -1104,13 +1228,37 @@ static int on_key(void *user, const char *section, const char *name, const char 
 
 /* ---- Files ------------------------------------------------------------- */
 
-static int read_whole(const char *path, char **out, size_t *len) {
-  FILE *fp = fopen(path, "rb");
+/* What a path that is not a regular file is, for the diagnostic. */
+static const char *file_kind(mode_t mode) {
+  if (S_ISDIR(mode)) return "directory";
+  if (S_ISCHR(mode)) return "character device";
+  if (S_ISBLK(mode)) return "block device";
+  if (S_ISFIFO(mode)) return "FIFO";
+  if (S_ISSOCK(mode)) return "socket";
+  return "special file";
+}
+
+/* Reads a whole regular file: 0, or -errno, or 1 with *kind set when the
+ * path is something else. The check is made on the opened descriptor, so
+ * nothing can be swapped in between; fstat follows symlinks (a link to a
+ * regular file is fine, one to /dev/zero is not), and O_NONBLOCK makes
+ * opening a FIFO with no writer return at once instead of hanging. */
+static int read_whole(const char *path, char **out, size_t *len, const char **kind) {
   llmux_buf_t b = {0};
   char chunk[8192];
+  struct stat st;
+  FILE *fp;
   size_t n;
-  int e;
-  if (fp == NULL) return -errno;
+  int fd, e;
+  fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) return -errno;
+  if (fstat(fd, &st) != 0) goto fail;
+  if (!S_ISREG(st.st_mode)) {
+    *kind = file_kind(st.st_mode);
+    close(fd);
+    return 1;
+  }
+  if ((fp = fdopen(fd, "rb")) == NULL) goto fail;
   while ((n = fread(chunk, 1, sizeof(chunk), fp)) > 0) {
     if (llmux_buf_append(&b, chunk, n) != 0) abort();
   }
@@ -1123,16 +1271,25 @@ static int read_whole(const char *path, char **out, size_t *len) {
   *out = b.base;
   *len = b.len;
   return 0;
+fail:
+  e = -errno;
+  close(fd);
+  return e;
 }
 
 static void parse_file(load_t *c, const char *path, int is_main) {
+  const char *kind = NULL;
   char *buf = NULL;
   size_t len = 0;
   int r;
   c->file = llmux__arena_strdup(c->cfg->arena, path);
   c->dir = dir_of(c->cfg->arena, path);
   c->is_main = is_main;
-  r = read_whole(path, &buf, &len);
+  r = read_whole(path, &buf, &len, &kind);
+  if (r == 1) {
+    llmux_diag_add(c->diag, path, 0, LLMUX_DIAG_ERROR, "not a regular file (%s)", kind);
+    return;
+  }
   if (r != 0) {
     llmux_diag_add(c->diag, path, 0, LLMUX_DIAG_ERROR, "cannot read: %s", strerror(-r));
     return;
@@ -1236,8 +1393,30 @@ static void check_sections(load_t *c) {
   }
 }
 
+/* getenv(var), copied into the snapshot; when it is unset or empty, NULL,
+ * and the provider is disabled (the first missing variable is the reason)
+ * with a warning at `line`. */
+static const char *provider_secret(load_t *c, llmux_provider_conf_t *p, const char *var,
+                                   int line) {
+  const char *v = getenv(var);
+  size_t n = strlen(var);
+  char *reason;
+  if (v != NULL && *v != '\0') return sdup(c, v);
+  if (p->enabled) {
+    p->enabled = 0;
+    reason = alloc(c, n + sizeof(" is not set"));
+    memcpy(reason, var, n);
+    memcpy(reason + n, " is not set", sizeof(" is not set"));
+    p->disabled_reason = reason;
+  }
+  llmux_diag_add(c->diag, p->file, line, LLMUX_DIAG_WARNING,
+                 "provider '%s' disabled: environment variable %s is not set", p->name, var);
+  return NULL;
+}
+
 static void check_provider(load_t *c, llmux_provider_conf_t *p) {
-  const char *key;
+  const char *v;
+  size_t i;
   if (p->plugin == NULL)
     llmux_diag_add(c->diag, p->file, p->line, LLMUX_DIAG_ERROR,
                    "provider '%s' has no plugin (plugin = openai)", p->name);
@@ -1255,23 +1434,11 @@ static void check_provider(load_t *c, llmux_provider_conf_t *p) {
     llmux_diag_add(c->diag, p->file, p->line, LLMUX_DIAG_WARNING,
                    "provider '%s': TLS certificate verification is off (tls_verify = false)",
                    p->name);
-  if (p->api_key_env == NULL) return;
-  key = getenv(p->api_key_env);
-  if (key == NULL || *key == '\0') {
-    p->enabled = 0;
-    {
-      size_t n = strlen(p->api_key_env);
-      char *reason = alloc(c, n + sizeof(" is not set"));
-      memcpy(reason, p->api_key_env, n);
-      memcpy(reason + n, " is not set", sizeof(" is not set"));
-      p->disabled_reason = reason;
-    }
-    llmux_diag_add(c->diag, p->file, p->line, LLMUX_DIAG_WARNING,
-                   "provider '%s' disabled: environment variable %s is not set", p->name,
-                   p->api_key_env);
-    return;
+  if (p->api_key_env != NULL) p->api_key = provider_secret(c, p, p->api_key_env, p->line);
+  for (i = 0; i < p->nheaders; i++) {
+    llmux_conf_kv_t *h = &p->headers[i];
+    if (h->env != NULL && (v = provider_secret(c, p, h->env, h->line)) != NULL) h->value = v;
   }
-  p->api_key = sdup(c, key);
 }
 
 /* ---- Tenants: checked against the registry once it is built ----------- */
@@ -1404,6 +1571,8 @@ static void server_defaults(load_t *c) {
   s->port = 8080;
   s->max_body = 8u << 20;
   s->max_header = 16u << 10;
+  s->max_connections = 10000;
+  s->max_memory = 512u << 20;
   s->header_timeout_ms = 10000;
   s->idle_timeout_ms = 60000;
   s->log_level = LLMUX_LOG_INFO;
@@ -1462,8 +1631,14 @@ void llmux_config_free(llmux_config_t *cfg) {
   if (cfg == NULL) return;
   /* Keys are secrets: do not leave them in freed memory. */
   for (i = 0; i < cfg->nproviders; i++) {
-    char *k = (char *)cfg->providers[i]->api_key;
+    llmux_provider_conf_t *p = cfg->providers[i];
+    char *k = (char *)p->api_key;
+    size_t j;
     if (k) memset(k, 0, strlen(k));
+    for (j = 0; j < p->nheaders; j++) {
+      char *v = (char *)p->headers[j].value;
+      if (p->headers[j].env != NULL) memset(v, 0, strlen(v));
+    }
   }
   llmux__registry_free(cfg->registry);
   free(cfg->models);

@@ -102,12 +102,14 @@ typedef struct llmux_strlist_s {
 } llmux_strlist_t;
 
 /* One `key = value` line kept for a later check (a provider's extra keys,
- * `header.NAME` lines). */
+ * `header.NAME` and `header_env.NAME` lines). */
 typedef struct llmux_conf_kv_s {
   const char *key;   /* for headers: the header name, without "header." */
-  const char *value;
+  const char *value; /* for header_env: the variable's content, a secret
+                        ("" when unset: the provider is disabled) */
   const char *file;
   int line;
+  const char *env;   /* header_env: the variable's name; else NULL */
 } llmux_conf_kv_t;
 
 typedef struct llmux_server_conf_s {
@@ -119,6 +121,10 @@ typedef struct llmux_server_conf_s {
                                 the binary); LLMUX_PLUGIN_DIR wins */
   uint64_t max_body;         /* bytes */
   uint64_t max_header;       /* bytes */
+  /* What clients can make the gateway hold (issue 11). */
+  uint64_t max_connections;  /* open client connections; beyond: 503; 10000 */
+  uint64_t max_memory;       /* bytes of request buffers, all clients; beyond:
+                                503 overloaded; 512m */
   uint64_t header_timeout_ms;
   uint64_t idle_timeout_ms;
   int log_level;             /* LLMUX_LOG_* */
@@ -274,7 +280,8 @@ struct llmux_provider_conf_s {
   uint64_t total_timeout_ms;
   int tls_verify;
   const char *ca_file;       /* resolved against its file's directory, or NULL */
-  llmux_conf_kv_t *headers;  /* `header.NAME = value`, in file order */
+  llmux_conf_kv_t *headers;  /* `header.NAME = value` and `header_env.NAME =
+                                VARIABLE`, in file order */
   size_t nheaders;
   llmux_conf_kv_t *extra;    /* keys the host does not know: the plugin's */
   size_t nextra;

@@ -10,7 +10,12 @@
  * offsets from the message start (the buffer may be reallocated or
  * compacted between reads). At the end of the header block they are copied
  * once into the request's single allocation; the body is copied once, into
- * the request's body buffer. */
+ * the request's body buffer.
+ *
+ * Memory a client can make us hold (see the header): the read buffer is
+ * bounded, reading stops while an answer waits to be written, a body buffer
+ * grows only as bytes arrive, and every read and body buffer is charged to
+ * the server's mem_used, which stays within max_memory. */
 #include "http_server.h"
 
 #include <assert.h>
@@ -25,8 +30,10 @@
 #include "util.h"
 
 #define RBUF_SIZE (16 * 1024)
+#define BODY_MIN (16 * 1024) /* a body buffer's first size, if the body is larger */
 #define HEAD_STACK 2048
 #define LINGER_MS 2000
+#define SINK_SIZE 4096
 #define BACKLOG 511
 
 enum phase {
@@ -45,7 +52,9 @@ typedef struct http_req_s {
   llmux_http_req_t pub; /* first: the handler's pointer is ours */
   llmux__http_conn_t *conn;
   llmux_buf_t body;
+  size_t charged;       /* body bytes charged to the server, until freed */
   unsigned nwrites;     /* uv_write requests in flight that point at us */
+  unsigned in_head : 1; /* lent to on_head: an answer closes the connection */
   unsigned finished : 1;
   unsigned aborted : 1;
   unsigned started : 1; /* streamed head sent */
@@ -90,6 +99,7 @@ struct llmux__http_conn_s {
   unsigned resume_armed : 1;
   unsigned resume_on_drain : 1;
   unsigned eof : 1;
+  unsigned no_room : 1; /* on_alloc found the read buffer full */
 };
 
 typedef struct {
@@ -123,6 +133,27 @@ static void disarm(llmux__http_conn_t *c) {
   uv_timer_stop(&c->timer);
 }
 
+static void read_stop(llmux__http_conn_t *c) {
+  if (c->reading) uv_read_stop((uv_stream_t *)&c->tcp);
+  c->reading = 0;
+}
+
+/* ---- memory a client can make us hold --------------------------------- */
+
+static int mem_fits(const llmux_http_server_t *srv, size_t more) {
+  return more <= srv->opts.max_memory && srv->mem_used <= srv->opts.max_memory - more;
+}
+
+static void mem_charge(llmux_http_server_t *srv, size_t n) {
+  srv->mem_used += n;
+  if (srv->mem_used > srv->mem_peak) srv->mem_peak = srv->mem_used;
+}
+
+static void mem_release(llmux_http_server_t *srv, size_t n) {
+  assert(srv->mem_used >= n);
+  srv->mem_used -= n;
+}
+
 static char *pool_get(llmux_http_server_t *srv) {
   if (srv->npool > 0) return srv->pool[--srv->npool];
   return malloc(RBUF_SIZE);
@@ -135,11 +166,64 @@ static void pool_put(llmux_http_server_t *srv, char *b, size_t cap) {
     free(b);
 }
 
-static void rbuf_release_if_empty(llmux__http_conn_t *c) {
-  if (c->rb == NULL || c->rlen != 0) return;
+static void rbuf_release(llmux__http_conn_t *c) {
+  if (c->rb == NULL) return;
+  mem_release(c->srv, c->rcap);
   pool_put(c->srv, c->rb, c->rcap);
   c->rb = NULL;
-  c->rcap = c->rpos = 0;
+  c->rlen = c->rcap = c->rpos = 0;
+}
+
+static void rbuf_release_if_empty(llmux__http_conn_t *c) {
+  if (c->rb != NULL && c->rlen == 0) rbuf_release(c);
+}
+
+/* Room for the next read. The buffer grows only for a header block in
+ * progress (it must hold max_header bytes, and a read more to see that a
+ * head is too large), never while the handler holds a request (pipelined
+ * bytes wait in what is there), never past RBUF_SIZE + max_header and never
+ * past the server's max_memory. 0: no room (see conn_no_room). */
+static size_t rbuf_room(llmux__http_conn_t *c) {
+  llmux_http_server_t *srv = c->srv;
+  size_t max = RBUF_SIZE + srv->opts.max_header, cap;
+  char *nb;
+  if (c->rb == NULL) {
+    if (!mem_fits(srv, RBUF_SIZE) || (c->rb = pool_get(srv)) == NULL) return 0;
+    c->rcap = RBUF_SIZE;
+    mem_charge(srv, RBUF_SIZE);
+  }
+  if (c->rcap - c->rlen < RBUF_SIZE / 4 && c->rcap < max && c->req == NULL) {
+    cap = c->rcap * 2 < max ? c->rcap * 2 : max;
+    if (mem_fits(srv, cap - c->rcap) && (nb = realloc(c->rb, cap)) != NULL) {
+      mem_charge(srv, cap - c->rcap);
+      c->rb = nb;
+      c->rcap = cap;
+    }
+  }
+  return c->rcap - c->rlen;
+}
+
+/* Makes room for `more` body bytes of a body that will hold at most `most`:
+ * the buffer doubles from BODY_MIN, but never past `most` (+1 for the NUL),
+ * so a declared Content-Length is a ceiling, not a reservation. What it adds
+ * is charged to the server. 0, LLMUX_ENOMEM, or LLMUX_ETOOLARGE when it
+ * would go beyond max_memory. */
+static int body_grow(llmux__http_conn_t *c, http_req_t *r, size_t more, size_t most) {
+  llmux_http_server_t *srv = c->srv;
+  llmux_buf_t *b = &r->body;
+  size_t need = b->len + more + 1, cap;
+  char *nb;
+  if (need <= b->cap) return 0;
+  cap = b->cap ? b->cap * 2 : BODY_MIN;
+  if (cap > most + 1) cap = most + 1;
+  if (cap < need) cap = need;
+  if (!mem_fits(srv, cap - b->cap)) return LLMUX_ETOOLARGE;
+  if ((nb = realloc(b->base, cap)) == NULL) return LLMUX_ENOMEM;
+  mem_charge(srv, cap - b->cap);
+  r->charged += cap - b->cap;
+  b->base = nb;
+  b->cap = cap;
+  return 0;
 }
 
 /* Drops parsed bytes; keeps the header block in progress, whose spans are
@@ -157,6 +241,7 @@ static void rbuf_compact(llmux__http_conn_t *c) {
 
 static void req_maybe_free(http_req_t *r) {
   if (!(r->finished || r->aborted) || r->nwrites > 0) return;
+  mem_release(r->pub.server, r->charged);
   llmux_buf_free(&r->body);
   free(r);
 }
@@ -172,8 +257,7 @@ static void conn_fail(llmux__http_conn_t *c) {
    * abort must come later, from the loop. */
   if (c->closed || c->failed) return;
   c->failed = 1;
-  if (c->reading) uv_read_stop((uv_stream_t *)&c->tcp);
-  c->reading = 0;
+  read_stop(c);
   arm(c, 0);
 }
 
@@ -368,6 +452,8 @@ static void server_maybe_closed(llmux_http_server_t *srv) {
   if (!srv->closing || srv->listener_open || srv->nconns > 0) return;
   for (i = 0; i < srv->npool; i++) free(srv->pool[i]);
   srv->npool = 0;
+  free(srv->sink);
+  srv->sink = NULL;
   if (srv->close_cb != NULL) srv->close_cb(srv);
 }
 
@@ -381,7 +467,7 @@ static void on_conn_closed(uv_handle_t *h) {
   llmux__http_conn_t *c = h->data;
   llmux_http_server_t *srv = c->srv;
   if (--c->nclose > 0) return;
-  if (c->rb != NULL) pool_put(srv, c->rb, c->rcap);
+  rbuf_release(c);
   free(c->spans);
   free(c);
   srv->nconns--;
@@ -455,6 +541,7 @@ static void conn_resume(llmux__http_conn_t *c) {
   if (c->in_process) return; /* conn_process's loop goes on by itself */
   if (write_queue(c) > 0) {
     c->resume_on_drain = 1;
+    read_stop(c); /* a client that does not read is not read either */
     arm(c, c->srv->opts.idle_timeout_ms); /* doubles as a send timeout */
     return;
   }
@@ -503,7 +590,7 @@ static void conn_error(llmux__http_conn_t *c, int status, const char *code,
   llmux_buf_t body = {0};
   char head[HEAD_STACK];
   uv_buf_t bufs[2];
-  const char *type = status == 500 ? "server_error" : "invalid_request_error";
+  const char *type = status == 500 || status == 503 ? "server_error" : "invalid_request_error";
   if (c->closed || c->phase == PH_CLOSING) return;
   llmux_debug("http: %d %s: %s", status, code, msg);
   if (llmux_http_error_json(&body, type, code, msg, NULL) != 0) {
@@ -757,6 +844,21 @@ static int check_head(llmux__http_conn_t *c, http_req_t *r) {
   return 0;
 }
 
+/* Lends the request to on_head. 1: the handler answered, so the request is
+ * finished (perhaps freed) and the connection is closing. */
+static int head_answered(llmux__http_conn_t *c, http_req_t *r) {
+  c->pending = NULL;
+  c->req = r;
+  r->in_head = 1;
+  c->srv->opts.on_head(&r->pub);
+  if (c->req == NULL) return 1; /* req_finish ran */
+  assert(!r->started);          /* on_head answers whole or not at all */
+  r->in_head = 0;
+  c->req = NULL;
+  c->pending = r;
+  return 0;
+}
+
 static int on_headers_complete(llhttp_t *p) {
   llmux__http_conn_t *c = CONN(p);
   http_req_t *r = build_req(c);
@@ -776,11 +878,10 @@ static int on_headers_complete(llhttp_t *p) {
     p->upgrade = 0;
     r->pub.keep_alive = 0;
   }
-  if ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0 &&
-      llmux_buf_reserve(&r->body, (size_t)p->content_length) != 0)
-    return fail_with(c, 500, "out_of_memory", "out of memory");
   c->phase = PH_BODY;
   c->have_head = 0; /* the header bytes are copied: the buffer may drop them */
+  if (c->srv->opts.on_head != NULL && head_answered(c, r))
+    return HPE_PAUSED; /* the body is never read; conn_process stops here */
   arm(c, c->srv->opts.header_timeout_ms);
   if (c->send_continue) {
     buf = uv_buf_init((char *)cont, sizeof(cont) - 1);
@@ -799,15 +900,22 @@ static int on_chunk_header(llhttp_t *p) {
 static int on_body(llhttp_t *p, const char *at, size_t len) {
   llmux__http_conn_t *c = CONN(p);
   http_req_t *r = c->pending;
+  size_t most;
+  int rc;
   if (r->body.len + len > c->srv->opts.max_body)
     return fail_with(c, 413, "request_too_large", "request body too large");
-  if (r->body.base != NULL && at == r->body.base + r->body.len) { /* read in place */
-    r->body.len += len;
-    r->body.base[r->body.len] = '\0';
-    return 0;
+  if (r->body.base == NULL || at != r->body.base + r->body.len) { /* else read in place */
+    /* llhttp has already taken len off the declared length still to come. */
+    most = (p->flags & F_CONTENT_LENGTH) ? r->body.len + len + (size_t)p->content_length
+                                         : c->srv->opts.max_body;
+    rc = body_grow(c, r, len, most);
+    if (rc == LLMUX_ETOOLARGE)
+      return fail_with(c, 503, "overloaded", "the server is overloaded: try again later");
+    if (rc != 0) return fail_with(c, 500, "out_of_memory", "out of memory");
+    memcpy(r->body.base + r->body.len, at, len);
   }
-  if (llmux_buf_append(&r->body, at, len) != 0)
-    return fail_with(c, 500, "out_of_memory", "out of memory");
+  r->body.len += len;
+  r->body.base[r->body.len] = '\0';
   return 0;
 }
 
@@ -877,7 +985,7 @@ static void conn_process(llmux__http_conn_t *c) {
     } else if (err == HPE_PAUSED) {
       c->rpos = (size_t)(llhttp_get_error_pos(&c->parser) - c->rb);
       llhttp_resume(&c->parser);
-      dispatch(c);
+      if (c->phase == PH_HANDLING) dispatch(c); /* else on_head answered */
     } else {
       parse_error(c, err);
     }
@@ -888,7 +996,8 @@ static void conn_process(llmux__http_conn_t *c) {
   rbuf_compact(c);
   if (c->req == NULL && c->phase == PH_IDLE && !c->resume_armed)
     arm(c, c->nrequests == 0 ? c->srv->opts.header_timeout_ms : c->srv->opts.idle_timeout_ms);
-  read_start(c);
+  if (c->resume_on_drain) read_stop(c); /* an answer waits: read again once it is out */
+  else read_start(c);
 }
 
 static void on_timer(uv_timer_t *t) {
@@ -919,8 +1028,31 @@ static void on_timer(uv_timer_t *t) {
 /* Reads of at least this much body go straight into the body buffer. */
 #define DIRECT_MIN 4096
 
+/* In the middle of a body of known length with nothing unparsed buffered:
+ * let the kernel write into the request's body buffer, which on_body then
+ * only has to extend, instead of copying every byte from the read buffer
+ * (the body of a large prompt is most of a request). The buffer grows in
+ * steps as the body arrives; the read asks for no more than the body's
+ * rest, so no byte of a pipelined next request can land there. 0: read
+ * into the read buffer (also when max_memory refuses: on_body answers). */
+static int direct_read(llmux__http_conn_t *c, uv_buf_t *out) {
+  http_req_t *r = c->pending;
+  size_t rest, room;
+  if (c->phase != PH_BODY || c->req != NULL || r == NULL || c->rlen != c->rpos ||
+      !(c->parser.flags & F_CONTENT_LENGTH) || (c->parser.flags & F_CHUNKED) ||
+      c->parser.content_length < DIRECT_MIN || c->parser.content_length >= UINT32_MAX)
+    return 0;
+  rest = (size_t)c->parser.content_length;
+  if (body_grow(c, r, DIRECT_MIN, r->body.len + rest) != 0) return 0;
+  room = r->body.cap - r->body.len - 1;
+  c->direct = 1;
+  *out = uv_buf_init(r->body.base + r->body.len, (unsigned)(room < rest ? room : rest));
+  return 1;
+}
+
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *out) {
   llmux__http_conn_t *c = h->data;
+  size_t room;
   /* libuv reads again after a read that filled its buffer; after a direct
    * read that completed the body there is nothing more to expect, and that
    * read would only return EAGAIN. An empty buffer skips it (read_cb gets
@@ -930,31 +1062,16 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *out) {
     *out = uv_buf_init(NULL, 0);
     return;
   }
-  /* In the middle of a body of known length with nothing unparsed
-   * buffered: let the kernel write into the request's body buffer, which
-   * on_body then only has to extend, instead of copying every byte from
-   * the read buffer (the body of a large prompt is most of a request). The
-   * read asks for no more than the body's rest, so no byte of a pipelined
-   * next request can land there. */
-  if (c->phase == PH_BODY && c->req == NULL && c->pending != NULL && c->rlen == c->rpos &&
-      (c->parser.flags & F_CONTENT_LENGTH) && !(c->parser.flags & F_CHUNKED) &&
-      c->parser.content_length >= DIRECT_MIN && c->parser.content_length < UINT32_MAX) {
-    llmux_buf_t *b = &c->pending->body;
-    size_t want = (size_t)c->parser.content_length;
-    if (llmux_buf_reserve(b, want) == 0) {
-      c->direct = 1;
-      *out = uv_buf_init(b->base + b->len, (unsigned)want);
-      return;
-    }
+  if (c->phase == PH_CLOSING) {
+    /* Lingering: what arrives is dropped, so one buffer serves every such
+     * connection (reads on one loop never overlap), and none holds memory. */
+    if (c->srv->sink == NULL) c->srv->sink = malloc(SINK_SIZE);
+    *out = uv_buf_init(c->srv->sink, c->srv->sink ? SINK_SIZE : 0);
+  } else if (!direct_read(c, out)) {
+    room = rbuf_room(c);
+    *out = uv_buf_init(room ? c->rb + c->rlen : NULL, (unsigned)room);
   }
-  if (c->rb == NULL) {
-    c->rb = pool_get(c->srv);
-    c->rcap = c->rb ? RBUF_SIZE : 0;
-  } else if (c->rcap - c->rlen < RBUF_SIZE / 4) {
-    char *nb = realloc(c->rb, c->rcap * 2);
-    if (nb != NULL) { c->rb = nb; c->rcap *= 2; }
-  }
-  *out = uv_buf_init(c->rb ? c->rb + c->rlen : NULL, (unsigned)(c->rcap - c->rlen));
+  c->no_room = out->len == 0; /* read_cb gets UV_ENOBUFS */
 }
 
 static void on_eof(llmux__http_conn_t *c) {
@@ -983,14 +1100,25 @@ static void conn_process_direct(llmux__http_conn_t *c, const char *data, size_t 
   if (!c->closed) conn_process(c); /* the usual tail: timers, reading */
 }
 
+/* The read buffer is full and may not grow. */
+static void conn_no_room(llmux__http_conn_t *c) {
+  c->no_room = 0;
+  if (c->req != NULL || c->resume_on_drain || c->phase == PH_CLOSING)
+    read_stop(c); /* conn_process reads again once the answer is out */
+  else /* a request (its head, or its first bytes) and max_memory refused it room */
+    conn_error(c, 503, "overloaded", "the server is overloaded: try again later");
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   llmux__http_conn_t *c = s->data;
-  size_t limit;
-  if (nread == UV_ENOBUFS) return; /* see skip_read */
+  if (nread == UV_ENOBUFS) { /* see skip_read and no_room */
+    if (c->no_room) conn_no_room(c);
+    return;
+  }
   if (c->direct) {
     c->direct = 0;
     if (nread > 0 && c->pending != NULL) {
-      if ((size_t)nread == buf->len) c->skip_read = 1;
+      if ((uint64_t)nread == c->parser.content_length) c->skip_read = 1;
       conn_process_direct(c, buf->base, (size_t)nread);
       return;
     }
@@ -1000,20 +1128,16 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     else conn_close(c);
     return;
   }
-  if (c->phase == PH_CLOSING) { /* lingering: drop it */
+  if (c->phase == PH_CLOSING) { /* lingering: read into the sink; drop the rest */
     c->rlen = 0;
-  } else if (c->req != NULL) { /* keep, parse after this response */
-    c->rlen += (size_t)nread;
-    limit = c->srv->opts.max_header > RBUF_SIZE ? c->srv->opts.max_header : RBUF_SIZE;
-    if (c->rlen - c->rpos > limit) {
-      uv_read_stop(s);
-      c->reading = 0;
-    }
   } else {
     c->rlen += (size_t)nread;
-    conn_process(c);
+    if (c->req == NULL) conn_process(c); /* else parsed after this response */
   }
-  if (!c->closed) rbuf_release_if_empty(c);
+  if (c->closed) return;
+  rbuf_release_if_empty(c);
+  if (c->reading && c->rb != NULL && c->phase != PH_CLOSING && rbuf_room(c) == 0)
+    conn_no_room(c);
 }
 
 static void on_connection(uv_stream_t *ls, int status) {
@@ -1041,6 +1165,11 @@ static void on_connection(uv_stream_t *ls, int status) {
   llhttp_init(&c->parser, HTTP_REQUEST, &settings);
   c->parser.data = c;
   c->phase = PH_IDLE;
+  if (srv->nconns > srv->opts.max_connections) {
+    /* Told, not dropped: the client learns why and need not retry at once. */
+    conn_error(c, 503, "too_many_connections", "too many connections: try again later");
+    return;
+  }
   arm(c, srv->opts.header_timeout_ms);
   read_start(c);
 }
@@ -1059,6 +1188,8 @@ int llmux_http_server_init(uv_loop_t *loop, llmux_http_server_t *srv,
   if (srv->opts.max_body == 0) srv->opts.max_body = 8 * 1024 * 1024;
   if (srv->opts.header_timeout_ms == 0) srv->opts.header_timeout_ms = 10000;
   if (srv->opts.idle_timeout_ms == 0) srv->opts.idle_timeout_ms = 60000;
+  if (srv->opts.max_connections == 0) srv->opts.max_connections = 10000;
+  if (srv->opts.max_memory == 0) srv->opts.max_memory = (size_t)512 << 20;
   rc = uv_tcp_init(loop, &srv->listener);
   if (rc != 0) return rc;
   srv->listener.data = srv;
@@ -1135,6 +1266,7 @@ static int respond(http_req_t *r, int status, const llmux_http_header_t *h, size
   uv_buf_t bufs[2];
 
   if (!req_usable(r) || r->started) { free(owned); return r->started ? LLMUX_EINVAL : LLMUX_ECANCELED; }
+  if (r->in_head) r->pub.keep_alive = 0; /* the body is left unread */
   if (need > sizeof(stack) && (head = malloc(need)) == NULL) {
     free(owned);
     r->pub.keep_alive = 0;
@@ -1192,6 +1324,7 @@ int llmux_http_start(llmux_http_req_t *req, int status, const llmux_http_header_
   if (!req_usable(r)) return LLMUX_ECANCELED;
   if (r->started) return LLMUX_EINVAL;
   r->started = 1;
+  if (r->in_head) req->keep_alive = 0; /* the body is left unread */
   if (no_body_status(status)) r->no_body = 1;
   r->chunked = req->version_minor >= 1 && !r->no_body;
   if (!r->chunked && !r->no_body) req->keep_alive = 0; /* body ends at close */

@@ -54,6 +54,39 @@
  * connections close silently. Chunked trailers are read and dropped.
  * Upgrade/CONNECT are parsed as plain requests and the connection closes
  * after the response.
+ *
+ * Early answers: on_head, when set, is called with each request whose head
+ * passed those checks, before any byte of its body is read (req->body is
+ * empty, and no "100 Continue" has been sent yet). It runs synchronously,
+ * during parsing, and either
+ *   - returns without touching the response: the server reads the body and
+ *     calls on_request with the same request (what on_head put on req->data
+ *     is still there; nothing else is called with it if the request fails
+ *     before that, so hang no memory on it here); or
+ *   - finishes the response before it returns (llmux_http_respond*,
+ *     llmux_http_send_error, or start ... end): the request is gone when
+ *     on_head returns, the body is never read, and the connection closes
+ *     after the response (it says `Connection: close`).
+ * Keeping the request for later, or starting a stream without ending it,
+ * is a programming error. This is where a key is checked, so that a client
+ * without one cannot make the server hold its body.
+ *
+ * Memory a client can make the server hold is bounded:
+ * - A connection's read buffer holds one header block in progress, or
+ *   pipelined bytes waiting while the previous request is handled: it never
+ *   grows past max_header + 16 KiB. While a finished response is not yet
+ *   written (the client does not read) nothing more is read; a handler
+ *   still at work keeps reading only until the buffer is full.
+ * - A body buffer grows as bytes arrive (never reserved from Content-Length
+ *   up front) and is charged to the server from its first byte until the
+ *   request is freed (also after llmux_http_req_take_body).
+ * - Read and body buffers of all connections together stay under
+ *   max_memory (mem_used, mem_peak): a request whose body or header block
+ *   would go beyond it, or whose first bytes find no room, gets 503
+ *   `overloaded` (type server_error) and the connection closes. Lingering
+ *   connections (closing, reading only to drop) share one small buffer.
+ * - Beyond max_connections open connections, a new connection is accepted,
+ *   answered 503 `too_many_connections` and closed.
  */
 #ifndef LLMUX_HTTP_SERVER_H
 #define LLMUX_HTTP_SERVER_H
@@ -92,7 +125,10 @@ typedef struct llmux_http_options_s {
                                  body; also the wait for a first request; 0: 10 s */
   uint64_t idle_timeout_ms;   /* keep-alive wait between requests; 0: 60 s */
   llmux_http_request_cb on_request; /* required */
-  void *reserved[4];
+  llmux_http_request_cb on_head; /* optional: see "Early answers" above */
+  unsigned max_connections;   /* open connections; 0: 10000 */
+  size_t max_memory;          /* read and body buffers, all connections; 0: 512 MiB */
+  void *reserved[1];
 } llmux_http_options_t;
 
 struct llmux_http_req_s {
@@ -125,6 +161,8 @@ struct llmux_http_server_s {
   uv_loop_t *loop;
   int port;                     /* bound port, valid after listen */
   llmux_http_options_t opts;    /* with defaults applied */
+  size_t mem_used;              /* bytes of read and body buffers held now */
+  size_t mem_peak;              /* the most mem_used has been */
   /* private */
   uv_tcp_t listener;
   llmux__http_conn_t *conns;    /* intrusive list of open connections */
@@ -135,7 +173,8 @@ struct llmux_http_server_s {
   llmux_http_close_cb close_cb;
   char *pool[32];               /* spare read buffers */
   unsigned npool;
-  void *reserved[4];
+  char *sink;                   /* where lingering connections read */
+  void *reserved[1];
 };
 
 /* 0 or a negative error. Does not touch the network. */

@@ -1,5 +1,6 @@
 #include "server.h"
 
+#include <limits.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,6 +73,11 @@ int llmux_gateway_init(llmux_gateway_t *gw, uv_loop_t *loop, const llmux_config_
   opts.max_body = cfg->server.max_body;
   opts.header_timeout_ms = cfg->server.header_timeout_ms;
   opts.idle_timeout_ms = cfg->server.idle_timeout_ms;
+  opts.max_connections = cfg->server.max_connections > UINT_MAX
+                             ? UINT_MAX
+                             : (unsigned)cfg->server.max_connections;
+  opts.max_memory = (size_t)cfg->server.max_memory;
+  opts.on_head = llmux_api_on_head;
   opts.on_request = llmux_api_on_request;
   rc = llmux_http_server_init(loop, &gw->http, &opts);
   if (rc != 0) goto fail;

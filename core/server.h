@@ -46,7 +46,11 @@ int llmux_gateway_init(llmux_gateway_t *gw, uv_loop_t *loop, const llmux_config_
 int llmux_gateway_listen(llmux_gateway_t *gw, const char *host, int port);
 void llmux_gateway_close(llmux_gateway_t *gw, void (*cb)(llmux_gateway_t *gw));
 
-/* api.c: the request router behind the front door. */
+/* api.c: the request router behind the front door. on_head checks the
+ * tenant key as soon as a head is parsed, so a client without one is
+ * answered 401 before a byte of its body is read; on_request finds the
+ * tenant on req->data. */
+void llmux_api_on_head(llmux_http_req_t *req);
 void llmux_api_on_request(llmux_http_req_t *req);
 int llmux_api_build_models(const llmux_config_t *cfg, llmux_buf_t *out);
 /* The same, listing only what tenant t may use (t NULL: everything). */
@@ -56,13 +60,11 @@ int llmux_api_build_tenant_models(const llmux_config_t *cfg, const llmux_tenant_
  * fresh one, written into buf (at least 64 bytes). */
 const char *llmux_api_request_id(llmux_gateway_t *gw, llmux_http_req_t *req, char *buf);
 
-/* The 404 for an unknown model name, with the closest known names. */
-struct llmux_resolution_s;
-int llmux_api_model_not_found(llmux_http_req_t *req, const char *name,
-                              const struct llmux_resolution_s *res);
-/* The 403 for a model tenant t may not use. */
-int llmux_api_model_not_allowed(llmux_http_req_t *req, const llmux_tenant_t *t,
-                                const char *name);
+/* The 404 model_not_found for a name that does not resolve or, with a
+ * tenant, one it may not use: the same answer for both (OpenAI's), naming
+ * as the closest matches only names the tenant may use. */
+int llmux_api_model_not_found(llmux_http_req_t *req, const llmux_config_t *cfg,
+                              const llmux_tenant_t *tenant, const char *name);
 
 /* proxy.c: POST /v1/chat/completions, /v1/completions, /v1/embeddings. */
 void llmux_proxy_handle(llmux_gateway_t *gw, llmux_http_req_t *req, int endpoint);
