@@ -275,7 +275,6 @@ const char *llmux_agent_error_code(int status, const char *code) {
     if (strcmp(code, ares[i]) == 0) return ares[i];
   }
   if (code != NULL && strcmp(code, "invalid_api_key") == 0) return "INVALID_API_KEY";
-  if (code != NULL && strcmp(code, "model_not_allowed") == 0) return "AGENT_NOT_ALLOWED";
   if (status == 429) return "RATE_LIMIT_EXCEEDED";
   if (status == 401) return "INVALID_API_KEY";
   if (status == 403) return "AGENT_NOT_ALLOWED";

@@ -115,7 +115,10 @@ const char *llmux_name_kind_str(llmux_name_kind_t k) {
 
 /* ---- Suggestions ------------------------------------------------------- */
 
+/* `keep` (may be NULL) narrows the candidates: a tenant is offered only
+ * names it may use. It is asked only about names close enough to offer. */
 static size_t suggest_from(const char *const *names, size_t n, const char *name,
+                           int (*keep)(void *arg, const char *name), void *arg,
                            const char **out, size_t max) {
   unsigned dist[LLMUX_RESOLVE_MAX_SUGGEST + 1], cap, d;
   size_t i, j, got = 0;
@@ -127,6 +130,7 @@ static size_t suggest_from(const char *const *names, size_t n, const char *name,
   for (i = 0; i < n; i++) {
     d = llmux_edit_distance(name, names[i], cap + 1);
     if (d > cap || d == 0) continue;
+    if (keep != NULL && !keep(arg, names[i])) continue;
     /* Insert in order of distance; equal distances keep config order. */
     for (j = got; j > 0 && dist[j - 1] > d; j--) {
       if (j < max) { dist[j] = dist[j - 1]; out[j] = out[j - 1]; }
@@ -142,9 +146,15 @@ static size_t suggest_from(const char *const *names, size_t n, const char *name,
 
 size_t llmux_registry_suggest(const llmux_config_t *cfg, const char *name,
                               const char **out, size_t max) {
+  return llmux_registry_suggest_if(cfg, name, NULL, NULL, out, max);
+}
+
+size_t llmux_registry_suggest_if(const llmux_config_t *cfg, const char *name,
+                                 int (*keep)(void *arg, const char *name), void *arg,
+                                 const char **out, size_t max) {
   const struct llmux__registry_s *reg = cfg->registry;
   if (reg == NULL) return 0;
-  return suggest_from(reg->names, reg->nnames, name, out, max);
+  return suggest_from(reg->names, reg->nnames, name, keep, arg, out, max);
 }
 
 /* Bits of llmux_name_kind_t for the names a suggestion may come from. */
@@ -165,7 +175,7 @@ static const char *did_you_mean(build_t *b, const char *name, unsigned mask, cha
       cands[n++] = e->name;
   }
   buf[0] = '\0';
-  if (suggest_from(cands, n, name, best, 1) == 1)
+  if (suggest_from(cands, n, name, NULL, NULL, best, 1) == 1)
     snprintf(buf, size, "; did you mean '%s'?", best[0]);
   free(cands);
   return buf;
@@ -300,7 +310,7 @@ static void closest_provider(const llmux_config_t *cfg, const char *name, char *
   for (i = 0; i < cfg->nproviders && n < LLMUX_COUNTOF(names); i++)
     names[n++] = cfg->providers[i]->name;
   buf[0] = '\0';
-  if (suggest_from(names, n, name, best, 1) == 1)
+  if (suggest_from(names, n, name, NULL, NULL, best, 1) == 1)
     snprintf(buf, size, "; did you mean '%s'?", best[0]);
 }
 

@@ -70,6 +70,11 @@ int llmux_resolven(const llmux_config_t *cfg, const char *name, size_t len,
  * first, ties in config order. Returns how many were stored. */
 size_t llmux_registry_suggest(const llmux_config_t *cfg, const char *name,
                               const char **out, size_t max);
+/* The same among the names `keep(arg, name)` accepts (a tenant's: no name
+ * it may not use is ever offered to it). */
+size_t llmux_registry_suggest_if(const llmux_config_t *cfg, const char *name,
+                                 int (*keep)(void *arg, const char *name), void *arg,
+                                 const char **out, size_t max);
 
 /* "user_alias", "alias", "canonical", "generic", "profile", "agent". */
 const char *llmux_name_kind_str(llmux_name_kind_t k);

@@ -239,8 +239,10 @@ typedef struct llmux_provider_s {
 
   /* The provider could not be reached at all (`err` is LLMUX_ECONNREFUSED,
    * LLMUX_EDNS, LLMUX_ETIMEOUT, ...; `detail` the host's words): append
-   * advice for the user to `out`, e.g. "Ollama is not running at URL:
-   * start it with `ollama serve`". Returns 0, or nonzero for no advice. */
+   * advice for the user to `out`, e.g. "Ollama is not running: start it
+   * with `ollama serve`". The advice goes to API clients: name no address,
+   * host or URL (the gateway logs those for the operator). Returns 0, or
+   * nonzero for no advice. */
   int (*explain_error)(void *instance, int err, const char *detail, llmux_buf_t *out);
 
   /* Listing the provider's own models (`llmux models`): fill txn's method,

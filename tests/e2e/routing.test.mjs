@@ -210,6 +210,30 @@ test("503 when every route is cooling down", async () => {
   assert.ok(Number(e.headers.get("retry-after")) >= 1);
 });
 
+test("a 502 names the provider and why, never its address: that goes to the log", async () => {
+  const gone = await mock("gone");
+  const port = gone.port;
+  await gone.stop();
+  live.splice(live.indexOf(gone), 1);
+  const { gw, client } = await gateway({
+    providers: [{ name: "faraway", url: `http://localhost:${port}/v1` }],
+    server: "max_attempts = 1\n",
+  });
+  const e = await chatError(client);
+  assert.equal(e.status, 502);
+  assert.equal(e.code, "connection_refused");
+  assert.match(e.error.message, /faraway/);
+  assert.match(e.error.message, /connection refused/);
+  const body = JSON.stringify(e.error);
+  for (const secret of ["localhost", "127.0.0.1", "::1", String(port)])
+    assert.ok(!body.includes(secret), `${secret} in ${body}`);
+  // The operator finds the address in the log (written before the answer;
+  // the pipe may deliver it a little later).
+  for (let i = 0; i < 100 && !gw.stderr().includes(`localhost:${port}`); i++)
+    await new Promise((r) => setTimeout(r, 20));
+  assert.match(gw.stderr(), new RegExp(`faraway.*localhost:${port}`));
+});
+
 test("a final error names every route tried and why", async () => {
   const a = await mock("a"), b = await mock("b");
   const { client } = await gateway({ providers: [

@@ -110,15 +110,69 @@ test("x-api-key is accepted, as Anthropic clients send it", async () => {
   assert.equal((await r.json()).choices[0].message.content, expectedContent("mk", 3));
 });
 
-test("a model the tenant may not use is 403; /v1/models lists only what it may use", async () => {
+test("a model the tenant may not use is 404 model_not_found; /v1/models lists only what it may use", async () => {
   const c = client(keys.narrow.key);
   const e = await apiError(c.chat.completions.create({ model: "powerful", messages: hello }));
-  assert.equal(e.status, 403);
-  assert.equal(e.code, "model_not_allowed");
+  assert.equal(e.status, 404);
+  assert.equal(e.code, "model_not_found");
+  assert.equal(e.error.message, "The model `powerful` does not exist or you do not have access to it.");
   const ids = (await c.models.list()).data.map((m) => m.id).sort();
   assert.deepEqual(ids, ["classifier", "fast"]);
   const all = (await client(keys.acme.key).models.list()).data.map((m) => m.id);
   assert.ok(all.includes("powerful") && all.includes("m"));
+});
+
+// One request per endpoint for `model`, as tenant t: { status, headers, body }.
+const endpoints = {
+  "chat/completions": (model) => ({ messages: hello, model }),
+  "completions": (model) => ({ prompt: "hi", model }),
+  "embeddings": (model) => ({ input: "hi", model }),
+};
+async function modelAnswers(t, model) {
+  const out = {};
+  for (const [ep, body] of Object.entries(endpoints)) {
+    const r = await post(`/v1/${ep}`, body(model), bearer(t));
+    out[ep] = { status: r.status, type: r.headers.get("content-type"), body: await r.json() };
+  }
+  const r = await fetch(`${gw.url}/v1/models/${encodeURIComponent(model)}`, { headers: bearer(t) });
+  out["models/{id}"] = { status: r.status, type: r.headers.get("content-type"), body: await r.json() };
+  return out;
+}
+
+// The answer with the requested name taken out, to compare two names' answers.
+function shape(answer, model) {
+  const msg = answer.body.error?.message ?? "";
+  return { ...answer, body: { error: { ...answer.body.error, message: msg.split(model).join("X") } } };
+}
+
+test("a model the tenant may not use and one that does not exist get the same 404 everywhere", async () => {
+  const disallowed = await modelAnswers("narrow", "powerful");
+  const missing = await modelAnswers("narrow", "no-such-model");
+  for (const ep of Object.keys(disallowed)) {
+    assert.equal(disallowed[ep].status, 404, ep);
+    assert.deepEqual(disallowed[ep].body.error, {
+      message: "The model `powerful` does not exist or you do not have access to it.",
+      type: "invalid_request_error", param: "model", code: "model_not_found",
+    }, ep);
+    assert.deepEqual(shape(disallowed[ep], "powerful"), shape(missing[ep], "no-such-model"), ep);
+  }
+});
+
+test("a tenant is offered only names it may use as the closest match", async () => {
+  // "powerfull" is one letter from "powerful", which narrow may not use.
+  let a = await modelAnswers("narrow", "powerfull");
+  for (const [ep, r] of Object.entries(a)) {
+    assert.equal(r.status, 404, ep);
+    assert.equal(r.body.error.message,
+      "The model `powerfull` does not exist or you do not have access to it.", ep);
+  }
+  // "fats" is one transposition from "fast", which it may use.
+  a = await modelAnswers("narrow", "fats");
+  for (const [ep, r] of Object.entries(a))
+    assert.match(r.body.error.message, /access to it\. Did you mean `fast`\?/, ep);
+  // acme may use everything: "powerful" is offered to it.
+  a = await modelAnswers("acme", "powerfull");
+  for (const [ep, r] of Object.entries(a)) assert.match(r.body.error.message, /Did you mean `powerful`/, ep);
 });
 
 test("the tenant's rate limit refuses while the provider still has headroom", async () => {

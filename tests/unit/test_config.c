@@ -1,5 +1,7 @@
 /* Configuration loading: the shipped catalog, defaults, environment, and a
  * file:line diagnostic for every kind of mistake. */
+#define _GNU_SOURCE /* nftw's FTW_DEPTH */
+#include <ftw.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -434,6 +436,239 @@ static void bom_crlf_and_long_section_names_parse(void **state) {
   rmdir(dir);
 }
 
+/* ---- A scratch configuration tree --------------------------------------- */
+
+typedef struct tree_s {
+  char dir[64];
+  char main_path[96];
+  char providers[96];
+} tree_t;
+
+/* dir/llmux.ini holding `main_text`, and an empty dir/providers. */
+static void tree_init(tree_t *t, const char *main_text) {
+  snprintf(t->dir, sizeof t->dir, "/tmp/llmux-cfg-XXXXXX");
+  assert_non_null(mkdtemp(t->dir));
+  snprintf(t->main_path, sizeof t->main_path, "%s/llmux.ini", t->dir);
+  snprintf(t->providers, sizeof t->providers, "%s/providers", t->dir);
+  write_file(t->main_path, main_text);
+  assert_int_equal(mkdir(t->providers, 0700), 0);
+}
+
+static const char *tree_path(const tree_t *t, const char *rel, char *out, size_t n) {
+  snprintf(out, n, "%s/%s", t->dir, rel);
+  return out;
+}
+
+static int remove_one(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+  (void)st;
+  (void)flag;
+  (void)ftw;
+  return remove(path);
+}
+
+static void tree_free(tree_t *t) {
+  nftw(t->dir, remove_one, 8, FTW_DEPTH | FTW_PHYS);
+}
+
+/* ---- Only regular files are read --------------------------------------- */
+
+/* Before the loader checked, these tests hung (a FIFO) or read without end
+ * (/dev/zero): the alarm turns a hang into a failure. It bounds nothing a
+ * working loader comes near. */
+#define HANG_GUARD() alarm(60)
+
+static void assert_refused_at_once(const tree_t *t, const char *file, const char *kind) {
+  llmux_diag_t d = {0};
+  llmux_config_t *cfg = NULL;
+  char msg[96];
+  snprintf(msg, sizeof msg, "not a regular file (%s)", kind);
+  HANG_GUARD();
+  assert_int_equal(llmux_config_load(t->main_path, &cfg, &d), LLMUX_ECONFIG);
+  alarm(0);
+  assert_null(cfg);
+  assert_diag(&d, file, 0, LLMUX_DIAG_ERROR, msg);
+  assert_int_equal(d.errors, 1);
+  llmux_diag_free(&d);
+}
+
+static void provider_file_linked_to_dev_zero_is_refused_at_once(void **state) {
+  tree_t t;
+  char link[128];
+  (void)state;
+  tree_init(&t, "[model m]\ntier = 1\n");
+  assert_int_equal(symlink("/dev/zero", tree_path(&t, "providers/zero.ini", link, sizeof link)), 0);
+  assert_refused_at_once(&t, link, "character device");
+  tree_free(&t);
+}
+
+static void provider_file_that_is_a_fifo_is_refused_at_once(void **state) {
+  tree_t t;
+  char fifo[128];
+  (void)state;
+  tree_init(&t, "[model m]\ntier = 1\n");
+  assert_int_equal(mkfifo(tree_path(&t, "providers/pipe.ini", fifo, sizeof fifo), 0600), 0);
+  assert_refused_at_once(&t, fifo, "FIFO");
+  tree_free(&t);
+}
+
+static void directory_named_like_a_provider_file_is_refused(void **state) {
+  tree_t t;
+  char sub[128];
+  (void)state;
+  tree_init(&t, "[model m]\ntier = 1\n");
+  assert_int_equal(mkdir(tree_path(&t, "providers/x.ini", sub, sizeof sub), 0700), 0);
+  assert_refused_at_once(&t, sub, "directory");
+  tree_free(&t);
+}
+
+static void main_file_that_is_a_device_is_refused(void **state) {
+  llmux_diag_t d = {0};
+  llmux_config_t *cfg = NULL;
+  (void)state;
+  HANG_GUARD();
+  assert_int_equal(llmux_config_load("/dev/zero", &cfg, &d), LLMUX_ECONFIG);
+  alarm(0);
+  assert_diag(&d, "/dev/zero", 0, LLMUX_DIAG_ERROR, "not a regular file (character device)");
+  llmux_diag_free(&d);
+}
+
+static void provider_file_linked_to_a_regular_file_is_read(void **state) {
+  tree_t t;
+  char target[128], link[128];
+  llmux_diag_t d = {0};
+  llmux_config_t *cfg;
+  (void)state;
+  tree_init(&t, "[model m]\ntier = 1\n");
+  write_file(tree_path(&t, "shared.ini", target, sizeof target),
+             "[provider p]\nplugin = openai\nbase_url = https://p.example.com/v1\n");
+  tree_path(&t, "providers/p.ini", link, sizeof link);
+  assert_int_equal(symlink("../shared.ini", link), 0);
+  cfg = load_ok(t.main_path, &d);
+  assert_int_equal(d.errors, 0);
+  assert_non_null(llmux_config_find_provider(cfg, "p"));
+  assert_string_equal(cfg->files[1], link);
+  llmux_config_free(cfg);
+  llmux_diag_free(&d);
+  tree_free(&t);
+}
+
+/* ---- Literal secrets, in any value ------------------------------------- */
+
+/* Keys are assembled at run time, so that nothing scanning this file for
+ * leaked keys finds one. 24 characters with digits and capitals: shorter
+ * than any real key, longer than the threshold. */
+#define KEY_BODY "Zz9Yy8Xx7Ww6Vv5Uu4Tt3Ss2"
+
+static void literal_keys_are_refused_in_every_value_without_echo(void **state) {
+  static const char *const prefixes[] = {"sk-", "gsk_", "csk-", "nvapi-", "sk-ant-", "sk-or-"};
+  tree_t t;
+  llmux_buf_t text = {0}, out = {0};
+  llmux_diag_t d = {0};
+  llmux_config_t *cfg = NULL;
+  size_t i;
+  int line;
+  (void)state;
+  /* One header per prefix (lines 4-9), then other places a key can hide. */
+  llmux_buf_appends(&text, "[provider p]\nplugin = openai\nbase_url = https://p.example.com/v1\n");
+  for (i = 0; i < LLMUX_COUNTOF(prefixes); i++)
+    llmux_buf_printf(&text, "header.X-Custom-%zu = %s" KEY_BODY "\n", i, prefixes[i]);
+  llmux_buf_appends(&text,
+                    "header.X-Upstream-Auth = Bearer " KEY_BODY "\n"    /* 10 */
+                    "custom_knob = a, b,\n"                             /* 11 */
+                    "    sk-" KEY_BODY "\n"                             /* 12 */
+                    "[model m]\ntier = 1\n"                             /* 13-14 */
+                    "family = prefix:nvapi-" KEY_BODY "\n"              /* 15 */
+                    "[provider q]\nplugin = openai\n"                   /* 16-17 */
+                    "base_url = https://user:" KEY_BODY "@q.example.com/v1\n" /* 18 */
+                    "base_url2 = https://q.example.com/v1?key=gsk_" KEY_BODY "\n"); /* 19 */
+  tree_init(&t, text.base);
+  assert_int_equal(llmux_config_load(t.main_path, &cfg, &d), LLMUX_ECONFIG);
+  for (line = 4; line <= 9; line++)
+    assert_diag(&d, t.main_path, line, LLMUX_DIAG_ERROR, "looks like a literal key");
+  assert_diag(&d, t.main_path, 4, LLMUX_DIAG_ERROR, "header_env.X-Custom-0 = VARIABLE");
+  assert_diag(&d, t.main_path, 10, LLMUX_DIAG_ERROR, "looks like a literal key (Bearer ...)");
+  assert_diag(&d, t.main_path, 12, LLMUX_DIAG_ERROR, "looks like a literal key (sk-...)");
+  assert_diag(&d, t.main_path, 15, LLMUX_DIAG_ERROR,
+              "'family' holds what looks like a literal key");
+  assert_diag(&d, t.main_path, 15, LLMUX_DIAG_ERROR, "api_key_env = VARIABLE");
+  assert_diag(&d, t.main_path, 18, LLMUX_DIAG_ERROR, "'base_url' carries credentials");
+  assert_diag(&d, t.main_path, 19, LLMUX_DIAG_ERROR, "looks like a literal key (gsk_...)");
+  assert_int_equal(d.errors, 11);
+  for (i = 0; i < d.len; i++) llmux_diag_format(&d.items[i], &out);
+  assert_null(strstr(out.base, KEY_BODY));
+  llmux_buf_free(&out);
+  llmux_buf_free(&text);
+  llmux_diag_free(&d);
+  tree_free(&t);
+}
+
+static void ordinary_values_are_not_mistaken_for_keys(void **state) {
+  tree_t t;
+  llmux_diag_t d = {0};
+  llmux_config_t *cfg;
+  const llmux_provider_conf_t *p;
+  (void)state;
+  tree_init(&t, "[model sk-1.5-chat]\ntier = 1\nfamily = gsk_small\n"
+                "aliases = sk-learn, nvapi-docs, csk-2\n"
+                "[provider p]\nplugin = openai\nbase_url = https://p.example.com/v1\n"
+                "header.X-Title = task-" KEY_BODY "\n"   /* "sk-" inside a word */
+                "header.X-Words = sk-some-long-lowercase-words-here\n"
+                "header.X-Scheme = Bearer\n"
+                "header.X-Note = bearer auth\n"
+                "header.HTTP-Referer = https://github.com/llmux/llmux\n"
+                "[route p sk-1.5-chat]\nid = org/sk-1.5-chat\n");
+  cfg = load_ok(t.main_path, &d);
+  assert_int_equal(d.errors, 0);
+  p = llmux_config_find_provider(cfg, "p");
+  assert_int_equal(p->nheaders, 5);
+  assert_string_equal(p->headers[0].value, "task-" KEY_BODY);
+  llmux_config_free(cfg);
+  llmux_diag_free(&d);
+  tree_free(&t);
+}
+
+static void header_env_takes_a_header_value_from_the_environment(void **state) {
+  tree_t t;
+  llmux_diag_t d = {0};
+  llmux_config_t *cfg;
+  const llmux_provider_conf_t *p, *q;
+  (void)state;
+  setenv("LLMUX_TEST_GOOD_KEY", "from-env", 1);
+  tree_init(&t, "[provider p]\nplugin = openai\nbase_url = https://p.example.com/v1\n"
+                "header_env.X-Api-Token = LLMUX_TEST_GOOD_KEY\n"
+                "[provider q]\nplugin = openai\nbase_url = https://q.example.com/v1\n"
+                "header_env.X-Api-Token = LLMUX_TEST_UNSET_KEY\n");
+  cfg = load_ok(t.main_path, &d);
+  p = llmux_config_find_provider(cfg, "p");
+  q = llmux_config_find_provider(cfg, "q");
+  assert_true(p->enabled);
+  assert_int_equal(p->nheaders, 1);
+  assert_string_equal(p->headers[0].key, "X-Api-Token");
+  assert_string_equal(p->headers[0].value, "from-env");
+  assert_false(q->enabled);
+  assert_string_equal(q->disabled_reason, "LLMUX_TEST_UNSET_KEY is not set");
+  assert_diag(&d, t.main_path, 8, LLMUX_DIAG_WARNING,
+              "provider 'q' disabled: environment variable LLMUX_TEST_UNSET_KEY is not set");
+  llmux_config_free(cfg);
+  llmux_diag_free(&d);
+  tree_free(&t);
+}
+
+static void header_env_must_name_a_variable(void **state) {
+  tree_t t;
+  llmux_diag_t d = {0};
+  llmux_config_t *cfg = NULL;
+  (void)state;
+  tree_init(&t, "[provider p]\nplugin = openai\nbase_url = https://p.example.com/v1\n"
+                "header_env.X-Api-Token = not a variable\n");
+  assert_int_equal(llmux_config_load(t.main_path, &cfg, &d), LLMUX_ECONFIG);
+  assert_diag(&d, t.main_path, 4, LLMUX_DIAG_ERROR,
+              "'header_env.X-Api-Token' must name an environment variable");
+  assert_null(strstr(d.items[0].message, "not a variable"));
+  llmux_diag_free(&d);
+  tree_free(&t);
+}
+
 static void diag_format_is_file_line_message(void **state) {
   llmux_diag_t d = {0};
   llmux_buf_t b = {0};
@@ -474,6 +709,15 @@ int main(void) {
     T(secrets_never_appear_in_diagnostics),
     T(duplicates_across_files_name_both_definitions),
     T(bom_crlf_and_long_section_names_parse),
+    T(provider_file_linked_to_dev_zero_is_refused_at_once),
+    T(provider_file_that_is_a_fifo_is_refused_at_once),
+    T(directory_named_like_a_provider_file_is_refused),
+    T(main_file_that_is_a_device_is_refused),
+    T(provider_file_linked_to_a_regular_file_is_read),
+    T(literal_keys_are_refused_in_every_value_without_echo),
+    T(ordinary_values_are_not_mistaken_for_keys),
+    T(header_env_takes_a_header_value_from_the_environment),
+    T(header_env_must_name_a_variable),
     T(diag_format_is_file_line_message),
 #undef T
   };
