@@ -1,10 +1,12 @@
 #define _GNU_SOURCE
 #include "json_scan.h"
 
+#include <assert.h>
 #include <stdint.h>
 #include <string.h>
 
 #define MAX_DEPTH 64
+#define KEY_MAX 64 /* the longest key looked for, NUL included */
 
 typedef struct {
   const char *p, *end, *start;
@@ -13,6 +15,8 @@ typedef struct {
   const char *probe;   /* a key looked for at any depth, or NULL */
   size_t probe_len;
   int probe_hit;
+  int escaped;         /* the last string scanned holds a backslash */
+  const char *dup_at;  /* the second occurrence of a field's key, if any */
 } scan_t;
 
 static int fail(scan_t *s, const char *at, const char *msg) {
@@ -131,6 +135,7 @@ static int scan_string(scan_t *s) {
     c = (unsigned char)*s->p;
     if (c == '"') { s->p++; return 0; }
     if (c == '\\') {
+      s->escaped = 1;
       if (s->p + 1 >= s->end) break;
       c = (unsigned char)s->p[1];
       if (c == 'u') {
@@ -188,6 +193,32 @@ static int scan_literal(scan_t *s, const char *lit) {
 
 static int scan_value(scan_t *s, int depth, llmux_json_type_t *type);
 
+/* Which field the key raw[0..len) (no quotes) names, if any, and whether it
+ * is the probe. A key is compared as the text it spells: a key without a
+ * backslash (nearly all) is its own bytes; one with is unescaped first, so
+ * "mod\u0065l" is "model" here as it is to the provider. A key too long to
+ * be one of ours, or holding \u0000, names nothing. */
+static llmux_json_field_t *match_key(scan_t *s, const char *raw, size_t len, int escaped,
+                                     llmux_json_field_t *fields, size_t nfields) {
+  char buf[KEY_MAX];
+  const char *key = raw;
+  size_t i;
+  if (escaped) {
+    if (nfields == 0 && s->probe == NULL) return NULL;
+    if (llmux_json_unquote((llmux_str_t){raw - 1, len + 2}, buf, sizeof buf) != 0) return NULL;
+    key = buf;
+    len = strlen(buf);
+  }
+  if (s->probe != NULL && len == s->probe_len && memcmp(key, s->probe, len) == 0)
+    s->probe_hit = 1;
+  for (i = 0; i < nfields && len > 0; i++) {
+    if (fields[i].key[0] == key[0] && strlen(fields[i].key) == len &&
+        memcmp(fields[i].key, key, len) == 0)
+      return &fields[i];
+  }
+  return NULL;
+}
+
 static int scan_container(scan_t *s, int depth, int is_object, llmux_json_field_t *fields,
                           size_t nfields) {
   char close = is_object ? '}' : ']';
@@ -196,18 +227,17 @@ static int scan_container(scan_t *s, int depth, int is_object, llmux_json_field_
   skip_ws(s);
   if (s->p < s->end && *s->p == close) { s->p++; return 0; }
   for (;;) {
-    const char *key = NULL;
-    size_t keylen = 0, i;
+    llmux_json_field_t *field = NULL;
     const char *vstart;
     llmux_json_type_t t;
     skip_ws(s);
     if (is_object) {
+      const char *key = s->p;
       if (s->p >= s->end || *s->p != '"') return fail(s, s->p, "expected a string key");
-      key = s->p + 1;
+      s->escaped = 0;
       if (scan_string(s) != 0) return -1;
-      keylen = (size_t)(s->p - key - 1);
-      if (s->probe != NULL && keylen == s->probe_len && memcmp(key, s->probe, keylen) == 0)
-        s->probe_hit = 1;
+      field = match_key(s, key + 1, (size_t)(s->p - key - 2), s->escaped, fields, nfields);
+      if (field != NULL && field->count++ > 0 && s->dup_at == NULL) s->dup_at = key;
       skip_ws(s);
       if (s->p >= s->end || *s->p != ':') return fail(s, s->p, "expected ':'");
       s->p++;
@@ -215,12 +245,10 @@ static int scan_container(scan_t *s, int depth, int is_object, llmux_json_field_
     }
     vstart = s->p;
     if (scan_value(s, depth + 1, &t) != 0) return -1;
-    for (i = 0; key != NULL && i < nfields; i++) {
-      if (strlen(fields[i].key) == keylen && memcmp(fields[i].key, key, keylen) == 0) {
-        fields[i].type = t;
-        fields[i].value.base = vstart;
-        fields[i].value.len = (size_t)(s->p - vstart);
-      }
+    if (field != NULL) {
+      field->type = t;
+      field->value.base = vstart;
+      field->value.len = (size_t)(s->p - vstart);
     }
     skip_ws(s);
     if (s->p < s->end && *s->p == ',') { s->p++; continue; }
@@ -247,34 +275,55 @@ int llmux_json_scan(const char *body, size_t len, llmux_json_field_t *fields,
   return llmux_json_scan_probe(body, len, fields, nfields, NULL, NULL, err_off, err_msg);
 }
 
-int llmux_json_scan_probe(const char *body, size_t len, llmux_json_field_t *fields,
-                          size_t nfields, const char *probe, int *probe_hit, size_t *err_off,
-                          const char **err_msg) {
-  scan_t s = {body, body + len, body, NULL, NULL, probe, probe ? strlen(probe) : 0, 0};
+static void clear_fields(llmux_json_field_t *fields, size_t nfields) {
   size_t i;
   for (i = 0; i < nfields; i++) {
+    assert(strlen(fields[i].key) < KEY_MAX);
     fields[i].type = LLMUX_JSON_NONE;
     fields[i].value.base = NULL;
     fields[i].value.len = 0;
+    fields[i].count = 0;
   }
+}
+
+int llmux_json_scan_probe(const char *body, size_t len, llmux_json_field_t *fields,
+                          size_t nfields, const char *probe, int *probe_hit, size_t *err_off,
+                          const char **err_msg) {
+  scan_t s = {body, body + len, body, NULL, NULL, probe, probe ? strlen(probe) : 0, 0, 0, NULL};
+  assert(s.probe_len < KEY_MAX);
+  clear_fields(fields, nfields);
   skip_ws(&s);
   if (s.p >= s.end || *s.p != '{') {
     fail(&s, s.p, "the body must be a JSON object");
-    goto fail;
+    goto invalid;
   }
-  if (scan_container(&s, 0, 1, fields, nfields) != 0) goto fail;
+  if (scan_container(&s, 0, 1, fields, nfields) != 0) goto invalid;
   skip_ws(&s);
   if (s.p != s.end) {
     fail(&s, s.p, "unexpected data after the JSON object");
-    goto fail;
+    goto invalid;
   }
   if (probe_hit) *probe_hit = s.probe_hit;
+  if (s.dup_at != NULL) {
+    fail(&s, s.dup_at, "duplicate key");
+    goto fail;
+  }
   return 0;
 
+invalid:
+  clear_fields(fields, nfields); /* so that no field reads as a duplicate */
 fail:
   if (err_off) *err_off = (size_t)(s.err_at - body);
   if (err_msg) *err_msg = s.err_msg;
   return LLMUX_EINVAL;
+}
+
+const llmux_json_field_t *llmux_json_duplicate(const llmux_json_field_t *fields,
+                                               size_t nfields) {
+  size_t i;
+  for (i = 0; i < nfields; i++)
+    if (fields[i].count > 1) return &fields[i];
+  return NULL;
 }
 
 static size_t put_utf8(char *out, unsigned cp) {
@@ -324,6 +373,9 @@ int llmux_json_unquote(llmux_str_t v, char *out, size_t cap) {
               p += 6;
             }
           }
+          /* A lone surrogate has no UTF-8 form (its 3-byte encoding is
+           * CESU-8, which strict decoders refuse): say so as U+FFFD. */
+          if (cp >= 0xd800 && cp <= 0xdfff) cp = 0xfffd;
           if (cp == 0) return LLMUX_EINVAL; /* no NULs in C strings */
           k = put_utf8(buf, cp);
           break;

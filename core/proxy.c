@@ -257,8 +257,18 @@ static void fail_client(proxy_t *p, int status, const char *type, const char *co
 
 /* ---- validation --------------------------------------------------------- */
 
+/* Top-level keys of a request body that may each appear once (json_scan
+ * refuses a second occurrence, escaped or not), so that what the gateway
+ * checks is what the provider reads: first those read here, in F_ order,
+ * then those plugins translate or that change what a request costs. */
+static const char *const body_keys[] = {
+    "model", "stream", "messages", "prompt", "input", "tools", "response_format",
+    "max_completion_tokens", "max_tokens",
+    "stream_options", "n", "best_of", "tool_choice", "parallel_tool_calls", "functions",
+    "function_call", "temperature", "top_p", "seed", "stop", "user", "presence_penalty",
+    "frequency_penalty", "dimensions", "encoding_format"};
 enum { F_MODEL, F_STREAM, F_MESSAGES, F_PROMPT, F_INPUT, F_TOOLS, F_FORMAT, F_MAX_COMPLETION,
-       F_MAX_TOKENS, F_COUNT };
+       F_MAX_TOKENS, F_COUNT = LLMUX_COUNTOF(body_keys) };
 
 static int validate_fields(proxy_t *p, llmux_json_field_t *f) {
   if (f[F_MODEL].type == LLMUX_JSON_NONE) {
@@ -303,15 +313,25 @@ static int validate_fields(proxy_t *p, llmux_json_field_t *f) {
   return 0;
 }
 
+/* Does a response_format object ask for JSON? Its "type" as the provider
+ * reads it: unescaped, and a repeated "type" counts as asking. */
+static int wants_json(llmux_str_t format) {
+  llmux_json_field_t f[] = {{"type"}};
+  char type[16];
+  if (llmux_json_scan(format.base, format.len, f, 1, NULL, NULL) != 0)
+    return llmux_json_duplicate(f, 1) != NULL;
+  return f[0].type == LLMUX_JSON_STRING &&
+         llmux_json_unquote(f[0].value, type, sizeof type) == 0 &&
+         (strcmp(type, "json_object") == 0 || strcmp(type, "json_schema") == 0);
+}
+
 /* What the request needs from a model, for the router's capability filter. */
 static unsigned needed_caps(const proxy_t *p, const llmux_json_field_t *f, int images) {
   unsigned caps = 0;
   if (p->endpoint == LLMUX_ENDPOINT_EMBEDDINGS) return LLMUX_CAP_EMBEDDINGS;
   if (f[F_TOOLS].type == LLMUX_JSON_ARRAY && f[F_TOOLS].value.len > 2) caps |= LLMUX_CAP_TOOLS;
   if (images && f[F_MESSAGES].type == LLMUX_JSON_ARRAY) caps |= LLMUX_CAP_VISION;
-  if (f[F_FORMAT].type == LLMUX_JSON_OBJECT &&
-      (memmem(f[F_FORMAT].value.base, f[F_FORMAT].value.len, "json_object", 11) ||
-       memmem(f[F_FORMAT].value.base, f[F_FORMAT].value.len, "json_schema", 11)))
+  if (f[F_FORMAT].type == LLMUX_JSON_OBJECT && wants_json(f[F_FORMAT].value))
     caps |= LLMUX_CAP_JSON;
   return caps;
 }
@@ -325,20 +345,26 @@ static void estimate_tokens(proxy_t *p, const llmux_json_field_t *f) {
 
 static int validate(proxy_t *p) {
   int images = 0;
-  llmux_json_field_t f[F_COUNT] = {{"model"}, {"stream"}, {"messages"}, {"prompt"},
-                                   {"input"}, {"tools"},  {"response_format"},
-                                   {"max_completion_tokens"}, {"max_tokens"}};
-  size_t off = 0;
+  llmux_json_field_t f[F_COUNT];
+  const llmux_json_field_t *dup;
+  size_t off = 0, i;
   const char *why = NULL;
   if (p->body.len == 0) {
     fail_client(p, 400, "invalid_request_error", "invalid_json", NULL,
                 "The request has no body: send a JSON object with at least 'model'.");
     return -1;
   }
+  for (i = 0; i < F_COUNT; i++) f[i].key = body_keys[i];
   if (llmux_json_scan_probe(p->body.base, p->body.len, f, F_COUNT, "image_url", &images, &off,
                             &why) != 0) {
-    fail_client(p, 400, "invalid_request_error", "invalid_json", NULL,
-                "We could not parse the JSON body of your request: %s at byte %zu.", why, off);
+    if ((dup = llmux_json_duplicate(f, F_COUNT)) != NULL)
+      fail_client(p, 400, "invalid_request_error", "duplicate_key", dup->key,
+                  "'%s' appears more than once in the body (the second at byte %zu); "
+                  "send it once.", dup->key, off);
+    else
+      fail_client(p, 400, "invalid_request_error", "invalid_json", NULL,
+                  "We could not parse the JSON body of your request: %s at byte %zu.", why,
+                  off);
     return -1;
   }
   if (validate_fields(p, f) != 0) return -1;
@@ -418,16 +444,47 @@ static void end_stream_with_error(proxy_t *p, const char *code, const char *msg)
   proxy_finish(p);
 }
 
+/* The most tokens one answer is believed to use. */
+#define USAGE_MAX_TOKENS 1000000000
+
+/* The usage the plugin set, which is its provider's word: a count above
+ * USAGE_MAX_TOKENS, or below -1 (the ABI's "unknown"), is made unknown so
+ * the estimate stands in, and logged, once (the fix is kept), whatever a
+ * third-party plugin checked. Read only through here. */
+static llmux_usage_t plugin_usage(proxy_t *p) {
+  llmux_usage_t *u = &p->ht.txn.usage;
+  int bad_in = u->prompt_tokens < -1 || u->prompt_tokens > USAGE_MAX_TOKENS;
+  int bad_out = u->completion_tokens < -1 || u->completion_tokens > USAGE_MAX_TOKENS;
+  if (bad_in || bad_out) {
+    llmux_warn("%s: provider '%s' reported usage of %lld prompt and %lld completion tokens: "
+               "not believed, counted as unknown", p->rid,
+               p->route ? p->route->provider->name : "?", (long long)u->prompt_tokens,
+               (long long)u->completion_tokens);
+    if (bad_in) u->prompt_tokens = -1;
+    if (bad_out) u->completion_tokens = -1;
+  }
+  return *u;
+}
+
+/* Tokens to commit to the rate limiter: the answer's, else the reservation. */
+static uint64_t answer_tokens(proxy_t *p) {
+  llmux_usage_t u = plugin_usage(p);
+  return u.prompt_tokens >= 0 && u.completion_tokens >= 0
+             ? (uint64_t)(u.prompt_tokens + u.completion_tokens)
+             : p->resv_tokens;
+}
+
 /* The answer's usage, per tenant and model; input falls back on the
  * estimate when the provider did not say (a stream without
  * stream_options.include_usage). */
 static void account(proxy_t *p) {
-  const llmux_usage_t *u = &p->ht.txn.usage;
   const llmux_model_conf_t *m = p->route ? p->route->model : NULL;
+  llmux_usage_t u;
   uint64_t in, out;
   if (p->tenant == NULL || m == NULL) return;
-  in = u->prompt_tokens >= 0 ? (uint64_t)u->prompt_tokens : p->prompt_tokens;
-  out = u->completion_tokens >= 0 ? (uint64_t)u->completion_tokens : 0;
+  u = plugin_usage(p);
+  in = u.prompt_tokens >= 0 ? (uint64_t)u.prompt_tokens : p->prompt_tokens;
+  out = u.completion_tokens >= 0 ? (uint64_t)u.completion_tokens : 0;
   p->tenant_tokens = in + out;
   llmux_usage_add(p->gw->usage, p->tenant->conf->name, m->id, llmux_usage_today(), in, out,
                   ((double)in * m->price_in + (double)out * m->price_out) / 1e6);
@@ -515,7 +572,23 @@ static int status_for(llmux_fail_class_t c, int upstream_status) {
 }
 
 /* Remembers an attempt's failure: the last one decides the final answer,
- * and every one is listed in its message. */
+ * and every one is listed in its message. `msg` is for the client;
+ * `detail` (may be NULL) is for the log only and may name an address. */
+static void record_failure(proxy_t *p, int status, const char *type, const char *code,
+                           uint64_t retry_after_ms, const char *msg, const char *detail) {
+  p->have_failure = 1;
+  p->fail_status = status;
+  p->fail_type = type;
+  p->fail_code = code;
+  p->fail_retry_after_ms = retry_after_ms;
+  p->fail_msg.len = 0;
+  llmux_buf_appends(&p->fail_msg, msg);
+  llmux_buf_printf(&p->tried, "%s%s/%s: %s", p->tried.len ? "; " : "",
+                   p->route->provider->name, p->route->id, msg);
+  llmux_warn("%s: %s/%s failed: %s%s%s%s", p->rid, p->route->provider->name, p->route->id, msg,
+             detail ? " (" : "", detail ? detail : "", detail ? ")" : "");
+}
+
 static void note_failure(proxy_t *p, int status, const char *type, const char *code,
                          uint64_t retry_after_ms, const char *fmt, ...)
     __attribute__((format(printf, 6, 7)));
@@ -527,16 +600,17 @@ static void note_failure(proxy_t *p, int status, const char *type, const char *c
   va_start(ap, fmt);
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
-  p->have_failure = 1;
-  p->fail_status = status;
-  p->fail_type = type;
-  p->fail_code = code;
-  p->fail_retry_after_ms = retry_after_ms;
-  p->fail_msg.len = 0;
-  llmux_buf_appends(&p->fail_msg, msg);
-  llmux_buf_printf(&p->tried, "%s%s/%s: %s", p->tried.len ? "; " : "",
-                   p->route->provider->name, p->route->id, msg);
-  llmux_warn("%s: %s/%s failed: %s", p->rid, p->route->provider->name, p->route->id, msg);
+  record_failure(p, status, type, code, retry_after_ms, msg, NULL);
+}
+
+/* A failure before any answer. The client hears the provider's name and the
+ * kind of failure (or the plugin's advice); the upstream client's own words
+ * name the host and port, so they go to the log only. */
+static void note_net_failure(proxy_t *p, int status, const char *type, const char *code,
+                             const char *reason) {
+  char msg[512];
+  snprintf(msg, sizeof msg, "Provider '%s': %s", p->route->provider->name, reason);
+  record_failure(p, status, type, code, 0, msg, p->up.error[0] ? p->up.error : NULL);
 }
 
 static void note_skip(proxy_t *p, const llmux_route_conf_t *r, const char *why) {
@@ -675,7 +749,7 @@ static void on_up_body(llmux_upstream_req_t *up, const char *data, size_t len) {
 
 /* The attempt ended before any answer: a connection-level failure. */
 static void attempt_failed_net(proxy_t *p, int status) {
-  const char *why = p->up.error[0] ? p->up.error : llmux_strerror(status);
+  const char *why = status == LLMUX_EPROTO ? "the answer was not HTTP" : llmux_strerror(status);
   int reached = !(status == LLMUX_ECONNREFUSED || status == LLMUX_EDNS || status == LLMUX_ECERT ||
                   status == LLMUX_ETLS || status == LLMUX_EINVAL);
   llmux_router_report(p->gw->router, p->route->index, LLMUX_OUTCOME_FAILURE, 0, now_ms(p));
@@ -689,11 +763,11 @@ static void attempt_failed_net(proxy_t *p, int status) {
       vt->explain_error(p->prov->instance, status, why, &advice) == 0 && advice.len > 0)
     why = advice.base;
   if (status == LLMUX_ETIMEOUT)
-    note_failure(p, 504, "upstream_error", "upstream_timeout", 0, "timed out: %s", why);
+    note_net_failure(p, 504, "upstream_error", "upstream_timeout", why);
   else if (status == LLMUX_EPROTO)
-    note_failure(p, 502, "upstream_error", "upstream_garbage", 0, "not HTTP: %s", why);
+    note_net_failure(p, 502, "upstream_error", "upstream_garbage", why);
   else
-    note_failure(p, 502, "upstream_error", llmux_err_code(status), 0, "%s", why);
+    note_net_failure(p, 502, "upstream_error", llmux_err_code(status), why);
   llmux_buf_free(&advice);
   failover(p, status == LLMUX_ETIMEOUT || status == LLMUX_ECONNRESET || status == LLMUX_EEOF);
 }
@@ -757,7 +831,9 @@ static void on_up_done(llmux_upstream_req_t *up, int status) {
     llmux_rl_commit(&p->resv, p->resv_tokens, now_ms(p));
     llmux_router_report(p->gw->router, p->route->index, LLMUX_OUTCOME_FAILURE, 0, now_ms(p));
     snprintf(msg, sizeof msg, "The stream from provider '%s' broke: %s.",
-             p->route->provider->name, up->error[0] ? up->error : llmux_strerror(status));
+             p->route->provider->name, llmux_strerror(status));
+    llmux_warn("%s: %s/%s: stream broke: %s", p->rid, p->route->provider->name, p->route->id,
+               up->error[0] ? up->error : llmux_strerror(status));
     end_stream_with_error(p, status == LLMUX_ETIMEOUT ? "upstream_timeout" : "upstream_error",
                           msg);
     return;
@@ -766,14 +842,7 @@ static void on_up_done(llmux_upstream_req_t *up, int status) {
   if (status < 200 || status >= 300) { attempt_failed_http(p); return; }
 
   p->prov->plugin->vt->parse_response(p->prov->instance, &p->ht.txn, NULL, 0, 1);
-  {
-    llmux_usage_t u = p->ht.txn.usage;
-    llmux_rl_commit(&p->resv,
-                    u.prompt_tokens >= 0 && u.completion_tokens >= 0
-                        ? (uint64_t)(u.prompt_tokens + u.completion_tokens)
-                        : p->resv_tokens,
-                    now_ms(p));
-  }
+  llmux_rl_commit(&p->resv, answer_tokens(p), now_ms(p));
   if (p->started) {
     if (p->emit_failed == 2)
       end_stream_with_error(p, "upstream_garbage", "The provider's stream was malformed.");
@@ -850,7 +919,6 @@ static void build_upstream(proxy_t *p) {
  * call, so it is finished (or failed over) before this returns. */
 static void respond_locally(proxy_t *p, const llmux_route_conf_t *r, llmux_provider_rt_t *rt) {
   const llmux_provider_t *vt = rt->plugin->vt;
-  llmux_usage_t *u = &p->ht.txn.usage;
   int rc;
   if (p->stream) start_stream(p);
   rc = vt->respond_local(rt->instance, &p->ht.txn);
@@ -874,11 +942,7 @@ static void respond_locally(proxy_t *p, const llmux_route_conf_t *r, llmux_provi
     try_next(p);
     return;
   }
-  llmux_rl_commit(&p->resv,
-                  u->prompt_tokens >= 0 && u->completion_tokens >= 0
-                      ? (uint64_t)(u->prompt_tokens + u->completion_tokens)
-                      : p->resv_tokens,
-                  now_ms(p));
+  llmux_rl_commit(&p->resv, answer_tokens(p), now_ms(p));
   llmux_router_report(p->gw->router, r->index, LLMUX_OUTCOME_SUCCESS, 0, now_ms(p));
   finish_ok(p);
 }
@@ -947,8 +1011,7 @@ static void attempt(proxy_t *p, const llmux_route_conf_t *r, llmux_provider_rt_t
     p->t_up_start = 0;
     llmux_rl_release(&p->resv, now_ms(p));
     llmux_router_report(p->gw->router, r->index, LLMUX_OUTCOME_FAILURE, 0, now_ms(p));
-    note_failure(p, 502, "upstream_error", llmux_err_code(rc), 0, "%s",
-                 p->up.error[0] ? p->up.error : llmux_strerror(rc));
+    note_net_failure(p, 502, "upstream_error", llmux_err_code(rc), llmux_strerror(rc));
     try_next(p);
     return;
   }
@@ -1058,11 +1121,16 @@ static int tenant_admit(proxy_t *p) {
   char msg[256];
   int allowed = p->agent ? llmux_tenant_may_use_agent(p->tenant, p->gw->cfg, p->areq.agent)
                          : llmux_tenant_may_use(p->tenant, &p->res, NULL);
+  if (!allowed && !p->agent) {
+    /* The same answer as for a name that does not exist. */
+    llmux_api_model_not_found(p->client, p->gw->cfg, p->tenant, p->model_name);
+    proxy_finish(p);
+    return -1;
+  }
   if (!allowed) {
-    fail_client(p, 403, "invalid_request_error", "model_not_allowed", "model",
-                "Tenant '%s' may not use %s '%s': GET /v1/models lists what it may use.",
-                p->tenant->conf->name, p->agent ? "agent" : "model",
-                p->agent ? p->areq.agent->name : p->model_name);
+    fail_client(p, 403, "invalid_request_error", "AGENT_NOT_ALLOWED", NULL,
+                "Tenant '%s' may not use agent '%s': GET /v1/models lists what it may use.",
+                p->tenant->conf->name, p->areq.agent->name);
     return -1;
   }
   tokens = llmux_rl_tokens_to_reserve(LLMUX_RL_STYLE_GENERIC, p->prompt_tokens, p->max_tokens, 0);
@@ -1112,7 +1180,7 @@ void llmux_proxy_handle_opts(llmux_gateway_t *gw, llmux_http_req_t *req,
                   p->areq.agent->name);
       return;
     }
-    llmux_api_model_not_found(req, p->model_name, &p->res);
+    llmux_api_model_not_found(req, gw->cfg, p->tenant, p->model_name);
     proxy_finish(p);
     return;
   }

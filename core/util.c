@@ -109,26 +109,59 @@ size_t llmux_u64_hex(char *out, uint64_t v, unsigned min_digits) {
   return n;
 }
 
+/* The length of the well-formed UTF-8 sequence at p, or 0 when there is
+ * none; then *bad is how many bytes one U+FFFD replaces: the longest start
+ * of a sequence that could still have been well-formed (Unicode's "maximal
+ * subpart", as WHATWG's decoder, so we show what a browser would). */
+static size_t utf8_seq(const unsigned char *p, const unsigned char *end, size_t *bad) {
+  unsigned c = p[0], lo = 0x80, hi = 0xbf;
+  size_t n, i;
+  if (c < 0x80) return 1;
+  if (c >= 0xc2 && c <= 0xdf) n = 2;
+  else if (c >= 0xe0 && c <= 0xef) n = 3;
+  else if (c >= 0xf0 && c <= 0xf4) n = 4;
+  else { *bad = 1; return 0; }
+  if (c == 0xe0) lo = 0xa0;       /* overlong */
+  else if (c == 0xed) hi = 0x9f;  /* a surrogate (CESU-8) */
+  else if (c == 0xf0) lo = 0x90;  /* overlong */
+  else if (c == 0xf4) hi = 0x8f;  /* above U+10FFFF */
+  for (i = 1; i < n; i++) {
+    if (p + i >= end || p[i] < lo || p[i] > hi) { *bad = i; return 0; }
+    lo = 0x80;
+    hi = 0xbf;
+  }
+  return n;
+}
+
+/* Whatever the bytes, the result is valid JSON and valid UTF-8: error
+ * messages quote what clients sent, and a client's strict decoder must not
+ * choke on our answer to its mistake. Each ill-formed piece becomes \ufffd. */
 int llmux_buf_append_json_str(llmux_buf_t *b, const char *s, size_t n) {
   static const char hex[] = "0123456789abcdef";
-  size_t i, run = 0;
+  const unsigned char *u = (const unsigned char *)s;
+  size_t i = 0, run = 0;
   if (llmux_buf_reserve(b, n + 2) != 0) return LLMUX_ENOMEM;
   b->base[b->len++] = '"';
-  for (i = 0; i < n; i++) {
-    unsigned char c = (unsigned char)s[i];
+  while (i < n) {
+    unsigned char c = u[i];
     char esc[6];
-    size_t elen = 0;
-    if (c == '"' || c == '\\') { esc[0] = '\\'; esc[1] = (char)c; elen = 2; }
+    size_t elen = 0, step = 1;
+    if (c >= 0x80) {
+      size_t k = utf8_seq(u + i, u + n, &step);
+      if (k != 0) { run += k; i += k; continue; }
+      memcpy(esc, "\\ufffd", 6); elen = 6;
+    } else if (c == '"' || c == '\\') { esc[0] = '\\'; esc[1] = (char)c; elen = 2; }
     else if (c == '\n') { memcpy(esc, "\\n", 2); elen = 2; }
     else if (c == '\r') { memcpy(esc, "\\r", 2); elen = 2; }
     else if (c == '\t') { memcpy(esc, "\\t", 2); elen = 2; }
     else if (c < 0x20) {
       memcpy(esc, "\\u00", 4); esc[4] = hex[c >> 4]; esc[5] = hex[c & 15]; elen = 6;
     }
-    if (elen == 0) { run++; continue; }
+    if (elen == 0) { run++; i++; continue; }
     if (llmux_buf_append(b, s + i - run, run) != 0) return LLMUX_ENOMEM;
     run = 0;
     if (llmux_buf_append(b, esc, elen) != 0) return LLMUX_ENOMEM;
+    i += step;
   }
   if (llmux_buf_append(b, s + n - run, run) != 0) return LLMUX_ENOMEM;
   return llmux_buf_append(b, "\"", 1);

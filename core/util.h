@@ -32,7 +32,8 @@ int llmux_buf_printf(llmux_buf_t *b, const char *fmt, ...)
  * returns the length. For hot paths where printf's parsing shows up. */
 size_t llmux_u64_dec(char *out, uint64_t v);
 size_t llmux_u64_hex(char *out, uint64_t v, unsigned min_digits);
-/* Appends `s` as a JSON string literal, quotes included. */
+/* Appends `s` as a JSON string literal, quotes included. Any bytes give
+ * valid UTF-8 JSON: each ill-formed UTF-8 piece becomes \ufffd. */
 int llmux_buf_append_json_str(llmux_buf_t *b, const char *s, size_t n);
 void llmux_buf_consume(llmux_buf_t *b, size_t n); /* drop n bytes at the front */
 void llmux_buf_free(llmux_buf_t *b);

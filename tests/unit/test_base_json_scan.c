@@ -1,10 +1,12 @@
-/* The request scanner: finds top-level fields and rejects invalid JSON. */
+/* The request scanner: finds top-level fields by the text their keys spell,
+ * refuses a field given twice, and rejects invalid JSON. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 #include <cmocka.h>
 
 #include <jansson.h>
@@ -117,8 +119,97 @@ static void probes_a_key_at_any_depth_in_the_same_pass(void **state) {
   assert_int_equal(hit, 0);
 }
 
+/* Keys are the text they spell, as the provider's parser reads them. */
+static void matches_keys_after_unescaping(void **state) {
+  const char *body = "{\"m\\u006fdel\":\"fast\",\"\\u0073\\u0054ream\":1,"
+                     "\"max\\u005Ftokens\":7,\"mod\\u00e9l\":2,\"model\\u0000\":3}";
+  llmux_json_field_t f[] = {{"model"}, {"sTream"}, {"max_tokens"}, {"mod\xc3\xa9l"}};
+  (void)state;
+  assert_int_equal(scan(body, f, 4, NULL, NULL), 0);
+  assert_int_equal(f[0].type, LLMUX_JSON_STRING);
+  assert_memory_equal(f[0].value.base, "\"fast\"", 6);
+  assert_int_equal(f[0].count, 1); /* "model\u0000" is another key */
+  assert_int_equal(f[1].type, LLMUX_JSON_NUMBER);
+  assert_int_equal(f[2].type, LLMUX_JSON_NUMBER);
+  assert_memory_equal(f[2].value.base, "7", 1);
+  assert_int_equal(f[3].type, LLMUX_JSON_NUMBER);
+}
+
+static void refuses_a_key_asked_for_given_twice(void **state) {
+  static const struct { const char *body, *key; size_t second; } cases[] = {
+    {"{\"model\":\"fast\",\"mod\\u0065l\":\"secret\"}", "model", 16},
+    {"{\"model\":\"a\", \"model\":\"a\"}", "model", 14},
+    {"{\"messages\":[],\"x\":{},\"\\u006dessages\":[]}", "messages", 22},
+    {"{\"max_tokens\":1,\"max\\u005ftokens\":100000}", "max_tokens", 16},
+  };
+  llmux_json_field_t f[] = {{"model"}, {"messages"}, {"max_tokens"}};
+  size_t i, off;
+  const char *msg;
+  (void)state;
+  for (i = 0; i < LLMUX_COUNTOF(cases); i++) {
+    const llmux_json_field_t *dup;
+    assert_int_equal(scan(cases[i].body, f, 3, &off, &msg), LLMUX_EINVAL);
+    assert_string_equal(msg, "duplicate key");
+    assert_int_equal(off, cases[i].second);
+    dup = llmux_json_duplicate(f, 3);
+    assert_non_null(dup);
+    assert_string_equal(dup->key, cases[i].key);
+    assert_int_equal(dup->count, 2);
+  }
+}
+
+static void lets_other_keys_repeat_and_nested_keys_alone(void **state) {
+  const char *body = "{\"x\":1,\"x\":2,\"messages\":[{\"model\":1,\"model\":2}],"
+                     "\"model\":\"m\",\"o\":{\"model\":3}}";
+  llmux_json_field_t f[] = {{"model"}, {"messages"}};
+  (void)state;
+  assert_int_equal(scan(body, f, 2, NULL, NULL), 0);
+  assert_int_equal(f[0].count, 1);
+  assert_memory_equal(f[0].value.base, "\"m\"", 3);
+  assert_null(llmux_json_duplicate(f, 2));
+}
+
+/* A body that is not JSON is reported as such, whatever else it holds. */
+static void invalid_json_wins_over_a_duplicate(void **state) {
+  const char *msg = NULL;
+  llmux_json_field_t f[] = {{"model"}};
+  (void)state;
+  assert_int_equal(scan("{\"model\":\"a\",\"model\":\"b\",}", f, 1, NULL, &msg), LLMUX_EINVAL);
+  assert_string_not_equal(msg, "duplicate key");
+  assert_null(llmux_json_duplicate(f, 1));
+  assert_int_equal(f[0].type, LLMUX_JSON_NONE);
+}
+
+static void probes_an_escaped_key_too(void **state) {
+  const char *img = "{\"messages\":[{\"content\":[{\"image\\u005furl\":{\"url\":\"x\"}}]}]}";
+  int hit = 0;
+  (void)state;
+  assert_int_equal(llmux_json_scan_probe(img, strlen(img), NULL, 0, "image_url", &hit, NULL, NULL), 0);
+  assert_int_equal(hit, 1);
+}
+
+/* A lone surrogate has no UTF-8 form: U+FFFD stands for it, so what the
+ * gateway quotes back (an unknown model's name) is valid UTF-8. */
+static void unquotes_a_lone_surrogate_as_u_fffd(void **state) {
+  static const struct { const char *in, *want; } cases[] = {
+    {"\"m\\ud800\"", "m\xef\xbf\xbd"},
+    {"\"\\udc00x\"", "\xef\xbf\xbdx"},
+    {"\"\\ud800\\u0041\"", "\xef\xbf\xbd" "A"},
+    {"\"\\uD83D\\uDE00\"", "\xf0\x9f\x98\x80"},
+  };
+  char out[32];
+  size_t i;
+  (void)state;
+  for (i = 0; i < LLMUX_COUNTOF(cases); i++) {
+    llmux_str_t v = {cases[i].in, strlen(cases[i].in)};
+    assert_int_equal(llmux_json_unquote(v, out, sizeof out), 0);
+    assert_string_equal(out, cases[i].want);
+  }
+}
+
 /* Differential check against jansson over mutated documents (fixed seed):
- * whatever one accepts as a JSON object, the other must too. */
+ * whatever one accepts as a JSON object, the other must too; and the
+ * fields the scanner reports are the values jansson reads for those keys. */
 static unsigned long long rng = 0x9e3779b97f4a7c15ull;
 static unsigned next_rand(void) {
   rng ^= rng << 13;
@@ -127,20 +218,34 @@ static unsigned next_rand(void) {
   return (unsigned)(rng >> 11);
 }
 
+/* The value jansson reads for a field, against the bytes the scanner
+ * reported: both absent, or equal once parsed. */
+static int same_as_jansson(json_t *doc, const llmux_json_field_t *f) {
+  json_t *theirs = json_object_get(doc, f->key), *mine;
+  int same;
+  if (f->type == LLMUX_JSON_NONE || theirs == NULL) return f->type == LLMUX_JSON_NONE && !theirs;
+  mine = json_loadb(f->value.base, f->value.len, JSON_DECODE_ANY, NULL);
+  same = json_equal(mine, theirs);
+  json_decref(mine);
+  return same;
+}
+
 static void agrees_with_jansson_on_mutated_documents(void **state) {
   static const char *seeds[] = {
     "{\"model\":\"gpt-4\",\"messages\":[{\"role\":\"user\",\"content\":\"h\\u00e9\\n\"}],"
     "\"stream\":true,\"n\":-1.5e3,\"x\":null,\"y\":false,\"z\":{}}",
     "{\"a\":[1,2,[3,{\"b\":\"\\\"q\\\"\"}]],\"c\":0.25,\"d\":\"caf\xc3\xa9\"}",
+    "{\"m\\u006fdel\":\"x\",\"\\u006e\":[1],\"str\\u0065am\":false,\"messages\":{\"n\":1}}",
   };
   static const char alphabet[] = "{}[]\":,0123456789-+.eEtrufalsn \\u\x01\xc3\xa9\xff";
   char buf[512];
   int i, k;
   (void)state;
-  for (i = 0; i < 20000; i++) {
-    const char *seed = seeds[i % 2];
+  for (i = 0; i < 30000; i++) {
+    const char *seed = seeds[i % 3];
+    llmux_json_field_t f[] = {{"model"}, {"messages"}, {"stream"}, {"n"}, {"c"}};
     size_t n = strlen(seed), j;
-    int mine, theirs;
+    int rc, mine, theirs;
     json_t *doc;
     memcpy(buf, seed, n + 1);
     for (k = 0; k < 1 + (int)(next_rand() % 3); k++) {
@@ -156,16 +261,77 @@ static void agrees_with_jansson_on_mutated_documents(void **state) {
           n--;
       }
     }
-    /* Known, deliberate differences: jansson refuses \u0000 by default. */
+    /* Known, deliberate differences: jansson refuses \u0000 by default,
+     * and lone surrogate escapes (which JSON allows). */
     for (j = 0; j + 5 < n; j++)
-      if (memcmp(buf + j, "\\u0000", 6) == 0) break;
+      if (memcmp(buf + j, "\\u0000", 6) == 0 || strncasecmp(buf + j, "\\ud", 4) == 0) break;
     if (j + 5 < n) continue;
-    mine = llmux_json_scan(buf, n, NULL, 0, NULL, NULL) == 0;
+    rc = llmux_json_scan(buf, n, f, LLMUX_COUNTOF(f), NULL, NULL);
+    mine = rc == 0 || llmux_json_duplicate(f, LLMUX_COUNTOF(f)) != NULL;
     doc = json_loadb(buf, n, 0, NULL);
     theirs = doc != NULL && json_is_object(doc);
-    json_decref(doc);
     if (mine != theirs) fail_msg("scanner %s, jansson %s: %.*s", mine ? "accepts" : "refuses",
                                  theirs ? "accepts" : "refuses", (int)n, buf);
+    for (j = 0; rc == 0 && j < LLMUX_COUNTOF(f); j++)
+      if (!same_as_jansson(doc, &f[j])) fail_msg("'%s' differs: %.*s", f[j].key, (int)n, buf);
+    json_decref(doc);
+  }
+}
+
+/* Objects built from members whose keys are random spellings (escaped
+ * letter by letter, or not) of a few names: the scanner reports a duplicate
+ * exactly when a name asked for occurs twice at the top level, and
+ * otherwise reads what jansson reads. */
+static void append_spelling(char *out, size_t *n, const char *name) {
+  out[(*n)++] = '"';
+  for (; *name; name++) {
+    if ((unsigned char)*name < 0x80 && next_rand() % 3 == 0)
+      *n += (size_t)sprintf(out + *n, next_rand() % 2 ? "\\u%04x" : "\\u%04X", *name);
+    else
+      out[(*n)++] = *name;
+  }
+  out[(*n)++] = '"';
+}
+
+static void finds_duplicates_however_keys_are_spelled(void **state) {
+  static const char *names[] = {"model", "messages", "n", "mode", "models", "x",
+                                "mod\xc3\xa9l", "max_tokens_but_longer_than_any_key_we_"
+                                "look_for_is_allowed_to_be"};
+  static const char *values[] = {"\"v\"", "1", "[1,{\"model\":2}]", "{\"model\":1,\"model\":2}",
+                                 "\"\\u0041\""};
+  char buf[2048];
+  int i;
+  (void)state;
+  for (i = 0; i < 5000; i++) {
+    llmux_json_field_t f[] = {{"model"}, {"messages"}, {"n"}, {"mod\xc3\xa9l"}};
+    unsigned count[LLMUX_COUNTOF(names)] = {0};
+    unsigned members = next_rand() % 6, m, k;
+    size_t n = 0, j;
+    int rc, want_dup = 0;
+    json_t *doc;
+    buf[n++] = '{';
+    for (m = 0; m < members; m++) {
+      unsigned which = next_rand() % LLMUX_COUNTOF(names);
+      const char *v = values[next_rand() % LLMUX_COUNTOF(values)];
+      if (m) buf[n++] = ',';
+      append_spelling(buf, &n, names[which]);
+      n += (size_t)sprintf(buf + n, ":%s", v);
+      count[which]++;
+    }
+    buf[n++] = '}';
+    for (k = 0; k < LLMUX_COUNTOF(names); k++)
+      for (j = 0; j < LLMUX_COUNTOF(f); j++)
+        if (strcmp(names[k], f[j].key) == 0 && count[k] > 1) want_dup = 1;
+    rc = llmux_json_scan(buf, n, f, LLMUX_COUNTOF(f), NULL, NULL);
+    if ((rc != 0) != want_dup || (rc != 0 && llmux_json_duplicate(f, LLMUX_COUNTOF(f)) == NULL))
+      fail_msg("duplicate %s, scanner %d: %.*s", want_dup ? "expected" : "not expected", rc,
+               (int)n, buf);
+    if (rc != 0) continue;
+    doc = json_loadb(buf, n, 0, NULL);
+    assert_non_null(doc);
+    for (j = 0; j < LLMUX_COUNTOF(f); j++)
+      if (!same_as_jansson(doc, &f[j])) fail_msg("'%s' differs: %.*s", f[j].key, (int)n, buf);
+    json_decref(doc);
   }
 }
 
@@ -178,7 +344,14 @@ int main(void) {
     cmocka_unit_test(unquotes_escapes_and_surrogates),
     cmocka_unit_test(finds_special_bytes_at_every_alignment),
     cmocka_unit_test(probes_a_key_at_any_depth_in_the_same_pass),
+    cmocka_unit_test(matches_keys_after_unescaping),
+    cmocka_unit_test(refuses_a_key_asked_for_given_twice),
+    cmocka_unit_test(lets_other_keys_repeat_and_nested_keys_alone),
+    cmocka_unit_test(invalid_json_wins_over_a_duplicate),
+    cmocka_unit_test(probes_an_escaped_key_too),
+    cmocka_unit_test(unquotes_a_lone_surrogate_as_u_fffd),
     cmocka_unit_test(agrees_with_jansson_on_mutated_documents),
+    cmocka_unit_test(finds_duplicates_however_keys_are_spelled),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
