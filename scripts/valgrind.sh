@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the pure-logic unit tests and the CLI's configuration paths under
+# Runs the pure-logic unit tests, the plugin translation tests (each plugin
+# dlopen'd and fed recorded answers) and the CLI's configuration paths under
 # valgrind's memcheck: any leak or invalid access fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,7 +9,8 @@ VG=(valgrind --quiet --error-exitcode=99 --leak-check=full --errors-for-leak-kin
     --track-origins=yes)
 fail=0
 for t in test_base_json_scan test_config test_config_registry test_ratelimit test_router \
-         test_net_tls; do
+         test_net_tls test_plugin_openai test_plugin_anthropic test_plugin_ollama \
+         test_plugin_simple; do
   [ -x "$BUILD/tests/$t" ] || continue
   if "${VG[@]}" "$BUILD/tests/$t" >/dev/null 2>"$BUILD/valgrind-$t.log"; then
     echo "valgrind: $t clean"

@@ -12,7 +12,11 @@
  *
  * Streams are Server-Sent Events parsed as they arrive, whatever the byte
  * boundaries: each Anthropic event is turned into at most two OpenAI chunks
- * and emitted at once, so nothing but the current line is buffered. */
+ * and emitted at once, so nothing but the current line is buffered.
+ *
+ * Numbers from Anthropic are untrusted: a usage count that is not an
+ * integer of 0 to USAGE_MAX reaches the host as unknown (-1) and is logged
+ * once per answer; a block index must be an integer in range. */
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,10 +40,17 @@ static const llmux_config_key_t anthropic_keys[] = {
 #define LINE_MAX_BYTES (16u << 20)
 /* Nor is a plain answer larger than this. */
 #define BODY_MAX_BYTES (64u << 20)
+/* The most tokens one request is believed to use; a larger count is a
+ * fault, not usage. */
+#define USAGE_MAX 1000000000
+/* A wait longer than this is a misread, not a wait (the host's own header
+ * parsing disbelieves such resets too). */
+#define RETRY_AFTER_MAX_MS (2u * 86400000u)
 
 typedef struct {
   llmux_buf_t head;          /* "x-api-key: ...\r\nanthropic-version: ...\r\n" */
   json_int_t default_max_tokens;
+  const char *name;          /* the section's name, borrowed from cfg, for logs */
 } anthropic_t;
 
 enum { STREAM_WAIT_START = 0, STREAM_OPEN, STREAM_DONE };
@@ -60,6 +71,9 @@ typedef struct {
   int finish_sent;
   int ntools;
   int64_t prompt_tokens, completion_tokens, cached_tokens;
+  int usage_logged;          /* a bad usage number was logged for this answer */
+  int as_reals;              /* the document at hand was read with integers as reals */
+  const char *provider;      /* the instance's name, for logs */
 } anthropic_txn_t;
 
 /* ---- small helpers ------------------------------------------------------- */
@@ -83,6 +97,31 @@ static int is_type(json_t *obj, const char *type) {
 
 static int starts_with(const char *s, const char *prefix) {
   return strncmp(s, prefix, strlen(prefix)) == 0;
+}
+
+/* Anthropic's JSON. jansson refuses a whole document for one integer
+ * beyond 64 bits; rather than lose the answer over, say, a usage count,
+ * such a document is read again with every integer as a real (*as_reals
+ * set), and the checks on counts and indexes refuse the huge ones. */
+static json_t *load_json(const char *s, size_t n, int *as_reals) {
+  json_t *v = json_loadb(s, n, 0, NULL);
+  *as_reals = v == NULL;
+  return v ? v : json_loadb(s, n, JSON_DECODE_INT_AS_REAL, NULL);
+}
+
+/* v as an integer of lo to hi into *out: an integer, or in a document read
+ * with integers as reals, a whole real (exact in a double below 2^53). */
+static int int_in(json_t *v, int as_reals, json_int_t lo, json_int_t hi, json_int_t *out) {
+  double d;
+  if (json_is_integer(v)) {
+    *out = json_integer_value(v);
+    return *out >= lo && *out <= hi;
+  }
+  if (!as_reals || !json_is_real(v)) return 0;
+  d = json_real_value(v);
+  if (!(d >= (double)lo && d <= (double)hi) || d != (double)(json_int_t)d) return 0;
+  *out = (json_int_t)d;
+  return 1;
 }
 
 /* A real in the fewest digits that read back as the same double, so 0.7
@@ -149,6 +188,7 @@ static int anthropic_create(const llmux_provider_config_t *cfg, void **instance,
   if (p == NULL) return LLMUX_ENOMEM;
   memset(p, 0, sizeof *p);
   p->default_max_tokens = (json_int_t)n;
+  p->name = cfg->name;
   /* Formatted once: the key never appears anywhere else, and never in a log. */
   if (cfg->api_key != NULL) rc |= host->buf_printf(&p->head, "x-api-key: %s\r\n", cfg->api_key);
   rc |= host->buf_printf(&p->head, "anthropic-version: %s\r\n",
@@ -478,6 +518,7 @@ static void txn_reset(anthropic_txn_t *t) {
   t->include_usage = t->skip_lf = t->state = t->finish_sent = t->ntools = 0;
   t->prompt_tokens = t->completion_tokens = -1;
   t->cached_tokens = 0;
+  t->usage_logged = 0;
 }
 
 static int anthropic_translate_request(void *instance, llmux_txn_t *txn) {
@@ -493,6 +534,7 @@ static int anthropic_translate_request(void *instance, llmux_txn_t *txn) {
     txn->data = t;
   }
   txn_reset(t);
+  t->provider = p->name;
   req = host->request_json(txn);
   if (!json_is_object(req)) return bad_request("the body is not a JSON object");
   t->include_usage = json_is_true(
@@ -520,18 +562,56 @@ static const char *finish_reason(const char *stop_reason) {
   return "stop"; /* end_turn, stop_sequence, pause_turn */
 }
 
-/* Anthropic's usage (input excludes cache reads and writes; OpenAI's
- * prompt_tokens includes them). Fields absent leave the counts as they are. */
-static void read_usage(anthropic_txn_t *t, json_t *usage) {
-  json_t *in = json_object_get(usage, "input_tokens"), *out;
-  out = json_object_get(usage, "output_tokens");
-  if (json_is_integer(in)) {
-    json_int_t read = json_integer_value(json_object_get(usage, "cache_read_input_tokens"));
-    json_int_t made = json_integer_value(json_object_get(usage, "cache_creation_input_tokens"));
-    t->prompt_tokens = json_integer_value(in) + read + made;
-    t->cached_tokens = read;
+enum { COUNT_ABSENT = 0, COUNT_OK, COUNT_BAD };
+
+/* usage[key] as a token count in *out (left as it is unless COUNT_OK):
+ * COUNT_ABSENT when missing or null, COUNT_BAD when not an integer of 0 to
+ * USAGE_MAX (a real, a string, negative, huge), noted in `why` for the log. */
+static int count_at(const anthropic_txn_t *t, json_t *usage, const char *key, int64_t *out,
+                    llmux_buf_t *why) {
+  json_t *v = json_object_get(usage, key);
+  json_int_t n;
+  char *text;
+  if (v == NULL || json_is_null(v)) return COUNT_ABSENT;
+  if (int_in(v, t->as_reals, 0, USAGE_MAX, &n)) {
+    *out = n;
+    return COUNT_OK;
   }
-  if (json_is_integer(out)) t->completion_tokens = json_integer_value(out);
+  text = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+  host->buf_printf(why, " %s=%.24s", key, text ? text : "?");
+  free(text);
+  return COUNT_BAD;
+}
+
+/* Anthropic's usage (input excludes cache reads and writes; OpenAI's
+ * prompt_tokens includes them). Fields absent leave the counts as they
+ * are; a field that is not a count makes its count unknown (-1), logged
+ * once per answer (a stream carries usage in two events). */
+static void read_usage(anthropic_txn_t *t, json_t *usage) {
+  llmux_buf_t why = {0};
+  int64_t in = 0, read = 0, made = 0, out = 0;
+  int rin = count_at(t, usage, "input_tokens", &in, &why);
+  int rread = count_at(t, usage, "cache_read_input_tokens", &read, &why);
+  int rmade = count_at(t, usage, "cache_creation_input_tokens", &made, &why);
+  int rout = count_at(t, usage, "output_tokens", &out, &why);
+  if (rin == COUNT_OK && rread != COUNT_BAD && rmade != COUNT_BAD) {
+    int64_t sum = in + read + made; /* each at most USAGE_MAX: no overflow */
+    if (sum > USAGE_MAX) host->buf_printf(&why, " input_tokens+cache_*=%lld", (long long)sum);
+    t->prompt_tokens = sum > USAGE_MAX ? -1 : sum;
+    t->cached_tokens = sum > USAGE_MAX ? 0 : read;
+  } else if (rin != COUNT_ABSENT) {
+    t->prompt_tokens = -1;
+    t->cached_tokens = 0;
+  }
+  if (rout != COUNT_ABSENT) t->completion_tokens = rout == COUNT_OK ? out : -1;
+  if (why.len && !t->usage_logged) {
+    t->usage_logged = 1;
+    host->log(LLMUX_LOG_LEVEL_WARN,
+              "anthropic: provider '%s' answered usage%.*s: not a count of 0 to %d tokens, "
+              "reported as unknown", t->provider ? t->provider : "?", (int)why.len, why.base,
+              USAGE_MAX);
+  }
+  host->buf_free(&why);
 }
 
 static int usage_json(llmux_buf_t *b, const anthropic_txn_t *t) {
@@ -554,12 +634,13 @@ static void set_served_model(llmux_txn_t *txn, const char *model) {
 
 /* ---- responses: plain ------------------------------------------------------ */
 
-/* OpenAI's tool_calls entry for a tool_use block. */
+/* OpenAI's tool_calls entry for a tool_use block; one without an input
+ * object is a call without arguments. */
 static int tool_call_json(llmux_buf_t *b, llmux_buf_t *scratch, json_t *block) {
+  json_t *input = json_object_get(block, "input");
   int rc;
   scratch->len = 0;
-  rc = dump_json(scratch, json_is_object(json_object_get(block, "input"))
-                              ? json_object_get(block, "input") : json_object());
+  rc = json_is_object(input) ? dump_json(scratch, input) : buf_puts(scratch, "{}");
   rc |= buf_puts(b, "{\"id\":");
   rc |= buf_json_str(b, str_at(block, "id") ? str_at(block, "id") : "");
   rc |= buf_puts(b, ",\"type\":\"function\",\"function\":{\"name\":");
@@ -600,7 +681,7 @@ static int message_json(llmux_buf_t *b, anthropic_txn_t *t, json_t *content) {
 
 /* The whole Anthropic message in t->in, emitted as one chat.completion. */
 static int emit_message(llmux_txn_t *txn, anthropic_txn_t *t) {
-  json_t *m = json_loadb(t->in.base, t->in.len, 0, NULL);
+  json_t *m = load_json(t->in.base, t->in.len, &t->as_reals);
   const char *id = str_at(m, "id"), *model = str_at(m, "model");
   llmux_buf_t *b = &t->out;
   int rc = 0;
@@ -689,6 +770,13 @@ static int on_message_start(llmux_txn_t *txn, anthropic_txn_t *t, json_t *ev) {
   return emit_chunk(txn, t, role, sizeof role - 1, NULL);
 }
 
+/* The event's content block index; -1 when it is not an integer (a real,
+ * a string, missing), which every use below refuses. */
+static json_int_t block_index(const anthropic_txn_t *t, json_t *ev) {
+  json_int_t i;
+  return int_in(json_object_get(ev, "index"), t->as_reals, 0, INT32_MAX, &i) ? i : -1;
+}
+
 /* The tool-call index of content block `index`, or -1. */
 static int block_tool(const anthropic_txn_t *t, json_int_t index) {
   const int *map = (const int *)(void *)t->block_tool.base;
@@ -719,7 +807,7 @@ static int emit_text(llmux_txn_t *txn, anthropic_txn_t *t, const char *text) {
 /* A tool_use block opens a tool call: its index, id, name, no arguments yet. */
 static int on_block_start(llmux_txn_t *txn, anthropic_txn_t *t, json_t *ev) {
   json_t *block = json_object_get(ev, "content_block");
-  json_int_t index = json_integer_value(json_object_get(ev, "index"));
+  json_int_t index = block_index(t, ev);
   int rc, tool;
   if (is_type(block, "text")) return emit_text(txn, t, str_at(block, "text"));
   if (!is_type(block, "tool_use")) return 0; /* thinking, server tools: not OpenAI's */
@@ -741,7 +829,7 @@ static int on_block_delta(llmux_txn_t *txn, anthropic_txn_t *t, json_t *ev) {
   if (is_type(delta, "text_delta")) return emit_text(txn, t, str_at(delta, "text"));
   if (!is_type(delta, "input_json_delta")) return 0; /* thinking, signatures, citations */
   part = str_at(delta, "partial_json");
-  tool = block_tool(t, json_integer_value(json_object_get(ev, "index")));
+  tool = block_tool(t, block_index(t, ev));
   if (tool < 0) return LLMUX_EUPSTREAM;
   if (part == NULL || *part == '\0') return 0;
   t->scratch.len = 0;
@@ -792,7 +880,7 @@ static int on_error_event(llmux_txn_t *txn, anthropic_txn_t *t, json_t *ev) {
 
 /* One complete SSE event (its data lines in t->ev_data). */
 static int on_event(llmux_txn_t *txn, anthropic_txn_t *t) {
-  json_t *ev = json_loadb(t->ev_data.base, t->ev_data.len, 0, NULL);
+  json_t *ev = load_json(t->ev_data.base, t->ev_data.len, &t->as_reals);
   const char *type = str_at(ev, "type");
   int rc = 0;
   t->ev_data.len = 0;
@@ -940,16 +1028,33 @@ static void classify(int status, const char *type, const char *code, const char 
   }
 }
 
-/* retry-after, in seconds (Anthropic sends whole seconds). */
+static int is_space(char c) {
+  return c == ' ' || c == '\t';
+}
+
+/* retry-after in milliseconds: Anthropic sends whole seconds, a fraction
+ * is taken too. 0 when absent, malformed or above RETRY_AFTER_MAX_MS. Read
+ * by hand: strtod takes "inf", "-5" and "1e999", and turning such a double
+ * into an integer is undefined behaviour. */
 static uint64_t retry_after_ms(const llmux_txn_t *txn) {
   const llmux_str_t *v = host->header_get(txn->resp_headers, txn->nresp_headers, "retry-after");
-  char tmp[32];
-  double s;
-  if (v == NULL || v->len == 0 || v->len >= sizeof tmp) return 0;
-  memcpy(tmp, v->base, v->len);
-  tmp[v->len] = '\0';
-  s = strtod(tmp, NULL);
-  return s > 0 ? (uint64_t)(s * 1000.0) : 0;
+  const char *p, *end;
+  uint64_t secs = 0, frac = 0, scale = 1, ms;
+  if (v == NULL) return 0;
+  for (p = v->base, end = p + v->len; p < end && is_space(*p); p++) {}
+  while (end > p && is_space(end[-1])) end--;
+  for (; p < end && *p >= '0' && *p <= '9'; p++) {
+    secs = secs * 10 + (uint64_t)(*p - '0');
+    if (secs > RETRY_AFTER_MAX_MS / 1000) return 0;
+  }
+  if (p < end && *p == '.') {
+    for (p++; p < end && *p >= '0' && *p <= '9'; p++) {
+      if (scale < 1000) { frac = frac * 10 + (uint64_t)(*p - '0'); scale *= 10; }
+    }
+  }
+  if (p != end) return 0;
+  ms = secs * 1000 + frac * 1000 / scale;
+  return ms <= RETRY_AFTER_MAX_MS ? ms : 0;
 }
 
 static int anthropic_classify_error(void *instance, llmux_txn_t *txn, const char *body,

@@ -16,7 +16,12 @@
  * call at index i is "call_<hex of mix64(FNV-1a over "#i" seeded with H)>",
  * mix64 being splitmix64's finaliser. The same
  * request gets the same ids (a retry, a replay), different requests or
- * indexes different ones. */
+ * indexes different ones.
+ *
+ * Numbers from Ollama are untrusted: a token count (prompt_eval_count,
+ * eval_count) that is not an integer of 0 to USAGE_MAX reaches the host as
+ * unknown (-1) and is logged once per answer; created_at is read digit by
+ * digit. */
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +34,9 @@
 static const llmux_host_api_t *host;
 
 #define LINE_MAX_BYTES ((size_t)64 << 20) /* one NDJSON line, or a whole plain body */
+/* The most tokens one request is believed to use; a larger count is a
+ * fault, not usage. */
+#define USAGE_MAX 1000000000
 #define FNV_OFFSET 0xcbf29ce484222325ull
 #define FNV_PRIME 0x100000001b3ull
 
@@ -43,6 +51,7 @@ static const llmux_config_key_t ollama_keys[] = {
 typedef struct {
   llmux_buf_t auth_line;  /* "Authorization: Bearer KEY\r\n" when a key is set */
   llmux_buf_t url;        /* base_url, for the user's advice */
+  const char *name;       /* the section's name, borrowed from cfg, for logs */
   json_t *keep_alive;     /* NULL: Ollama's default */
   json_int_t num_ctx;     /* 0: Ollama's default */
 } ollama_t;
@@ -62,6 +71,8 @@ typedef struct {
   int done;               /* saw done:true or an error line: ignore the rest */
   int failed;             /* garbage: no answer to give */
   int errored;            /* an {"error"} line: reported in-band (stream) */
+  int as_reals;           /* the line at hand was read with integers as reals */
+  const char *provider;   /* the instance's name, for logs */
   unsigned ntools;        /* tool calls so far: the next one's index */
   const char *done_reason;/* static */
   /* a plain (non-stream) answer, gathered line by line */
@@ -107,6 +118,58 @@ static const char *str_of(const json_t *obj, const char *key) {
   return json_string_value(json_object_get(obj, key));
 }
 
+/* One line of Ollama's. jansson refuses a whole document for one integer
+ * beyond 64 bits; rather than lose the answer over a count, such a line is
+ * read again with every integer as a real (*as_reals set), and the count
+ * checks refuse the huge ones. */
+static json_t *load_json(const char *s, size_t n, int *as_reals) {
+  json_t *v = json_loadb(s, n, 0, NULL);
+  *as_reals = v == NULL;
+  return v ? v : json_loadb(s, n, JSON_DECODE_INT_AS_REAL, NULL);
+}
+
+/* line[key] as a token count: 1 and *out when an integer of 0 to USAGE_MAX
+ * (in a line read with integers as reals, a whole real: exact below 2^53),
+ * 0 when absent or null, -1 for anything else, noted in `why` for the log. */
+static int count_of(const ollama_txn_t *t, const json_t *line, const char *key, int64_t *out,
+                    llmux_buf_t *why) {
+  const json_t *v = json_object_get(line, key);
+  double d;
+  char *text;
+  if (v == NULL || json_is_null(v)) return 0;
+  if (json_is_integer(v) && json_integer_value(v) >= 0 && json_integer_value(v) <= USAGE_MAX) {
+    *out = json_integer_value(v);
+    return 1;
+  }
+  d = json_real_value(v);
+  if (t->as_reals && json_is_real(v) && d >= 0 && d <= USAGE_MAX && d == (double)(int64_t)d) {
+    *out = (int64_t)d;
+    return 1;
+  }
+  text = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+  host->buf_printf(why, " %s=%.24s", key, text ? text : "?");
+  free(text);
+  return -1;
+}
+
+/* A count for the host: the value, or -1 (unknown) when bad; absent leaves *dst. */
+static void read_count(const ollama_txn_t *t, const json_t *line, const char *key, int64_t *dst,
+                       llmux_buf_t *why) {
+  int64_t v = -1;
+  int rc = count_of(t, line, key, &v, why);
+  if (rc != 0) *dst = rc > 0 ? v : -1;
+}
+
+/* Logs the bad counts of an answer (read once, from its last line). */
+static void log_bad_counts(const ollama_txn_t *t, llmux_buf_t *why) {
+  if (why->len)
+    host->log(LLMUX_LOG_LEVEL_WARN,
+              "ollama: provider '%s' answered usage%.*s: not a count of 0 to %d tokens, "
+              "reported as unknown", t->provider ? t->provider : "?", (int)why->len, why->base,
+              USAGE_MAX);
+  host->buf_free(why);
+}
+
 /* ---- instance ----------------------------------------------------------- */
 
 /* keep_alive as Ollama reads it: a number of seconds or a duration string. */
@@ -128,6 +191,7 @@ static int ollama_create(const llmux_provider_config_t *cfg, void **instance, ch
   if (cfg->api_key != NULL && *cfg->api_key != '\0')
     rc |= host->buf_printf(&p->auth_line, "Authorization: Bearer %s\r\n", cfg->api_key);
   rc |= aps(&p->url, cfg->base_url ? cfg->base_url : "");
+  p->name = cfg->name;
   p->keep_alive = keep_alive_value(cfg->get(cfg, "keep_alive"));
   if (ctx != NULL) p->num_ctx = strtoll(ctx, NULL, 10);
   if (rc != 0) {
@@ -375,6 +439,7 @@ static int ollama_translate_request(void *instance, llmux_txn_t *txn) {
     txn->data = t;
   }
   txn_reset(t);
+  t->provider = p->name;
   t->hash = fnv1a(FNV_OFFSET, txn->body.base, txn->body.len);
   snprintf(t->id, sizeof t->id, "chatcmpl-%016llx", (unsigned long long)t->hash);
   t->include_usage = json_is_true(json_object_get(json_object_get(body, "stream_options"),
@@ -471,15 +536,34 @@ static int send_end(ollama_txn_t *t, llmux_txn_t *txn) {
 
 /* ---- responses: one Ollama line ---------------------------------------- */
 
-/* "2024-08-07T03:57:33.0365888Z" -> Unix seconds (UTC); now when unreadable. */
+/* The number in s[at..at+n), all digits (checked by the caller). */
+static int digits_at(const char *s, int at, int n) {
+  int v = 0;
+  for (; n > 0; n--, at++) v = v * 10 + (s[at] - '0');
+  return v;
+}
+
+/* "2024-08-07T03:57:33.0365888Z" -> Unix seconds (UTC); now when unreadable.
+ * Matched against a fixed shape, so no field can overflow (sscanf's %d
+ * would on "99999999999-..."): each is a few digits, then range-checked. */
 static long long parse_created(const char *s) {
+  static const char shape[] = "dddd-dd-ddTdd:dd:dd";
   struct tm tm;
+  int i;
+  for (i = 0; s != NULL && shape[i] != '\0'; i++) {
+    if (shape[i] == 'd' ? s[i] < '0' || s[i] > '9' : s[i] != shape[i]) break;
+  }
+  if (s == NULL || shape[i] != '\0') return (long long)time(NULL);
   memset(&tm, 0, sizeof tm);
-  if (s == NULL || sscanf(s, "%d-%d-%dT%d:%d:%d", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
-                          &tm.tm_hour, &tm.tm_min, &tm.tm_sec) != 6)
+  tm.tm_year = digits_at(s, 0, 4) - 1900;
+  tm.tm_mon = digits_at(s, 5, 2) - 1;
+  tm.tm_mday = digits_at(s, 8, 2);
+  tm.tm_hour = digits_at(s, 11, 2);
+  tm.tm_min = digits_at(s, 14, 2);
+  tm.tm_sec = digits_at(s, 17, 2);
+  if (tm.tm_year < 70 || tm.tm_mon > 11 || tm.tm_mon < 0 || tm.tm_mday < 1 ||
+      tm.tm_mday > 31 || tm.tm_hour > 23 || tm.tm_min > 59 || tm.tm_sec > 60)
     return (long long)time(NULL);
-  tm.tm_year -= 1900;
-  tm.tm_mon -= 1;
   return (long long)timegm(&tm);
 }
 
@@ -552,12 +636,12 @@ static const char *finish_reason(const ollama_txn_t *t, const char *done_reason)
 }
 
 static void on_done(ollama_txn_t *t, llmux_txn_t *txn, const json_t *line) {
-  const json_t *pc = json_object_get(line, "prompt_eval_count");
-  const json_t *ec = json_object_get(line, "eval_count");
+  llmux_buf_t why = {0};
   t->done = 1;
   t->done_reason = finish_reason(t, str_of(line, "done_reason"));
-  if (json_is_integer(pc)) txn->usage.prompt_tokens = json_integer_value(pc);
-  if (json_is_integer(ec)) txn->usage.completion_tokens = json_integer_value(ec);
+  read_count(t, line, "prompt_eval_count", &txn->usage.prompt_tokens, &why);
+  read_count(t, line, "eval_count", &txn->usage.completion_tokens, &why);
+  log_bad_counts(t, &why);
 }
 
 /* The first line: the model that answered and the time, then (stream) the
@@ -646,11 +730,15 @@ static int append_vector(const ollama_txn_t *t, llmux_buf_t *b, const json_t *ve
 /* {"model","embeddings":[[...]],"prompt_eval_count"} -> OpenAI's list. */
 static int send_embeddings(ollama_txn_t *t, llmux_txn_t *txn, const json_t *root) {
   const json_t *embs = json_object_get(root, "embeddings"), *vec;
-  const json_t *pc = json_object_get(root, "prompt_eval_count");
-  long long pt = json_is_integer(pc) ? (long long)json_integer_value(pc) : 0;
+  llmux_buf_t why = {0};
+  int64_t count = -1;
+  long long pt;
   size_t i;
   int rc = 0;
   if (!json_is_array(embs)) return LLMUX_EUPSTREAM;
+  read_count(t, root, "prompt_eval_count", &count, &why);
+  log_bad_counts(t, &why);
+  pt = usage_or_zero(count);
   t->out.len = 0;
   rc |= aps(&t->out, "{\"object\":\"list\",\"data\":[");
   json_array_foreach(embs, i, vec) {
@@ -665,7 +753,7 @@ static int send_embeddings(ollama_txn_t *t, llmux_txn_t *txn, const json_t *root
   rc |= host->buf_printf(&t->out, ",\"usage\":{\"prompt_tokens\":%lld,\"total_tokens\":%lld}}\n",
                          pt, pt);
   if (rc != 0) return LLMUX_ENOMEM;
-  txn->usage.prompt_tokens = pt;
+  txn->usage.prompt_tokens = count;
   txn->usage.completion_tokens = 0;
   return host->emit(txn, t->out.base, t->out.len);
 }
@@ -710,7 +798,7 @@ static int on_line(ollama_txn_t *t, llmux_txn_t *txn, const char *s, size_t n) {
   while (n > 0 && (s[n - 1] == '\r' || s[n - 1] == ' ' || s[n - 1] == '\t')) n--;
   while (n > 0 && (*s == ' ' || *s == '\t')) s++, n--;
   if (n == 0 || t->done) return 0;
-  line = json_loadb(s, n, 0, NULL);
+  line = load_json(s, n, &t->as_reals);
   if (!json_is_object(line)) {
     json_decref(line);
     t->failed = t->done = 1;
@@ -855,15 +943,15 @@ static int ollama_classify_error(void *instance, llmux_txn_t *txn, const char *b
   return 0;
 }
 
+/* The advice reaches API clients: it names no address (the gateway logs
+ * that for the operator). */
 static int ollama_explain_error(void *instance, int err, const char *detail, llmux_buf_t *out) {
-  const ollama_t *p = instance;
-  const char *url = p->url.len ? p->url.base : "http://localhost:11434";
+  (void)instance;
   if (err == LLMUX_ECONNREFUSED)
-    return host->buf_printf(out, "Ollama is not running at %s: start it with `ollama serve`",
-                            url);
+    return host->buf_printf(out, "Ollama is not running: start it with `ollama serve`");
   if (err == LLMUX_EDNS)
-    return host->buf_printf(out, "cannot resolve the host of Ollama's base_url %s (%s)",
-                            url, detail ? detail : "no details");
+    return host->buf_printf(out, "cannot resolve the host of Ollama's base_url (%s)",
+                            detail ? detail : "no details");
   return 1;
 }
 

@@ -4,9 +4,14 @@
  *
  * The request body goes out as the client sent it, with only the model id
  * spliced in; the response comes back byte for byte. The only parsing on the
- * success path is a scan of the response's last bytes for token usage. */
+ * success path is a scan of the response's last bytes for token usage.
+ *
+ * Numbers from the provider are untrusted: a usage count is read digit by
+ * digit with a bound, so no number overflows, and one that is not a count
+ * of 0 to USAGE_MAX tokens reaches the host as unknown (-1). */
 #include <jansson.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -26,17 +31,33 @@ static const llmux_config_key_t openai_keys[] = {
 
 typedef struct {
   llmux_buf_t auth_line; /* "Authorization: Bearer KEY\r\n...", pre-formatted once */
+  const char *name;      /* the section's name, borrowed from cfg, for logs */
 } openai_t;
 
 /* Usage sits in the last event of a stream and at the end of a plain body;
  * keep that many trailing bytes to find it without buffering the response. */
 #define TAIL_MAX 4096
 
+/* The most tokens one request is believed to use; a provider's larger count
+ * is a fault, not usage. */
+#define USAGE_MAX 1000000000
+
+/* A wait longer than this is a misread, not a wait (the host's own header
+ * parsing disbelieves such resets too). */
+#define RETRY_AFTER_MAX_MS (2u * 86400000u)
+
+/* The model that answered is among the first bytes; a first read shorter
+ * than the "model" field keeps up to this many to find it in. */
+#define HEAD_MAX 2048
+
 typedef struct {
   llmux_buf_t model_json; /* the provider's model id as a JSON string */
-  char tail[TAIL_MAX];
   size_t tail_len;
-  int seen_first;
+  size_t head_len;
+  int model_done;         /* served_model found, or given up on */
+  /* written before they are read: never zeroed */
+  char head[HEAD_MAX];
+  char tail[TAIL_MAX];
 } openai_txn_t;
 
 static int openai_create(const llmux_provider_config_t *cfg, void **instance, char *err,
@@ -46,6 +67,7 @@ static int openai_create(const llmux_provider_config_t *cfg, void **instance, ch
   int rc = 0;
   if (p == NULL) return LLMUX_ENOMEM;
   memset(p, 0, sizeof *p);
+  p->name = cfg->name;
   hdr = cfg->get(cfg, "auth_header");
   scheme = cfg->get(cfg, "auth_scheme");
   org = cfg->get(cfg, "organization");
@@ -98,12 +120,12 @@ static int openai_translate_request(void *instance, llmux_txn_t *txn) {
   if (t == NULL) {
     t = host->malloc(sizeof *t);
     if (t == NULL) return LLMUX_ENOMEM;
-    /* The tail buffer is written before it is read: zero the rest only. */
-    memset(t, 0, offsetof(openai_txn_t, tail));
-    t->tail_len = 0;
-    t->seen_first = 0;
+    memset(t, 0, offsetof(openai_txn_t, head));
     txn->data = t;
   }
+  /* Another attempt (a failover after a 200 that was garbage) starts afresh. */
+  t->tail_len = t->head_len = 0;
+  t->model_done = 0;
   if (host->buf_append(&txn->path, path, strlen(path)) != 0) return LLMUX_ENOMEM;
   if (p->auth_line.len &&
       host->buf_append(&txn->headers, p->auth_line.base, p->auth_line.len) != 0)
@@ -143,78 +165,136 @@ static void keep_tail(openai_txn_t *t, const char *data, size_t len) {
   t->tail_len += len;
 }
 
-/* The integer after the last `"key":` in s[0..n), or -1. Searched from the
- * end: usage is among the last bytes of an answer and of a stream. */
-static int64_t last_int_field(const char *s, size_t n, const char *key) {
-  size_t klen = strlen(key);
-  const char *p, *end = s + n;
-  int64_t v;
-  if (n < klen) return -1;
-  for (p = end - klen;; p--) {
-    if (*p == key[0] && memcmp(p, key, klen) == 0) break;
-    if (p == s) return -1;
-  }
-  p += klen;
-  while (p < end && (*p == ' ' || *p == ':' || *p == '"')) p++;
-  if (p >= end || *p < '0' || *p > '9') return -1;
-  for (v = 0; p < end && *p >= '0' && *p <= '9'; p++) v = v * 10 + (*p - '0');
-  return v;
+static int is_space(char c) {
+  return c == ' ' || c == '\t' || c == '\r' || c == '\n';
 }
 
-/* The first `"model":"..."` value of the response, the id that answered. */
-static void find_served_model(llmux_txn_t *txn, const char *data, size_t len) {
-  const char *p = memmem(data, len < 2048 ? len : 2048, "\"model\"", 7), *end, *q;
-  if (p == NULL) return;
+enum { COUNT_ABSENT = 0, COUNT_OK, COUNT_BAD };
+
+/* The value after the last `"key":` in s[0..n), as a token count in *out.
+ * COUNT_OK; COUNT_ABSENT when there is no such key or it is null;
+ * COUNT_BAD for anything else (above USAGE_MAX, negative, fractional, a
+ * string), with the value's first bytes in *raw for the log. Searched from
+ * the end: usage is among the last bytes of an answer and of a stream. */
+static int last_count(const char *s, size_t n, const char *key, int64_t *out, llmux_str_t *raw) {
+  size_t klen = strlen(key);
+  const char *p, *v, *end = s + n;
+  int64_t x = 0;
+  if (n < klen) return COUNT_ABSENT;
+  for (p = end - klen;; p--) {
+    if (*p == key[0] && memcmp(p, key, klen) == 0) break;
+    if (p == s) return COUNT_ABSENT;
+  }
+  for (p += klen; p < end && is_space(*p); p++) {}
+  if (p == end || *p != ':') return COUNT_ABSENT; /* the key's text as a value */
+  for (p++; p < end && is_space(*p); p++) {}
+  if (end - p >= 4 && memcmp(p, "null", 4) == 0) return COUNT_ABSENT;
+  /* Digits past the bound stop counting, so any length of them is safe. */
+  for (v = p; p < end && *p >= '0' && *p <= '9'; p++)
+    if (x <= USAGE_MAX) x = x * 10 + (*p - '0');
+  if (p > v && p < end && (*p == ',' || *p == '}' || *p == ']' || is_space(*p)) &&
+      x <= USAGE_MAX) {
+    *out = x;
+    return COUNT_OK;
+  }
+  for (p = v; p < end && p - v < 24 && *p > ' ' && *p < 0x7f && *p != ',' && *p != '}'; p++) {}
+  *raw = (llmux_str_t){v, (size_t)(p - v)};
+  return COUNT_BAD;
+}
+
+/* The answer's usage for the host, and one log line when the provider's
+ * numbers are not token counts (they stay unknown: the host estimates). */
+static void read_usage(const openai_t *p, openai_txn_t *t, llmux_txn_t *txn) {
+  static const char *const keys[2] = {"\"prompt_tokens\"", "\"completion_tokens\""};
+  int64_t *dst[2] = {&txn->usage.prompt_tokens, &txn->usage.completion_tokens};
+  char why[160];
+  size_t used = 0;
+  int i;
+  for (i = 0; i < 2; i++) {
+    llmux_str_t raw = {NULL, 0};
+    int64_t v = -1;
+    if (last_count(t->tail, t->tail_len, keys[i], &v, &raw) == COUNT_BAD && used < sizeof why)
+      used += (size_t)snprintf(why + used, sizeof why - used, "%s %.*s=%.*s", used ? "," : "",
+                               (int)strlen(keys[i]) - 2, keys[i] + 1, (int)raw.len, raw.base);
+    *dst[i] = v;
+  }
+  if (used)
+    host->log(LLMUX_LOG_LEVEL_WARN,
+              "openai: provider '%s' answered usage%s: not a count of 0 to %d tokens, "
+              "reported as unknown", p->name ? p->name : "?", why, USAGE_MAX);
+}
+
+/* The first `"model":"..."` value in data[0..len), the id that answered,
+ * into served_model; 0 when it is not (all) there. */
+static int find_served_model(llmux_txn_t *txn, const char *data, size_t len) {
+  const char *p = memmem(data, len < HEAD_MAX ? len : HEAD_MAX, "\"model\"", 7), *end, *q;
+  if (p == NULL) return 0;
   end = data + len;
   p += 7;
   while (p < end && (*p == ' ' || *p == ':')) p++;
-  if (p >= end || *p != '"') return;
+  if (p >= end || *p != '"') return 0;
   q = memchr(p + 1, '"', (size_t)(end - p - 1));
-  if (q == NULL) return;
+  if (q == NULL) return 0;
   txn->served_model.len = 0;
   host->buf_append(&txn->served_model, p + 1, (size_t)(q - p - 1));
+  return 1;
+}
+
+/* Looks for the model in the first read, or, when reads are short, in the
+ * first HEAD_MAX bytes gathered from several. */
+static void look_for_model(openai_txn_t *t, llmux_txn_t *txn, const char *data, size_t len) {
+  size_t n = len < HEAD_MAX - t->head_len ? len : HEAD_MAX - t->head_len;
+  if (t->head_len == 0 && (find_served_model(txn, data, len) || len >= HEAD_MAX)) {
+    t->model_done = 1;
+    return;
+  }
+  memcpy(t->head + t->head_len, data, n);
+  t->head_len += n;
+  t->model_done = find_served_model(txn, t->head, t->head_len) || t->head_len == HEAD_MAX;
 }
 
 static int openai_parse_response(void *instance, llmux_txn_t *txn, const char *data,
                                  size_t len, int eof) {
   openai_txn_t *t = txn->data;
   int rc = 0;
-  (void)instance;
   if (len > 0) {
-    if (!t->seen_first) {
-      t->seen_first = 1;
-      find_served_model(txn, data, len);
-    }
+    if (!t->model_done) look_for_model(t, txn, data, len);
     keep_tail(t, data, len);
     rc = host->emit(txn, data, len);
   }
-  if (eof) {
-    txn->usage.prompt_tokens = last_int_field(t->tail, t->tail_len, "\"prompt_tokens\"");
-    txn->usage.completion_tokens =
-        last_int_field(t->tail, t->tail_len, "\"completion_tokens\"");
-  }
+  if (eof) read_usage(instance, t, txn);
   return rc;
 }
 
-/* retry-after: seconds (possibly fractional); retry-after-ms: milliseconds. */
+/* Header `name` as a decimal number of `unit_ms` (possibly fractional) in
+ * milliseconds; 0 when absent, malformed or above RETRY_AFTER_MAX_MS. Read
+ * by hand: strtod takes "inf", "-5" and "1e999", and turning such a double
+ * into an integer is undefined behaviour. */
+static uint64_t header_ms(const llmux_txn_t *txn, const char *name, uint64_t unit_ms) {
+  const llmux_str_t *v = host->header_get(txn->resp_headers, txn->nresp_headers, name);
+  const char *p, *end;
+  uint64_t whole = 0, frac = 0, scale = 1, ms;
+  if (v == NULL) return 0;
+  for (p = v->base, end = p + v->len; p < end && is_space(*p); p++) {}
+  while (end > p && is_space(end[-1])) end--;
+  for (; p < end && *p >= '0' && *p <= '9'; p++) {
+    whole = whole * 10 + (uint64_t)(*p - '0');
+    if (whole > RETRY_AFTER_MAX_MS) return 0;
+  }
+  if (p < end && *p == '.') {
+    for (p++; p < end && *p >= '0' && *p <= '9'; p++) {
+      if (scale < 1000) { frac = frac * 10 + (uint64_t)(*p - '0'); scale *= 10; }
+    }
+  }
+  if (p != end) return 0;
+  ms = whole * unit_ms + frac * unit_ms / scale;
+  return ms <= RETRY_AFTER_MAX_MS ? ms : 0;
+}
+
+/* retry-after-ms: milliseconds; retry-after: seconds (possibly fractional). */
 static uint64_t retry_after_ms(const llmux_txn_t *txn) {
-  const llmux_str_t *v;
-  char tmp[32];
-  v = host->header_get(txn->resp_headers, txn->nresp_headers, "retry-after-ms");
-  if (v != NULL && v->len < sizeof tmp) {
-    memcpy(tmp, v->base, v->len);
-    tmp[v->len] = '\0';
-    return (uint64_t)strtod(tmp, NULL);
-  }
-  v = host->header_get(txn->resp_headers, txn->nresp_headers, "retry-after");
-  if (v != NULL && v->len < sizeof tmp) {
-    double s;
-    memcpy(tmp, v->base, v->len);
-    tmp[v->len] = '\0';
-    s = strtod(tmp, NULL);
-    if (s > 0) return (uint64_t)(s * 1000.0);
-  }
-  return 0;
+  uint64_t ms = header_ms(txn, "retry-after-ms", 1);
+  return ms ? ms : header_ms(txn, "retry-after", 1000);
 }
 
 static int has_word(const char *s, const char *word) {

@@ -29,7 +29,7 @@ static void usage(void) {
           "  [--latency-ms N] [--tokens N] [--token-delay-ms N] [--fail-after N]\n"
           "  [--retry-after S] [--fault F] [--name NAME] [--no-record]\n"
           "faults: 429 500 503 401 400 404-model context-length reset reset-mid-stream\n"
-          "        stall stall-mid-stream garbage invalid-json slow-headers\n");
+          "        stall stall-mid-stream garbage invalid-json slow-headers huge-usage\n");
 }
 
 static int valid_name(const char *s) {

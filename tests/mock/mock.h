@@ -37,7 +37,8 @@ enum mock_fault {
   MOCK_FAULT_STALL_MID_STREAM,
   MOCK_FAULT_GARBAGE,
   MOCK_FAULT_INVALID_JSON,
-  MOCK_FAULT_SLOW_HEADERS
+  MOCK_FAULT_SLOW_HEADERS,
+  MOCK_FAULT_HUGE_USAGE   /* openai format: prompt_tokens beyond 64 bits */
 };
 
 /* Behaviour knobs. -1 means "not set here": a request's knobs fall back to

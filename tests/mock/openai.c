@@ -26,7 +26,7 @@
 static const char *const fault_names[] = {
   "none", "429", "500", "503", "401", "400", "404-model", "context-length", "reset",
   "reset-mid-stream", "stall", "stall-mid-stream", "garbage", "invalid-json",
-  "slow-headers",
+  "slow-headers", "huge-usage",
 };
 
 int mock_fault_parse(const char *s, size_t len) {
@@ -400,6 +400,12 @@ static void send_invalid_json(mock_conn_t *c) {
 /* ---- non-streamed answers ---- */
 
 static void ap_usage(llmux_buf_t *b, const mock_call_t *call) {
+  if (call->fault == MOCK_FAULT_HUGE_USAGE) { /* a provider's bug: the gateway must not believe it */
+    AL(b, "{\"prompt_tokens\":99999999999999999999999,\"completion_tokens\":");
+    ap_u64(b, (uint64_t)call->tokens);
+    AL(b, ",\"total_tokens\":99999999999999999999999}");
+    return;
+  }
   AL(b, "{\"prompt_tokens\":");
   ap_u64(b, call->prompt_tokens);
   AL(b, ",\"completion_tokens\":");

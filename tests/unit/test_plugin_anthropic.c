@@ -18,10 +18,12 @@
 #include <jansson.h>
 
 #include "plugin.h"
+#include "test_plugin_support.h"
 #include "util.h"
 
 #define DATA LLMUX_TEST_DATA "/anthropic/"
 #define PROVIDER_MODEL "claude-3-5-sonnet-20241022"
+#define BAD_USAGE_LOG "not a count of 0 to 1000000000 tokens"
 
 typedef struct {
   llmux_plugins_t set;
@@ -462,6 +464,158 @@ static void stream_garbage_is_refused_and_nothing_follows(void **state) {
   run_end(f, &r);
 }
 
+/* ---- odd shapes and untrusted numbers ---- */
+
+/* A tool_use block with no input (or one that is not an object) is a call
+ * with no arguments; under LeakSanitizer this also proves nothing built
+ * for the missing input outlives the answer. */
+static void plain_tool_use_without_input_has_empty_arguments(void **state) {
+  plain(*state, "message_tool_no_input.response.json", "message_tool_no_input.expected.json");
+}
+
+static void stream_tool_use_without_input_opens_a_call(void **state) {
+  static const size_t steps[] = {0, 1};
+  size_t i;
+  for (i = 0; i < sizeof steps / sizeof steps[0]; i++)
+    assert_stream(*state, "stream_tool_no_input.sse", "stream_tool_no_input.expected.sse",
+                  steps[i], 1);
+}
+
+/* A plain message whose usage object is `usage`: what the host and the
+ * client get, and what was logged. */
+static void plain_usage(fixture_t *f, const char *usage, llmux_usage_t *u, json_t **client,
+                        char **logged) {
+  llmux_buf_t body = {0};
+  log_capture_t c;
+  run_t r;
+  int rc;
+  llmux_buf_printf(&body, "{\"id\":\"msg_u\",\"type\":\"message\",\"role\":\"assistant\","
+                          "\"content\":[{\"type\":\"text\",\"text\":\"hi\"}],\"model\":\"m\","
+                          "\"stop_reason\":\"end_turn\",\"usage\":%s}", usage);
+  run_start(&r, "{\"model\":\"x\",\"messages\":[]}", 0);
+  assert_int_equal(translate(f, &r), 0);
+  log_capture_start(&c); /* no assertion until it ends */
+  rc = f->vt->parse_response(f->inst, &r.ht.txn, body.base, body.len, 1);
+  *logged = log_capture_end(&c);
+  assert_int_equal(rc, 0);
+  *u = r.ht.txn.usage;
+  *client = json_loadb(r.out.base, r.out.len, 0, NULL);
+  assert_non_null(*client);
+  llmux_buf_free(&body);
+  run_end(f, &r);
+}
+
+static void usage_that_is_not_a_token_count_is_unknown_and_logged_once(void **state) {
+  static const struct {
+    const char *usage;
+    int64_t in, out;
+  } cases[] = {
+    {"{\"input_tokens\":99999999999999999999999,\"output_tokens\":12}", -1, 12},
+    {"{\"input_tokens\":9223372036854775808,\"output_tokens\":12}", -1, 12},
+    {"{\"input_tokens\":9223372036854775807,\"output_tokens\":12}", -1, 12},
+    {"{\"input_tokens\":-1,\"output_tokens\":12}", -1, 12},
+    {"{\"input_tokens\":1e30,\"output_tokens\":12}", -1, 12},
+    {"{\"input_tokens\":\"12\",\"output_tokens\":12}", -1, 12},
+    {"{\"input_tokens\":10,\"cache_read_input_tokens\":9223372036854775800,"
+     "\"output_tokens\":12}", -1, 12},
+    {"{\"input_tokens\":600000000,\"cache_creation_input_tokens\":600000000,"
+     "\"output_tokens\":12}", -1, 12},
+    {"{\"input_tokens\":10,\"output_tokens\":18446744073709551616}", 10, -1},
+    {"{\"input_tokens\":10,\"output_tokens\":2.5}", 10, -1},
+  };
+  size_t i;
+  for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    llmux_usage_t u;
+    json_t *client, *cu;
+    char *logged;
+    plain_usage(*state, cases[i].usage, &u, &client, &logged);
+    if (u.prompt_tokens != cases[i].in || u.completion_tokens != cases[i].out)
+      fail_msg("%s: usage %lld/%lld", cases[i].usage, (long long)u.prompt_tokens,
+               (long long)u.completion_tokens);
+    if (occurrences(logged, BAD_USAGE_LOG) != 1) fail_msg("%s: logged\n%s", cases[i].usage, logged);
+    assert_null(strstr(logged, "sk-ant-test-key"));
+    /* the client still gets its answer, with unknown counts as 0 */
+    cu = json_object_get(client, "usage");
+    assert_int_equal(json_integer_value(json_object_get(cu, "prompt_tokens")),
+                     cases[i].in < 0 ? 0 : cases[i].in);
+    assert_int_equal(json_integer_value(json_object_get(cu, "completion_tokens")),
+                     cases[i].out < 0 ? 0 : cases[i].out);
+    json_decref(client);
+    free(logged);
+  }
+}
+
+static void usage_up_to_a_billion_tokens_is_believed(void **state) {
+  llmux_usage_t u;
+  json_t *client;
+  char *logged;
+  plain_usage(*state, "{\"input_tokens\":400000000,\"cache_read_input_tokens\":600000000,"
+                      "\"output_tokens\":1000000000}", &u, &client, &logged);
+  assert_int_equal(u.prompt_tokens, 1000000000);
+  assert_int_equal(u.completion_tokens, 1000000000);
+  assert_string_equal(logged, "");
+  json_decref(client);
+  free(logged);
+}
+
+/* Bad numbers in message_start and in message_delta: one log line for the
+ * answer, and the stream goes on. */
+static void stream_usage_that_is_not_a_count_is_unknown_and_logged_once(void **state) {
+  fixture_t *f = *state;
+  static const char sse[] =
+      "data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_s\",\"model\":\"m\","
+      "\"usage\":{\"input_tokens\":99999999999999999999999,\"output_tokens\":1}}}\n\n"
+      "data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":"
+      "\"text\",\"text\":\"\"}}\n\n"
+      "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":"
+      "\"text_delta\",\"text\":\"ok\"}}\n\n"
+      "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},"
+      "\"usage\":{\"output_tokens\":-7}}\n\n"
+      "data: {\"type\":\"message_stop\"}\n\n";
+  log_capture_t c;
+  char *logged;
+  run_t r;
+  int rc;
+  run_start(&r, "{\"model\":\"x\",\"stream\":true,\"stream_options\":{\"include_usage\":true},"
+                "\"messages\":[]}", 1);
+  assert_int_equal(translate(f, &r), 0);
+  log_capture_start(&c); /* no assertion until it ends */
+  rc = f->vt->parse_response(f->inst, &r.ht.txn, sse, sizeof sse - 1, 0);
+  rc |= f->vt->parse_response(f->inst, &r.ht.txn, NULL, 0, 1);
+  logged = log_capture_end(&c);
+  assert_int_equal(rc, 0);
+  assert_int_equal(r.ht.txn.usage.prompt_tokens, -1);
+  assert_int_equal(r.ht.txn.usage.completion_tokens, -1);
+  if (occurrences(logged, BAD_USAGE_LOG) != 1) fail_msg("logged\n%s", logged);
+  assert_true(contains(&r.out, "{\"content\":\"ok\"}"));
+  assert_true(contains(&r.out, "\"usage\":{\"prompt_tokens\":0,\"completion_tokens\":0,"));
+  assert_true(contains(&r.out, "data: [DONE]"));
+  free(logged);
+  run_end(f, &r);
+}
+
+/* A content block's index that is not an integer cannot route deltas. */
+static void stream_block_index_that_is_not_an_integer_is_refused(void **state) {
+  static const char *const index[] = {"\"1\"", "1.5", "-1", "99999999999999999999999", "null"};
+  fixture_t *f = *state;
+  size_t i;
+  for (i = 0; i < sizeof index / sizeof index[0]; i++) {
+    llmux_buf_t sse = {0};
+    run_t r;
+    llmux_buf_printf(&sse,
+                     "data: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":{}}}\n\n"
+                     "data: {\"type\":\"content_block_start\",\"index\":%s,\"content_block\":"
+                     "{\"type\":\"tool_use\",\"id\":\"t\",\"name\":\"f\",\"input\":{}}}\n\n",
+                     index[i]);
+    run_start(&r, "{\"model\":\"x\",\"stream\":true,\"messages\":[]}", 1);
+    assert_int_equal(translate(f, &r), 0);
+    if (f->vt->parse_response(f->inst, &r.ht.txn, sse.base, sse.len, 0) != LLMUX_EUPSTREAM)
+      fail_msg("index %s was taken", index[i]);
+    llmux_buf_free(&sse);
+    run_end(f, &r);
+  }
+}
+
 /* ---- errors ---- */
 
 static llmux_fail_class_t class_named(const char *name) {
@@ -554,6 +708,12 @@ int main(void) {
     cmocka_unit_test(stream_error_event_ends_the_stream_in_openai_shape),
     cmocka_unit_test(stream_cut_before_message_stop_ends_with_an_error),
     cmocka_unit_test(stream_garbage_is_refused_and_nothing_follows),
+    cmocka_unit_test(plain_tool_use_without_input_has_empty_arguments),
+    cmocka_unit_test(stream_tool_use_without_input_opens_a_call),
+    cmocka_unit_test(usage_that_is_not_a_token_count_is_unknown_and_logged_once),
+    cmocka_unit_test(usage_up_to_a_billion_tokens_is_believed),
+    cmocka_unit_test(stream_usage_that_is_not_a_count_is_unknown_and_logged_once),
+    cmocka_unit_test(stream_block_index_that_is_not_an_integer_is_refused),
     cmocka_unit_test(errors_are_classified_for_the_router),
     cmocka_unit_test(model_listing_reads_anthropic_models),
   };

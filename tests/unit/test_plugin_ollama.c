@@ -14,10 +14,12 @@
 #include <cmocka.h>
 
 #include "plugin.h"
+#include "test_plugin_support.h"
 #include "util.h"
 
 #define DATA LLMUX_SOURCE_DIR "/tests/data/ollama/"
 #define PLUGIN LLMUX_BUILD_DIR "/plugins/ollama.so"
+#define BAD_USAGE_LOG "not a count of 0 to 1000000000 tokens"
 
 static void *dl;
 static const llmux_provider_t *vt;
@@ -155,6 +157,12 @@ static int feed_file(attempt_t *a, const char *file, size_t step) {
   if (rc == 0) rc = vt->parse_response(inst, &a->ht.txn, NULL, 0, 1);
   free(data);
   return rc;
+}
+
+/* Feeds text[0..len) whole, then eof. */
+static int feed_text(attempt_t *a, const char *text, size_t len) {
+  int rc = vt->parse_response(inst, &a->ht.txn, text, len, 0);
+  return rc ? rc : vt->parse_response(inst, &a->ht.txn, NULL, 0, 1);
 }
 
 /* The client's SSE frames as JSON (NULL for [DONE]); returns the count. */
@@ -495,6 +503,143 @@ static void embeddings_in_base64_are_little_endian_float32(void **state) {
   llmux_buf_free(&a.client);
 }
 
+/* ---- untrusted numbers ---------------------------------------------------- */
+
+/* Feeds text[0..len) `step` bytes at a time, then eof, capturing the log:
+ * no assertion meanwhile. Returns the last result. */
+static int feed_logged(attempt_t *a, const char *text, size_t len, size_t step, char **logged) {
+  log_capture_t c;
+  size_t off;
+  int rc = 0;
+  log_capture_start(&c);
+  for (off = 0; off < len && rc == 0; off += step) {
+    size_t n = len - off < step ? len - off : step;
+    rc = vt->parse_response(inst, &a->ht.txn, text + off, n, 0);
+  }
+  if (rc == 0) rc = vt->parse_response(inst, &a->ht.txn, NULL, 0, 1);
+  *logged = log_capture_end(&c);
+  return rc;
+}
+
+static void counts_that_are_not_token_counts_are_unknown_and_logged_once(void **state) {
+  static const struct {
+    const char *prompt, *eval;
+    int64_t in, out;
+  } cases[] = {
+    {"99999999999999999999999", "5", -1, 5},
+    {"9223372036854775808", "5", -1, 5},
+    {"9223372036854775807", "5", -1, 5},
+    {"-1", "5", -1, 5},
+    {"1e30", "5", -1, 5},
+    {"\"12\"", "5", -1, 5},
+    {"12.5", "5", -1, 5},
+    {"7", "18446744073709551616", 7, -1},
+    {"9223372036854775807", "9223372036854775807", -1, -1},
+  };
+  size_t i;
+  (void)state;
+  for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    llmux_buf_t line = {0};
+    attempt_t a;
+    json_t *r;
+    char *logged;
+    llmux_buf_printf(&line, "{\"model\":\"llama3.1\",\"created_at\":\"2025-01-02T10:00:01Z\","
+                            "\"message\":{\"role\":\"assistant\",\"content\":\"hi\"},"
+                            "\"done_reason\":\"stop\",\"done\":true,\"prompt_eval_count\":%s,"
+                            "\"eval_count\":%s}\n", cases[i].prompt, cases[i].eval);
+    attempt_start(&a, LLMUX_ENDPOINT_CHAT, "schema_request.json", 0);
+    assert_int_equal(feed_logged(&a, line.base, line.len, line.len, &logged), 0);
+    if (a.ht.txn.usage.prompt_tokens != cases[i].in ||
+        a.ht.txn.usage.completion_tokens != cases[i].out)
+      fail_msg("%s/%s: usage %lld/%lld", cases[i].prompt, cases[i].eval,
+               (long long)a.ht.txn.usage.prompt_tokens,
+               (long long)a.ht.txn.usage.completion_tokens);
+    if (occurrences(logged, BAD_USAGE_LOG) != 1)
+      fail_msg("%s/%s: logged\n%s", cases[i].prompt, cases[i].eval, logged);
+    /* the client still gets its answer, unknown counts as 0 */
+    r = client_json(&a);
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(r, "usage"),
+                                                        "total_tokens")),
+                     (cases[i].in < 0 ? 0 : cases[i].in) + (cases[i].out < 0 ? 0 : cases[i].out));
+    json_decref(r);
+    free(logged);
+    llmux_buf_free(&line);
+    attempt_end(&a);
+  }
+}
+
+static void stream_with_bad_counts_ends_normally_and_logs_once(void **state) {
+  attempt_t a;
+  json_t *f[8];
+  size_t len, n;
+  char *body = slurp("chat_stream_bad_counts.ndjson", &len), *logged;
+  (void)state;
+  attempt_start(&a, LLMUX_ENDPOINT_CHAT, "chat_request.json", 1); /* include_usage */
+  assert_int_equal(feed_logged(&a, body, len, 1, &logged), 0);
+  n = sse_frames(&a.client, f, 8);
+  /* role, content, finish, usage, [DONE] */
+  assert_int_equal(n, 5);
+  assert_string_equal(json_string_value(json_object_get(delta_of(f[1]), "content")), "Hi");
+  assert_int_equal(json_integer_value(json_object_get(json_object_get(f[3], "usage"),
+                                                      "total_tokens")), 0);
+  assert_null(f[4]);
+  assert_int_equal(a.ht.txn.usage.prompt_tokens, -1);
+  assert_int_equal(a.ht.txn.usage.completion_tokens, -1);
+  if (occurrences(logged, BAD_USAGE_LOG) != 1) fail_msg("logged\n%s", logged);
+  free_frames(f, n);
+  free(logged);
+  free(body);
+  attempt_end(&a);
+}
+
+static void embeddings_with_a_bad_count_still_answer(void **state) {
+  static const char resp[] =
+      "{\"model\":\"nomic-embed-text\",\"embeddings\":[[0.5,1]],\"prompt_eval_count\":1e30}";
+  attempt_t a;
+  json_t *r;
+  char *logged;
+  (void)state;
+  attempt_start(&a, LLMUX_ENDPOINT_EMBEDDINGS, "embed_request.json", 0);
+  assert_int_equal(feed_logged(&a, resp, sizeof resp - 1, 5, &logged), 0);
+  r = client_json(&a);
+  assert_int_equal(json_array_size(json_object_get(r, "data")), 1);
+  assert_int_equal(json_integer_value(json_object_get(json_object_get(r, "usage"),
+                                                      "prompt_tokens")), 0);
+  assert_int_equal(a.ht.txn.usage.prompt_tokens, -1);
+  if (occurrences(logged, BAD_USAGE_LOG) != 1) fail_msg("logged\n%s", logged);
+  json_decref(r);
+  free(logged);
+  attempt_end(&a);
+}
+
+/* A created_at that is not a plausible date gives the time of the answer
+ * (any time after 2023, below), not a number made of its digits. */
+static void created_at_that_is_not_a_date_is_not_believed(void **state) {
+  static const char *const dates[] = {
+    "99999999999-01-01T00:00:00Z", "2024-08-07T99:99:99Z", "1900-01-01T00:00:00Z",
+    "2024-8-7T03:57:33Z", "yesterday", "",
+  };
+  size_t i;
+  (void)state;
+  for (i = 0; i < sizeof dates / sizeof dates[0]; i++) {
+    llmux_buf_t line = {0};
+    attempt_t a;
+    json_t *r;
+    llmux_buf_printf(&line, "{\"model\":\"llama3.1\",\"created_at\":\"%s\",\"message\":"
+                            "{\"role\":\"assistant\",\"content\":\"hi\"},\"done\":true}\n",
+                     dates[i]);
+    attempt_start(&a, LLMUX_ENDPOINT_CHAT, "schema_request.json", 0);
+    assert_int_equal(feed_text(&a, line.base, line.len), 0);
+    r = client_json(&a);
+    if (json_integer_value(json_object_get(r, "created")) < 1700000000)
+      fail_msg("created_at %s became %lld", dates[i],
+               (long long)json_integer_value(json_object_get(r, "created")));
+    json_decref(r);
+    llmux_buf_free(&line);
+    attempt_end(&a);
+  }
+}
+
 /* ---- errors and model listing -------------------------------------------- */
 
 static void unknown_model_says_to_pull_it(void **state) {
@@ -550,8 +695,8 @@ static void connection_refused_says_to_start_ollama(void **state) {
   llmux_buf_t out = {0};
   (void)state;
   assert_int_equal(vt->explain_error(inst, LLMUX_ECONNREFUSED, "connection refused", &out), 0);
-  assert_string_equal(out.base, "Ollama is not running at http://127.0.0.1:11434: start it "
-                                "with `ollama serve`");
+  /* The advice reaches API clients: it names no address. */
+  assert_string_equal(out.base, "Ollama is not running: start it with `ollama serve`");
   out.len = 0;
   assert_int_not_equal(vt->explain_error(inst, LLMUX_ETLS, "tls", &out), 0);
   assert_int_equal(out.len, 0);
@@ -594,6 +739,10 @@ int main(void) {
     cmocka_unit_test(done_reason_length_becomes_finish_length),
     cmocka_unit_test(embeddings_become_an_openai_list),
     cmocka_unit_test(embeddings_in_base64_are_little_endian_float32),
+    cmocka_unit_test(counts_that_are_not_token_counts_are_unknown_and_logged_once),
+    cmocka_unit_test(stream_with_bad_counts_ends_normally_and_logs_once),
+    cmocka_unit_test(embeddings_with_a_bad_count_still_answer),
+    cmocka_unit_test(created_at_that_is_not_a_date_is_not_believed),
     cmocka_unit_test(unknown_model_says_to_pull_it),
     cmocka_unit_test(other_errors_are_classified_for_the_router),
     cmocka_unit_test(connection_refused_says_to_start_ollama),
