@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <sys/resource.h>
 
-#include "log.h"
+#include "base/log.h"
 
 typedef struct args_s {
   const char *listen;

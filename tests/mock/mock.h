@@ -19,8 +19,8 @@
 
 #include "llhttp.h"
 #include "llmux/common.h"
-#include "tls.h"
-#include "util.h"
+#include "net/tls.h"
+#include "base/util.h"
 
 enum mock_fault {
   MOCK_FAULT_NONE = 0,

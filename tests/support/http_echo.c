@@ -18,8 +18,8 @@
 #include <string.h>
 #include <uv.h>
 
-#include "http_server.h"
-#include "util.h"
+#include "http/http_server.h"
+#include "base/util.h"
 
 static llmux_http_server_t server;
 static uv_signal_t sig_term, sig_int;

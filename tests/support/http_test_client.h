@@ -10,7 +10,7 @@
 #include <string.h>
 #include <uv.h>
 
-#include "util.h"
+#include "base/util.h"
 
 typedef struct tclient_s tclient_t;
 typedef void (*tclient_cb)(tclient_t *cl);

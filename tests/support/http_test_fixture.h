@@ -6,7 +6,7 @@
 #ifndef LLMUX_HTTP_TEST_FIXTURE_H
 #define LLMUX_HTTP_TEST_FIXTURE_H
 
-#include "http_server.h"
+#include "http/http_server.h"
 #include "http_test_client.h"
 
 #define FIXTURE_MAX_CLIENTS 64

@@ -11,8 +11,8 @@
 
 #include <jansson.h>
 
-#include "json_scan.h"
-#include "util.h"
+#include "base/json_scan.h"
+#include "base/util.h"
 
 static int scan(const char *body, llmux_json_field_t *f, size_t n, size_t *off,
                 const char **msg) {

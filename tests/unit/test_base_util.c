@@ -12,7 +12,7 @@
 
 #include <jansson.h>
 
-#include "util.h"
+#include "base/util.h"
 
 /* The escaped form of s[0..n), as a C string the test frees. */
 static char *escaped(const char *s, size_t n) {

@@ -14,10 +14,10 @@
 
 #include <cmocka.h>
 
-#include "config.h"
-#include "log.h"
-#include "registry.h"
-#include "util.h"
+#include "config/config.h"
+#include "base/log.h"
+#include "config/registry.h"
+#include "base/util.h"
 
 #define DATA LLMUX_TEST_DATA "/config/"
 

@@ -11,9 +11,9 @@
 
 #include <cmocka.h>
 
-#include "config.h"
-#include "registry.h"
-#include "util.h"
+#include "config/config.h"
+#include "config/registry.h"
+#include "base/util.h"
 
 #define CATALOG LLMUX_SOURCE_DIR "/config/llmux.ini"
 #define GOOD LLMUX_TEST_DATA "/config/good/llmux.ini"

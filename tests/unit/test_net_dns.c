@@ -14,7 +14,7 @@
 #include <unistd.h>
 #include <uv.h>
 
-#include "dns.h"
+#include "net/dns.h"
 
 /* ---- the fake server ---------------------------------------------------- */
 

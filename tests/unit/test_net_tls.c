@@ -7,8 +7,8 @@
 #include <cmocka.h>
 #include <unistd.h>
 
-#include "tls.h"
-#include "util.h"
+#include "net/tls.h"
+#include "base/util.h"
 #include "test_net_tls_support.h"
 
 typedef struct {

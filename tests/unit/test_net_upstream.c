@@ -15,9 +15,9 @@
 #include <unistd.h>
 #include <uv.h>
 
-#include "tls.h"
-#include "upstream.h"
-#include "util.h"
+#include "net/tls.h"
+#include "net/upstream.h"
+#include "base/util.h"
 #include "test_net_tls_support.h"
 
 /* ---- a scripted server ------------------------------------------------- */

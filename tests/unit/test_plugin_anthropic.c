@@ -17,9 +17,9 @@
 #include <cmocka.h>
 #include <jansson.h>
 
-#include "plugin.h"
+#include "plugin/plugin.h"
 #include "test_plugin_support.h"
-#include "util.h"
+#include "base/util.h"
 
 #define DATA LLMUX_TEST_DATA "/anthropic/"
 #define PROVIDER_MODEL "claude-3-5-sonnet-20241022"

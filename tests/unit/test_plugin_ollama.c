@@ -13,9 +13,9 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "plugin.h"
+#include "plugin/plugin.h"
 #include "test_plugin_support.h"
-#include "util.h"
+#include "base/util.h"
 
 #define DATA LLMUX_SOURCE_DIR "/tests/data/ollama/"
 #define PLUGIN LLMUX_BUILD_DIR "/plugins/ollama.so"

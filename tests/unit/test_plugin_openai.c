@@ -14,9 +14,9 @@
 
 #include <cmocka.h>
 
-#include "plugin.h"
+#include "plugin/plugin.h"
 #include "test_plugin_support.h"
-#include "util.h"
+#include "base/util.h"
 
 #define DATA LLMUX_TEST_DATA "/openai/"
 #define PROVIDER_MODEL "llama-3.3-70b-versatile"

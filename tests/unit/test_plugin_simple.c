@@ -12,8 +12,8 @@
 #include <cmocka.h>
 #include <jansson.h>
 
-#include "plugin.h"
-#include "util.h"
+#include "plugin/plugin.h"
+#include "base/util.h"
 
 #define PLUGIN_DIR LLMUX_BUILD_DIR "/plugins"
 

@@ -1,0 +1,225 @@
+/* The command line: serve, check, models, resolve. */
+#include "cli/cli.h"
+#include "cli/common.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "cli/chat.h"
+#include "cli/cli_tenant.h"
+#include "config/config.h"
+#include "base/log.h"
+#include "plugin/providers.h"
+#include "config/registry.h"
+#include "gateway/server.h"
+#include "base/util.h"
+
+#ifndef LLMUX_VERSION
+#define LLMUX_VERSION "0.0.0"
+#endif
+
+static const char usage_text[] =
+  "llmux " LLMUX_VERSION ": one OpenAI-compatible endpoint in front of many LLM providers\n"
+  "\n"
+  "Usage: llmux [COMMAND] [OPTIONS]\n"
+  "\n"
+  "Commands:\n"
+  "  serve           start the gateway (the default)\n"
+  "  check           validate the configuration and print the routing table;\n"
+  "                  exits 1 with `file:line: message` lines on errors\n"
+  "  models          list models, aliases, generic names, profiles, agents and routes\n"
+  "  resolve NAME    show what a model name resolves to and the routes it may take\n"
+  "  key new TENANT  print a fresh API key for [tenant TENANT] (shown once) and the\n"
+  "                  key_sha256 line to add to that section\n"
+  "  usage           print every tenant's usage (today and this month, per model)\n"
+  "                  from the usage_db of [server]\n"
+  "  chat PROMPT     send one prompt through the providers and stream the answer\n"
+  "                  (`llmux chat --help` for its options)\n"
+  "\n"
+  "Options:\n"
+  "  -c, --config FILE   main configuration file (env LLMUX_CONFIG;\n"
+  "                      default config/llmux.ini, then /etc/llmux/llmux.ini)\n"
+  "  -l, --listen ADDR   listen address, e.g. 127.0.0.1:8080 (env LLMUX_LISTEN)\n"
+  "  -v, --verbose       log more (debug level)\n"
+  "  -h, --help          this text\n"
+  "      --version       print the version\n"
+  "\n"
+  "Provider API keys are read from the environment variables that the provider\n"
+  "files name with `api_key_env` (GROQ_API_KEY, OPENROUTER_API_KEY, ...); a\n"
+  "provider whose variable is unset is disabled with a warning.\n"
+  "\n"
+  "Examples:\n"
+  "  llmux check -c config/llmux.ini\n"
+  "  llmux resolve best-large\n"
+  "  GROQ_API_KEY=... llmux serve --listen 0.0.0.0:8080\n";
+
+typedef struct {
+  const char *command;
+  const char *config_path;
+  const char *arg;
+  int verbose;
+} cli_opts_t;
+
+static int parse_args(int argc, char **argv, cli_opts_t *o) {
+  static const struct option longopts[] = {
+    {"config", required_argument, NULL, 'c'}, {"listen", required_argument, NULL, 'l'},
+    {"verbose", no_argument, NULL, 'v'},      {"help", no_argument, NULL, 'h'},
+    {"version", no_argument, NULL, 'V'},      {NULL, 0, NULL, 0},
+  };
+  int c;
+  memset(o, 0, sizeof *o);
+  o->command = "serve";
+  if (argc > 1 && argv[1][0] != '-') {
+    o->command = argv[1];
+    argc--;
+    argv++;
+  }
+  optind = 1;
+  while ((c = getopt_long(argc, argv, "c:l:vh", longopts, NULL)) != -1) {
+    switch (c) {
+      case 'c': o->config_path = optarg; break;
+      case 'l': setenv("LLMUX_LISTEN", optarg, 1); break;
+      case 'v': o->verbose++; break;
+      case 'h': fputs(usage_text, stdout); exit(0);
+      case 'V': printf("llmux %s\n", LLMUX_VERSION); exit(0);
+      default: fputs("Try 'llmux --help'.\n", stderr); return 2;
+    }
+  }
+  if (optind < argc) o->arg = argv[optind++];
+  if (optind < argc) {
+    fprintf(stderr, "llmux: unexpected argument '%s'\nTry 'llmux --help'.\n", argv[optind]);
+    return 2;
+  }
+  o->config_path = llmux_cli_config_path(o->config_path);
+  return 0;
+}
+
+/* Loads the config and the providers; prints diagnostics. */
+static int load_all(const cli_opts_t *o, unsigned flags, llmux_config_t **cfg,
+                    llmux_providers_t *provs, char **plugin_dir) {
+  llmux_diag_t diag;
+  int rc;
+  llmux_diag_init(&diag);
+  *cfg = NULL;
+  *plugin_dir = NULL;
+  rc = llmux_config_load(o->config_path, cfg, &diag);
+  if (rc == 0) {
+    if (!o->verbose) llmux_log_level = (*cfg)->server.log_level;
+    *plugin_dir = llmux_cli_plugin_dir(*cfg);
+    rc = llmux_providers_build(provs, *cfg, *plugin_dir, flags, &diag);
+  }
+  llmux_cli_print_diag(&diag, flags & LLMUX_PROVIDERS_CREATE);
+  if (rc != 0) {
+    fprintf(stderr, "llmux: %zu error%s in the configuration (%s)\n", diag.errors,
+            diag.errors == 1 ? "" : "s", o->config_path);
+    if (*cfg != NULL) {
+      llmux_providers_free(provs);
+      llmux_config_free(*cfg);
+      *cfg = NULL;
+    }
+    free(*plugin_dir);
+    *plugin_dir = NULL;
+  }
+  llmux_diag_free(&diag);
+  return rc;
+}
+
+static void unload_all(llmux_config_t *cfg, llmux_providers_t *provs, char *plugin_dir) {
+  llmux_providers_free(provs);
+  llmux_config_free(cfg);
+  free(plugin_dir);
+}
+
+static int cmd_dump(const cli_opts_t *o, int is_check) {
+  llmux_config_t *cfg;
+  llmux_providers_t provs;
+  llmux_buf_t out = {0};
+  char *plugin_dir;
+  size_t i, enabled = 0;
+  if (load_all(o, is_check ? LLMUX_PROVIDERS_CREATE | LLMUX_PROVIDERS_TLS : 0, &cfg, &provs,
+               &plugin_dir) != 0)
+    return 1;
+  llmux_registry_dump(cfg, &out);
+  fwrite(out.base, 1, out.len, stdout);
+  if (!is_check) llmux_list_provider_models(cfg, &provs, stdout); /* ABI 1.1 listings */
+  for (i = 0; i < cfg->nproviders; i++) enabled += cfg->providers[i]->enabled != 0;
+  if (is_check)
+    printf("\nOK: %s: %zu files, %zu models, %zu routes, %zu of %zu providers enabled, "
+           "plugins from %s\n",
+           o->config_path, cfg->nfiles, cfg->nmodels, cfg->nroutes, enabled, cfg->nproviders,
+           plugin_dir);
+  llmux_buf_free(&out);
+  unload_all(cfg, &provs, plugin_dir);
+  return 0;
+}
+
+static int cmd_resolve(const cli_opts_t *o) {
+  llmux_config_t *cfg;
+  llmux_providers_t provs;
+  llmux_resolution_t res;
+  char *plugin_dir;
+  size_t i;
+  int rc = 0;
+  if (o->arg == NULL) {
+    fputs("llmux resolve: which name? e.g. `llmux resolve best-large`\n", stderr);
+    return 2;
+  }
+  if (load_all(o, 0, &cfg, &provs, &plugin_dir) != 0) return 1;
+  if (llmux_resolve(cfg, o->arg, &res) != 0) {
+    fprintf(stderr, "llmux: unknown model '%s'", o->arg);
+    for (i = 0; i < res.nsuggestions; i++)
+      fprintf(stderr, "%s'%s'", i == 0 ? "; did you mean " : " or ", res.suggestions[i]);
+    fputs("\n", stderr);
+    rc = 1;
+    goto done;
+  }
+  for (i = 0; i < res.nchain; i++)
+    printf("%s%s (%s)", i ? " -> " : "", res.chain[i].name,
+           llmux_name_kind_str(res.chain[i].kind));
+  printf("\nroutes, in order:\n");
+  for (i = 0; i < res.nroutes; i++) {
+    const llmux_route_conf_t *r = res.routes[i];
+    printf("  %2zu. %-12s %-44s model %-24s priority %d", i + 1, r->provider->name, r->id,
+           r->model->id, r->provider->priority);
+    if (!r->provider->enabled) printf("  [disabled: %s]", r->provider->disabled_reason);
+    printf("\n");
+  }
+  if (res.nroutes == 0) printf("  (none: no provider serves it)\n");
+done:
+  unload_all(cfg, &provs, plugin_dir);
+  return rc;
+}
+
+static int cmd_serve(const cli_opts_t *o) {
+  llmux_config_t *cfg;
+  llmux_providers_t provs;
+  char *plugin_dir;
+  int rc;
+  if (load_all(o, LLMUX_PROVIDERS_CREATE | LLMUX_PROVIDERS_TLS, &cfg, &provs, &plugin_dir) != 0)
+    return 1;
+  rc = llmux_serve(cfg, &provs);
+  unload_all(cfg, &provs, plugin_dir);
+  return rc == 0 ? 0 : 1;
+}
+
+int llmux_cli_main(int argc, char **argv) {
+  cli_opts_t o;
+  int rc;
+  if (argc > 1 && strcmp(argv[1], "chat") == 0) return llmux_chat_main(argc - 1, argv + 1);
+  if (argc > 1 && strcmp(argv[1], "key") == 0) return llmux_cli_key(argc - 1, argv + 1);
+  rc = parse_args(argc, argv, &o);
+  if (rc != 0) return rc;
+  if (o.verbose) llmux_log_level = LLMUX_LOG_DEBUG;
+  if (strcmp(o.command, "serve") == 0) return cmd_serve(&o);
+  if (strcmp(o.command, "check") == 0) return cmd_dump(&o, 1);
+  if (strcmp(o.command, "models") == 0) return cmd_dump(&o, 0);
+  if (strcmp(o.command, "resolve") == 0) return cmd_resolve(&o);
+  if (strcmp(o.command, "usage") == 0) return llmux_cli_usage(o.config_path);
+  if (strcmp(o.command, "help") == 0) { fputs(usage_text, stdout); return 0; }
+  fprintf(stderr, "llmux: unknown command '%s'\nTry 'llmux --help'.\n", o.command);
+  return 2;
+}

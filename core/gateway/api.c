@@ -1,0 +1,455 @@
+/* The gateway's endpoints: which handler serves a request. */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "gateway/agent.h"
+#include "llmux/provider.h"
+#include "base/log.h"
+#include "config/registry.h"
+#include "gateway/api.h"
+#include "gateway/proxy.h"
+#include "gateway/respond.h"
+#include "base/util.h"
+
+#define JSON_CT LLMUX_HTTP_HEADER_LIT("Content-Type", "application/json")
+
+static int str_eq(llmux_str_t s, const char *lit) {
+  size_t n = strlen(lit);
+  return s.len == n && memcmp(s.base, lit, n) == 0;
+}
+
+/* ---- GET /v1/models ----------------------------------------------------- */
+
+static void json_str(llmux_buf_t *b, const char *s) {
+  llmux_buf_append_json_str(b, s, strlen(s));
+}
+
+static void append_model_list(llmux_buf_t *b, llmux_model_conf_t *const *models, size_t n) {
+  size_t i;
+  llmux_buf_appends(b, "[");
+  for (i = 0; i < n; i++) {
+    if (i) llmux_buf_appends(b, ",");
+    json_str(b, models[i]->id);
+  }
+  llmux_buf_appends(b, "]");
+}
+
+static void append_caps(llmux_buf_t *b, unsigned caps) {
+  static const char *names[] = {"tools", "vision", "json", "embeddings"};
+  size_t i, n = 0;
+  llmux_buf_appends(b, "[");
+  for (i = 0; i < LLMUX_COUNTOF(names); i++) {
+    if (!(caps & (1u << i))) continue;
+    llmux_buf_printf(b, "%s\"%s\"", n++ ? "," : "", names[i]);
+  }
+  llmux_buf_appends(b, "]");
+}
+
+static void append_providers(llmux_buf_t *b, llmux_route_conf_t *const *routes, size_t n) {
+  size_t i;
+  llmux_buf_appends(b, "[");
+  for (i = 0; i < n; i++) {
+    llmux_buf_appends(b, i ? ",{\"provider\":" : "{\"provider\":");
+    json_str(b, routes[i]->provider->name);
+    llmux_buf_appends(b, ",\"model\":");
+    json_str(b, routes[i]->model->id);
+    llmux_buf_appends(b, ",\"provider_model\":");
+    json_str(b, routes[i]->id);
+    llmux_buf_printf(b, ",\"enabled\":%s}", routes[i]->provider->enabled ? "true" : "false");
+  }
+  llmux_buf_appends(b, "]");
+}
+
+static void append_model_object(llmux_buf_t *b, const char *id, const char *kind) {
+  llmux_buf_appends(b, "{\"id\":");
+  json_str(b, id);
+  llmux_buf_printf(b, ",\"object\":\"model\",\"created\":0,\"owned_by\":\"llmux\","
+                      "\"llmux\":{\"kind\":\"%s\"", kind);
+}
+
+static void append_canonical(llmux_buf_t *b, const llmux_model_conf_t *m) {
+  size_t i;
+  llmux_buf_printf(b, ",\"tier\":%d", m->tier);
+  if (m->family) {
+    llmux_buf_appends(b, ",\"family\":");
+    json_str(b, m->family);
+  }
+  llmux_buf_appends(b, ",\"aliases\":[");
+  for (i = 0; i < m->aliases.len; i++) {
+    if (i) llmux_buf_appends(b, ",");
+    json_str(b, m->aliases.items[i]);
+  }
+  llmux_buf_appends(b, "],\"capabilities\":");
+  append_caps(b, m->capabilities);
+  if (m->context_window)
+    llmux_buf_printf(b, ",\"context_window\":%llu", (unsigned long long)m->context_window);
+  if (m->has_price)
+    llmux_buf_printf(b, ",\"price_in\":%g,\"price_out\":%g", m->price_in, m->price_out);
+  llmux_buf_appends(b, ",\"routes\":");
+  append_providers(b, m->routes, m->nroutes);
+}
+
+/* Lists every name tenant t may use (t NULL: all of them). */
+int llmux_api_build_tenant_models(const llmux_config_t *cfg, const llmux_tenant_t *t,
+                                  llmux_buf_t *out) {
+  size_t i, n = 0;
+#define KEEP(name) (t == NULL || llmux_tenant_may_use_name(t, cfg, (name)))
+  llmux_buf_appends(out, "{\"object\":\"list\",\"data\":[");
+  for (i = 0; i < cfg->nmodels; i++) {
+    if (!KEEP(cfg->models[i]->id)) continue;
+    if (n++) llmux_buf_appends(out, ",");
+    append_model_object(out, cfg->models[i]->id, "canonical");
+    append_canonical(out, cfg->models[i]);
+    llmux_buf_appends(out, "}}");
+  }
+  for (i = 0; i < cfg->ngenerics; i++) {
+    const llmux_generic_conf_t *g = cfg->generics[i];
+    if (!KEEP(g->name)) continue;
+    if (n++) llmux_buf_appends(out, ",");
+    append_model_object(out, g->name, "generic");
+    if (g->tier) llmux_buf_printf(out, ",\"tier\":%d", g->tier);
+    if (g->min_tier) llmux_buf_printf(out, ",\"min_tier\":%d", g->min_tier);
+    llmux_buf_appends(out, ",\"models\":");
+    append_model_list(out, g->models, g->nmodels);
+    llmux_buf_appends(out, "}}");
+  }
+  for (i = 0; i < cfg->nprofiles; i++) {
+    const llmux_profile_conf_t *p = cfg->profiles[i];
+    if (!KEEP(p->name)) continue;
+    if (n++) llmux_buf_appends(out, ",");
+    append_model_object(out, p->name, "profile");
+    llmux_buf_printf(out, ",\"strategy\":\"%s\",\"models\":", llmux_strategy_name(p->strategy));
+    append_model_list(out, p->models, p->nmodels);
+    llmux_buf_appends(out, "}}");
+  }
+  for (i = 0; i < cfg->nagents; i++) {
+    const llmux_agent_conf_t *a = cfg->agents[i];
+    const llmux_profile_conf_t *p = llmux_tenant_agent_profile(t ? t->conf : NULL, a);
+    if (t != NULL && !llmux_tenant_may_use_agent(t, cfg, a)) continue;
+    if (n++) llmux_buf_appends(out, ",");
+    append_model_object(out, a->name, "agent");
+    llmux_buf_appends(out, ",\"profile\":");
+    json_str(out, p->name);
+    llmux_buf_appends(out, "}}");
+  }
+#undef KEEP
+  return llmux_buf_appends(out, "]}");
+}
+
+int llmux_api_build_models(const llmux_config_t *cfg, llmux_buf_t *out) {
+  return llmux_api_build_tenant_models(cfg, NULL, out);
+}
+
+/* ---- GET /v1/models/{id} ------------------------------------------------ */
+
+static int hexdig(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+/* Percent-decodes s into out (cap bytes); -1 on bad escapes or overflow. */
+static int url_decode(const char *s, size_t n, char *out, size_t cap) {
+  size_t i, o = 0;
+  for (i = 0; i < n; i++) {
+    char c = s[i];
+    if (c == '%') {
+      int hi, lo;
+      if (i + 2 >= n) return -1;
+      hi = hexdig(s[i + 1]);
+      lo = hexdig(s[i + 2]);
+      if (hi < 0 || lo < 0) return -1;
+      c = (char)(hi * 16 + lo);
+      if (c == '\0') return -1;
+      i += 2;
+    }
+    if (o + 1 >= cap) return -1;
+    out[o++] = c;
+  }
+  out[o] = '\0';
+  return (int)o;
+}
+
+static int send_json(llmux_http_req_t *req, int status, llmux_buf_t *body, const char *rid) {
+  llmux_http_header_t h[2] = {JSON_CT, LLMUX_HTTP_HEADER_LIT("x-request-id", "")};
+  h[1].value = (llmux_str_t){rid, strlen(rid)};
+  return llmux_http_respond_buf(req, status, h, 2, body);
+}
+
+static void handle_model(llmux_gateway_t *gw, llmux_http_req_t *req, const char *rid,
+                         const llmux_tenant_t *tenant) {
+  char name[512];
+  llmux_resolution_t res;
+  llmux_buf_t b = {0};
+  size_t i;
+  const char *prefix = "/v1/models/";
+  llmux_str_t raw = {req->path.base + strlen(prefix), req->path.len - strlen(prefix)};
+
+  if (url_decode(raw.base, raw.len, name, sizeof name) <= 0) {
+    llmux_http_send_error(req, 400, "invalid_request_error", "invalid_model",
+                          "The model name in the URL is empty or badly encoded.", "model");
+    return;
+  }
+  if (llmux_resolve(gw->cfg, name, &res) != 0 ||
+      (tenant != NULL && !llmux_tenant_may_use(tenant, &res, NULL))) {
+    llmux_respond_model_not_found(req, gw->cfg, tenant, name);
+    return;
+  }
+  append_model_object(&b, name, llmux_name_kind_str(res.kind));
+  llmux_buf_appends(&b, ",\"resolves_to\":");
+  json_str(&b, res.target);
+  llmux_buf_printf(&b, ",\"target_kind\":\"%s\",\"chain\":[", llmux_name_kind_str(res.target_kind));
+  for (i = 0; i < res.nchain; i++) {
+    llmux_buf_appends(&b, i ? ",{\"name\":" : "{\"name\":");
+    json_str(&b, res.chain[i].name);
+    llmux_buf_printf(&b, ",\"kind\":\"%s\"}", llmux_name_kind_str(res.chain[i].kind));
+  }
+  llmux_buf_appends(&b, "]");
+  if (res.model) {
+    append_canonical(&b, res.model);
+  } else {
+    llmux_buf_appends(&b, ",\"models\":");
+    append_model_list(&b, res.models, res.nmodels);
+    llmux_buf_appends(&b, ",\"routes\":");
+    append_providers(&b, res.routes, res.nroutes);
+  }
+  llmux_buf_appends(&b, "}}");
+  send_json(req, 200, &b, rid);
+}
+
+/* ---- tenants ------------------------------------------------------------ */
+
+/* The key a request carries: `Authorization: Bearer KEY`, else `x-api-key`
+ * (Anthropic's clients). Never logged. */
+static llmux_str_t request_key(const llmux_http_req_t *req) {
+  const llmux_str_t *v = llmux_http_header(req, "authorization");
+  llmux_str_t k = {NULL, 0};
+  if (v != NULL && v->len > 7 && strncasecmp(v->base, "Bearer ", 7) == 0) {
+    k.base = v->base + 7;
+    k.len = v->len - 7;
+    while (k.len > 0 && *k.base == ' ') { k.base++; k.len--; }
+    if (k.len > 0) return k;
+  }
+  v = llmux_http_header(req, "x-api-key");
+  if (v != NULL && v->len > 0) k = *v;
+  return k;
+}
+
+static void unauthorized(llmux_http_req_t *req, int agent, int missing, const char *rid) {
+  llmux_http_header_t h[3] = {JSON_CT, LLMUX_HTTP_HEADER_LIT("x-request-id", ""),
+                              LLMUX_HTTP_HEADER_LIT("WWW-Authenticate", "Bearer")};
+  llmux_buf_t body = {0};
+  const char *msg = missing ? "You didn't provide an API key: send it as 'Authorization: "
+                              "Bearer KEY' (or 'x-api-key: KEY')."
+                            : "Incorrect API key provided.";
+  h[1].value = (llmux_str_t){rid, strlen(rid)};
+  if (agent) llmux_agent_error_json(&body, msg, "INVALID_API_KEY", 0);
+  else llmux_http_error_json(&body, "invalid_request_error", "invalid_api_key", msg, NULL);
+  llmux_http_respond_buf(req, 401, h, 3, &body);
+}
+
+/* With tenants, everything but /health needs a key. */
+static int needs_key(const llmux_gateway_t *gw, const llmux_http_req_t *req) {
+  return gw->tenants.n > 0 && !str_eq(req->path, "/health");
+}
+
+/* The tenant whose key the request carries; NULL once it is answered 401. */
+static const llmux_tenant_t *authenticate(llmux_gateway_t *gw, llmux_http_req_t *req) {
+  llmux_str_t key = request_key(req);
+  const llmux_tenant_t *t = key.len ? llmux_tenants_auth(&gw->tenants, key.base, key.len) : NULL;
+  char rid[160];
+  if (t == NULL) {
+    llmux_respond_request_id(gw, req, rid);
+    unauthorized(req, str_eq(req->path, "/v1/chat"), key.len == 0, rid);
+  }
+  return t;
+}
+
+/* Keys are checked at the head, before a byte of the body is read: a client
+ * without one cannot make the gateway hold its body. The tenant goes on
+ * req->data for llmux_api_on_request (which checks again only when the
+ * front door was set up without this hook). */
+void llmux_api_on_head(llmux_http_req_t *req) {
+  llmux_gateway_t *gw = req->server->data;
+  const llmux_tenant_t *t;
+  if (!needs_key(gw, req)) return;
+  t = authenticate(gw, req);
+  if (t == NULL) {
+    gw->requests++; /* answered, and gone: on_request never runs */
+    return;
+  }
+  req->data = (void *)t;
+}
+
+/* ---- GET /v1/usage -------------------------------------------------------- */
+
+typedef struct usage_acc_s {
+  json_t *today, *month; /* model -> counts */
+  int day;
+} usage_acc_t;
+
+static void acc_add(json_t *per_model, const llmux_usage_row_t *r) {
+  json_t *m = json_object_get(per_model, r->model);
+  if (m == NULL) {
+    m = json_pack("{s:s,s:I,s:I,s:I,s:f}", "model", r->model, "requests", (json_int_t)0,
+                  "input_tokens", (json_int_t)0, "output_tokens", (json_int_t)0, "cost_usd", 0.0);
+    json_object_set_new(per_model, r->model, m);
+  }
+#define ADD_INT(k, v) \
+  json_object_set_new(m, k, json_integer(json_integer_value(json_object_get(m, k)) + (json_int_t)(v)))
+  ADD_INT("requests", r->counts.requests);
+  ADD_INT("input_tokens", r->counts.input_tokens);
+  ADD_INT("output_tokens", r->counts.output_tokens);
+#undef ADD_INT
+  json_object_set_new(m, "cost_usd",
+                      json_real(json_real_value(json_object_get(m, "cost_usd")) + r->counts.cost_usd));
+}
+
+static void on_usage_row(void *arg, const llmux_usage_row_t *r) {
+  usage_acc_t *a = arg;
+  acc_add(a->month, r);
+  if (r->day == a->day) acc_add(a->today, r);
+}
+
+/* {"requests","input_tokens","output_tokens","cost_usd","models":[...]} */
+static json_t *period(const char *key, const char *label, json_t *per_model,
+                      const llmux_usage_counts_t *tot) {
+  json_t *models = json_array(), *m;
+  const char *k;
+  json_object_foreach(per_model, k, m) json_array_append(models, m);
+  return json_pack("{s:s,s:I,s:I,s:I,s:f,s:o}", key, label, "requests",
+                   (json_int_t)tot->requests, "input_tokens", (json_int_t)tot->input_tokens,
+                   "output_tokens", (json_int_t)tot->output_tokens, "cost_usd", tot->cost_usd,
+                   "models", models);
+}
+
+static json_t *limit_or_null(uint64_t v) {
+  return v ? json_integer((json_int_t)v) : json_null();
+}
+
+static void handle_usage(llmux_gateway_t *gw, llmux_http_req_t *req, const char *rid,
+                         const llmux_tenant_t *t) {
+  const llmux_tenant_conf_t *c;
+  usage_acc_t a;
+  llmux_usage_counts_t today, month;
+  char day[11], mon[8], *text;
+  json_t *o;
+  llmux_buf_t b = {0};
+  if (t == NULL) {
+    llmux_http_send_error(req, 404, "invalid_request_error", "no_tenants",
+                          "Usage is kept per tenant, and no [tenant] is configured.", NULL);
+    return;
+  }
+  c = t->conf;
+  a.day = llmux_usage_today();
+  a.today = json_object();
+  a.month = json_object();
+  llmux_usage_foreach(gw->usage, c->name, llmux_usage_month_start(a.day), a.day, on_usage_row, &a);
+  llmux_usage_tenant_totals(gw->usage, c->name, a.day, &today, &month);
+  llmux_usage_day_str(a.day, day);
+  llmux_usage_month_str(a.day, mon);
+  o = json_pack("{s:s,s:s,s:o,s:o,s:{s:o,s:o,s:o,s:o}}", "object", "usage", "tenant", c->name,
+                "today", period("date", day, a.today, &today),
+                "month", period("month", mon, a.month, &month), "limits",
+                "requests_per_minute", limit_or_null(c->limits.requests_per_minute),
+                "tokens_per_minute", limit_or_null(c->limits.tokens_per_minute),
+                "tokens_per_day", limit_or_null(c->limits.tokens_per_day),
+                "budget_usd_per_month",
+                c->has_budget ? json_real(c->budget_usd_per_month) : json_null());
+  text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+  json_decref(o);
+  json_decref(a.today);
+  json_decref(a.month);
+  if (text == NULL) {
+    llmux_http_send_error(req, 500, "server_error", "internal_error", "Out of memory.", NULL);
+    return;
+  }
+  llmux_buf_appends(&b, text);
+  free(text);
+  send_json(req, 200, &b, rid);
+}
+
+/* ---- dispatch ----------------------------------------------------------- */
+
+static void handle_health(llmux_gateway_t *gw, llmux_http_req_t *req, const char *rid) {
+  llmux_buf_t b = {0};
+  size_t i, enabled = 0;
+  for (i = 0; i < gw->cfg->nproviders; i++) enabled += gw->cfg->providers[i]->enabled != 0;
+  llmux_buf_printf(&b,
+                   "{\"status\":\"ok\",\"uptime_s\":%llu,\"models\":%zu,"
+                   "\"providers\":{\"enabled\":%zu,\"total\":%zu}}",
+                   (unsigned long long)((llmux_now_us() - gw->started_us) / 1000000u),
+                   gw->cfg->nmodels, enabled, gw->cfg->nproviders);
+  send_json(req, 200, &b, rid);
+}
+
+static void method_not_allowed(llmux_http_req_t *req, const char *allow) {
+  char msg[160];
+  llmux_http_header_t h[2] = {JSON_CT, LLMUX_HTTP_HEADER_LIT("Allow", "")};
+  llmux_buf_t body = {0};
+  h[1].value = (llmux_str_t){allow, strlen(allow)};
+  snprintf(msg, sizeof msg, "Method %s is not allowed on %.*s: use %s.", req->method,
+           (int)(req->path.len > 80 ? 80 : req->path.len), req->path.base, allow);
+  llmux_http_error_json(&body, "invalid_request_error", "method_not_allowed", msg, NULL);
+  llmux_http_respond_buf(req, 405, h, 2, &body);
+}
+
+static int is_get(const llmux_http_req_t *req) {
+  return strcmp(req->method, "GET") == 0 || strcmp(req->method, "HEAD") == 0;
+}
+
+void llmux_api_on_request(llmux_http_req_t *req) {
+  llmux_gateway_t *gw = req->server->data;
+  llmux_str_t p = req->path;
+  llmux_proxy_opts_t po = {0, NULL, 0};
+  char rid[160];
+
+  gw->requests++;
+  llmux_respond_request_id(gw, req, rid);
+  if (str_eq(p, "/v1/chat/completions")) po.endpoint = LLMUX_ENDPOINT_CHAT;
+  else if (str_eq(p, "/v1/completions")) po.endpoint = LLMUX_ENDPOINT_COMPLETIONS;
+  else if (str_eq(p, "/v1/embeddings")) po.endpoint = LLMUX_ENDPOINT_EMBEDDINGS;
+  else if (str_eq(p, "/v1/chat")) po.endpoint = LLMUX_ENDPOINT_CHAT, po.agent = 1;
+
+  if (needs_key(gw, req)) {
+    po.tenant = req->data; /* llmux_api_on_head checked the key */
+    if (po.tenant == NULL && (po.tenant = authenticate(gw, req)) == NULL) return;
+  }
+  if (po.endpoint != 0) {
+    if (strcmp(req->method, "POST") != 0) return method_not_allowed(req, "POST");
+    return llmux_proxy_handle_opts(gw, req, &po);
+  }
+  if (str_eq(p, "/v1/usage")) {
+    if (!is_get(req)) return method_not_allowed(req, "GET, HEAD");
+    return handle_usage(gw, req, rid, po.tenant);
+  }
+  if (str_eq(p, "/health")) {
+    if (!is_get(req)) return method_not_allowed(req, "GET, HEAD");
+    return handle_health(gw, req, rid);
+  }
+  if (str_eq(p, "/v1/models")) {
+    llmux_http_header_t h[2] = {JSON_CT, LLMUX_HTTP_HEADER_LIT("x-request-id", "")};
+    if (!is_get(req)) return method_not_allowed(req, "GET, HEAD");
+    h[1].value = (llmux_str_t){rid, strlen(rid)};
+    if (po.tenant != NULL)
+      llmux_http_respond(req, 200, h, 2, po.tenant->models_json.base, po.tenant->models_json.len);
+    else
+      llmux_http_respond(req, 200, h, 2, gw->models_json.base, gw->models_json.len);
+    return;
+  }
+  if (p.len > 11 && memcmp(p.base, "/v1/models/", 11) == 0) {
+    if (!is_get(req)) return method_not_allowed(req, "GET, HEAD");
+    return handle_model(gw, req, rid, po.tenant);
+  }
+  {
+    char msg[200];
+    snprintf(msg, sizeof msg, "Invalid URL (%s %.*s): see GET /v1/models and "
+             "POST /v1/chat/completions.", req->method,
+             (int)(p.len > 100 ? 100 : p.len), p.base);
+    llmux_http_send_error(req, 404, "invalid_request_error", "unknown_url", msg, NULL);
+  }
+}

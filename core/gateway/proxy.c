@@ -1,0 +1,1195 @@
+#define _GNU_SOURCE
+/* Proxying one client request: validate, resolve the model to candidate
+ * routes, and try them in order (skipping routes without rate-limit headroom
+ * or resting after failures), translating with each provider's plugin,
+ * until one answers; then stream the answer back.
+ *
+ * One proxy_t lives from the client's request until both sides are done.
+ * It dies in exactly one place, proxy_free(), reached when the response to
+ * the client is finished or the client went away, and never while an
+ * upstream request is running (it is cancelled first) or a backoff timer is
+ * open (closed first, the memory freed in its close callback). */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "gateway/agent.h"
+#include "base/json_scan.h"
+#include "base/log.h"
+#include "plugin/plugin.h"
+#include "route/ratelimit.h"
+#include "config/registry.h"
+#include "route/router.h"
+#include "gateway/proxy.h"
+#include "gateway/respond.h"
+#include "base/util.h"
+
+/* Stop reading from the provider while this much is queued for the client. */
+#define CLIENT_HIGH_WATER (256 * 1024)
+#define ERROR_BODY_MAX (64 * 1024)
+#define MAX_RESP_HEADERS 64
+#define MAX_CANDIDATES 64
+
+typedef struct proxy_s {
+  llmux_gateway_t *gw;
+  llmux_http_req_t *client;       /* NULL once finished or aborted */
+  llmux_buf_t body;               /* the client's body, taken from the request */
+  llmux_str_t model_value;        /* "model" inside body */
+  int endpoint;
+  int stream;
+  unsigned caps;                  /* LLMUX_CAP_* the request needs */
+  char model_name[256];
+  char rid[160];
+  llmux_resolution_t res;
+
+  /* candidates and the attempts made on them */
+  llmux_route_plan_t plan;
+  size_t next;                    /* next candidate to consider */
+  unsigned attempts;
+  unsigned same_retries;
+  uint64_t deadline_ms;           /* loop time */
+  uint64_t prompt_tokens;
+  uint64_t max_tokens;
+  uint64_t min_context;           /* after a context-length error */
+  llmux_buf_t tried;              /* "groq/x: 429 rate limited; ..." */
+  llmux_buf_t skipped;            /* routes passed over, and why */
+  uint64_t rl_wait_ms;            /* shortest wait of a rate-limited route */
+  const char *rl_provider;        /* the first provider without headroom */
+  size_t ncooling;
+
+  /* the last failure, for the final answer */
+  int have_failure;
+  int fail_status;
+  const char *fail_type, *fail_code;
+  llmux_buf_t fail_msg;
+  uint64_t fail_retry_after_ms;
+
+  /* the attempt in flight */
+  const llmux_route_conf_t *route;
+  llmux_provider_rt_t *prov;
+  llmux_rl_reservation_t resv;
+  uint64_t resv_tokens;
+  llmux_host_txn_t ht;
+  llmux_provider_rt_t *txn_prov;  /* whose plugin owns ht.txn.data */
+  llmux_upstream_req_t up;
+  int up_running;
+  llmux_buf_t up_path;
+  llmux_buf_t up_headers;
+  llmux_buf_t out;                /* non-stream: the whole answer */
+  llmux_buf_t pending;            /* stream: events not yet written */
+  llmux_buf_t err_body;           /* non-2xx: the provider's body */
+  llmux_buf_t resp_hdr_store;     /* copies of the provider's response headers */
+  int started;                    /* stream: the client has our head */
+  int emit_failed;                /* 1: client write failed; 2: plugin refused the body */
+
+  uv_timer_t timer;               /* backoff before retrying a route */
+  int timer_live;
+
+  /* time spent upstream or waiting, excluded from x-llmux-overhead-us */
+  uint64_t t_start, t_up_start, t_up_head, elsewhere_us;
+
+  /* the tenant calling, and ARES's agent endpoint (issue 8) */
+  const llmux_tenant_t *tenant;   /* NULL when llmux runs open */
+  llmux_rl_reservation_t tenant_resv; /* its per-minute windows */
+  uint64_t tenant_tokens;         /* committed at the end: the answer's usage */
+  int agent;                      /* 1: POST /v1/chat, answers in ARES's shapes */
+  llmux_agent_req_t areq;
+  llmux_agent_stream_t astream;
+  /* Scratch arrays, last: each is written before it is read, so a new
+   * proxy zeroes only what comes before them (they are most of its size). */
+  const llmux_route_conf_t *cands[MAX_CANDIDATES];
+  llmux_route_skip_t skips[MAX_CANDIDATES];
+  uv_buf_t iov[LLMUX_TXN_MAX_BODY_PARTS];
+  llmux_header_t resp_headers[MAX_RESP_HEADERS];
+} proxy_t;
+
+static void try_next(proxy_t *p);
+
+static uint64_t now_ms(const proxy_t *p) {
+  return uv_now(p->gw->loop);
+}
+
+static int64_t wall_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- lifetime ----------------------------------------------------------- */
+
+static void on_timer_closed(uv_handle_t *h) {
+  free(h->data);
+}
+
+static void free_txn(proxy_t *p) {
+  if (p->txn_prov && p->txn_prov->plugin->vt->txn_free)
+    p->txn_prov->plugin->vt->txn_free(p->txn_prov->instance, &p->ht.txn);
+  p->txn_prov = NULL;
+}
+
+static void proxy_free(proxy_t *p) {
+  if (p->up_running) {
+    llmux_upstream_cancel(&p->up);
+    llmux_router_inflight(p->gw->router, p->route->index, -1);
+    llmux_router_report(p->gw->router, p->route->index, LLMUX_OUTCOME_NEUTRAL, 0, now_ms(p));
+  }
+  if (p->resv.held) llmux_rl_commit(&p->resv, p->resv_tokens, now_ms(p));
+  /* A request that got no answer counts, without tokens, against the
+   * tenant's requests_per_minute. */
+  if (p->tenant_resv.held) llmux_rl_commit(&p->tenant_resv, p->tenant_tokens, now_ms(p));
+  llmux_agent_stream_free(&p->astream);
+  free_txn(p);
+  llmux_host_txn_free(&p->ht);
+  llmux_buf_free(&p->body);
+  llmux_buf_free(&p->tried);
+  llmux_buf_free(&p->skipped);
+  llmux_buf_free(&p->fail_msg);
+  llmux_buf_free(&p->up_path);
+  llmux_buf_free(&p->up_headers);
+  llmux_buf_free(&p->out);
+  llmux_buf_free(&p->pending);
+  llmux_buf_free(&p->err_body);
+  llmux_buf_free(&p->resp_hdr_store);
+  if (p->timer_live) {
+    uv_timer_stop(&p->timer);
+    p->timer.data = p;
+    uv_close((uv_handle_t *)&p->timer, on_timer_closed);
+    return;
+  }
+  free(p);
+}
+
+/* The client side is finished: nothing more will be sent. */
+static void proxy_finish(proxy_t *p) {
+  p->client = NULL;
+  proxy_free(p);
+}
+
+static void account(proxy_t *p);
+
+static void on_client_abort(llmux_http_req_t *req) {
+  proxy_t *p = req->data;
+  llmux_debug("%s: client went away; cancelling the upstream request", p->rid);
+  /* A stream the client left half-way was still served (and billed by the
+   * provider): count what is known of it. */
+  if (p->started) account(p);
+  proxy_finish(p);
+}
+
+static void on_client_drain(llmux_http_req_t *req) {
+  proxy_t *p = req->data;
+  if (p->up_running) llmux_upstream_resume(&p->up);
+}
+
+/* ---- answers ------------------------------------------------------------ */
+
+static uint64_t overhead_us(const proxy_t *p) {
+  uint64_t now = llmux_now_us(), total = now - p->t_start;
+  uint64_t upstream = p->elsewhere_us;
+  if (p->t_up_start) upstream += (p->t_up_head ? p->t_up_head : now) - p->t_up_start;
+  /* A non-stream answer waits for the whole body upstream too. */
+  if (!p->stream && p->t_up_start && p->t_up_head) upstream += now - p->t_up_head;
+  return total > upstream ? total - upstream : 0;
+}
+
+/* Our response headers into h[] (room for 8); num holds 2 x 24 bytes. */
+static size_t our_headers(proxy_t *p, llmux_http_header_t *h, const char *ctype, char *num) {
+  size_t n = 0;
+  h[n++] = (llmux_http_header_t){{"Content-Type", 12}, {ctype, strlen(ctype)}};
+  h[n++] = (llmux_http_header_t){{"x-request-id", 12}, {p->rid, strlen(p->rid)}};
+  if (p->route) {
+    h[n++] = (llmux_http_header_t){{"x-llmux-provider", 16},
+                                   {p->route->provider->name, strlen(p->route->provider->name)}};
+    h[n++] = (llmux_http_header_t){{"x-llmux-model", 13},
+                                   {p->route->model->id, strlen(p->route->model->id)}};
+  }
+  llmux_u64_dec(num, overhead_us(p));
+  h[n++] = (llmux_http_header_t){{"x-llmux-overhead-us", 19}, {num, strlen(num)}};
+  llmux_u64_dec(num + 24, p->attempts);
+  h[n++] = (llmux_http_header_t){{"x-llmux-attempts", 16}, {num + 24, strlen(num + 24)}};
+  return n;
+}
+
+/* An error answer in OpenAI's shape. With `ares`, the rate-limit shape
+ * (ARES's fields inside OpenAI's envelope): {"error":{"message","type",
+ * "code"},"retry_after":N}. retry_after_s > 0 also sets Retry-After. */
+static void respond_error(proxy_t *p, int status, const char *type, const char *code,
+                          const char *param, const char *msg, uint64_t retry_after_s,
+                          int ares) {
+  llmux_http_header_t h[10];
+  llmux_buf_t body = {0};
+  char num[48], ra[24];
+  size_t n;
+  if (p->client == NULL) return;
+  if (p->agent) {
+    llmux_agent_error_json(&body, msg, llmux_agent_error_code(status, code), retry_after_s);
+  } else if (ares) {
+    llmux_buf_appends(&body, "{\"error\":{\"message\":");
+    llmux_buf_append_json_str(&body, msg, strlen(msg));
+    llmux_buf_printf(&body, ",\"type\":\"%s\",\"code\":\"%s\"},\"retry_after\":%llu}", type, code,
+                     (unsigned long long)retry_after_s);
+  } else {
+    llmux_http_error_json(&body, type, code, msg, param);
+  }
+  n = our_headers(p, h, "application/json", num);
+  if (retry_after_s > 0) {
+    snprintf(ra, sizeof ra, "%llu", (unsigned long long)retry_after_s);
+    h[n++] = (llmux_http_header_t){{"Retry-After", 11}, {ra, strlen(ra)}};
+  }
+  llmux_http_respond_buf(p->client, status, h, n, &body);
+}
+
+static void fail_client(proxy_t *p, int status, const char *type, const char *code,
+                        const char *param, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+
+static void fail_client(proxy_t *p, int status, const char *type, const char *code,
+                        const char *param, const char *fmt, ...) {
+  char msg[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  respond_error(p, status, type, code, param, msg, 0, 0);
+  proxy_finish(p);
+}
+
+/* ---- validation --------------------------------------------------------- */
+
+/* Top-level keys of a request body that may each appear once (json_scan
+ * refuses a second occurrence, escaped or not), so that what the gateway
+ * checks is what the provider reads: first those read here, in F_ order,
+ * then those plugins translate or that change what a request costs. */
+static const char *const body_keys[] = {
+    "model", "stream", "messages", "prompt", "input", "tools", "response_format",
+    "max_completion_tokens", "max_tokens",
+    "stream_options", "n", "best_of", "tool_choice", "parallel_tool_calls", "functions",
+    "function_call", "temperature", "top_p", "seed", "stop", "user", "presence_penalty",
+    "frequency_penalty", "dimensions", "encoding_format"};
+enum { F_MODEL, F_STREAM, F_MESSAGES, F_PROMPT, F_INPUT, F_TOOLS, F_FORMAT, F_MAX_COMPLETION,
+       F_MAX_TOKENS, F_COUNT = LLMUX_COUNTOF(body_keys) };
+
+static int validate_fields(proxy_t *p, llmux_json_field_t *f) {
+  if (f[F_MODEL].type == LLMUX_JSON_NONE) {
+    fail_client(p, 400, "invalid_request_error", "missing_required_parameter", "model",
+                "You must provide a model parameter.");
+    return -1;
+  }
+  if (f[F_MODEL].type != LLMUX_JSON_STRING ||
+      llmux_json_unquote(f[F_MODEL].value, p->model_name, sizeof p->model_name) != 0 ||
+      p->model_name[0] == '\0') {
+    fail_client(p, 400, "invalid_request_error", "invalid_type", "model",
+                "'model' must be a non-empty string of at most %zu bytes.",
+                sizeof p->model_name - 1);
+    return -1;
+  }
+  if (f[F_STREAM].type != LLMUX_JSON_NONE && f[F_STREAM].type != LLMUX_JSON_TRUE &&
+      f[F_STREAM].type != LLMUX_JSON_FALSE && f[F_STREAM].type != LLMUX_JSON_NULL) {
+    fail_client(p, 400, "invalid_request_error", "invalid_type", "stream",
+                "'stream' must be a boolean.");
+    return -1;
+  }
+  if (p->endpoint == LLMUX_ENDPOINT_CHAT && f[F_MESSAGES].type != LLMUX_JSON_ARRAY) {
+    fail_client(p, 400, "invalid_request_error",
+                f[F_MESSAGES].type == LLMUX_JSON_NONE ? "missing_required_parameter"
+                                                      : "invalid_type",
+                "messages", "'messages' must be an array of message objects.");
+    return -1;
+  }
+  if (p->endpoint == LLMUX_ENDPOINT_COMPLETIONS && f[F_PROMPT].type == LLMUX_JSON_NONE) {
+    fail_client(p, 400, "invalid_request_error", "missing_required_parameter", "prompt",
+                "You must provide a prompt parameter.");
+    return -1;
+  }
+  if (p->endpoint == LLMUX_ENDPOINT_EMBEDDINGS && f[F_INPUT].type != LLMUX_JSON_STRING &&
+      f[F_INPUT].type != LLMUX_JSON_ARRAY) {
+    fail_client(p, 400, "invalid_request_error",
+                f[F_INPUT].type == LLMUX_JSON_NONE ? "missing_required_parameter"
+                                                   : "invalid_type",
+                "input", "'input' must be a string or an array.");
+    return -1;
+  }
+  return 0;
+}
+
+/* Does a response_format object ask for JSON? Its "type" as the provider
+ * reads it: unescaped, and a repeated "type" counts as asking. */
+static int wants_json(llmux_str_t format) {
+  llmux_json_field_t f[] = {{"type"}};
+  char type[16];
+  if (llmux_json_scan(format.base, format.len, f, 1, NULL, NULL) != 0)
+    return llmux_json_duplicate(f, 1) != NULL;
+  return f[0].type == LLMUX_JSON_STRING &&
+         llmux_json_unquote(f[0].value, type, sizeof type) == 0 &&
+         (strcmp(type, "json_object") == 0 || strcmp(type, "json_schema") == 0);
+}
+
+/* What the request needs from a model, for the router's capability filter. */
+static unsigned needed_caps(const proxy_t *p, const llmux_json_field_t *f, int images) {
+  unsigned caps = 0;
+  if (p->endpoint == LLMUX_ENDPOINT_EMBEDDINGS) return LLMUX_CAP_EMBEDDINGS;
+  if (f[F_TOOLS].type == LLMUX_JSON_ARRAY && f[F_TOOLS].value.len > 2) caps |= LLMUX_CAP_TOOLS;
+  if (images && f[F_MESSAGES].type == LLMUX_JSON_ARRAY) caps |= LLMUX_CAP_VISION;
+  if (f[F_FORMAT].type == LLMUX_JSON_OBJECT && wants_json(f[F_FORMAT].value))
+    caps |= LLMUX_CAP_JSON;
+  return caps;
+}
+
+/* Token estimates for rate limits and the context-window filter, from the
+ * one scan validation already made (the estimator is ratelimit's). */
+static void estimate_tokens(proxy_t *p, const llmux_json_field_t *f) {
+  p->prompt_tokens = llmux_rl_estimate_fields(f, F_COUNT);
+  if (llmux_rl_max_tokens_fields(f, F_COUNT, &p->max_tokens) != 0) p->max_tokens = 0;
+}
+
+static int validate(proxy_t *p) {
+  int images = 0;
+  llmux_json_field_t f[F_COUNT];
+  const llmux_json_field_t *dup;
+  size_t off = 0, i;
+  const char *why = NULL;
+  if (p->body.len == 0) {
+    fail_client(p, 400, "invalid_request_error", "invalid_json", NULL,
+                "The request has no body: send a JSON object with at least 'model'.");
+    return -1;
+  }
+  for (i = 0; i < F_COUNT; i++) f[i].key = body_keys[i];
+  if (llmux_json_scan_probe(p->body.base, p->body.len, f, F_COUNT, "image_url", &images, &off,
+                            &why) != 0) {
+    if ((dup = llmux_json_duplicate(f, F_COUNT)) != NULL)
+      fail_client(p, 400, "invalid_request_error", "duplicate_key", dup->key,
+                  "'%s' appears more than once in the body (the second at byte %zu); "
+                  "send it once.", dup->key, off);
+    else
+      fail_client(p, 400, "invalid_request_error", "invalid_json", NULL,
+                  "We could not parse the JSON body of your request: %s at byte %zu.", why,
+                  off);
+    return -1;
+  }
+  if (validate_fields(p, f) != 0) return -1;
+  p->stream = f[F_STREAM].type == LLMUX_JSON_TRUE;
+  p->model_value = f[F_MODEL].value;
+  p->caps = needed_caps(p, f, images);
+  estimate_tokens(p, f);
+  return 0;
+}
+
+/* Is a provider's 200 answer a JSON object at all? Its first and last
+ * non-blank bytes are braces: that catches garbage and truncated bodies
+ * (what a broken provider sends) at no cost, where a full validation of
+ * every answer cost a tenth of the proxy's time; the client's JSON parser
+ * has the last word on the rest. */
+static int looks_like_object(const llmux_buf_t *b) {
+  const char *s = b->base, *e = b->base + b->len;
+  if (b->len < 2) return 0;
+  while (s < e && (*s == ' ' || *s == '\n' || *s == '\r' || *s == '\t')) s++;
+  while (e > s && (e[-1] == ' ' || e[-1] == '\n' || e[-1] == '\r' || e[-1] == '\t')) e--;
+  return e - s >= 2 && s[0] == '{' && e[-1] == '}';
+}
+
+/* ---- streaming to the client -------------------------------------------- */
+
+/* Stream events are gathered in `pending` and written once per upstream
+ * read (flush_pending), not once per event: a read often carries dozens. */
+static int emit_to_client(void *owner, const char *data, size_t len) {
+  proxy_t *p = owner;
+  if (p->client == NULL) return LLMUX_ECANCELED;
+  if (!p->stream) return llmux_buf_append(&p->out, data, len);
+  if (p->agent) /* ARES events out of the provider's OpenAI events */
+    return llmux_agent_stream_feed(&p->astream, data, len, &p->pending);
+  return llmux_buf_append(&p->pending, data, len);
+}
+
+static void flush_pending(proxy_t *p) {
+  int queued;
+  if (p->pending.len == 0 || p->client == NULL || !p->started) return;
+  queued = llmux_http_write_buf(p->client, &p->pending);
+  if (queued < 0) {
+    p->emit_failed = 1;
+    return;
+  }
+  if ((size_t)queued > CLIENT_HIGH_WATER && p->up_running) llmux_upstream_pause(&p->up);
+}
+
+static void on_up_read_end(llmux_upstream_req_t *up) {
+  flush_pending(up->data);
+}
+
+static void start_stream(proxy_t *p) {
+  llmux_http_header_t h[10];
+  char num[48];
+  size_t n = our_headers(p, h, "text/event-stream", num);
+  h[n++] = (llmux_http_header_t){{"Cache-Control", 13}, {"no-cache", 8}};
+  llmux_http_start(p->client, 200, h, n);
+  p->started = 1;
+}
+
+/* The stream broke after the client got our head: say so in-band, as an
+ * SSE event in OpenAI's error shape, and end the stream. */
+static void end_stream_with_error(proxy_t *p, const char *code, const char *msg) {
+  llmux_buf_t ev = {0};
+  flush_pending(p);
+  llmux_buf_appends(&ev, "data: ");
+  if (p->agent) {
+    llmux_buf_appends(&ev, "{\"type\":\"error\",\"error\":");
+    llmux_buf_append_json_str(&ev, msg, strlen(msg));
+    llmux_buf_appends(&ev, ",\"code\":\"UPSTREAM_UNAVAILABLE\"}");
+  } else {
+    llmux_http_error_json(&ev, "upstream_error", code, msg, NULL);
+  }
+  llmux_buf_appends(&ev, "\n\n");
+  llmux_http_write_buf(p->client, &ev);
+  llmux_http_end(p->client);
+  proxy_finish(p);
+}
+
+/* The most tokens one answer is believed to use. */
+#define USAGE_MAX_TOKENS 1000000000
+
+/* The usage the plugin set, which is its provider's word: a count above
+ * USAGE_MAX_TOKENS, or below -1 (the ABI's "unknown"), is made unknown so
+ * the estimate stands in, and logged, once (the fix is kept), whatever a
+ * third-party plugin checked. Read only through here. */
+static llmux_usage_t plugin_usage(proxy_t *p) {
+  llmux_usage_t *u = &p->ht.txn.usage;
+  int bad_in = u->prompt_tokens < -1 || u->prompt_tokens > USAGE_MAX_TOKENS;
+  int bad_out = u->completion_tokens < -1 || u->completion_tokens > USAGE_MAX_TOKENS;
+  if (bad_in || bad_out) {
+    llmux_warn("%s: provider '%s' reported usage of %lld prompt and %lld completion tokens: "
+               "not believed, counted as unknown", p->rid,
+               p->route ? p->route->provider->name : "?", (long long)u->prompt_tokens,
+               (long long)u->completion_tokens);
+    if (bad_in) u->prompt_tokens = -1;
+    if (bad_out) u->completion_tokens = -1;
+  }
+  return *u;
+}
+
+/* Tokens to commit to the rate limiter: the answer's, else the reservation. */
+static uint64_t answer_tokens(proxy_t *p) {
+  llmux_usage_t u = plugin_usage(p);
+  return u.prompt_tokens >= 0 && u.completion_tokens >= 0
+             ? (uint64_t)(u.prompt_tokens + u.completion_tokens)
+             : p->resv_tokens;
+}
+
+/* The answer's usage, per tenant and model; input falls back on the
+ * estimate when the provider did not say (a stream without
+ * stream_options.include_usage). */
+static void account(proxy_t *p) {
+  const llmux_model_conf_t *m = p->route ? p->route->model : NULL;
+  llmux_usage_t u;
+  uint64_t in, out;
+  if (p->tenant == NULL || m == NULL) return;
+  u = plugin_usage(p);
+  in = u.prompt_tokens >= 0 ? (uint64_t)u.prompt_tokens : p->prompt_tokens;
+  out = u.completion_tokens >= 0 ? (uint64_t)u.completion_tokens : 0;
+  p->tenant_tokens = in + out;
+  llmux_usage_add(p->gw->usage, p->tenant->conf->name, m->id, llmux_usage_today(), in, out,
+                  ((double)in * m->price_in + (double)out * m->price_out) / 1e6);
+}
+
+static llmux_agent_info_t agent_info(const proxy_t *p) {
+  llmux_agent_info_t i;
+  i.agent_type = p->areq.agent->name;
+  i.tier = p->areq.profile->name;
+  i.model = p->route->model->id;
+  i.provider = p->route->provider->name;
+  return i;
+}
+
+/* ARES's answer from the buffered OpenAI one; 0, or the client got a 502. */
+static int agent_answer(proxy_t *p) {
+  llmux_agent_info_t info = agent_info(p);
+  llmux_buf_t a = {0};
+  if (llmux_agent_answer(p->out.base, p->out.len, &info, &a) != 0) {
+    llmux_buf_free(&a);
+    respond_error(p, 502, "upstream_error", "UPSTREAM_UNAVAILABLE", NULL,
+                  "The provider's answer has no message.", 0, 0);
+    proxy_finish(p);
+    return -1;
+  }
+  llmux_buf_free(&p->out);
+  p->out = a;
+  return 0;
+}
+
+static void finish_ok(proxy_t *p) {
+  llmux_http_header_t h[10];
+  char num[48];
+  size_t n;
+  account(p);
+  if (p->stream) {
+    flush_pending(p);
+    if (p->agent) {
+      llmux_agent_info_t info = agent_info(p);
+      llmux_buf_t ev = {0};
+      if (llmux_agent_stream_end(&p->astream, &info, &ev) == 0) llmux_http_write_buf(p->client, &ev);
+      llmux_buf_free(&ev);
+    }
+    llmux_http_end(p->client);
+    proxy_finish(p);
+    return;
+  }
+  if (p->agent && agent_answer(p) != 0) return;
+  n = our_headers(p, h, "application/json", num);
+  llmux_http_respond_buf(p->client, 200, h, n, &p->out);
+  proxy_finish(p);
+}
+
+/* ---- failures ------------------------------------------------------------ */
+
+static const char *code_for(llmux_fail_class_t c) {
+  switch (c) {
+    case LLMUX_FAIL_RATE_LIMITED: return "RATE_LIMIT_EXCEEDED";
+    case LLMUX_FAIL_QUOTA: return "insufficient_quota";
+    case LLMUX_FAIL_OVERLOADED: return "provider_overloaded";
+    case LLMUX_FAIL_SERVER: return "upstream_error";
+    case LLMUX_FAIL_TIMEOUT: return "upstream_timeout";
+    case LLMUX_FAIL_AUTH: return "upstream_auth_failed";
+    case LLMUX_FAIL_BAD_REQUEST: return "invalid_request";
+    case LLMUX_FAIL_CONTEXT_LENGTH: return "context_length_exceeded";
+    case LLMUX_FAIL_MODEL_NOT_FOUND: return "model_not_found";
+    case LLMUX_FAIL_CONTENT_FILTER: return "content_filter";
+    case LLMUX_FAIL_UPSTREAM_GARBAGE: return "upstream_garbage";
+    default: return "upstream_error";
+  }
+}
+
+static int status_for(llmux_fail_class_t c, int upstream_status) {
+  switch (c) {
+    case LLMUX_FAIL_RATE_LIMITED:
+    case LLMUX_FAIL_QUOTA: return 429;
+    case LLMUX_FAIL_BAD_REQUEST:
+    case LLMUX_FAIL_CONTEXT_LENGTH:
+    case LLMUX_FAIL_CONTENT_FILTER:
+      return upstream_status >= 400 && upstream_status < 500 ? upstream_status : 400;
+    case LLMUX_FAIL_OVERLOADED: return 503;
+    case LLMUX_FAIL_TIMEOUT: return 504;
+    default: return 502;
+  }
+}
+
+/* Remembers an attempt's failure: the last one decides the final answer,
+ * and every one is listed in its message. `msg` is for the client;
+ * `detail` (may be NULL) is for the log only and may name an address. */
+static void record_failure(proxy_t *p, int status, const char *type, const char *code,
+                           uint64_t retry_after_ms, const char *msg, const char *detail) {
+  p->have_failure = 1;
+  p->fail_status = status;
+  p->fail_type = type;
+  p->fail_code = code;
+  p->fail_retry_after_ms = retry_after_ms;
+  p->fail_msg.len = 0;
+  llmux_buf_appends(&p->fail_msg, msg);
+  llmux_buf_printf(&p->tried, "%s%s/%s: %s", p->tried.len ? "; " : "",
+                   p->route->provider->name, p->route->id, msg);
+  llmux_warn("%s: %s/%s failed: %s%s%s%s", p->rid, p->route->provider->name, p->route->id, msg,
+             detail ? " (" : "", detail ? detail : "", detail ? ")" : "");
+}
+
+static void note_failure(proxy_t *p, int status, const char *type, const char *code,
+                         uint64_t retry_after_ms, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+
+static void note_failure(proxy_t *p, int status, const char *type, const char *code,
+                         uint64_t retry_after_ms, const char *fmt, ...) {
+  char msg[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  record_failure(p, status, type, code, retry_after_ms, msg, NULL);
+}
+
+/* A failure before any answer. The client hears the provider's name and the
+ * kind of failure (or the plugin's advice); the upstream client's own words
+ * name the host and port, so they go to the log only. */
+static void note_net_failure(proxy_t *p, int status, const char *type, const char *code,
+                             const char *reason) {
+  char msg[512];
+  snprintf(msg, sizeof msg, "Provider '%s': %s", p->route->provider->name, reason);
+  record_failure(p, status, type, code, 0, msg, p->up.error[0] ? p->up.error : NULL);
+}
+
+static void note_skip(proxy_t *p, const llmux_route_conf_t *r, const char *why) {
+  llmux_buf_printf(&p->skipped, "%s%s/%s (%s)", p->skipped.len ? ", " : "",
+                   r->provider->name, r->id, why);
+}
+
+static uint64_t secs_up(uint64_t ms) {
+  return ms == 0 ? 1 : (ms + 999) / 1000;
+}
+
+/* No candidate is left: the last failure, or why nothing could be tried. */
+static void give_up(proxy_t *p) {
+  llmux_buf_t msg = {0};
+  if (p->have_failure) {
+    int ares = p->fail_status == 429;
+    llmux_buf_append(&msg, p->fail_msg.base, p->fail_msg.len);
+    if (p->attempts > 1) llmux_buf_printf(&msg, " (tried: %s)", p->tried.base);
+    if (p->skipped.len) llmux_buf_printf(&msg, " (skipped: %s)", p->skipped.base);
+    respond_error(p, p->fail_status, p->fail_type, p->fail_code, NULL, msg.base,
+                  ares ? secs_up(p->fail_retry_after_ms) : 0, ares);
+  } else if (p->rl_provider != NULL) {
+    llmux_buf_printf(&msg, "Rate limit exceeded for provider '%s'", p->rl_provider);
+    respond_error(p, 429, "rate_limit_error", "RATE_LIMIT_EXCEEDED", NULL, msg.base,
+                  secs_up(p->rl_wait_ms), 1);
+  } else if (p->ncooling > 0) {
+    uint64_t wait = p->plan.retry_at_ms > now_ms(p) ? p->plan.retry_at_ms - now_ms(p) : 0;
+    llmux_buf_printf(&msg, "Every route for model '%s' is cooling down after repeated "
+                     "failures: %s.", p->model_name, p->skipped.base);
+    respond_error(p, 503, "upstream_error", "all_routes_cooling_down", NULL, msg.base,
+                  secs_up(wait), 0);
+  } else {
+    llmux_buf_printf(&msg, "No provider can serve model '%s' now: %s.", p->model_name,
+                     p->skipped.len ? p->skipped.base : "no route is configured for it");
+    respond_error(p, 503, "upstream_error", "no_provider_available", "model", msg.base, 0, 0);
+  }
+  llmux_buf_free(&msg);
+  proxy_finish(p);
+}
+
+static void on_backoff(uv_timer_t *t) {
+  proxy_t *p = t->data;
+  try_next(p);
+}
+
+/* After a failed attempt: the next candidate now, or, when this was the
+ * last one and the failure looked transient, this route again after a
+ * backoff with jitter. */
+static void failover(proxy_t *p, int retry_same) {
+  const llmux_server_conf_t *s = &p->gw->cfg->server;
+  if (p->next >= p->plan.nroutes && retry_same && p->same_retries == 0 &&
+      p->attempts < (s->max_attempts ? s->max_attempts : 1)) {
+    uint64_t delay = llmux_backoff_ms(p->same_retries, s->retry_backoff_ms,
+                                      s->retry_backoff_max_ms, llmux_rand_next(&p->gw->id_state));
+    if (now_ms(p) + delay < p->deadline_ms) {
+      p->same_retries++;
+      p->next--;
+      if (!p->timer_live) {
+        uv_timer_init(p->gw->loop, &p->timer);
+        p->timer_live = 1;
+      }
+      p->timer.data = p;
+      p->elsewhere_us += delay * 1000;
+      uv_timer_start(&p->timer, on_backoff, delay, 0);
+      return;
+    }
+  }
+  try_next(p);
+}
+
+/* ---- upstream callbacks --------------------------------------------------- */
+
+static llmux_rl_key_t route_key(const llmux_route_conf_t *r) {
+  llmux_rl_key_t k = {r->provider->name, r->id};
+  return k;
+}
+
+static void keep_headers(proxy_t *p, const llmux_str_t *hdrs, size_t n) {
+  size_t i, total = 0, off = 0;
+  if (n > MAX_RESP_HEADERS) n = MAX_RESP_HEADERS;
+  for (i = 0; i < 2 * n; i++) total += hdrs[i].len;
+  p->resp_hdr_store.len = 0;
+  if (llmux_buf_reserve(&p->resp_hdr_store, total) != 0) n = 0;
+  for (i = 0; i < n; i++) {
+    char *base = p->resp_hdr_store.base;
+    memcpy(base + off, hdrs[2 * i].base, hdrs[2 * i].len);
+    p->resp_headers[i].name = (llmux_str_t){base + off, hdrs[2 * i].len};
+    off += hdrs[2 * i].len;
+    memcpy(base + off, hdrs[2 * i + 1].base, hdrs[2 * i + 1].len);
+    p->resp_headers[i].value = (llmux_str_t){base + off, hdrs[2 * i + 1].len};
+    off += hdrs[2 * i + 1].len;
+  }
+  p->resp_hdr_store.len = off;
+  p->ht.txn.resp_headers = p->resp_headers;
+  p->ht.txn.nresp_headers = n;
+}
+
+static void on_up_head(llmux_upstream_req_t *up, int status, const llmux_str_t *hdrs,
+                       size_t n) {
+  proxy_t *p = up->data;
+  llmux_rl_key_t key = route_key(p->route);
+  p->t_up_head = llmux_now_us();
+  keep_headers(p, hdrs, n);
+  p->ht.txn.status = status;
+  llmux_rl_sync_headers(p->gw->rl, &key, (llmux_rl_style_t)p->prov->rl_style, p->resp_headers,
+                        p->ht.txn.nresp_headers, now_ms(p), wall_ms());
+  if (status < 200 || status >= 300) return;
+  llmux_router_report(p->gw->router, p->route->index, LLMUX_OUTCOME_SUCCESS,
+                      (p->t_up_head - p->t_up_start) / 1000, now_ms(p));
+  if (p->stream && p->client) {
+    start_stream(p);
+  } else {
+    /* Size the answer's buffer once rather than doubling it up to size. */
+    const llmux_str_t *cl = llmux_host_api()->header_get(p->resp_headers,
+                                                         p->ht.txn.nresp_headers, "content-length");
+    uint64_t len = 0;
+    size_t i;
+    for (i = 0; cl != NULL && i < cl->len && cl->base[i] >= '0' && cl->base[i] <= '9'; i++)
+      len = len * 10 + (uint64_t)(cl->base[i] - '0');
+    if (len > 0 && len <= (64u << 20)) llmux_buf_reserve(&p->out, (size_t)len);
+  }
+}
+
+static void on_up_body(llmux_upstream_req_t *up, const char *data, size_t len) {
+  proxy_t *p = up->data;
+  int status = p->ht.txn.status;
+  if (status < 200 || status >= 300) {
+    if (p->err_body.len + len <= ERROR_BODY_MAX) llmux_buf_append(&p->err_body, data, len);
+    return;
+  }
+  if (p->emit_failed) return;
+  if (p->prov->plugin->vt->parse_response(p->prov->instance, &p->ht.txn, data, len, 0) != 0 &&
+      !p->emit_failed)
+    p->emit_failed = 2;
+}
+
+/* The attempt ended before any answer: a connection-level failure. */
+static void attempt_failed_net(proxy_t *p, int status) {
+  const char *why = status == LLMUX_EPROTO ? "the answer was not HTTP" : llmux_strerror(status);
+  int reached = !(status == LLMUX_ECONNREFUSED || status == LLMUX_EDNS || status == LLMUX_ECERT ||
+                  status == LLMUX_ETLS || status == LLMUX_EINVAL);
+  llmux_router_report(p->gw->router, p->route->index, LLMUX_OUTCOME_FAILURE, 0, now_ms(p));
+  if (reached) llmux_rl_commit(&p->resv, p->resv_tokens, now_ms(p));
+  else llmux_rl_release(&p->resv, now_ms(p));
+  llmux_buf_t advice = {0};
+  const llmux_provider_t *vt = p->prov->plugin->vt;
+  /* A plugin may know what to tell the user ("start it with `ollama serve`"). */
+  if (vt->size >= offsetof(llmux_provider_t, explain_error) + sizeof(vt->explain_error) &&
+      vt->explain_error != NULL &&
+      vt->explain_error(p->prov->instance, status, why, &advice) == 0 && advice.len > 0)
+    why = advice.base;
+  if (status == LLMUX_ETIMEOUT)
+    note_net_failure(p, 504, "upstream_error", "upstream_timeout", why);
+  else if (status == LLMUX_EPROTO)
+    note_net_failure(p, 502, "upstream_error", "upstream_garbage", why);
+  else
+    note_net_failure(p, 502, "upstream_error", llmux_err_code(status), why);
+  llmux_buf_free(&advice);
+  failover(p, status == LLMUX_ETIMEOUT || status == LLMUX_ECONNRESET || status == LLMUX_EEOF);
+}
+
+/* The provider answered with an error status. */
+static void attempt_failed_http(proxy_t *p) {
+  llmux_error_info_t e;
+  llmux_rl_key_t key = route_key(p->route);
+  int status, upstream = p->ht.txn.status;
+  llmux_outcome_t outcome = LLMUX_OUTCOME_FAILURE;
+  memset(&e, 0, sizeof e);
+  p->prov->plugin->vt->classify_error(p->prov->instance, &p->ht.txn, p->err_body.base,
+                                      p->err_body.len, &e);
+  llmux_rl_commit(&p->resv, p->resv_tokens, now_ms(p));
+  if (e.cls == LLMUX_FAIL_RATE_LIMITED) {
+    /* Rest the route until the provider's retry-after (headers synced in
+     * on_up_head already cover the x-ratelimit-* state). */
+    llmux_rl_block(p->gw->rl, &key, now_ms(p) + (e.retry_after_ms ? e.retry_after_ms : 1000),
+                   LLMUX_RL_BLOCK_RETRY_AFTER);
+    outcome = LLMUX_OUTCOME_NEUTRAL;
+  } else if (e.cls == LLMUX_FAIL_QUOTA) {
+    llmux_rl_key_t wide = {p->route->provider->name, NULL};
+    llmux_rl_block(p->gw->rl, &wide,
+                   now_ms(p) + (e.retry_after_ms ? e.retry_after_ms : 3600000),
+                   LLMUX_RL_BLOCK_SPEND_LIMIT);
+    outcome = LLMUX_OUTCOME_NEUTRAL;
+  } else if (e.cls == LLMUX_FAIL_BAD_REQUEST || e.cls == LLMUX_FAIL_CONTEXT_LENGTH ||
+             e.cls == LLMUX_FAIL_CONTENT_FILTER) {
+    outcome = LLMUX_OUTCOME_NEUTRAL;
+  }
+  llmux_router_report(p->gw->router, p->route->index, outcome, 0, now_ms(p));
+  if (e.cls == LLMUX_FAIL_CONTEXT_LENGTH)
+    p->min_context = p->route->model->context_window ? p->route->model->context_window
+                                                     : UINT64_MAX;
+  status = status_for(e.cls, upstream);
+  note_failure(p, status,
+               status == 429 ? "rate_limit_error"
+               : status < 500 ? "invalid_request_error"
+                              : "upstream_error",
+               code_for(e.cls), e.retry_after_ms, "Provider '%s' answered %d: %s",
+               p->route->provider->name, upstream, e.message.len ? e.message.base : "no details");
+  llmux_buf_free(&e.message);
+  if (!e.retry_elsewhere) {
+    give_up(p);
+    return;
+  }
+  failover(p, e.retry_same);
+}
+
+static void on_up_done(llmux_upstream_req_t *up, int status) {
+  proxy_t *p = up->data;
+  uint64_t now = llmux_now_us();
+  p->up_running = 0;
+  llmux_router_inflight(p->gw->router, p->route->index, -1);
+  if (status < 0 || status < 200 || status >= 300) {
+    p->elsewhere_us += now - p->t_up_start;
+    p->t_up_start = p->t_up_head = 0;
+  }
+  if (status < 0 && p->started) {
+    char msg[300];
+    llmux_rl_commit(&p->resv, p->resv_tokens, now_ms(p));
+    llmux_router_report(p->gw->router, p->route->index, LLMUX_OUTCOME_FAILURE, 0, now_ms(p));
+    snprintf(msg, sizeof msg, "The stream from provider '%s' broke: %s.",
+             p->route->provider->name, llmux_strerror(status));
+    llmux_warn("%s: %s/%s: stream broke: %s", p->rid, p->route->provider->name, p->route->id,
+               up->error[0] ? up->error : llmux_strerror(status));
+    end_stream_with_error(p, status == LLMUX_ETIMEOUT ? "upstream_timeout" : "upstream_error",
+                          msg);
+    return;
+  }
+  if (status < 0) { attempt_failed_net(p, status); return; }
+  if (status < 200 || status >= 300) { attempt_failed_http(p); return; }
+
+  p->prov->plugin->vt->parse_response(p->prov->instance, &p->ht.txn, NULL, 0, 1);
+  llmux_rl_commit(&p->resv, answer_tokens(p), now_ms(p));
+  if (p->started) {
+    if (p->emit_failed == 2)
+      end_stream_with_error(p, "upstream_garbage", "The provider's stream was malformed.");
+    else
+      finish_ok(p);
+    return;
+  }
+  /* The body passed through untouched, so check it once: a 200 whose body
+   * is not JSON is the provider's fault, and another route may do better. */
+  if (p->emit_failed == 2 || !looks_like_object(&p->out)) {
+    p->elsewhere_us += now - p->t_up_start;
+    p->t_up_start = p->t_up_head = 0;
+    llmux_router_report(p->gw->router, p->route->index, LLMUX_OUTCOME_FAILURE, 0, now_ms(p));
+    note_failure(p, 502, "upstream_error", "upstream_garbage", 0,
+                 "Provider '%s' answered 200 with a body that is not a JSON object",
+                 p->route->provider->name);
+    failover(p, 0);
+    return;
+  }
+  finish_ok(p);
+}
+
+/* ---- attempts ------------------------------------------------------------ */
+
+static void build_upstream(proxy_t *p) {
+  const llmux_provider_conf_t *pc = p->prov->conf;
+  llmux_txn_t *t = &p->ht.txn;
+  uint64_t left = p->deadline_ms > now_ms(p) ? p->deadline_ms - now_ms(p) : 1;
+  size_t i;
+  p->up_path.len = 0;
+  llmux_buf_reserve(&p->up_headers, 512);
+  llmux_buf_appends(&p->up_path, p->prov->base_path);
+  llmux_buf_append(&p->up_path, t->path.base, t->path.len);
+  p->up_headers.len = 0;
+  llmux_buf_appends(&p->up_headers, "Content-Type: application/json\r\n");
+  llmux_buf_appends(&p->up_headers,
+                    p->stream ? "Accept: text/event-stream\r\n" : "Accept: application/json\r\n");
+  llmux_buf_appends(&p->up_headers, "X-Request-Id: ");
+  llmux_buf_appends(&p->up_headers, p->rid);
+  llmux_buf_appends(&p->up_headers, "\r\n");
+  llmux_buf_append(&p->up_headers, t->headers.base, t->headers.len);
+  for (i = 0; i < pc->nheaders; i++)
+    llmux_buf_printf(&p->up_headers, "%s: %s\r\n", pc->headers[i].key, pc->headers[i].value);
+  for (i = 0; i < t->nbody_parts; i++) {
+    p->iov[i].base = (char *)t->body_parts[i].base;
+    p->iov[i].len = t->body_parts[i].len;
+  }
+  llmux_upstream_req_init(&p->up);
+  p->up.data = p;
+  p->up.https = p->prov->tls;
+  p->up.host = p->prov->host;
+  p->up.port = (uint16_t)p->prov->port;
+  p->up.tls_ctx = p->prov->tls_ctx;
+  p->up.method = t->method ? t->method : "POST";
+  p->up.path = p->up_path.base;
+  p->up.headers = p->up_headers.base;
+  p->up.headers_len = p->up_headers.len;
+  p->up.body = p->iov;
+  p->up.nbody = t->nbody_parts;
+  p->up.connect_timeout_ms = pc->connect_timeout_ms;
+  p->up.first_byte_timeout_ms = pc->timeout_ms;
+  p->up.idle_timeout_ms = pc->stream_timeout_ms;
+  p->up.total_timeout_ms = pc->total_timeout_ms && pc->total_timeout_ms < left
+                               ? pc->total_timeout_ms : left;
+  p->up.on_head = on_up_head;
+  p->up.on_body = on_up_body;
+  p->up.on_done = on_up_done;
+  p->up.on_read_end = on_up_read_end;
+}
+
+/* ABI 1.2: a provider without base_url (rt->host == NULL) is answered by
+ * its plugin's respond_local, with no upstream request at all (the
+ * `simple` embedding provider). The whole answer is emitted during the
+ * call, so it is finished (or failed over) before this returns. */
+static void respond_locally(proxy_t *p, const llmux_route_conf_t *r, llmux_provider_rt_t *rt) {
+  const llmux_provider_t *vt = rt->plugin->vt;
+  int rc;
+  if (p->stream) start_stream(p);
+  rc = vt->respond_local(rt->instance, &p->ht.txn);
+  if (rc == 0 && !p->stream && p->emit_failed == 0 &&
+      !looks_like_object(&p->out))
+    rc = LLMUX_EUPSTREAM;
+  if (rc != 0 && p->started) {
+    llmux_rl_release(&p->resv, now_ms(p));
+    end_stream_with_error(p, "local_provider_failed", "The local provider failed mid-answer.");
+    return;
+  }
+  if (rc != 0) {
+    llmux_rl_release(&p->resv, now_ms(p));
+    if (rc == LLMUX_EINVAL)
+      note_failure(p, 400, "invalid_request_error", "unsupported_request", 0,
+                   "provider '%s' (plugin '%s') cannot serve this request", r->provider->name,
+                   rt->plugin->name);
+    else
+      note_failure(p, 502, "upstream_error", llmux_err_code(rc), 0,
+                   "plugin '%s' could not answer: %s", rt->plugin->name, llmux_strerror(rc));
+    try_next(p);
+    return;
+  }
+  llmux_rl_commit(&p->resv, answer_tokens(p), now_ms(p));
+  llmux_router_report(p->gw->router, r->index, LLMUX_OUTCOME_SUCCESS, 0, now_ms(p));
+  finish_ok(p);
+}
+
+/* Sends the request to one route. On a local failure notes it and moves
+ * on to the next candidate. */
+static void attempt(proxy_t *p, const llmux_route_conf_t *r, llmux_provider_rt_t *rt,
+                    uint64_t tokens) {
+  llmux_txn_t *t = &p->ht.txn;
+  llmux_rl_key_t key = route_key(r);
+  int rc;
+  p->route = r;
+  p->prov = rt;
+  p->attempts++;
+  p->resv_tokens = tokens;
+  memset(&p->resv, 0, sizeof p->resv);
+  llmux_rl_reserve(p->gw->rl, &key, tokens, now_ms(p), &p->resv);
+  p->err_body.len = 0;
+  p->out.len = 0;
+  p->emit_failed = 0;
+  /* A retry runs the translation again from scratch, possibly with another
+   * provider's plugin: release the previous plugin's state first. */
+  if (p->txn_prov != rt) free_txn(p);
+  llmux_host_txn_clear_out(&p->ht);
+  t->size = sizeof *t;
+  t->endpoint = (llmux_endpoint_t)p->endpoint;
+  t->body = (llmux_str_t){p->body.base, p->body.len};
+  t->model_value = p->model_value;
+  t->stream = p->stream;
+  t->attempt = p->attempts - 1;
+  t->canonical_model = r->model->id;
+  t->provider_model = r->id;
+  t->status = 0;
+  t->nresp_headers = 0;
+  p->ht.owner = p;
+  p->ht.emit = emit_to_client;
+  p->txn_prov = rt;
+  if (rt->host == NULL) { /* no base_url: the plugin answers (ABI 1.2) */
+    respond_locally(p, r, rt);
+    return;
+  }
+  rc = rt->plugin->vt->translate_request(rt->instance, t);
+  if (rc != 0 || t->nbody_parts == 0 || t->nbody_parts > LLMUX_TXN_MAX_BODY_PARTS) {
+    llmux_rl_release(&p->resv, now_ms(p));
+    /* EINVAL: the request holds something this provider cannot take (an
+     * audio part for Anthropic, say): another route may; if none can, it
+     * is the client's 400. Anything else is the plugin's failure. */
+    if (rc == LLMUX_EINVAL || rc == 0)
+      note_failure(p, 400, "invalid_request_error", "unsupported_by_provider", 0,
+                   "provider '%s' (plugin '%s') cannot accept this request", r->provider->name,
+                   rt->plugin->name);
+    else
+      note_failure(p, 502, "upstream_error", "translation_failed", 0,
+                   "plugin '%s' could not translate the request: %s", rt->plugin->name,
+                   llmux_strerror(rc));
+    try_next(p);
+    return;
+  }
+  build_upstream(p);
+  p->t_up_start = llmux_now_us();
+  p->t_up_head = 0;
+  llmux_router_inflight(p->gw->router, r->index, +1);
+  rc = llmux_upstream_start(p->gw->up, &p->up);
+  if (rc != 0) {
+    llmux_router_inflight(p->gw->router, r->index, -1);
+    p->t_up_start = 0;
+    llmux_rl_release(&p->resv, now_ms(p));
+    llmux_router_report(p->gw->router, r->index, LLMUX_OUTCOME_FAILURE, 0, now_ms(p));
+    note_net_failure(p, 502, "upstream_error", llmux_err_code(rc), llmux_strerror(rc));
+    try_next(p);
+    return;
+  }
+  p->up_running = 1;
+  llmux_debug("%s: attempt %u: %s -> %s/%s", p->rid, p->attempts, p->model_name,
+              r->provider->name, r->id);
+}
+
+/* Is there headroom on route r for this request? Notes why not. */
+static int has_headroom(proxy_t *p, const llmux_route_conf_t *r, llmux_provider_rt_t *rt,
+                        uint64_t *tokens) {
+  llmux_rl_key_t key = route_key(r);
+  uint64_t wait = 0;
+  *tokens = llmux_rl_tokens_to_reserve((llmux_rl_style_t)rt->rl_style, p->prompt_tokens,
+                                       p->max_tokens, r->model->context_window);
+  if (llmux_rl_check(p->gw->rl, &key, *tokens, now_ms(p), &wait) == 0) return 1;
+  if (p->rl_provider == NULL) p->rl_provider = r->provider->name;
+  if (p->rl_wait_ms == 0 || wait < p->rl_wait_ms) p->rl_wait_ms = wait;
+  {
+    char why[64];
+    snprintf(why, sizeof why, "no rate-limit headroom for %llus",
+             (unsigned long long)secs_up(wait));
+    note_skip(p, r, why);
+  }
+  return 0;
+}
+
+static void try_next(proxy_t *p) {
+  const llmux_server_conf_t *s = &p->gw->cfg->server;
+  if (p->client == NULL) { proxy_free(p); return; }
+  uint64_t max_attempts = s->max_attempts ? s->max_attempts : 1;
+  while (p->next < p->plan.nroutes && p->attempts < max_attempts &&
+         now_ms(p) < p->deadline_ms) {
+    const llmux_route_conf_t *r = p->cands[p->next++];
+    llmux_provider_rt_t *rt = &p->gw->provs->items[r->provider->index];
+    uint64_t tokens;
+    if (rt->instance == NULL) { note_skip(p, r, "not available"); continue; }
+    if (p->min_context && (r->model->context_window == 0 ||
+                           r->model->context_window <= p->min_context)) {
+      note_skip(p, r, "context window not larger");
+      continue;
+    }
+    if (!has_headroom(p, r, rt, &tokens)) continue;
+    if (llmux_router_allow(p->gw->router, r->index, now_ms(p)) == LLMUX_ROUTER_DENY) {
+      p->ncooling++;
+      note_skip(p, r, "cooling down");
+      continue;
+    }
+    attempt(p, r, rt, tokens);
+    return;
+  }
+  give_up(p);
+}
+
+/* ---- entry --------------------------------------------------------------- */
+
+static int plan_routes(proxy_t *p) {
+  llmux_route_query_t q;
+  size_t i;
+  memset(&q, 0, sizeof q);
+  q.caps = p->caps;
+  q.prompt_tokens = p->prompt_tokens;
+  q.seed = llmux_rand_next(&p->gw->id_state);
+  p->plan.routes = p->cands;
+  p->plan.skipped = p->skips;
+  p->plan.cap = MAX_CANDIDATES;
+  if (p->res.nroutes > MAX_CANDIDATES) p->res.nroutes = MAX_CANDIDATES;
+  if (llmux_router_order(p->gw->router, &p->res, &q, now_ms(p), &p->plan) < 0) return -1;
+  for (i = 0; i < p->plan.nskipped; i++) {
+    const llmux_route_skip_t *sk = &p->skips[i];
+    if (sk->reason == LLMUX_SKIP_DISABLED) {
+      note_skip(p, sk->route, sk->route->provider->disabled_reason
+                                  ? sk->route->provider->disabled_reason
+                                  : "provider disabled");
+    } else {
+      note_skip(p, sk->route, llmux_skip_reason_str(sk->reason));
+    }
+  }
+  p->ncooling = p->plan.ncooling;
+  return 0;
+}
+
+/* ARES's body -> an OpenAI chat body through the agent's profile. */
+static int agent_request(proxy_t *p) {
+  llmux_buf_t body = {0};
+  char msg[256];
+  int rc = llmux_agent_build_request(p->gw->cfg, p->tenant ? p->tenant->conf : NULL,
+                                     p->body.base, p->body.len, &p->areq, &body, msg,
+                                     sizeof msg);
+  if (rc != 0) {
+    llmux_buf_free(&body);
+    fail_client(p, 400, "invalid_request_error",
+                rc == LLMUX_ENOTFOUND ? "UNKNOWN_AGENT_TYPE" : "INVALID_REQUEST", NULL, "%s",
+                msg);
+    return -1;
+  }
+  llmux_buf_free(&p->body);
+  p->body = body;
+  return 0;
+}
+
+/* The tenant's say, before any provider's: may it use this, and has it
+ * headroom? Reserves its per-minute share. */
+static int tenant_admit(proxy_t *p) {
+  llmux_tenant_verdict_t v;
+  uint64_t tokens;
+  char msg[256];
+  int allowed = p->agent ? llmux_tenant_may_use_agent(p->tenant, p->gw->cfg, p->areq.agent)
+                         : llmux_tenant_may_use(p->tenant, &p->res, NULL);
+  if (!allowed && !p->agent) {
+    /* The same answer as for a name that does not exist. */
+    llmux_respond_model_not_found(p->client, p->gw->cfg, p->tenant, p->model_name);
+    proxy_finish(p);
+    return -1;
+  }
+  if (!allowed) {
+    fail_client(p, 403, "invalid_request_error", "AGENT_NOT_ALLOWED", NULL,
+                "Tenant '%s' may not use agent '%s': GET /v1/models lists what it may use.",
+                p->tenant->conf->name, p->areq.agent->name);
+    return -1;
+  }
+  tokens = llmux_rl_tokens_to_reserve(LLMUX_RL_STYLE_GENERIC, p->prompt_tokens, p->max_tokens, 0);
+  if (llmux_tenant_admit(&p->gw->tenants, p->gw->usage, p->tenant, tokens, now_ms(p), wall_ms(),
+                         &p->tenant_resv, &v) == 0)
+    return 0;
+  snprintf(msg, sizeof msg, "%s exceeded for tenant '%s': %s", v.quota ? "Quota" : "Rate limit",
+           p->tenant->conf->name, v.limit);
+  respond_error(p, 429, v.quota ? "insufficient_quota" : "rate_limit_error",
+                v.quota ? "QUOTA_EXCEEDED" : "RATE_LIMIT_EXCEEDED", NULL, msg,
+                secs_up(v.retry_after_ms), 1);
+  proxy_finish(p);
+  return -1;
+}
+
+void llmux_proxy_handle(llmux_gateway_t *gw, llmux_http_req_t *req, int endpoint) {
+  llmux_proxy_opts_t o = {endpoint, NULL, 0};
+  llmux_proxy_handle_opts(gw, req, &o);
+}
+
+void llmux_proxy_handle_opts(llmux_gateway_t *gw, llmux_http_req_t *req,
+                             const llmux_proxy_opts_t *opts) {
+  proxy_t *p = malloc(sizeof *p);
+  if (p != NULL) memset(p, 0, offsetof(proxy_t, cands));
+  if (p == NULL) {
+    llmux_http_send_error(req, 503, "server_error", "out_of_memory", "Out of memory.", NULL);
+    return;
+  }
+  p->gw = gw;
+  p->client = req;
+  p->endpoint = opts->endpoint;
+  p->tenant = opts->tenant;
+  p->agent = opts->agent;
+  p->t_start = req->start_us;
+  req->data = p;
+  req->on_abort = on_client_abort;
+  req->on_drain = on_client_drain;
+  llmux_respond_request_id(gw, req, p->rid);
+  llmux_http_req_take_body(req, &p->body);
+  if (p->agent && agent_request(p) != 0) return;
+  if (validate(p) != 0) return;
+  if (llmux_resolve(gw->cfg, p->model_name, &p->res) != 0 ||
+      (p->agent && p->res.profile != p->areq.profile)) {
+    if (p->agent) {
+      fail_client(p, 500, "server_error", "internal_error", NULL,
+                  "Profile '%s' of agent '%s' does not resolve to itself.", p->model_name,
+                  p->areq.agent->name);
+      return;
+    }
+    llmux_respond_model_not_found(req, gw->cfg, p->tenant, p->model_name);
+    proxy_finish(p);
+    return;
+  }
+  p->deadline_ms = now_ms(p) + gw->cfg->server.request_timeout_ms;
+  if (p->tenant && tenant_admit(p) != 0) return;
+  if (plan_routes(p) != 0) {
+    fail_client(p, 500, "server_error", "internal_error", NULL, "Routing failed.");
+    return;
+  }
+  try_next(p);
+}

@@ -1,0 +1,471 @@
+/* Route ordering and per-route circuit breakers. See router.h for the rules;
+ * this file only adds how. */
+#include "route/router.h"
+
+#include <assert.h>
+#include <float.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/util.h"
+
+/* One route's observed state. The failure ring itself lives in
+ * llmux_router_t.fail_ring, `failures` slots per route. */
+typedef struct route_state_s {
+  unsigned nfails;        /* failure times in the ring (<= failures) */
+  unsigned head;          /* next ring slot; the oldest when the ring is full */
+  int open;               /* tripped: rests until until_ms, then half-open */
+  uint64_t until_ms;
+  int probe_out;          /* half-open probe granted and not yet reported */
+  uint64_t probe_at_ms;
+  unsigned inflight;
+  uint64_t samples;
+  double ewma_ms;
+} route_state_t;
+
+/* Ordering workspace entry. */
+typedef struct entry_s {
+  const llmux_route_conf_t *route;
+  size_t model_rank;      /* the model's place: resolution order or shuffled */
+  size_t prank;           /* place in priority order */
+  double key;             /* the strategy's sort key, ascending */
+} entry_t;
+
+struct llmux_router_s {
+  llmux_router_options_t opts;
+  size_t nroutes;
+  route_state_t *routes;
+  uint64_t *fail_ring;    /* nroutes * opts.failures failure times */
+  entry_t *scratch;       /* nroutes entries, reused by every ordering */
+  unsigned *seen;         /* per route: == gen when already taken this call */
+  unsigned gen;
+  size_t *mrank;          /* weighted: a rank per resolution model */
+  size_t mrank_cap;
+};
+
+/* ---- Life cycle -------------------------------------------------------- */
+
+void llmux_router_options_default(llmux_router_options_t *o) {
+  o->failures = 3;
+  o->window_ms = 60000;
+  o->cooldown_ms = 30000;
+  o->probe_timeout_ms = 60000;
+  o->ewma_alpha = 0.3;
+}
+
+static int take_options(llmux_router_options_t *dst, const llmux_router_options_t *src) {
+  llmux_router_options_default(dst);
+  if (src == NULL) return 0;
+  if (src->failures) dst->failures = src->failures;
+  if (src->window_ms) dst->window_ms = src->window_ms;
+  if (src->cooldown_ms) dst->cooldown_ms = src->cooldown_ms;
+  if (src->probe_timeout_ms) dst->probe_timeout_ms = src->probe_timeout_ms;
+  if (src->ewma_alpha != 0) dst->ewma_alpha = src->ewma_alpha;
+  if (!(dst->ewma_alpha > 0 && dst->ewma_alpha <= 1)) return LLMUX_EINVAL;
+  if (dst->failures > 1024) return LLMUX_EINVAL; /* a ring per route: keep it small */
+  return 0;
+}
+
+int llmux_router_new(const llmux_config_t *cfg, const llmux_router_options_t *opts,
+                     llmux_router_t **out) {
+  llmux_router_t *r;
+  size_t n;
+  if (out) *out = NULL;
+  if (cfg == NULL || out == NULL) return LLMUX_EINVAL;
+  r = calloc(1, sizeof(*r));
+  if (r == NULL) return LLMUX_ENOMEM;
+  if (take_options(&r->opts, opts) != 0) {
+    free(r);
+    return LLMUX_EINVAL;
+  }
+  n = cfg->nroutes ? cfg->nroutes : 1; /* calloc(0) may return NULL */
+  r->nroutes = cfg->nroutes;
+  r->routes = calloc(n, sizeof(*r->routes));
+  r->fail_ring = calloc(n * r->opts.failures, sizeof(*r->fail_ring));
+  r->scratch = calloc(n, sizeof(*r->scratch));
+  r->seen = calloc(n, sizeof(*r->seen));
+  if (!r->routes || !r->fail_ring || !r->scratch || !r->seen) goto fail;
+  *out = r;
+  return 0;
+
+fail:
+  llmux_router_free(r);
+  return LLMUX_ENOMEM;
+}
+
+void llmux_router_free(llmux_router_t *r) {
+  if (r == NULL) return;
+  free(r->routes);
+  free(r->fail_ring);
+  free(r->scratch);
+  free(r->seen);
+  free(r->mrank);
+  free(r);
+}
+
+/* ---- Breaker ----------------------------------------------------------- */
+
+static route_state_t *state_of(const llmux_router_t *r, size_t idx) {
+  assert(idx < r->nroutes && "route index from another config snapshot");
+  return &r->routes[idx];
+}
+
+static llmux_breaker_state_t breaker(const route_state_t *s, uint64_t now_ms) {
+  if (!s->open) return LLMUX_BREAKER_CLOSED;
+  return now_ms < s->until_ms ? LLMUX_BREAKER_OPEN : LLMUX_BREAKER_HALF_OPEN;
+}
+
+/* A probe is out unless none was granted or it lapsed unreported. */
+static int probe_blocks(const llmux_router_t *r, const route_state_t *s, uint64_t now_ms) {
+  return s->probe_out && now_ms - s->probe_at_ms < r->opts.probe_timeout_ms;
+}
+
+static void trip(const llmux_router_t *r, route_state_t *s, uint64_t now_ms) {
+  s->open = 1;
+  s->until_ms = now_ms + r->opts.cooldown_ms;
+  s->probe_out = 0;
+  s->nfails = 0;
+  s->head = 0;
+}
+
+static void close_breaker(route_state_t *s) {
+  s->open = 0;
+  s->probe_out = 0;
+  s->nfails = 0;
+  s->head = 0;
+}
+
+/* Records a failure of a closed route; trips it when the last `failures`
+ * failures all fall within the window. */
+static void count_failure(const llmux_router_t *r, size_t idx, route_state_t *s,
+                          uint64_t now_ms) {
+  unsigned n = r->opts.failures;
+  uint64_t *ring = r->fail_ring + idx * n;
+  uint64_t oldest;
+  ring[s->head] = now_ms;
+  s->head = (s->head + 1) % n;
+  if (s->nfails < n) s->nfails++;
+  if (s->nfails < n) return;
+  oldest = ring[s->head]; /* full ring: head is the oldest of the last n */
+  if (now_ms < oldest || now_ms - oldest < r->opts.window_ms) trip(r, s, now_ms);
+}
+
+llmux_router_verdict_t llmux_router_allow(llmux_router_t *r, size_t route_index,
+                                          uint64_t now_ms) {
+  route_state_t *s = state_of(r, route_index);
+  switch (breaker(s, now_ms)) {
+  case LLMUX_BREAKER_CLOSED: return LLMUX_ROUTER_ALLOW;
+  case LLMUX_BREAKER_OPEN: return LLMUX_ROUTER_DENY;
+  case LLMUX_BREAKER_HALF_OPEN: break;
+  }
+  if (probe_blocks(r, s, now_ms)) return LLMUX_ROUTER_DENY;
+  s->probe_out = 1;
+  s->probe_at_ms = now_ms;
+  return LLMUX_ROUTER_PROBE;
+}
+
+static void observe_latency(const llmux_router_t *r, route_state_t *s, uint64_t latency_ms) {
+  double x = (double)latency_ms;
+  if (s->samples++ == 0)
+    s->ewma_ms = x;
+  else
+    s->ewma_ms += r->opts.ewma_alpha * (x - s->ewma_ms);
+}
+
+/* A report while the route still rests (OPEN) comes from a request sent
+ * before it tripped: it says nothing about now, so the breaker ignores it. */
+void llmux_router_report(llmux_router_t *r, size_t route_index, llmux_outcome_t outcome,
+                         uint64_t latency_ms, uint64_t now_ms) {
+  route_state_t *s = state_of(r, route_index);
+  llmux_breaker_state_t st = breaker(s, now_ms);
+  switch (outcome) {
+  case LLMUX_OUTCOME_SUCCESS:
+    observe_latency(r, s, latency_ms);
+    if (st != LLMUX_BREAKER_OPEN) close_breaker(s);
+    break;
+  case LLMUX_OUTCOME_FAILURE:
+    if (st == LLMUX_BREAKER_CLOSED)
+      count_failure(r, route_index, s, now_ms);
+    else if (st == LLMUX_BREAKER_HALF_OPEN)
+      trip(r, s, now_ms);
+    break;
+  case LLMUX_OUTCOME_NEUTRAL:
+    if (st == LLMUX_BREAKER_HALF_OPEN) s->probe_out = 0;
+    break;
+  }
+}
+
+void llmux_router_inflight(llmux_router_t *r, size_t route_index, int delta) {
+  route_state_t *s = state_of(r, route_index);
+  unsigned down;
+  if (delta >= 0) {
+    s->inflight += (unsigned)delta;
+    return;
+  }
+  down = (unsigned)(-(long long)delta);
+  assert(down <= s->inflight && "inflight below zero");
+  s->inflight = down > s->inflight ? 0 : s->inflight - down;
+}
+
+void llmux_router_stats(const llmux_router_t *r, size_t route_index, uint64_t now_ms,
+                        llmux_route_stats_t *out) {
+  const route_state_t *s = state_of(r, route_index);
+  const uint64_t *ring = r->fail_ring + route_index * r->opts.failures;
+  unsigned i;
+  memset(out, 0, sizeof(*out));
+  out->state = breaker(s, now_ms);
+  out->until_ms = s->open ? s->until_ms : 0;
+  for (i = 0; i < s->nfails; i++) {
+    if (now_ms < ring[i] || now_ms - ring[i] < r->opts.window_ms) out->recent_failures++;
+  }
+  out->probe_out = out->state == LLMUX_BREAKER_HALF_OPEN && probe_blocks(r, s, now_ms);
+  out->inflight = s->inflight;
+  out->observed = s->samples > 0;
+  out->latency_ms = s->ewma_ms;
+  out->samples = s->samples;
+}
+
+/* ---- Filters ----------------------------------------------------------- */
+
+const char *llmux_skip_reason_str(llmux_skip_reason_t reason) {
+  switch (reason) {
+  case LLMUX_SKIP_DISABLED: return "provider disabled";
+  case LLMUX_SKIP_CAPABILITY: return "missing capability";
+  case LLMUX_SKIP_CONTEXT: return "prompt exceeds context window";
+  case LLMUX_SKIP_COOLDOWN: return "cooling down";
+  case LLMUX_SKIP_RATE_LIMITED: return "no rate-limit headroom";
+  }
+  return "unknown";
+}
+
+/* The capabilities `need` asks for that model capabilities `have` lack; an
+ * embeddings-only mismatch in either direction yields LLMUX_CAP_EMBEDDINGS
+ * (or ~0u for a chat request to an embeddings model). */
+static unsigned missing_caps(unsigned have, unsigned need) {
+  unsigned other = need & ~(unsigned)LLMUX_CAP_EMBEDDINGS;
+  if (need & LLMUX_CAP_EMBEDDINGS) {
+    if (!(have & LLMUX_CAP_EMBEDDINGS)) return LLMUX_CAP_EMBEDDINGS;
+  } else if (have & LLMUX_CAP_EMBEDDINGS) {
+    return ~0u;
+  }
+  if (have == 0) return 0; /* nothing declared: unknown, kept */
+  return other & ~have;
+}
+
+/* 0 when the route may serve the request, else the reason (and details in
+ * `skip`). */
+static int filter(const llmux_router_t *r, const llmux_route_conf_t *rt,
+                  const llmux_route_query_t *q, uint64_t now_ms, llmux_route_skip_t *skip) {
+  const llmux_model_conf_t *m = rt->model;
+  const route_state_t *s = state_of(r, rt->index);
+  llmux_breaker_state_t st;
+  unsigned miss;
+  memset(skip, 0, sizeof(*skip));
+  skip->route = rt;
+  if (!rt->provider->enabled) return skip->reason = LLMUX_SKIP_DISABLED;
+  miss = missing_caps(m->capabilities, q->caps);
+  if (miss) {
+    skip->missing_caps = miss == ~0u ? 0 : miss;
+    return skip->reason = LLMUX_SKIP_CAPABILITY;
+  }
+  if (m->context_window && q->prompt_tokens > m->context_window)
+    return skip->reason = LLMUX_SKIP_CONTEXT;
+  st = breaker(s, now_ms);
+  if (st == LLMUX_BREAKER_OPEN) {
+    skip->until_ms = s->until_ms;
+    return skip->reason = LLMUX_SKIP_COOLDOWN;
+  }
+  if (st == LLMUX_BREAKER_HALF_OPEN && probe_blocks(r, s, now_ms)) {
+    skip->until_ms = s->probe_at_ms + r->opts.probe_timeout_ms; /* an upper bound */
+    return skip->reason = LLMUX_SKIP_COOLDOWN;
+  }
+  return 0;
+}
+
+static void add_skip(llmux_route_plan_t *plan, const llmux_route_skip_t *skip) {
+  if (plan->skipped) plan->skipped[plan->nskipped] = *skip;
+  plan->nskipped++;
+  if (skip->reason != LLMUX_SKIP_COOLDOWN) return;
+  plan->ncooling++;
+  if (plan->retry_at_ms == 0 || skip->until_ms < plan->retry_at_ms)
+    plan->retry_at_ms = skip->until_ms;
+}
+
+/* ---- Ordering ---------------------------------------------------------- */
+
+uint64_t llmux_rand_next(uint64_t *state) {
+  uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+static double weight_at(const llmux_profile_conf_t *p, size_t nmodels, size_t i) {
+  double w;
+  if (p == NULL || p->weights == NULL || p->nweights != nmodels) return 1.0;
+  w = p->weights[i];
+  return w > 0 ? w : 0; /* also maps NaN to 0 */
+}
+
+/* Weighted sampling without replacement: rank[i] is model i's place.
+ * Each pick takes an untaken model with probability weight / remaining
+ * total; zero-weight models follow in listed order. */
+static void weighted_ranks(const llmux_resolution_t *res, uint64_t seed, size_t *rank) {
+  size_t n = res->nmodels, i, k;
+  uint64_t st = seed;
+  for (i = 0; i < n; i++) rank[i] = SIZE_MAX;
+  for (k = 0; k < n; k++) {
+    double total = 0, x, acc = 0;
+    size_t pick = SIZE_MAX;
+    for (i = 0; i < n; i++)
+      if (rank[i] == SIZE_MAX) total += weight_at(res->profile, n, i);
+    if (total <= 0) break;
+    x = (double)(llmux_rand_next(&st) >> 11) * 0x1.0p-53 * total;
+    for (i = 0; i < n; i++) {
+      double w = weight_at(res->profile, n, i);
+      if (rank[i] != SIZE_MAX || w <= 0) continue;
+      pick = i; /* the last positive one absorbs rounding */
+      acc += w;
+      if (x < acc) break;
+    }
+    rank[pick] = k;
+  }
+  for (i = 0; i < n; i++)
+    if (rank[i] == SIZE_MAX) rank[i] = k++;
+}
+
+/* The best (lowest) rank of `m` in the resolution: a model listed twice
+ * counts at its better place. */
+static size_t model_rank(const llmux_resolution_t *res, const size_t *rank,
+                         const llmux_model_conf_t *m) {
+  size_t i, best = SIZE_MAX;
+  for (i = 0; i < res->nmodels; i++) {
+    size_t v = rank ? rank[i] : i;
+    if (res->models[i] == m && v < best) best = v;
+  }
+  return best;
+}
+
+static int cmp_priority(const void *pa, const void *pb) {
+  const entry_t *a = pa, *b = pb;
+  if (a->model_rank != b->model_rank) return a->model_rank < b->model_rank ? -1 : 1;
+  if (a->route->provider->priority != b->route->provider->priority)
+    return a->route->provider->priority < b->route->provider->priority ? -1 : 1;
+  return a->route->index < b->route->index ? -1 : a->route->index > b->route->index;
+}
+
+static int cmp_key(const void *pa, const void *pb) {
+  const entry_t *a = pa, *b = pb;
+  if (a->key != b->key) return a->key < b->key ? -1 : 1;
+  return a->prank < b->prank ? -1 : a->prank > b->prank;
+}
+
+static double strategy_key(const llmux_router_t *r, llmux_strategy_t s,
+                           const llmux_route_conf_t *rt) {
+  const route_state_t *st = &r->routes[rt->index];
+  switch (s) {
+  case LLMUX_STRATEGY_LOWEST_LATENCY: return st->samples ? st->ewma_ms : -1.0;
+  case LLMUX_STRATEGY_LEAST_LOADED: return (double)st->inflight;
+  case LLMUX_STRATEGY_CHEAPEST:
+    return rt->model->has_price ? rt->model->price_in + rt->model->price_out : DBL_MAX;
+  default: return 0;
+  }
+}
+
+static int ensure_mrank(llmux_router_t *r, size_t n) {
+  size_t *p;
+  if (n <= r->mrank_cap) return 0;
+  p = realloc(r->mrank, n * sizeof(*p));
+  if (p == NULL) return LLMUX_ENOMEM;
+  r->mrank = p;
+  r->mrank_cap = n;
+  return 0;
+}
+
+/* Filters the resolution's routes into r->scratch; returns how many. */
+static size_t collect(llmux_router_t *r, const llmux_resolution_t *res,
+                      const llmux_route_query_t *q, uint64_t now_ms,
+                      const size_t *rank, llmux_route_plan_t *plan) {
+  llmux_route_skip_t skip;
+  size_t i, n = 0;
+  if (++r->gen == 0) {
+    memset(r->seen, 0, r->nroutes * sizeof(*r->seen));
+    r->gen = 1;
+  }
+  for (i = 0; i < res->nroutes; i++) {
+    const llmux_route_conf_t *rt = res->routes[i];
+    assert(rt->index < r->nroutes);
+    if (r->seen[rt->index] == r->gen) continue;
+    r->seen[rt->index] = r->gen;
+    if (filter(r, rt, q, now_ms, &skip)) {
+      add_skip(plan, &skip);
+      continue;
+    }
+    r->scratch[n].route = rt;
+    r->scratch[n].model_rank = model_rank(res, rank, rt->model);
+    n++;
+  }
+  return n;
+}
+
+int llmux_router_order(llmux_router_t *r, const llmux_resolution_t *res,
+                       const llmux_route_query_t *q, uint64_t now_ms,
+                       llmux_route_plan_t *plan) {
+  static const llmux_route_query_t none;
+  const size_t *rank = NULL;
+  size_t i, n;
+  if (r == NULL || res == NULL || plan == NULL || plan->routes == NULL) return LLMUX_EINVAL;
+  if (plan->cap < res->nroutes) return LLMUX_EINVAL;
+  if (q == NULL) q = &none;
+  plan->nroutes = plan->nskipped = plan->ncooling = 0;
+  plan->retry_at_ms = 0;
+  plan->strategy = q->override_strategy ? q->strategy
+                   : res->profile       ? res->profile->strategy
+                                        : LLMUX_STRATEGY_PRIORITY;
+  if (plan->strategy == LLMUX_STRATEGY_WEIGHTED && res->nmodels > 0) {
+    if (ensure_mrank(r, res->nmodels) != 0) return LLMUX_ENOMEM;
+    weighted_ranks(res, q->seed, r->mrank);
+    rank = r->mrank;
+  }
+  n = collect(r, res, q, now_ms, rank, plan);
+  qsort(r->scratch, n, sizeof(*r->scratch), cmp_priority);
+  for (i = 0; i < n; i++) {
+    r->scratch[i].prank = i;
+    r->scratch[i].key = strategy_key(r, plan->strategy, r->scratch[i].route);
+  }
+  qsort(r->scratch, n, sizeof(*r->scratch), cmp_key);
+  for (i = 0; i < n; i++) plan->routes[i] = r->scratch[i].route;
+  plan->nroutes = n;
+  return (int)n;
+}
+
+int llmux_route_plan_describe(const llmux_route_plan_t *plan, llmux_buf_t *out) {
+  size_t i;
+  int rc = llmux_buf_append(out, "", 0);
+  for (i = 0; i < plan->nskipped && plan->skipped && rc == 0; i++) {
+    const llmux_route_skip_t *s = &plan->skipped[i];
+    rc = llmux_buf_printf(out, "%s%s/%s (", i ? ", " : "", s->route->provider->name,
+                          s->route->model->id);
+    if (rc == 0 && s->reason == LLMUX_SKIP_CAPABILITY && s->missing_caps) {
+      rc = llmux_buf_appends(out, "lacks ");
+      if (rc == 0) rc = llmux_caps_format(s->missing_caps, out);
+    } else if (rc == 0 && s->reason == LLMUX_SKIP_CAPABILITY) {
+      rc = llmux_buf_appends(out, "embeddings model");
+    } else if (rc == 0) {
+      rc = llmux_buf_appends(out, llmux_skip_reason_str(s->reason));
+    }
+    if (rc == 0) rc = llmux_buf_appends(out, ")");
+  }
+  return rc;
+}
+
+/* ---- Retry helpers ----------------------------------------------------- */
+
+uint64_t llmux_backoff_ms(unsigned attempt, uint64_t base_ms, uint64_t cap_ms, uint64_t rnd) {
+  uint64_t ceiling = base_ms < cap_ms ? base_ms : cap_ms;
+  unsigned i;
+  for (i = 0; i < attempt && ceiling > 0 && ceiling < cap_ms; i++)
+    ceiling = ceiling > cap_ms / 2 ? cap_ms : ceiling * 2;
+  if (ceiling == UINT64_MAX) return rnd;
+  return rnd % (ceiling + 1);
+}

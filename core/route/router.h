@@ -1,0 +1,234 @@
+/* Route choice: which routes a request may use, in which order, and which
+ * routes rest after failing (a circuit breaker per route).
+ *
+ * Pure logic: no I/O, no timers, no clock reads. Every call that depends on
+ * time takes `now_ms` from the caller (any monotonic millisecond clock), so
+ * tests drive time by hand. Single-threaded, like the loop that owns it.
+ *
+ * One llmux_router_t per gateway and configuration snapshot. Its state is
+ * indexed by llmux_route_conf_t.index, so it is sized from cfg->nroutes and
+ * a configuration reload needs a new router (observed state starts afresh).
+ *
+ * Ordering (llmux_router_order) keeps the resolution's candidate routes that
+ * can serve the request and sorts them by a strategy:
+ *
+ *   priority        model order of the resolution first (a generic's tier
+ *                   order, a profile's listed order), then provider priority
+ *                   ascending (1 before 2), then config order. The model comes
+ *                   first because a generic or profile lists its models by
+ *                   preference; priority picks among the providers of one
+ *                   model. For a single model this is just provider priority.
+ *   lowest-latency  observed latency (EWMA) ascending across all routes.
+ *                   Routes never observed go first, so each gets measured
+ *                   once; ties keep priority order.
+ *   least-loaded    requests in flight ascending; ties keep priority order.
+ *   cheapest        model price_in + price_out ascending; a model without
+ *                   a price goes after every priced one; ties keep priority
+ *                   order.
+ *   weighted        the profile's models are shuffled by weight (model i is
+ *                   first with probability w_i / sum(w)), deterministically
+ *                   from the caller's 64-bit seed; each model's routes keep
+ *                   priority order. No weights: equal weights. A weight of 0
+ *                   puts the model last.
+ *
+ * Filters, applied before ordering, first matching reason wins:
+ *   disabled        the provider is disabled (or lacks its API key);
+ *   capability      the request needs a capability the model lacks. An
+ *                   embeddings request needs a model declaring `embeddings`;
+ *                   a chat request never goes to an embeddings model. Other
+ *                   capabilities (tools, vision, json) must be declared,
+ *                   except by a model that declares no capabilities at all:
+ *                   its capabilities are unknown and it is kept (lenient),
+ *                   so an unannotated catalog still serves tool calls;
+ *   context         the estimated prompt tokens exceed the model's context
+ *                   window (a window of 0 is unknown and keeps the route);
+ *   cooling down    the route's breaker is open, or half-open with its probe
+ *                   already out.
+ *
+ * Breaker per route: `failures` failures within `window_ms` open it; a
+ * success clears the failure history (so only failures without a success
+ * between them count). Open, the route rests for `cooldown_ms`; then it is
+ * half-open and llmux_router_allow() grants exactly one probe. The probe's
+ * success closes the breaker, its failure opens it for another cooldown, a
+ * neutral outcome frees the probe slot for another. A probe that never
+ * reports lapses after `probe_timeout_ms`, so a lost report cannot park a
+ * route forever.
+ *
+ * Latency: the caller reports time to first byte (request sent -> response
+ * status line). For a streamed completion that is time to first token; for a
+ * non-streamed one providers answer after generating, so it is close to the
+ * full latency. Only successes update it: failures go to the breaker.
+ */
+#ifndef LLMUX_ROUTER_H
+#define LLMUX_ROUTER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "llmux/common.h"
+#include "config/config.h"
+#include "config/registry.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct llmux_router_s llmux_router_t;
+
+typedef struct llmux_router_options_s {
+  unsigned failures;          /* failures that open the breaker; default 3 */
+  uint64_t window_ms;         /* ... when they fall within this; default 60000 */
+  uint64_t cooldown_ms;       /* rest once open; default 30000 */
+  uint64_t probe_timeout_ms;  /* an unreported probe lapses; default 60000 */
+  double ewma_alpha;          /* weight of a new latency sample, (0, 1];
+                                 default 0.3 */
+} llmux_router_options_t;
+
+/* Fills `o` with the defaults above. */
+void llmux_router_options_default(llmux_router_options_t *o);
+
+/* Creates a router for the routes of `cfg` (it reads cfg->nroutes only and
+ * keeps no pointer to it). `opts` NULL: defaults; zero fields take their
+ * default too. Returns 0 and *out, LLMUX_EINVAL for bad arguments (alpha
+ * outside (0, 1]), LLMUX_ENOMEM. The caller frees it with
+ * llmux_router_free(). */
+int llmux_router_new(const llmux_config_t *cfg, const llmux_router_options_t *opts,
+                     llmux_router_t **out);
+void llmux_router_free(llmux_router_t *r);
+
+/* ---- Ordering ---------------------------------------------------------- */
+
+typedef enum {
+  LLMUX_SKIP_DISABLED = 1,
+  LLMUX_SKIP_CAPABILITY,
+  LLMUX_SKIP_CONTEXT,
+  LLMUX_SKIP_COOLDOWN,
+  LLMUX_SKIP_RATE_LIMITED   /* not set here: for the gateway's headroom check,
+                               so that one list explains every skip */
+} llmux_skip_reason_t;
+
+/* "provider disabled", "missing capability", "prompt exceeds context
+ * window", "cooling down", "no rate-limit headroom"; "unknown" otherwise. */
+const char *llmux_skip_reason_str(llmux_skip_reason_t reason);
+
+typedef struct llmux_route_skip_s {
+  const llmux_route_conf_t *route;  /* points into the config snapshot */
+  llmux_skip_reason_t reason;
+  unsigned missing_caps;   /* LLMUX_SKIP_CAPABILITY: the LLMUX_CAP_* lacking */
+  uint64_t until_ms;       /* LLMUX_SKIP_COOLDOWN: when the route may probe
+                              again (now_ms-based) */
+} llmux_route_skip_t;
+
+/* What the request needs. Zero-initialised: a chat request with no special
+ * needs, unknown size, priority/profile strategy. */
+typedef struct llmux_route_query_s {
+  unsigned caps;            /* LLMUX_CAP_* required; LLMUX_CAP_EMBEDDINGS for
+                               the embeddings endpoint */
+  uint64_t prompt_tokens;   /* estimate; 0 = unknown (no context filter) */
+  uint64_t seed;            /* random bits for `weighted` (same seed, same
+                               order) */
+  int override_strategy;    /* nonzero: use `strategy` instead of the
+                               profile's */
+  llmux_strategy_t strategy;
+} llmux_route_query_t;
+
+/* The caller's arrays and what llmux_router_order() wrote into them. */
+typedef struct llmux_route_plan_s {
+  /* public: set by the caller */
+  const llmux_route_conf_t **routes;  /* room for `cap` entries */
+  llmux_route_skip_t *skipped;        /* room for `cap` entries, or NULL */
+  size_t cap;                         /* >= res->nroutes */
+  /* read-only: filled by llmux_router_order() */
+  size_t nroutes;                     /* candidates, best first */
+  size_t nskipped;                    /* counted even when skipped is NULL */
+  size_t ncooling;                    /* skips for LLMUX_SKIP_COOLDOWN */
+  uint64_t retry_at_ms;               /* earliest until_ms of a cooling route,
+                                         0 when none (for Retry-After) */
+  llmux_strategy_t strategy;          /* the strategy applied */
+} llmux_route_plan_t;
+
+/* Orders the routes of `res` for the request `q` (NULL: no needs) into
+ * `plan`: candidates in plan->routes, filtered routes in plan->skipped in
+ * resolution order. The strategy is q->strategy when overridden, else the
+ * profile's when `res` names a profile (or an agent), else priority. A
+ * route listed twice (a profile naming a model twice) is kept once. Does not
+ * change breaker state: llmux_router_allow() decides just before sending.
+ * Returns the number of candidates, or LLMUX_EINVAL (plan->cap too small,
+ * NULL arguments). */
+int llmux_router_order(llmux_router_t *r, const llmux_resolution_t *res,
+                       const llmux_route_query_t *q, uint64_t now_ms,
+                       llmux_route_plan_t *plan);
+
+/* Appends "provider/model (reason), ..." for every skip in `plan` (for the
+ * final error message). 0 or LLMUX_ENOMEM. */
+int llmux_route_plan_describe(const llmux_route_plan_t *plan, llmux_buf_t *out);
+
+/* ---- Breaker, latency, load ------------------------------------------- */
+
+typedef enum {
+  LLMUX_ROUTER_DENY = 0,   /* cooling down, or the probe is out */
+  LLMUX_ROUTER_ALLOW = 1,  /* closed: go */
+  LLMUX_ROUTER_PROBE = 2   /* half-open: this request is the single probe */
+} llmux_router_verdict_t;
+
+typedef enum {
+  LLMUX_OUTCOME_SUCCESS = 0,  /* the route answered (report at the status
+                                 line, not at the end of a stream) */
+  LLMUX_OUTCOME_FAILURE,      /* the route's fault: 5xx, 429, connect error,
+                                 timeout: counts towards the cooldown */
+  LLMUX_OUTCOME_NEUTRAL       /* not the route's fault (client error,
+                                 canceled): changes nothing but frees a
+                                 probe slot */
+} llmux_outcome_t;
+
+typedef enum {
+  LLMUX_BREAKER_CLOSED = 0,
+  LLMUX_BREAKER_OPEN,        /* resting until until_ms */
+  LLMUX_BREAKER_HALF_OPEN    /* rest over: one probe may go (or is out) */
+} llmux_breaker_state_t;
+
+/* May a request go to route `route_index` now? Grants the half-open probe
+ * (and records it), so call it once per attempt, right before sending, and
+ * report the attempt's outcome with llmux_router_report(). */
+llmux_router_verdict_t llmux_router_allow(llmux_router_t *r, size_t route_index,
+                                          uint64_t now_ms);
+
+/* Records an attempt's outcome. `latency_ms` (time to first byte) feeds the
+ * latency average on success and is ignored otherwise. */
+void llmux_router_report(llmux_router_t *r, size_t route_index, llmux_outcome_t outcome,
+                         uint64_t latency_ms, uint64_t now_ms);
+
+/* Requests in flight on a route: +1 when an attempt starts, -1 when it ends
+ * (stream included). Never goes below 0. */
+void llmux_router_inflight(llmux_router_t *r, size_t route_index, int delta);
+
+/* A route's state, for tests, logs and `llmux` status output. */
+typedef struct llmux_route_stats_s {
+  llmux_breaker_state_t state;
+  uint64_t until_ms;        /* OPEN: end of the rest */
+  unsigned recent_failures; /* failures since the last success, within window */
+  int probe_out;            /* HALF_OPEN: a probe is in flight */
+  unsigned inflight;
+  int observed;             /* latency_ms is meaningful */
+  double latency_ms;        /* EWMA of time to first byte */
+  uint64_t samples;
+} llmux_route_stats_t;
+
+void llmux_router_stats(const llmux_router_t *r, size_t route_index, uint64_t now_ms,
+                        llmux_route_stats_t *out);
+
+/* ---- Retry helpers ----------------------------------------------------- */
+
+/* Exponential backoff with full jitter for retry number `attempt` (0 for the
+ * first retry): a value in [0, min(cap_ms, base_ms * 2^attempt)] chosen by
+ * `rnd` (uniform 64-bit random bits). Saturates instead of overflowing. */
+uint64_t llmux_backoff_ms(unsigned attempt, uint64_t base_ms, uint64_t cap_ms, uint64_t rnd);
+
+/* splitmix64: advances *state and returns 64 random bits. Good enough for
+ * jitter and weighted seeds; not for secrets. */
+uint64_t llmux_rand_next(uint64_t *state);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* LLMUX_ROUTER_H */
