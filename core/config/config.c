@@ -222,6 +222,8 @@ static const keydef_t server_keys[] = {
   {"cooldown_window", K_DURATION, SRV(cooldown_window_ms), 0},
   {"cooldown", K_DURATION, SRV(cooldown_ms), 0},
   {"usage_db", K_PATH, SRV(usage_db), 0},
+  {"admin_key_sha256", K_KEYHASH, 0, 0},
+  {"drain_timeout", K_DURATION, SRV(drain_timeout_ms), 0},
 };
 
 static const keydef_t model_keys[] = {
@@ -714,14 +716,21 @@ static int hexval(char ch) {
 
 /* One `key_sha256` item: 64 hex digits. The value is never echoed: a user
  * may have pasted the key itself here. */
+/* A tenant's key_sha256, or [server] admin_key_sha256: both lists of
+ * digests, one per key, so a key can be rotated without a gap. */
 static void add_key_hash(load_t *c, const keydef_t *k, char *item) {
   llmux_tenant_conf_t *t = c->sec;
+  llmux_server_conf_t *srv = &c->cfg->server;
   unsigned char h[LLMUX_KEY_HASH_LEN];
+  unsigned char(**hashes)[LLMUX_KEY_HASH_LEN];
+  int **lines;
+  size_t *count;
   size_t i, n = strlen(item);
+  const char *who = c->sec_type == SEC_SERVER ? "admin" : t->name;
   if (strncmp(item, "llmux-", 6) == 0) {
-    err(c, "'key_sha256' holds a key, not its SHA-256: a key must never be written in a "
-           "config file; put the key_sha256 line that `llmux key new %s` prints here",
-        t->name);
+    err(c, "'%s' holds a key, not its SHA-256: a key must never be written in a "
+           "config file; put the key_sha256 digest that `llmux key new %s` prints here",
+        k->name, who);
     return;
   }
   for (i = 0; n == 2 * LLMUX_KEY_HASH_LEN && i < LLMUX_KEY_HASH_LEN; i++) {
@@ -731,14 +740,19 @@ static void add_key_hash(load_t *c, const keydef_t *k, char *item) {
   }
   if (n != 2 * LLMUX_KEY_HASH_LEN || i != LLMUX_KEY_HASH_LEN) {
     err(c, "bad value for '%s' (expected the key's SHA-256 as 64 hex digits, as printed "
-           "by `llmux key new %s`)", k->name, t->name);
+           "by `llmux key new %s`)", k->name, who);
     return;
   }
-  t->key_hashes = arena_grow(c->cfg->arena, t->key_hashes, t->nkeys, sizeof(*t->key_hashes));
-  t->key_lines = arena_grow(c->cfg->arena, t->key_lines, t->nkeys, sizeof(*t->key_lines));
-  memcpy(t->key_hashes[t->nkeys], h, sizeof h);
-  t->key_lines[t->nkeys] = c->lineno;
-  t->nkeys++;
+  if (c->sec_type == SEC_SERVER) {
+    hashes = &srv->admin_key_hashes, lines = &srv->admin_key_lines, count = &srv->nadmin_keys;
+  } else {
+    hashes = &t->key_hashes, lines = &t->key_lines, count = &t->nkeys;
+  }
+  *hashes = arena_grow(c->cfg->arena, *hashes, *count, sizeof(**hashes));
+  *lines = arena_grow(c->cfg->arena, *lines, *count, sizeof(**lines));
+  memcpy((*hashes)[*count], h, sizeof h);
+  (*lines)[*count] = c->lineno;
+  (*count)++;
 }
 
 static void set_list(load_t *c, const keydef_t *k, const char *value) {
@@ -1574,6 +1588,7 @@ static void server_defaults(load_t *c) {
   s->cooldown_failures = 3;
   s->cooldown_window_ms = 60000;
   s->cooldown_ms = 30000;
+  s->drain_timeout_ms = 30000;
 }
 
 /* Reads and checks the files into a config without its registry; the

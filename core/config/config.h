@@ -140,6 +140,12 @@ typedef struct llmux_server_conf_s {
   const char *usage_db;        /* SQLite file for per-tenant usage, resolved
                                   against the main file's directory; NULL:
                                   usage is kept in memory only */
+  /* Operations (issue 12). */
+  unsigned char (*admin_key_hashes)[32]; /* admin_key_sha256 digests: Bearer keys
+                                            for the admin endpoints (none: loopback only) */
+  int *admin_key_lines;
+  size_t nadmin_keys;
+  uint64_t drain_timeout_ms;   /* SIGTERM: how long streams may finish; 30s */
 } llmux_server_conf_t;
 
 typedef struct llmux_model_conf_s llmux_model_conf_t;
