@@ -8,7 +8,7 @@ BUILD=${1:-build}
 VG=(valgrind --quiet --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect
     --track-origins=yes)
 fail=0
-for t in test_base_json_scan test_config test_config_registry test_route_ratelimit test_route_router \
+for t in test_base_json_scan test_base_metrics test_config test_config_registry test_route_ratelimit test_route_router \
          test_net_tls test_plugin_openai test_plugin_anthropic test_plugin_ollama \
          test_plugin_simple; do
   [ -x "$BUILD/tests/$t" ] || continue
