@@ -9,7 +9,8 @@ PKGS=(cmake gcc make pkg-config
       libsqlite3-dev)
 if [ "${1:-}" = "--test" ]; then
   # Tests also need openssl (throwaway CA), and node/npm for the openai client.
-  PKGS+=(openssl ca-certificates valgrind nginx wrk gnuplot-nox)
+  # clang and its compiler-rt (libFuzzer, ASan, UBSan) build tests/fuzz.
+  PKGS+=(openssl ca-certificates valgrind nginx wrk gnuplot-nox clang libclang-rt-14-dev)
 fi
 
 missing=()
