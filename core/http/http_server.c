@@ -119,6 +119,25 @@ static void on_timer(uv_timer_t *t);
 
 /* ---- small helpers ---------------------------------------------------- */
 
+/* libuv's errors are negative errnos and share their numbers with LLMUX_E*
+ * (UV_ENOENT is -2, so is LLMUX_ENOMEM): none leaves this file untranslated,
+ * as in upstream.c. The listen errors keep their meaning for the operator. */
+static int map_uv(int err) {
+  switch (err) {
+  case 0: return 0;
+  case UV_EADDRINUSE: return LLMUX_EADDRINUSE;
+  case UV_EACCES: case UV_EPERM: return LLMUX_EACCES;
+  case UV_EADDRNOTAVAIL: case UV_EAFNOSUPPORT: return LLMUX_EADDRNOTAVAIL;
+  case UV_EINVAL: return LLMUX_EINVAL;
+  case UV_ENOMEM: case UV_ENOBUFS: return LLMUX_ENOMEM;
+  case UV_ECONNRESET: case UV_EPIPE: case UV_ECONNABORTED: case UV_ENOTCONN:
+    return LLMUX_ECONNRESET;
+  case UV_ECANCELED: return LLMUX_ECANCELED;
+  case UV_EOF: return LLMUX_EEOF;
+  default: return LLMUX_EIO;
+  }
+}
+
 static size_t write_queue(llmux__http_conn_t *c) {
   return uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
 }
@@ -239,6 +258,11 @@ static void rbuf_compact(llmux__http_conn_t *c) {
   if (in_head) c->head_start -= keep;
 }
 
+/* Closing or draining: every response is a connection's last. */
+static int winding_down(const llmux_http_server_t *srv) {
+  return srv->closing || srv->draining;
+}
+
 static void req_maybe_free(http_req_t *r) {
   if (!(r->finished || r->aborted) || r->nwrites > 0) return;
   mem_release(r->pub.server, r->charged);
@@ -334,7 +358,7 @@ static int conn_write(llmux__http_conn_t *c, http_req_t *r, uv_buf_t *bufs,
   w->req = r;
   w->owned = owned;
   rc = uv_write(&w->w, (uv_stream_t *)&c->tcp, w->bufs, k, on_write);
-  if (rc < 0) { free(owned); free(w); conn_fail(c); return rc; }
+  if (rc < 0) { free(owned); free(w); conn_fail(c); return map_uv(rc); }
   c->nwrites++;
   if (r != NULL) r->nwrites++;
   return 0;
@@ -448,13 +472,22 @@ static size_t format_head(char *out, int status, const llmux_http_header_t *h, s
 /* ---- connection life -------------------------------------------------- */
 
 static void server_maybe_closed(llmux_http_server_t *srv) {
+  llmux_http_drained_cb drained = srv->drained_cb;
+  llmux_http_close_cb closed = srv->close_cb;
+  int cut_short = srv->closing;
   unsigned i;
-  if (!srv->closing || srv->listener_open || srv->nconns > 0) return;
+  if (!(srv->closing || srv->draining) || srv->listener_open || srv->nconns > 0) return;
+  srv->closing = 1; /* a finished drain is a close: a later close does nothing */
+  srv->draining = 0;
+  srv->drained_cb = NULL;
+  srv->close_cb = NULL;
   for (i = 0; i < srv->npool; i++) free(srv->pool[i]);
   srv->npool = 0;
   free(srv->sink);
   srv->sink = NULL;
-  if (srv->close_cb != NULL) srv->close_cb(srv);
+  /* Either callback may free srv: nothing touches it after them. */
+  if (drained != NULL) drained(srv, cut_short ? LLMUX_ECANCELED : 0);
+  if (cut_short && closed != NULL) closed(srv);
 }
 
 static void req_discard(http_req_t *r) {
@@ -554,7 +587,7 @@ static void req_finish(http_req_t *r) {
   r->finished = 1;
   if (c->req == r) c->req = NULL;
   if (!c->closed && !c->failed) {
-    if (!r->pub.keep_alive || c->srv->closing) conn_shutdown(c);
+    if (!r->pub.keep_alive || winding_down(c->srv)) conn_shutdown(c);
     else { c->phase = PH_IDLE; conn_resume(c); }
   }
   req_maybe_free(r);
@@ -1191,7 +1224,7 @@ int llmux_http_server_init(uv_loop_t *loop, llmux_http_server_t *srv,
   if (srv->opts.max_connections == 0) srv->opts.max_connections = 10000;
   if (srv->opts.max_memory == 0) srv->opts.max_memory = (size_t)512 << 20;
   rc = uv_tcp_init(loop, &srv->listener);
-  if (rc != 0) return rc;
+  if (rc != 0) return map_uv(rc);
   srv->listener.data = srv;
   srv->listener_open = 1;
   return 0;
@@ -1204,11 +1237,11 @@ int llmux_http_server_listen(llmux_http_server_t *srv, const char *host, int por
     rc = uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss);
   else
     rc = uv_ip4_addr(host, port, (struct sockaddr_in *)&ss);
-  if (rc != 0) return rc;
+  if (rc != 0) return map_uv(rc);
   rc = uv_tcp_bind(&srv->listener, (const struct sockaddr *)&ss, 0);
   if (rc == 0) rc = uv_listen((uv_stream_t *)&srv->listener, BACKLOG, on_connection);
   if (rc == 0) rc = uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&ss, &len);
-  if (rc != 0) return rc;
+  if (rc != 0) return map_uv(rc);
   srv->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
                                              : ((struct sockaddr_in *)&ss)->sin_port);
   srv->listening = 1;
@@ -1221,13 +1254,44 @@ static void on_listener_closed(uv_handle_t *h) {
   server_maybe_closed(srv);
 }
 
+/* Stops accepting: the listening socket goes, so new connections are
+ * refused by the kernel rather than accepted and dropped. */
+static void listener_close(llmux_http_server_t *srv) {
+  srv->listening = 0;
+  if (srv->listener_open && !uv_is_closing((uv_handle_t *)&srv->listener))
+    uv_close((uv_handle_t *)&srv->listener, on_listener_closed);
+}
+
 void llmux_http_server_close(llmux_http_server_t *srv, llmux_http_close_cb cb) {
   if (srv->closing) return;
   srv->closing = 1;
   srv->close_cb = cb;
-  srv->listening = 0;
-  uv_close((uv_handle_t *)&srv->listener, on_listener_closed);
+  listener_close(srv);
   while (srv->conns != NULL) conn_close(srv->conns);
+}
+
+/* A draining connection between requests goes now; one whose request is
+ * with the handler or still arriving goes after that response (req_finish
+ * sees winding_down). A response still being written, or bytes we read and
+ * did not parse, ask for the graceful close, so nothing queued is lost and
+ * no reset destroys it. */
+static void conn_drain(llmux__http_conn_t *c) {
+  if (c->closed || c->failed || c->phase != PH_IDLE || c->req != NULL) return;
+  if (c->nwrites > 0 || c->rlen > c->rpos) conn_shutdown(c);
+  else conn_close(c);
+}
+
+int llmux_http_server_drain(llmux_http_server_t *srv, llmux_http_drained_cb cb) {
+  llmux__http_conn_t *c, *next;
+  if (srv->closing || srv->draining) return LLMUX_EINVAL;
+  srv->draining = 1;
+  srv->drained_cb = cb;
+  listener_close(srv); /* its close callback ends the drain if no connection is left */
+  for (c = srv->conns; c != NULL; c = next) {
+    next = c->next; /* conn_close unlinks c; its memory goes from the loop */
+    conn_drain(c);
+  }
+  return 0;
 }
 
 const llmux_str_t *llmux_http_header(const llmux_http_req_t *req, const char *name) {
@@ -1249,7 +1313,7 @@ void llmux_http_req_take_body(llmux_http_req_t *req, llmux_buf_t *out) {
 int llmux_http_req_peer(const llmux_http_req_t *req, struct sockaddr_storage *out) {
   const http_req_t *r = (const http_req_t *)req;
   int len = sizeof(*out);
-  return uv_tcp_getpeername(&r->conn->tcp, (struct sockaddr *)out, &len);
+  return map_uv(uv_tcp_getpeername(&r->conn->tcp, (struct sockaddr *)out, &len));
 }
 
 static int no_body_status(int status) {
@@ -1274,7 +1338,7 @@ static int respond(http_req_t *r, int status, const llmux_http_header_t *h, size
     req_finish(r);
     return LLMUX_ENOMEM;
   }
-  close = !r->pub.keep_alive || c->srv->closing;
+  close = !r->pub.keep_alive || winding_down(c->srv);
   bufs[0].base = head;
   bufs[0].len = format_head(head, status, h, n, framing, len, close,
                             r->pub.version_minor == 0);
@@ -1332,7 +1396,7 @@ int llmux_http_start(llmux_http_req_t *req, int status, const llmux_http_header_
   buf.base = head;
   buf.len = format_head(head, status, headers, nheaders,
                         r->chunked ? FRAME_CHUNKED : FRAME_NONE, 0,
-                        !req->keep_alive || c->srv->closing, req->version_minor == 0);
+                        !req->keep_alive || winding_down(c->srv), req->version_minor == 0);
   rc = conn_write(c, r, &buf, 1, -1, NULL);
   if (head != stack) free(head);
   return rc;

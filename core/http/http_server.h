@@ -7,8 +7,24 @@
  * Lifetimes and ownership
  * -----------------------
  * Server: the caller owns the llmux_http_server_t memory. init -> listen ->
- *   close(cb). The memory may be freed (and the loop closed) once the close
- *   callback has run; uv_loop_close() then returns 0.
+ *   close(cb), or init -> listen -> drain(cb) [-> close(cb2)]. The memory may
+ *   be freed (and the loop closed) once the close callback has run, or the
+ *   drain's with status 0; uv_loop_close() then returns 0.
+ *
+ * Drain (a graceful close, as for SIGTERM): the listener closes at once, so
+ *   new connections are refused. A connection between requests (idle
+ *   keep-alive, or connected and silent) closes at once; if a finished
+ *   response is still being written it is sent first. A connection whose
+ *   request is with the handler, or whose request is still arriving, keeps
+ *   going: that request is answered and its response is the last
+ *   (`Connection: close` when its head is sent after the drain began; a
+ *   stream that began before closes after its end). Pipelined requests
+ *   behind it are not read. The drain's cb runs once, from the loop, when
+ *   the listener and every connection are closed: the server is then closed
+ *   (as after close's cb). llmux_http_server_close during a drain hurries
+ *   it: requests still in flight are aborted, the drain's cb runs with
+ *   LLMUX_ECANCELED and close's cb right after it. "Drain" here is the
+ *   server's; req->on_drain is about one request's write queue.
  *
  * Request: the server allocates it and hands it to on_request. It stays
  *   valid until exactly one of these happens:
@@ -117,6 +133,8 @@ typedef void (*llmux_http_request_cb)(llmux_http_req_t *req);
 typedef void (*llmux_http_abort_cb)(llmux_http_req_t *req);
 typedef void (*llmux_http_drain_cb)(llmux_http_req_t *req);
 typedef void (*llmux_http_close_cb)(llmux_http_server_t *srv);
+/* status: 0 (every connection finished) or LLMUX_ECANCELED (closed first). */
+typedef void (*llmux_http_drained_cb)(llmux_http_server_t *srv, int status);
 
 typedef struct llmux_http_options_s {
   size_t max_header;          /* request line + headers, bytes; 0: 16 KiB */
@@ -169,33 +187,47 @@ struct llmux_http_server_s {
   unsigned nconns;
   int listening;
   int closing;
+  int draining;                 /* llmux_http_server_drain was called */
   int listener_open;
   llmux_http_close_cb close_cb;
+  llmux_http_drained_cb drained_cb;
   char *pool[32];               /* spare read buffers */
   unsigned npool;
   char *sink;                   /* where lingering connections read */
   void *reserved[1];
 };
 
+/* Errors: every function here returns 0 or an LLMUX_E* code, never a libuv
+ * one (the two share their numbers: UV_ENOENT is LLMUX_ENOMEM), so
+ * llmux_strerror() prints them all. */
+
 /* 0 or a negative error. Does not touch the network. */
 int llmux_http_server_init(uv_loop_t *loop, llmux_http_server_t *srv,
                            const llmux_http_options_t *opts);
 /* host is an IPv4 or IPv6 literal ("127.0.0.1", "::1", "0.0.0.0"); port 0
- * picks an ephemeral port, read back from srv->port. Returns 0 or a libuv
- * error (negative errno, e.g. UV_EADDRINUSE). */
+ * picks an ephemeral port, read back from srv->port. Returns 0,
+ * LLMUX_EADDRINUSE, LLMUX_EACCES (a privileged port), LLMUX_EADDRNOTAVAIL
+ * (not an address of this host, or no IPv6), LLMUX_EINVAL (not an address
+ * literal) or LLMUX_EIO. */
 int llmux_http_server_listen(llmux_http_server_t *srv, const char *host, int port);
 /* Stops listening and closes every connection now, aborting requests in
  * flight (their on_abort runs synchronously inside this call, so do not call
  * it from a handler that still holds its own request: finish it first). cb
- * (may be NULL) runs once every handle is closed. */
+ * (may be NULL) runs once every handle is closed. During a drain, ends it
+ * (see "Drain" above); after the drain's cb has run, does nothing. */
 void llmux_http_server_close(llmux_http_server_t *srv, llmux_http_close_cb cb);
+/* Starts a drain (see "Drain" above). Connections it closes at once abort
+ * nothing; no on_abort runs inside this call. cb (may be NULL) never runs
+ * inside it. 0, or LLMUX_EINVAL when the server is already draining or
+ * closing (then cb is never called). */
+int llmux_http_server_drain(llmux_http_server_t *srv, llmux_http_drained_cb cb);
 
 /* Value of the first header called `name` (case-insensitive), or NULL. */
 const llmux_str_t *llmux_http_header(const llmux_http_req_t *req, const char *name);
 /* Moves the body out: *out takes ownership (free(out->base)), req->body
  * becomes empty. out must be empty or zeroed on entry (it is overwritten). */
 void llmux_http_req_take_body(llmux_http_req_t *req, llmux_buf_t *out);
-/* Peer address of the request's connection: 0 or a libuv error. */
+/* Peer address of the request's connection: 0 or a negative error. */
 int llmux_http_req_peer(const llmux_http_req_t *req, struct sockaddr_storage *out);
 
 /* Complete responses. Each finishes the request. `body` bytes are borrowed

@@ -33,6 +33,9 @@ extern "C" {
   XX(ABI,         -16, "abi_mismatch",       "ABI version mismatch")         \
   XX(CONFIG,      -17, "config_error",       "configuration error")          \
   XX(UPSTREAM,    -18, "upstream_error",     "invalid upstream response")    \
+  XX(ADDRINUSE,   -19, "address_in_use",     "address already in use")       \
+  XX(ACCES,       -20, "permission_denied",  "permission denied")            \
+  XX(ADDRNOTAVAIL, -21, "address_not_available", "address not available")   \
 
 typedef enum {
 #define LLMUX__ERR_ENUM(name, val, code, msg) LLMUX_E##name = (val),

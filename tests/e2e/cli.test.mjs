@@ -2,6 +2,7 @@
 // mistakes reported as file:line.
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import net from "node:net";
 import path from "node:path";
 import { BUILD_DIR, SOURCE_DIR, runLlmux, writeConfig } from "./lib/gateway.mjs";
 
@@ -144,4 +145,21 @@ test("serve refuses to start on a broken configuration, with file:line", () => {
   const r = runLlmux(["serve", "-c", cfg], { LLMUX_LISTEN: "127.0.0.1:0" });
   assert.equal(r.status, 1);
   assert.match(r.stderr, /llmux\.ini:4: /);
+});
+
+// libuv's error numbers overlap llmux's (UV_ENOENT is LLMUX_ENOMEM): the front
+// door translates them, so a taken port reads as such, never "out of memory".
+test("serve on a port already taken says the address is in use and exits 1", async () => {
+  const taken = net.createServer();
+  await new Promise((resolve) => taken.listen(0, "127.0.0.1", resolve));
+  const port = taken.address().port;
+  const cfg = writeConfig({ "llmux.ini": `[server]\nlisten = 127.0.0.1:0\n\n${MODEL}` });
+  try {
+    const r = runLlmux(["serve", "-c", cfg], { LLMUX_LISTEN: `127.0.0.1:${port}` });
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, new RegExp(`cannot listen on 127\\.0\\.0\\.1:${port}: address already in use`));
+    assert.doesNotMatch(r.stderr, /out of memory/);
+  } finally {
+    taken.close();
+  }
 });

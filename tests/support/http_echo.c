@@ -191,7 +191,7 @@ int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
   if ((rc = llmux_http_server_init(loop, &server, &opts)) != 0 ||
       (rc = llmux_http_server_listen(&server, host, port)) != 0) {
-    fprintf(stderr, "http_echo: listen %s:%d: %s\n", host, port, uv_strerror(rc));
+    fprintf(stderr, "http_echo: listen %s:%d: %s\n", host, port, llmux_strerror(rc));
     return 1;
   }
   uv_signal_init(loop, &sig_term);
