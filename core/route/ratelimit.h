@@ -45,7 +45,8 @@
  * synchronous because the router decides in line on the loop: a shared store
  * would keep a local mirror and exchange deltas with the server in the
  * background. Header parsing (llmux_rl_parse_headers) is independent of the
- * store, so every store applies the same parsed facts.
+ * store, so every store applies the same parsed facts; the dialects live in
+ * route/dialects.h (plugins reach them through the host table).
  *
  * Everything here runs on the loop thread; nothing is thread-safe. */
 #ifndef LLMUX_RATELIMIT_H
@@ -58,39 +59,18 @@
 #include "llmux/provider.h" /* llmux_header_t */
 #include "config/config.h"         /* llmux_limits_t, llmux_config_t */
 #include "base/json_scan.h"      /* llmux_json_field_t */
+#include "route/dialects.h"      /* styles, dimensions, header parsing */
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-/* ---- Keys, styles, dimensions ----------------------------------------- */
+/* ---- Keys and blocks --------------------------------------------------- */
 
 typedef struct llmux_rl_key_s {
   const char *provider; /* "groq"; never NULL */
   const char *model;    /* the provider's model id; NULL: provider-wide key */
 } llmux_rl_key_t;
-
-/* How a provider's rate-limit headers are to be read. */
-typedef enum {
-  LLMUX_RL_STYLE_GENERIC = 0, /* x-ratelimit-* read like OpenAI, retry-after */
-  LLMUX_RL_STYLE_OPENAI,
-  LLMUX_RL_STYLE_GROQ,
-  LLMUX_RL_STYLE_CEREBRAS,
-  LLMUX_RL_STYLE_ANTHROPIC
-} llmux_rl_style_t;
-
-/* "openai", "groq", "cerebras", "anthropic" (case-insensitive); anything
- * else, NULL included, is GENERIC. */
-llmux_rl_style_t llmux_rl_style_from_name(const char *name);
-const char *llmux_rl_style_name(llmux_rl_style_t style);
-
-enum {
-  LLMUX_RL_REQ_MINUTE = 0,
-  LLMUX_RL_REQ_DAY,
-  LLMUX_RL_TOK_MINUTE,
-  LLMUX_RL_TOK_DAY,
-  LLMUX_RL_NDIMS
-};
 
 typedef enum {
   LLMUX_RL_BLOCK_NONE = 0,
@@ -100,57 +80,6 @@ typedef enum {
 
 /* A block with this `until_ms` lasts until llmux_rl_unblock. */
 #define LLMUX_RL_FOREVER UINT64_MAX
-
-/* ---- Header parsing (pure) --------------------------------------------- */
-
-/* One dimension as a provider reported it. */
-typedef struct llmux_rl_dim_info_s {
-  int has_limit, has_remaining, has_reset;
-  uint64_t limit;
-  uint64_t remaining;
-  uint64_t reset_in_ms; /* delay from the response's arrival */
-} llmux_rl_dim_info_t;
-
-typedef struct llmux_rl_info_s {
-  llmux_rl_dim_info_t dims[LLMUX_RL_NDIMS];
-  int has_retry_after;
-  uint64_t retry_after_ms;
-} llmux_rl_info_t;
-
-/* Reads the rate-limit headers of one response (names case-insensitive;
- * unknown or malformed values are ignored) into *out. Meanings:
- *  - OPENAI, GENERIC: x-ratelimit-{limit,remaining,reset}-requests are per
- *    minute (RPM), -tokens per minute (TPM); reset is a Go duration: "1s",
- *    "6m0s", "2m59.56s", "7.66s", "20ms" (a bare number is seconds).
- *  - GROQ: the same headers, but -requests are per DAY (RPD); -tokens are
- *    per minute (TPM).
- *  - CEREBRAS: x-ratelimit-{limit,remaining,reset}-requests-day and
- *    -tokens-minute; reset is seconds, fractional ("33011.38").
- *  In every x-ratelimit style an explicit -minute / -day suffix wins over the
- *  style's default (-hour is ignored).
- *  - ANTHROPIC: anthropic-ratelimit-requests-{limit,remaining,reset} (per
- *    minute), -tokens-*, -input-tokens-*, -output-tokens-*; reset is an
- *    RFC 3339 time when the bucket is full again. The token dimension takes
- *    the most restrictive of the three (least remaining).
- *  - all: retry-after is seconds (maybe fractional) or an HTTP-date;
- *    retry-after-ms (OpenAI) is milliseconds and wins over retry-after.
- * Delays are rounded up to the millisecond. Returns the number of facts
- * found (0: no rate-limit header). */
-int llmux_rl_parse_headers(llmux_rl_style_t style, const llmux_header_t *headers,
-                           size_t n, int64_t wall_ms, llmux_rl_info_t *out);
-
-/* Value parsers, exposed for tests and for plugins' classify_error.
- * All return 0 or LLMUX_EINVAL. */
-/* Go duration ("2m59.56s", "1h2m", "20ms", "1.5us") or bare seconds. */
-int llmux_rl_parse_go_duration(const char *s, size_t n, uint64_t *out_ms);
-/* Retry-After: delta seconds (fractional allowed) or an HTTP-date
- * (IMF-fixdate, RFC 850 or asctime); a date in the past gives 0. */
-int llmux_rl_parse_retry_after(const char *s, size_t n, int64_t wall_ms,
-                               uint64_t *out_ms);
-/* RFC 3339 date-time -> Unix ms (fractions rounded up). */
-int llmux_rl_parse_rfc3339(const char *s, size_t n, int64_t *out_unix_ms);
-/* HTTP-date -> Unix ms. */
-int llmux_rl_parse_http_date(const char *s, size_t n, int64_t *out_unix_ms);
 
 /* ---- Token estimates (pure) -------------------------------------------- */
 

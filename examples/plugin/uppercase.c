@@ -4,8 +4,10 @@
  * answers back in capital letters, plain or streamed. Small as it is, it
  * uses every part of the ABI a real plugin uses: declared config keys,
  * create/destroy, translate_request (with the host's parsed request),
- * parse_response fed bytes as they arrive, classify_error, txn_free, and
- * the optional explain_error and model listing (`llmux models`).
+ * parse_response fed bytes as they arrive, classify_error, txn_free, the
+ * optional explain_error and model listing (`llmux models`), and the ABI
+ * 1.3 host services every plugin needs (an SSE splitter, the usual reading
+ * of an HTTP status, a strict Retry-After parser) and rate-limit dialect.
  *
  * It includes only <llmux/provider.h> (found with pkg-config) and links
  * libjansson itself; it never links the gateway. Build it with the
@@ -33,10 +35,11 @@ typedef struct {
   char *base_url;        /* for explain_error */
 } uppercase_t;
 
-/* One per attempt, in txn->data. */
+/* One per request, in txn->data: it survives retries on the same provider. */
 typedef struct {
   char *body;            /* the upstream request body (json_dumps) */
-  llmux_buf_t in;        /* response bytes not handled yet */
+  llmux_buf_t in;        /* a plain answer's bytes so far */
+  llmux_split_t *sse;    /* a stream's events: the host's splitter, made on first use */
 } attempt_t;
 
 /* ---- lifecycle ------------------------------------------------------------ */
@@ -95,6 +98,7 @@ static int uppercase_translate_request(void *instance, llmux_txn_t *txn) {
   free(a->body);
   a->body = NULL;
   a->in.len = 0;
+  host->split_reset(a->sse); /* a retry starts a new answer */
   /* The client's body with the provider's model id. */
   copy = json_deep_copy(req);
   if (copy == NULL) return LLMUX_ENOMEM;
@@ -159,29 +163,29 @@ static int rewrite(llmux_txn_t *txn, const char *data, size_t len, int chunk) {
   return rc;
 }
 
-/* Stream: handle every complete line; `data: [DONE]` passes as is. */
-static int stream_lines(llmux_txn_t *txn, attempt_t *a) {
-  char *nl;
-  int rc = 0;
-  while (rc == 0 && a->in.len > 0 && (nl = memchr(a->in.base, '\n', a->in.len)) != NULL) {
-    size_t n = (size_t)(nl - a->in.base), used = n + 1;
-    if (n > 0 && a->in.base[n - 1] == '\r') n--;
-    if (n == 12 && memcmp(a->in.base, "data: [DONE]", 12) == 0)
+/* Stream: the host's splitter hands over each event's data, whatever the
+ * read boundaries; `[DONE]` passes as is. */
+static int stream_events(llmux_txn_t *txn, attempt_t *a, const char *data, size_t len,
+                         int eof) {
+  llmux_str_t ev;
+  int rc = 0, more = 0;
+  if (a->sse == NULL && (a->sse = host->split_new(LLMUX_SPLIT_SSE, 0)) == NULL)
+    return LLMUX_ENOMEM;
+  while (rc == 0 && (more = host->split_next(a->sse, &data, &len, eof, &ev)) > 0) {
+    if (ev.len == 6 && memcmp(ev.base, "[DONE]", 6) == 0)
       rc = host->emit(txn, "data: [DONE]\n\n", 14);
-    else if (n > 6 && memcmp(a->in.base, "data: ", 6) == 0)
-      rc = rewrite(txn, a->in.base + 6, n - 6, 1);
-    memmove(a->in.base, a->in.base + used, a->in.len - used);
-    a->in.len -= used;
+    else if (ev.len > 0)
+      rc = rewrite(txn, ev.base, ev.len, 1);
   }
-  return rc;
+  return rc ? rc : more < 0 ? more : 0;
 }
 
 static int uppercase_parse_response(void *instance, llmux_txn_t *txn, const char *data,
                                     size_t len, int eof) {
   attempt_t *a = txn->data;
   (void)instance;
+  if (txn->stream) return stream_events(txn, a, data, len, eof);
   if (len > 0 && host->buf_append(&a->in, data, len) != 0) return LLMUX_ENOMEM;
-  if (txn->stream) return stream_lines(txn, a);
   /* Plain answer: one JSON object, rewritten once it is all here. */
   return eof ? rewrite(txn, a->in.base ? a->in.base : "", a->in.len, 0) : 0;
 }
@@ -192,21 +196,14 @@ static int uppercase_classify_error(void *instance, llmux_txn_t *txn, const char
                                     size_t len, llmux_error_info_t *out) {
   json_t *root = json_loadb(body, len, 0, NULL);
   const char *msg = json_string_value(json_object_get(json_object_get(root, "error"), "message"));
+  const llmux_str_t *ra = host->header_get(txn->resp_headers, txn->nresp_headers, "retry-after");
   (void)instance;
-  out->retry_elsewhere = 1;
-  switch (txn->status) {
-    case 429: out->cls = LLMUX_FAIL_RATE_LIMITED; break;
-    case 401: case 403: out->cls = LLMUX_FAIL_AUTH; break;
-    case 404: out->cls = LLMUX_FAIL_MODEL_NOT_FOUND; break;
-    default:
-      if (txn->status >= 500) {
-        out->cls = LLMUX_FAIL_SERVER;
-        out->retry_same = 1;
-      } else {
-        out->cls = LLMUX_FAIL_BAD_REQUEST; /* the client's fault: no retry */
-        out->retry_elsewhere = 0;
-      }
-  }
+  /* The usual reading: 429 rate limited, 401/403 auth, 404 no such model,
+   * 5xx retryable, other 4xx the client's fault (a plugin refines it with
+   * what the body says). */
+  host->classify_status(txn->status, out);
+  if (ra != NULL && host->parse_retry_after(ra->base, ra->len, 0, &out->retry_after_ms) != 0)
+    out->retry_after_ms = 0; /* garbage, negative or beyond two days: not believed */
   if (msg) host->buf_append(&out->message, msg, strlen(msg));
   json_decref(root);
   return 0;
@@ -226,6 +223,7 @@ static void uppercase_txn_free(void *instance, llmux_txn_t *txn) {
   if (a == NULL) return;
   free(a->body); /* from json_dumps: jansson's allocator */
   host->buf_free(&a->in);
+  host->split_free(a->sse);
   host->free(a);
   txn->data = NULL;
 }
@@ -271,6 +269,10 @@ static const llmux_provider_t uppercase_provider = {
   .explain_error = uppercase_explain_error,
   .models_request = uppercase_models_request,
   .parse_models = uppercase_parse_models,
+  /* How the provider's rate-limit headers read (ABI 1.3); a provider's
+   * `ratelimit_headers` key overrides it. */
+  .ratelimit_dialect = "openai",
 };
 
-LLMUX_PROVIDER_ENTRY(host, uppercase_provider)
+/* Uses the host services of ABI 1.3 unchecked: refuse an older llmux. */
+LLMUX_PROVIDER_ENTRY_MIN(host, uppercase_provider, 3)

@@ -15,8 +15,11 @@
  * Versioning: LLMUX_PROVIDER_ABI_MAJOR changes when a change would break an
  * existing plugin; the gateway refuses to load a plugin built for another
  * major. MINOR grows when fields or functions are appended. Structs only
- * ever grow at the end, and each starts with its own size so both sides can
- * tell which fields the other knows.
+ * ever grow at the end (or into their reserved slots), and each starts with
+ * its own size so both sides can tell which fields the other knows. The
+ * host reads an optional vtable slot only through LLMUX_PROVIDER_HAS; a
+ * plugin reads a host service added after 1.0 only through LLMUX_HOST_HAS
+ * (or refuses an older host with LLMUX_PROVIDER_ENTRY_MIN).
  */
 #ifndef LLMUX_PROVIDER_H
 #define LLMUX_PROVIDER_H
@@ -32,7 +35,7 @@ extern "C" {
 #endif
 
 #define LLMUX_PROVIDER_ABI_MAJOR 1
-#define LLMUX_PROVIDER_ABI_MINOR 2
+#define LLMUX_PROVIDER_ABI_MINOR 3
 
 /* The symbol the gateway looks up with dlsym(). */
 #define LLMUX_PROVIDER_INIT_SYMBOL "llmux_provider_init"
@@ -108,9 +111,17 @@ typedef struct llmux_usage_s {
 
 /* A transaction: one attempt of one client request on one route. The host
  * owns it; the plugin keeps its per-request state in `data` (allocated in
- * translate_request, released in txn_free). */
+ * translate_request, released in txn_free).
+ *
+ * Retries. The same txn carries every attempt of a client request. When an
+ * attempt follows one on the same provider (the same `[provider]` section,
+ * so the same instance), `data` is kept as the plugin left it, and
+ * translate_request runs again with `attempt` one higher: reuse the state
+ * and reset what belongs to one attempt. When the next attempt is on
+ * another provider, the host first calls txn_free for the old one and sets
+ * `data` to NULL, so a plugin never sees another instance's state. */
 typedef struct llmux_txn_s {
-  void *data; /* public: the plugin's */
+  void *data; /* public: the plugin's; see Retries above */
   size_t size;
 
   /* read-only: the client's request, valid for the life of the txn */
@@ -143,7 +154,14 @@ typedef struct llmux_txn_s {
 
   /* out, set by parse_response as it learns them */
   llmux_usage_t usage;
-  llmux_buf_t served_model;  /* the model the provider says answered */
+  /* The provider's own id of the model that answered ("gpt-4o-2024-08-06"
+   * for "gpt-4o"), as its answer names it; leave it empty when it does not.
+   * The host reports it to the client in the `x-llmux-served-model` header
+   * of answers whose head goes out after the body (not streams: their head
+   * leaves before the first byte); `x-llmux-model` stays the configured
+   * model of the route that served. Printable ASCII without spaces, at
+   * most 256 bytes: anything else is not reported. */
+  llmux_buf_t served_model;
 
   void *reserved[8];
 } llmux_txn_t;
@@ -171,6 +189,62 @@ typedef struct llmux_error_info_s {
   uint64_t retry_after_ms;  /* 0 when the provider said nothing */
   llmux_buf_t message;      /* the provider's own words, for the client */
 } llmux_error_info_t;
+
+/* ---- Rate-limit headers (ABI 1.3) -------------------------------------- */
+
+/* A provider's rate-limit headers come in dialects, named by strings:
+ *  "openai"    x-ratelimit-{limit,remaining,reset}-{requests,tokens}, per
+ *              minute; reset a Go duration ("6m0s", "20ms")
+ *  "groq"      the same names, but -requests counts per DAY
+ *  "cerebras"  x-ratelimit-*-requests-day and -tokens-minute; reset seconds;
+ *              the host also reserves prompt + max tokens up front
+ *  "anthropic" anthropic-ratelimit-{requests,tokens,input-tokens,
+ *              output-tokens}-{limit,remaining,reset}; reset an RFC 3339 time
+ *  "generic"   read like openai (the default)
+ * Every dialect reads retry-after (seconds or an HTTP-date) and OpenAI's
+ * retry-after-ms, which wins. A plugin names its provider's dialect in its
+ * vtable (ratelimit_dialect); a provider's `ratelimit_headers` key wins. */
+
+enum {
+  LLMUX_RATELIMIT_REQUESTS_MINUTE = 0,
+  LLMUX_RATELIMIT_REQUESTS_DAY,
+  LLMUX_RATELIMIT_TOKENS_MINUTE,
+  LLMUX_RATELIMIT_TOKENS_DAY,
+  LLMUX_RATELIMIT_NDIMS
+};
+
+/* One dimension as the provider reported it. */
+typedef struct llmux_ratelimit_dim_s {
+  int has_limit, has_remaining, has_reset;
+  uint64_t limit;
+  uint64_t remaining;
+  uint64_t reset_in_ms; /* delay from the response's arrival; never above 2 days */
+} llmux_ratelimit_dim_t;
+
+/* What parse_ratelimit_headers found. The caller sets `size`. */
+typedef struct llmux_ratelimit_info_s {
+  size_t size; /* sizeof(llmux_ratelimit_info_t) as the caller knows it */
+  llmux_ratelimit_dim_t dims[LLMUX_RATELIMIT_NDIMS];
+  int has_retry_after;
+  uint64_t retry_after_ms; /* never above 2 days */
+} llmux_ratelimit_info_t;
+
+/* ---- Splitting a body into lines or events (ABI 1.3) -------------------- */
+
+/* An incremental splitter, the host's (opaque). Fed a response body in
+ * pieces cut anywhere, it yields the same items as for the body whole. */
+typedef struct llmux_split_s llmux_split_t;
+
+enum {
+  /* NDJSON: lines ended by \n (a \r before it is dropped); empty lines
+   * are skipped. */
+  LLMUX_SPLIT_NDJSON = 1,
+  /* Server-Sent Events: lines ended by \r\n, \n or \r; each item is one
+   * event's data, its `data:` lines joined by \n (one space after the
+   * colon dropped). Comments and the event, id and retry fields are
+   * skipped; a blank line ends an event; one without data is skipped. */
+  LLMUX_SPLIT_SSE = 2
+};
 
 /* ---- Services the gateway lends the plugin ----------------------------- */
 
@@ -200,7 +274,60 @@ typedef struct llmux_host_api_s {
    * by the host (a plugin that uses it links libjansson itself). NULL if
    * the body is not JSON. */
   void *(*request_json)(llmux_txn_t *txn);
+
+  /* ---- ABI 1.3: check with LLMUX_HOST_HAS before use ------------------- */
+
+  /* Reads a response's rate-limit headers in `dialect` (see above; NULL or
+   * an unknown name: "generic") into *out, whose `size` the caller set.
+   * Names are case-insensitive; malformed values and resets or waits
+   * beyond 2 days are ignored. `wall_ms` is the Unix time in ms that
+   * absolute dates are measured from, 0 for now. Returns the number of
+   * facts found (0: none), or LLMUX_EINVAL for a bad `out`. */
+  int (*parse_ratelimit_headers)(const char *dialect, const llmux_header_t *headers,
+                                 size_t n, int64_t wall_ms, llmux_ratelimit_info_t *out);
+
+  /* The usual reading of an HTTP status, into out->cls, retry_elsewhere
+   * and retry_same (nothing else is touched), for classify_error to refine
+   * with what the body says. Returns out->cls.
+   *   429 RATE_LIMITED, elsewhere      402 QUOTA, elsewhere
+   *   401, 403 AUTH, elsewhere         404 MODEL_NOT_FOUND, elsewhere
+   *   408, 504 TIMEOUT, elsewhere and same
+   *   503, 529 OVERLOADED, elsewhere and same
+   *   other 5xx SERVER, elsewhere and same
+   *   other 4xx BAD_REQUEST, final (the client's request)
+   *   anything else UPSTREAM_GARBAGE, elsewhere (not an error status) */
+  llmux_fail_class_t (*classify_status)(int status, llmux_error_info_t *out);
+
+  /* A Retry-After value: delay-seconds (a decimal fraction is accepted and
+   * rounded up to the ms) or an HTTP-date (IMF-fixdate, RFC 850, asctime;
+   * one in the past is 0), measured from `wall_ms` (Unix ms; 0: now).
+   * Surrounding spaces are allowed; a sign, an exponent, "inf", trailing
+   * bytes and a wait above 2 days are not. 0 with *out_ms set, or
+   * LLMUX_EINVAL with *out_ms untouched. */
+  int (*parse_retry_after)(const char *value, size_t len, int64_t wall_ms, uint64_t *out_ms);
+
+  /* A splitter of LLMUX_SPLIT_* `mode` whose lines and items are at most
+   * `max` bytes (0: 16 MiB); NULL when out of memory or `mode` is unknown.
+   * Free it with split_free (NULL is fine). */
+  llmux_split_t *(*split_new)(int mode, size_t max);
+  /* Takes bytes from *data / *len (advancing both) up to the end of the
+   * next complete item: returns 1 with it in *item, borrowed until the
+   * next call on `s` and no longer than the bytes passed in. Returns 0
+   * once every byte is taken (an unfinished item is kept for the next
+   * call); with `eof`, an unfinished last line and event count as
+   * complete first. LLMUX_EUPSTREAM for a line or item above `max`,
+   * LLMUX_ENOMEM. Call it again with the same data until it returns 0. */
+  int (*split_next)(llmux_split_t *s, const char **data, size_t *len, int eof,
+                    llmux_str_t *item);
+  /* Forgets everything kept (for a new attempt). */
+  void (*split_reset)(llmux_split_t *s);
+  void (*split_free)(llmux_split_t *s);
 } llmux_host_api_t;
+
+/* Does `host` lend `member`? (It was built with it, and it is set.) */
+#define LLMUX_HOST_HAS(host, member)                                            \
+  ((host)->size >= offsetof(llmux_host_api_t, member) + sizeof((host)->member) && \
+   (host)->member != NULL)
 
 /* ---- What the plugin implements ---------------------------------------- */
 
@@ -268,8 +395,36 @@ typedef struct llmux_provider_s {
    * (another route is tried). txn_free follows as usual. */
   int (*respond_local)(void *instance, llmux_txn_t *txn);
 
-  void *reserved[4];
+  /* ---- ABI 1.3: optional ---------------------------------------------- */
+
+  /* The rate-limit header dialect of the provider this plugin speaks to
+   * ("openai", "groq", "cerebras", "anthropic", "generic"; see above), so
+   * the host reads its headers right whatever the provider's section is
+   * called. NULL: "generic". A section's `ratelimit_headers` key wins (a
+   * plugin that serves many providers, like openai, names the usual one). */
+  const char *ratelimit_dialect;
+
+  void *reserved[3];
 } llmux_provider_t;
+
+/* The ABI minor that added each optional slot (for LLMUX_PROVIDER_HAS). */
+#define LLMUX__SINCE_config 0
+#define LLMUX__SINCE_destroy 0
+#define LLMUX__SINCE_txn_free 0
+#define LLMUX__SINCE_explain_error 1
+#define LLMUX__SINCE_models_request 1
+#define LLMUX__SINCE_parse_models 1
+#define LLMUX__SINCE_respond_local 2
+#define LLMUX__SINCE_ratelimit_dialect 3
+
+/* Does the plugin offer the optional `slot`? It does when it was built
+ * with an ABI that has the slot (its abi_minor: a slot may be one of an
+ * older plugin's reserved words), its struct covers the slot (its size),
+ * and the slot is set. The host reads optional slots only through this. */
+#define LLMUX_PROVIDER_HAS(vt, slot)                                           \
+  ((vt)->abi_minor + 1u > LLMUX__SINCE_##slot &&  /* ">=", quiet for 0 */     \
+   (vt)->size >= offsetof(llmux_provider_t, slot) + sizeof((vt)->slot) &&     \
+   (vt)->slot != NULL)
 
 /* The entry point: check host->abi_major, keep `host` (valid for the life
  * of the process), and return the plugin's static vtable in *out. */
@@ -289,6 +444,20 @@ LLMUX_PLUGIN_EXPORT int llmux_provider_init(const llmux_host_api_t *host,
   LLMUX_PLUGIN_EXPORT int llmux_provider_init(const llmux_host_api_t *llmux__h, \
                                               const llmux_provider_t **llmux__out) { \
     if (llmux__h->abi_major != LLMUX_PROVIDER_ABI_MAJOR) return LLMUX_EABI;     \
+    host_var = llmux__h;                                                        \
+    *llmux__out = &(vtable);                                                    \
+    return 0;                                                                   \
+  }
+
+/* The same for a plugin that uses host services of ABI 1.`min_minor` (at
+ * least 1) without checking each with LLMUX_HOST_HAS: an older host gets
+ * LLMUX_EABI, and its `llmux check` says the plugin failed to initialise. */
+#define LLMUX_PROVIDER_ENTRY_MIN(host_var, vtable, min_minor)                   \
+  LLMUX_PLUGIN_EXPORT int llmux_provider_init(const llmux_host_api_t *llmux__h, \
+                                              const llmux_provider_t **llmux__out) { \
+    if (llmux__h->abi_major != LLMUX_PROVIDER_ABI_MAJOR ||                      \
+        llmux__h->abi_minor < (unsigned)(min_minor))                            \
+      return LLMUX_EABI;                                                        \
     host_var = llmux__h;                                                        \
     *llmux__out = &(vtable);                                                    \
     return 0;                                                                   \

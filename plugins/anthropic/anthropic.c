@@ -10,9 +10,10 @@
  * request is parsed once by the host (request_json) and the translation is
  * rebuilt from it on every attempt, so a retry sees exactly the same bytes.
  *
- * Streams are Server-Sent Events parsed as they arrive, whatever the byte
- * boundaries: each Anthropic event is turned into at most two OpenAI chunks
- * and emitted at once, so nothing but the current line is buffered.
+ * Streams are Server-Sent Events split by the host's splitter as they
+ * arrive, whatever the byte boundaries: each Anthropic event is turned into
+ * at most two OpenAI chunks and emitted at once, so nothing but the current
+ * event is buffered.
  *
  * Numbers from Anthropic are untrusted: a usage count that is not an
  * integer of 0 to USAGE_MAX reaches the host as unknown (-1) and is logged
@@ -36,16 +37,13 @@ static const llmux_config_key_t anthropic_keys[] = {
   {NULL, 0, NULL, NULL}
 };
 
-/* A line of a stream longer than this is not Anthropic talking. */
+/* A line or event of a stream longer than this is not Anthropic talking. */
 #define LINE_MAX_BYTES (16u << 20)
 /* Nor is a plain answer larger than this. */
 #define BODY_MAX_BYTES (64u << 20)
 /* The most tokens one request is believed to use; a larger count is a
  * fault, not usage. */
 #define USAGE_MAX 1000000000
-/* A wait longer than this is a misread, not a wait (the host's own header
- * parsing disbelieves such resets too). */
-#define RETRY_AFTER_MAX_MS (2u * 86400000u)
 
 typedef struct {
   llmux_buf_t head;          /* "x-api-key: ...\r\nanthropic-version: ...\r\n" */
@@ -60,13 +58,12 @@ typedef struct {
   llmux_buf_t body;          /* the Messages request we send */
   int include_usage;         /* the client asked stream_options.include_usage */
 
-  llmux_buf_t in;            /* plain: the body so far; stream: the unfinished line */
-  llmux_buf_t ev_data;       /* stream: the data lines of the current event */
+  llmux_buf_t in;            /* plain: the body so far */
+  llmux_split_t *sse;        /* stream: the host's SSE splitter, made on first use */
   llmux_buf_t prefix;        /* stream: a chunk's JSON up to `"choices":[` */
   llmux_buf_t out;           /* stream: the frame being built */
   llmux_buf_t scratch;
   llmux_buf_t block_tool;    /* stream: int per content block, its tool-call index or -1 */
-  int skip_lf;               /* the previous line ended with '\r' */
   int state;                 /* STREAM_* */
   int finish_sent;
   int ntools;
@@ -513,9 +510,10 @@ static int build_request(const anthropic_t *p, llmux_txn_t *txn, json_t *req, js
 }
 
 static void txn_reset(anthropic_txn_t *t) {
-  t->body.len = t->in.len = t->ev_data.len = t->prefix.len = t->out.len = 0;
+  t->body.len = t->in.len = t->prefix.len = t->out.len = 0;
+  host->split_reset(t->sse);
   t->scratch.len = t->block_tool.len = 0;
-  t->include_usage = t->skip_lf = t->state = t->finish_sent = t->ntools = 0;
+  t->include_usage = t->state = t->finish_sent = t->ntools = 0;
   t->prompt_tokens = t->completion_tokens = -1;
   t->cached_tokens = 0;
   t->usage_logged = 0;
@@ -878,12 +876,11 @@ static int on_error_event(llmux_txn_t *txn, anthropic_txn_t *t, json_t *ev) {
   return emit_stream_error(txn, t, type ? type : "api_error", text);
 }
 
-/* One complete SSE event (its data lines in t->ev_data). */
-static int on_event(llmux_txn_t *txn, anthropic_txn_t *t) {
-  json_t *ev = load_json(t->ev_data.base, t->ev_data.len, &t->as_reals);
+/* One complete SSE event: its data. */
+static int on_event(llmux_txn_t *txn, anthropic_txn_t *t, llmux_str_t data) {
+  json_t *ev = load_json(data.base, data.len, &t->as_reals);
   const char *type = str_at(ev, "type");
   int rc = 0;
-  t->ev_data.len = 0;
   if (type == NULL) rc = LLMUX_EUPSTREAM;
   else if (strcmp(type, "error") == 0) rc = on_error_event(txn, t, ev);
   else if (strcmp(type, "message_start") == 0) rc = on_message_start(txn, t, ev);
@@ -898,54 +895,21 @@ static int on_event(llmux_txn_t *txn, anthropic_txn_t *t) {
   return rc;
 }
 
-/* One line of the stream, without its end. */
-static int on_line(llmux_txn_t *txn, anthropic_txn_t *t, const char *s, size_t n) {
-  if (n == 0) return t->ev_data.len ? on_event(txn, t) : 0;
-  if (n >= 5 && memcmp(s, "data:", 5) == 0) {
-    s += 5, n -= 5;
-    if (n && *s == ' ') s++, n--;
-    if (t->ev_data.len && host->buf_append(&t->ev_data, "\n", 1) != 0) return LLMUX_ENOMEM;
-    return host->buf_append(&t->ev_data, s, n);
-  }
-  return 0; /* event: names repeat the data's type; comments and ids are not needed */
-}
-
-/* Splits bytes into lines (\n, \r\n or \r), keeping an unfinished line. */
-static int feed_sse(llmux_txn_t *txn, anthropic_txn_t *t, const char *data, size_t len) {
-  const char *end = data + len;
-  int rc = 0;
-  while (data < end && rc == 0 && t->state != STREAM_DONE) {
-    const char *eol = data;
-    if (t->skip_lf && *data == '\n') { t->skip_lf = 0; data++; continue; }
-    t->skip_lf = 0;
-    while (eol < end && *eol != '\n' && *eol != '\r') eol++;
-    if (eol == end) {
-      if (t->in.len + (size_t)(end - data) > LINE_MAX_BYTES) return LLMUX_EUPSTREAM;
-      return host->buf_append(&t->in, data, (size_t)(end - data));
-    }
-    if (t->in.len) {
-      if (host->buf_append(&t->in, data, (size_t)(eol - data)) != 0) return LLMUX_ENOMEM;
-      rc = on_line(txn, t, t->in.base, t->in.len);
-      t->in.len = 0;
-    } else {
-      rc = on_line(txn, t, data, (size_t)(eol - data));
-    }
-    t->skip_lf = *eol == '\r';
-    data = eol + 1;
-  }
-  return rc;
-}
-
-/* The stream ended: a last event without its blank line still counts, and
- * a stream that never said message_stop is broken, which the client hears. */
-static int end_sse(llmux_txn_t *txn, anthropic_txn_t *t) {
-  int rc = 0;
-  if (t->state != STREAM_DONE && t->in.len) {
-    rc = on_line(txn, t, t->in.base, t->in.len);
-    t->in.len = 0;
-  }
-  if (rc == 0 && t->state != STREAM_DONE && t->ev_data.len) rc = on_event(txn, t);
-  if (t->state != STREAM_DONE)
+/* Feeds bytes to the splitter and handles each complete event, until the
+ * stream is done (what follows message_stop is ignored). With eof, a last
+ * event without its blank line still counts, and a stream that never said
+ * message_stop is broken, which the client hears. */
+static int feed_sse(llmux_txn_t *txn, anthropic_txn_t *t, const char *data, size_t len,
+                    int eof) {
+  llmux_str_t ev;
+  int rc = 0, more = 0;
+  if (t->sse == NULL && (t->sse = host->split_new(LLMUX_SPLIT_SSE, LINE_MAX_BYTES)) == NULL)
+    return LLMUX_ENOMEM;
+  while (rc == 0 && t->state != STREAM_DONE &&
+         (more = host->split_next(t->sse, &data, &len, eof, &ev)) > 0)
+    rc = on_event(txn, t, ev);
+  if (rc == 0 && more < 0) rc = more;
+  if (rc == 0 && eof && t->state != STREAM_DONE)
     return emit_stream_error(txn, t, "upstream_error",
                              "The stream from Anthropic ended before message_stop.");
   return rc;
@@ -958,8 +922,7 @@ static int anthropic_parse_response(void *instance, llmux_txn_t *txn, const char
   (void)instance;
   if (t == NULL) return LLMUX_EINVAL;
   if (txn->stream) {
-    if (len > 0) rc = feed_sse(txn, t, data, len);
-    if (rc == 0 && eof) rc = end_sse(txn, t);
+    if (len > 0 || eof) rc = feed_sse(txn, t, data, len, eof);
     /* After a failure the host ends the stream with its own error event:
      * nothing more from us, not even at eof. */
     if (rc != 0) t->state = STREAM_DONE;
@@ -996,65 +959,44 @@ static int type_is(const char *type, const char *want) {
   return type != NULL && strcmp(type, want) == 0;
 }
 
+/* The status Anthropic documents for each error type: the type decides
+ * when it is there (a proxy in between may change the status). */
+static int status_of_type(const char *type, int status) {
+  static const struct { const char *type; int status; } map[] = {
+    {"invalid_request_error", 400}, {"authentication_error", 401}, {"billing_error", 402},
+    {"permission_error", 403}, {"not_found_error", 404}, {"request_too_large", 413},
+    {"rate_limit_error", 429}, {"api_error", 500}, {"timeout_error", 504},
+    {"overloaded_error", 529},
+  };
+  size_t i;
+  for (i = 0; type != NULL && i < sizeof map / sizeof map[0]; i++)
+    if (type_is(type, map[i].type)) return map[i].status;
+  return status;
+}
+
+/* The host's reading of the status, refined by what Anthropic says. */
 static void classify(int status, const char *type, const char *code, const char *msg,
                      llmux_error_info_t *out) {
-  out->retry_elsewhere = 1;
-  out->retry_same = 0;
-  if (type_is(type, "rate_limit_error") || status == 429) {
-    out->cls = is_spend_limit(code, msg) ? LLMUX_FAIL_QUOTA : LLMUX_FAIL_RATE_LIMITED;
-  } else if (type_is(type, "overloaded_error") || status == 529 || status == 503) {
-    out->cls = LLMUX_FAIL_OVERLOADED;
-    out->retry_same = 1;
-  } else if (type_is(type, "billing_error") || status == 402) {
+  llmux_fail_class_t cls = host->classify_status(status_of_type(type, status), out);
+  if (cls == LLMUX_FAIL_RATE_LIMITED && is_spend_limit(code, msg)) {
     out->cls = LLMUX_FAIL_QUOTA;
-  } else if (type_is(type, "authentication_error") || type_is(type, "permission_error") ||
-             status == 401 || status == 403) {
-    out->cls = LLMUX_FAIL_AUTH;
-  } else if (type_is(type, "not_found_error") || status == 404) {
-    out->cls = LLMUX_FAIL_MODEL_NOT_FOUND;
-  } else if (type_is(type, "timeout_error") || status == 408 || status == 504) {
-    out->cls = LLMUX_FAIL_TIMEOUT;
-    out->retry_same = 1;
-  } else if (type_is(type, "api_error") || status >= 500) {
-    out->cls = LLMUX_FAIL_SERVER;
-    out->retry_same = 1;
-  } else if (is_too_long(msg)) {
+  } else if (cls == LLMUX_FAIL_BAD_REQUEST && is_too_long(msg)) {
     out->cls = LLMUX_FAIL_CONTEXT_LENGTH;
-  } else if (is_spend_limit(code, msg)) {
+    out->retry_elsewhere = 1;
+  } else if (cls == LLMUX_FAIL_BAD_REQUEST && is_spend_limit(code, msg)) {
     out->cls = LLMUX_FAIL_QUOTA;
-  } else { /* invalid_request_error, request_too_large: the client's request */
-    out->cls = LLMUX_FAIL_BAD_REQUEST;
-    out->retry_elsewhere = 0;
+    out->retry_elsewhere = 1;
   }
 }
 
-static int is_space(char c) {
-  return c == ' ' || c == '\t';
-}
-
-/* retry-after in milliseconds: Anthropic sends whole seconds, a fraction
- * is taken too. 0 when absent, malformed or above RETRY_AFTER_MAX_MS. Read
- * by hand: strtod takes "inf", "-5" and "1e999", and turning such a double
- * into an integer is undefined behaviour. */
+/* retry-after in milliseconds, read by the host (Anthropic sends whole
+ * seconds; a fraction or a date is taken too): 0 when absent or not
+ * believed. */
 static uint64_t retry_after_ms(const llmux_txn_t *txn) {
   const llmux_str_t *v = host->header_get(txn->resp_headers, txn->nresp_headers, "retry-after");
-  const char *p, *end;
-  uint64_t secs = 0, frac = 0, scale = 1, ms;
-  if (v == NULL) return 0;
-  for (p = v->base, end = p + v->len; p < end && is_space(*p); p++) {}
-  while (end > p && is_space(end[-1])) end--;
-  for (; p < end && *p >= '0' && *p <= '9'; p++) {
-    secs = secs * 10 + (uint64_t)(*p - '0');
-    if (secs > RETRY_AFTER_MAX_MS / 1000) return 0;
-  }
-  if (p < end && *p == '.') {
-    for (p++; p < end && *p >= '0' && *p <= '9'; p++) {
-      if (scale < 1000) { frac = frac * 10 + (uint64_t)(*p - '0'); scale *= 10; }
-    }
-  }
-  if (p != end) return 0;
-  ms = secs * 1000 + frac * 1000 / scale;
-  return ms <= RETRY_AFTER_MAX_MS ? ms : 0;
+  uint64_t ms = 0;
+  if (v == NULL || host->parse_retry_after(v->base, v->len, 0, &ms) != 0) return 0;
+  return ms;
 }
 
 static int anthropic_classify_error(void *instance, llmux_txn_t *txn, const char *body,
@@ -1082,7 +1024,7 @@ static void anthropic_txn_free(void *instance, llmux_txn_t *txn) {
   if (t == NULL) return;
   host->buf_free(&t->body);
   host->buf_free(&t->in);
-  host->buf_free(&t->ev_data);
+  host->split_free(t->sse);
   host->buf_free(&t->prefix);
   host->buf_free(&t->out);
   host->buf_free(&t->scratch);
@@ -1136,6 +1078,8 @@ static const llmux_provider_t anthropic_provider = {
   .txn_free = anthropic_txn_free,
   .models_request = anthropic_models_request,
   .parse_models = anthropic_parse_models,
+  .ratelimit_dialect = "anthropic",
 };
 
-LLMUX_PROVIDER_ENTRY(host, anthropic_provider)
+/* Needs the host services of ABI 1.3 (status, retry-after, SSE splitter). */
+LLMUX_PROVIDER_ENTRY_MIN(host, anthropic_provider, 3)

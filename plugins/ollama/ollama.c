@@ -8,8 +8,9 @@
  *
  * Requests are rebuilt with jansson from the host's parsed body (the formats
  * differ too much for a splice). Responses are read one NDJSON line at a
- * time, whatever the read boundaries; a stream is translated line by line
- * as it arrives, a plain answer is gathered and sent once at the end.
+ * time by the host's splitter, whatever the read boundaries; a stream is
+ * translated line by line as it arrives, a plain answer is gathered and
+ * sent once at the end.
  *
  * Ids: Ollama sends none, so they derive from a 64-bit FNV-1a hash H of the
  * client's request body: the answer is "chatcmpl-<H in hex>" and the tool
@@ -59,7 +60,7 @@ typedef struct {
 /* One attempt. Everything here is the plugin's, freed in txn_free. */
 typedef struct {
   llmux_buf_t body;       /* the upstream request JSON */
-  llmux_buf_t line;       /* an NDJSON line split across reads */
+  llmux_split_t *lines;   /* the host's NDJSON splitter, made on first use */
   llmux_buf_t out;        /* the SSE frame or body being built */
   llmux_buf_t delta;      /* a chunk's delta object */
   uint64_t hash;          /* FNV-1a of the client's body: ids derive from it */
@@ -414,7 +415,8 @@ static int build_embed(const ollama_t *p, const json_t *body, json_t *req) {
 }
 
 static void txn_reset(ollama_txn_t *t) {
-  t->body.len = t->line.len = t->out.len = t->delta.len = 0;
+  t->body.len = t->out.len = t->delta.len = 0;
+  host->split_reset(t->lines);
   t->content.len = t->thinking.len = 0;
   json_decref(t->tool_calls);
   t->tool_calls = NULL;
@@ -818,34 +820,23 @@ static int on_line(ollama_txn_t *t, llmux_txn_t *txn, const char *s, size_t n) {
   return rc;
 }
 
-/* Splits data into lines, keeping a line that straddles reads in t->line. */
-static int feed(ollama_txn_t *t, llmux_txn_t *txn, const char *data, size_t len) {
-  int rc;
-  while (len > 0 && !t->done) {
-    const char *nl = memchr(data, '\n', len);
-    size_t n = nl ? (size_t)(nl - data) : len;
-    if (t->line.len + n > LINE_MAX_BYTES) return LLMUX_EUPSTREAM;
-    if (nl == NULL) return host->buf_append(&t->line, data, len) ? LLMUX_ENOMEM : 0;
-    if (t->line.len) {
-      if (host->buf_append(&t->line, data, n) != 0) return LLMUX_ENOMEM;
-      rc = on_line(t, txn, t->line.base, t->line.len);
-      t->line.len = 0;
-    } else {
-      rc = on_line(t, txn, data, n);
-    }
-    if (rc != 0) return rc;
-    data += n + 1;
-    len -= n + 1;
-  }
-  return 0;
+/* Handles each complete line of data (with eof, the last one even without
+ * its newline) until the answer is done; what follows is ignored. */
+static int feed(ollama_txn_t *t, llmux_txn_t *txn, const char *data, size_t len, int eof) {
+  llmux_str_t line;
+  int rc = 0, more = 0;
+  if (t->lines == NULL && (t->lines = host->split_new(LLMUX_SPLIT_NDJSON, LINE_MAX_BYTES)) == NULL)
+    return LLMUX_ENOMEM;
+  while (rc == 0 && !t->done && (more = host->split_next(t->lines, &data, &len, eof, &line)) > 0)
+    rc = on_line(t, txn, line.base, line.len);
+  return rc ? rc : more < 0 ? more : 0;
 }
 
 /* The end of the body. A failure seen earlier was already returned to the
  * host (which reports it); one found only now is reported here. */
 static int finish(ollama_txn_t *t, llmux_txn_t *txn) {
   int failed_before = t->failed, rc = 0;
-  if (t->line.len && !t->done) rc = on_line(t, txn, t->line.base, t->line.len);
-  t->line.len = 0;
+  if (!t->done) rc = feed(t, txn, NULL, 0, 1); /* a last line without its newline */
   if (txn->endpoint != LLMUX_ENDPOINT_CHAT)
     return rc ? rc : t->failed || t->errored || !t->done ? LLMUX_EUPSTREAM : 0;
   if (!txn->stream) {
@@ -864,7 +855,7 @@ static int ollama_parse_response(void *instance, llmux_txn_t *txn, const char *d
   ollama_txn_t *t = txn->data;
   int rc = 0;
   (void)instance;
-  if (len > 0) rc = feed(t, txn, data, len);
+  if (len > 0) rc = feed(t, txn, data, len, 0);
   if (rc == 0 && eof) rc = finish(t, txn);
   return rc;
 }
@@ -875,31 +866,18 @@ static int has_word(const char *s, const char *word) {
   return s != NULL && strcasestr(s, word) != NULL;
 }
 
-static void classify_status(int status, const char *msg, llmux_error_info_t *out) {
-  out->retry_elsewhere = 1;
-  out->retry_same = 0;
-  if (status == 429) {
-    out->cls = LLMUX_FAIL_RATE_LIMITED;
-  } else if (status == 401 || status == 403) {
-    out->cls = LLMUX_FAIL_AUTH;
-  } else if (status == 404) {
-    out->cls = LLMUX_FAIL_MODEL_NOT_FOUND;
-  } else if (status == 408 || status == 504) {
-    out->cls = LLMUX_FAIL_TIMEOUT;
-    out->retry_same = 1;
-  } else if (status == 503) { /* Ollama's queue is full (OLLAMA_MAX_QUEUE) */
-    out->cls = LLMUX_FAIL_OVERLOADED;
-    out->retry_same = 1;
-  } else if (status >= 500) {
-    out->cls = LLMUX_FAIL_SERVER;
+/* The host's reading of the status, refined by Ollama's words. */
+static void classify(int status, const char *msg, llmux_error_info_t *out) {
+  llmux_fail_class_t cls = host->classify_status(status, out);
+  if (cls == LLMUX_FAIL_SERVER) {
     out->retry_same = !has_word(msg, "memory"); /* too big for this machine: go elsewhere */
+  } else if (cls != LLMUX_FAIL_BAD_REQUEST) {
+    return;
   } else if (has_word(msg, "context length") || has_word(msg, "context window")) {
     out->cls = LLMUX_FAIL_CONTEXT_LENGTH;
+    out->retry_elsewhere = 1;
   } else if (has_word(msg, "does not support")) { /* tools, vision...: another model may */
-    out->cls = LLMUX_FAIL_BAD_REQUEST;
-  } else {
-    out->cls = LLMUX_FAIL_BAD_REQUEST;
-    out->retry_elsewhere = 0;
+    out->retry_elsewhere = 1;
   }
 }
 
@@ -924,7 +902,7 @@ static int ollama_classify_error(void *instance, llmux_txn_t *txn, const char *b
   const char *msg = str_of(root, "error");
   char name[256];
   (void)instance;
-  classify_status(txn->status, msg, out);
+  classify(txn->status, msg, out);
   out->retry_after_ms = 0;
   if (txn->status == 404 && msg != NULL && has_word(msg, "not found")) {
     if (!missing_model(msg, name, sizeof name))
@@ -993,7 +971,7 @@ static void ollama_txn_free(void *instance, llmux_txn_t *txn) {
   (void)instance;
   if (t == NULL) return;
   host->buf_free(&t->body);
-  host->buf_free(&t->line);
+  host->split_free(t->lines);
   host->buf_free(&t->out);
   host->buf_free(&t->delta);
   host->buf_free(&t->content);
@@ -1019,6 +997,8 @@ static const llmux_provider_t ollama_provider = {
   .explain_error = ollama_explain_error,
   .models_request = ollama_models_request,
   .parse_models = ollama_parse_models,
+  /* Ollama sends no rate-limit headers: the host's default (generic). */
 };
 
-LLMUX_PROVIDER_ENTRY(host, ollama_provider)
+/* Needs the host services of ABI 1.3 (status, NDJSON splitter). */
+LLMUX_PROVIDER_ENTRY_MIN(host, ollama_provider, 3)

@@ -42,10 +42,6 @@ typedef struct {
  * is a fault, not usage. */
 #define USAGE_MAX 1000000000
 
-/* A wait longer than this is a misread, not a wait (the host's own header
- * parsing disbelieves such resets too). */
-#define RETRY_AFTER_MAX_MS (2u * 86400000u)
-
 /* The model that answered is among the first bytes; a first read shorter
  * than the "model" field keeps up to this many to find it in. */
 #define HEAD_MAX 2048
@@ -224,17 +220,21 @@ static void read_usage(const openai_t *p, openai_txn_t *t, llmux_txn_t *txn) {
               "reported as unknown", p->name ? p->name : "?", why, USAGE_MAX);
 }
 
-/* The first `"model":"..."` value in data[0..len), the id that answered,
- * into served_model; 0 when it is not (all) there. */
+/* The first `"model":"..."` value, the id that answered, into served_model;
+ * 0 when it is not (all) there. Only the body's first HEAD_MAX bytes count,
+ * however the reads were cut, so the answer never depends on them; and only
+ * a plain id (printable ASCII, no escapes) is believed, since the host puts
+ * it in a response header. */
 static int find_served_model(llmux_txn_t *txn, const char *data, size_t len) {
-  const char *p = memmem(data, len < HEAD_MAX ? len : HEAD_MAX, "\"model\"", 7), *end, *q;
+  const char *end = data + (len < HEAD_MAX ? len : HEAD_MAX), *p, *q;
+  p = memmem(data, (size_t)(end - data), "\"model\"", 7);
   if (p == NULL) return 0;
-  end = data + len;
   p += 7;
   while (p < end && (*p == ' ' || *p == ':')) p++;
   if (p >= end || *p != '"') return 0;
-  q = memchr(p + 1, '"', (size_t)(end - p - 1));
-  if (q == NULL) return 0;
+  for (q = p + 1; q < end && *q != '"'; q++)
+    if (*q < 0x20 || *q > 0x7e || *q == '\\') return 0;
+  if (q >= end || q - p - 1 > 256) return 0;
   txn->served_model.len = 0;
   host->buf_append(&txn->served_model, p + 1, (size_t)(q - p - 1));
   return 1;
@@ -266,71 +266,38 @@ static int openai_parse_response(void *instance, llmux_txn_t *txn, const char *d
   return rc;
 }
 
-/* Header `name` as a decimal number of `unit_ms` (possibly fractional) in
- * milliseconds; 0 when absent, malformed or above RETRY_AFTER_MAX_MS. Read
- * by hand: strtod takes "inf", "-5" and "1e999", and turning such a double
- * into an integer is undefined behaviour. */
-static uint64_t header_ms(const llmux_txn_t *txn, const char *name, uint64_t unit_ms) {
-  const llmux_str_t *v = host->header_get(txn->resp_headers, txn->nresp_headers, name);
-  const char *p, *end;
-  uint64_t whole = 0, frac = 0, scale = 1, ms;
-  if (v == NULL) return 0;
-  for (p = v->base, end = p + v->len; p < end && is_space(*p); p++) {}
-  while (end > p && is_space(end[-1])) end--;
-  for (; p < end && *p >= '0' && *p <= '9'; p++) {
-    whole = whole * 10 + (uint64_t)(*p - '0');
-    if (whole > RETRY_AFTER_MAX_MS) return 0;
-  }
-  if (p < end && *p == '.') {
-    for (p++; p < end && *p >= '0' && *p <= '9'; p++) {
-      if (scale < 1000) { frac = frac * 10 + (uint64_t)(*p - '0'); scale *= 10; }
-    }
-  }
-  if (p != end) return 0;
-  ms = whole * unit_ms + frac * unit_ms / scale;
-  return ms <= RETRY_AFTER_MAX_MS ? ms : 0;
-}
-
-/* retry-after-ms: milliseconds; retry-after: seconds (possibly fractional). */
+/* retry-after-ms (OpenAI's, which wins) or retry-after, read by the host
+ * as its rate limiter reads them: 0 when absent or not believed. */
 static uint64_t retry_after_ms(const llmux_txn_t *txn) {
-  uint64_t ms = header_ms(txn, "retry-after-ms", 1);
-  return ms ? ms : header_ms(txn, "retry-after", 1000);
+  llmux_ratelimit_info_t info;
+  info.size = sizeof info;
+  if (host->parse_ratelimit_headers(NULL, txn->resp_headers, txn->nresp_headers, 0, &info) <= 0 ||
+      !info.has_retry_after)
+    return 0;
+  return info.retry_after_ms;
 }
 
 static int has_word(const char *s, const char *word) {
   return s != NULL && strcasestr(s, word) != NULL;
 }
 
-static void classify_status(int status, const char *code, const char *msg,
-                            llmux_error_info_t *out) {
-  out->retry_elsewhere = 1;
-  out->retry_same = 0;
-  if (status == 429) {
-    out->cls = has_word(code, "insufficient_quota") ? LLMUX_FAIL_QUOTA : LLMUX_FAIL_RATE_LIMITED;
-  } else if (status == 401 || status == 403) {
-    out->cls = LLMUX_FAIL_AUTH;
-  } else if (status == 404) {
-    out->cls = LLMUX_FAIL_MODEL_NOT_FOUND;
-  } else if (status == 408 || status == 504) {
-    out->cls = LLMUX_FAIL_TIMEOUT;
-    out->retry_same = 1;
-  } else if (status == 503 || status == 529) {
-    out->cls = LLMUX_FAIL_OVERLOADED;
-    out->retry_same = 1;
-  } else if (status >= 500) {
-    out->cls = LLMUX_FAIL_SERVER;
-    out->retry_same = 1;
+/* The host's reading of the status, refined by OpenAI's error code and
+ * words: a 429 for money is a quota, and some 4xx another route may serve. */
+static void classify(int status, const char *code, const char *msg, llmux_error_info_t *out) {
+  llmux_fail_class_t cls = host->classify_status(status, out);
+  if (cls == LLMUX_FAIL_RATE_LIMITED && has_word(code, "insufficient_quota")) {
+    out->cls = LLMUX_FAIL_QUOTA;
+  } else if (cls != LLMUX_FAIL_BAD_REQUEST) {
+    return;
   } else if (has_word(code, "context_length") || has_word(msg, "context length") ||
              has_word(msg, "maximum context")) {
     out->cls = LLMUX_FAIL_CONTEXT_LENGTH;
+    out->retry_elsewhere = 1;
   } else if (has_word(code, "content_filter") || has_word(code, "content_policy")) {
     out->cls = LLMUX_FAIL_CONTENT_FILTER;
-    out->retry_elsewhere = 0;
   } else if (has_word(code, "model_not_found")) {
     out->cls = LLMUX_FAIL_MODEL_NOT_FOUND;
-  } else {
-    out->cls = LLMUX_FAIL_BAD_REQUEST;
-    out->retry_elsewhere = 0;
+    out->retry_elsewhere = 1;
   }
 }
 
@@ -347,7 +314,7 @@ static int openai_classify_error(void *instance, llmux_txn_t *txn, const char *b
   } else if (json_is_string(err)) {
     msg = json_string_value(err);
   }
-  classify_status(txn->status, code, msg, out);
+  classify(txn->status, code, msg, out);
   out->retry_after_ms = retry_after_ms(txn);
   if (msg != NULL)
     host->buf_append(&out->message, msg, strlen(msg));
@@ -379,6 +346,10 @@ static const llmux_provider_t openai_provider = {
   .parse_response = openai_parse_response,
   .classify_error = openai_classify_error,
   .txn_free = openai_txn_free,
+  /* OpenAI's own headers; Groq, Cerebras and others served through this
+   * plugin say theirs with `ratelimit_headers` in their section. */
+  .ratelimit_dialect = "openai",
 };
 
-LLMUX_PROVIDER_ENTRY(host, openai_provider)
+/* Needs the host services of ABI 1.3 (classify_status, rate-limit headers). */
+LLMUX_PROVIDER_ENTRY_MIN(host, openai_provider, 3)

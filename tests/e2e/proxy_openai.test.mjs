@@ -80,6 +80,8 @@ test("a plain chat completion is proxied with the model rewritten and the key se
   assert.ok(data.usage.prompt_tokens > 0);
   assert.equal(response.headers.get("x-llmux-provider"), "plain");
   assert.equal(response.headers.get("x-llmux-model"), "chat-model");
+  assert.equal(response.headers.get("x-llmux-served-model"), "provider-chat-id",
+               "the model the provider says answered");
   assert.match(response.headers.get("x-llmux-overhead-us"), /^\d+$/);
   assert.match(response.headers.get("x-request-id"), /\S/);
   const [seen] = await plain.requests();
