@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <ini.h>
 #include <limits.h>
+#include <mbedtls/sha256.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1307,6 +1308,13 @@ static void parse_file(load_t *c, const char *path, int is_main) {
     llmux_diag_add(c->diag, path, 0, LLMUX_DIAG_ERROR, "cannot read: %s", strerror(-r));
     return;
   }
+  /* The digest of the very bytes parsed, for GET /admin/config: a file
+   * changed on disk since is told apart from the one in force. */
+  c->cfg->file_sha256 = realloc(c->cfg->file_sha256,
+                                (c->cfg->nfiles + 1) * sizeof *c->cfg->file_sha256);
+  if (c->cfg->file_sha256 == NULL) abort();
+  mbedtls_sha256_ret((const unsigned char *)(buf ? buf : ""), len,
+                     c->cfg->file_sha256[c->cfg->nfiles], 0);
   VEC_PUSH(c->cfg->files, c->cfg->nfiles, c->file);
   c->buf = buf ? buf : "";
   c->len = len;
@@ -1644,6 +1652,7 @@ void llmux__config_free_parsed(llmux_config_t *cfg) {
   free(cfg->routes);
   free(cfg->tenants);
   free(cfg->files);
+  free(cfg->file_sha256);
   arena_free(cfg->arena);
   free(cfg);
 }

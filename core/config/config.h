@@ -279,7 +279,7 @@ struct llmux_provider_conf_s {
                                 every route's own; 0 = none */
   const char *ratelimit_headers; /* how to read its rate-limit headers:
                                 openai, groq, cerebras, anthropic, generic;
-                                NULL: guessed from the provider's name */
+                                NULL: the dialect its plugin declares */
   uint64_t connect_timeout_ms;
   uint64_t timeout_ms;         /* first response byte */
   uint64_t stream_timeout_ms;  /* gap between stream chunks */
@@ -336,6 +336,8 @@ typedef struct llmux_config_s {
   size_t ntenants;
   const char **files;                /* every file read, in load order */
   size_t nfiles;
+  unsigned char (*file_sha256)[32];  /* SHA-256 of each file's bytes exactly as
+                                        parsed, same order as files */
   /* private */
   struct llmux__arena_s *arena;
   struct llmux__registry_s *registry;

@@ -121,6 +121,7 @@ struct llmux_upstream_s {
   int closing;
   int dns_closed;
   void (*close_cb)(llmux_upstream_t *up);
+  void *data;                     /* opts->data */
   llmux_dns_t dns;                /* shared by every connection; owned */
   /* Shared by all connections: a read is consumed before the next. */
   char rbuf[READ_BUF_SIZE];
@@ -922,8 +923,13 @@ int llmux_upstream_new(uv_loop_t *loop, const llmux_upstream_options_t *opts,
   up->loop = loop;
   up->max_idle = opts && opts->max_idle_per_key ? opts->max_idle_per_key : 256;
   up->idle_timeout_ms = opts && opts->idle_timeout_ms ? opts->idle_timeout_ms : 30000;
+  up->data = opts ? opts->data : NULL;
   *out = up;
   return 0;
+}
+
+void *llmux_upstream_data(const llmux_upstream_t *up) {
+  return up->data;
 }
 
 static void pool_free(llmux_upstream_t *up) {

@@ -73,6 +73,7 @@ typedef struct llmux_upstream_options_s {
    * at a fake nameserver). Read during llmux_upstream_new() only. NULL:
    * resolv.conf and /etc/hosts. */
   const llmux_dns_options_t *dns;
+  void *data;                /* the caller's, for llmux_upstream_data() */
 } llmux_upstream_options_t;
 
 struct llmux_upstream_req_s {
@@ -158,6 +159,10 @@ void llmux_upstream_cancel(llmux_upstream_req_t *req);
  * timeout is not. No-ops when not running. */
 void llmux_upstream_pause(llmux_upstream_req_t *req);
 void llmux_upstream_resume(llmux_upstream_req_t *req);
+
+/* opts->data as given to llmux_upstream_new (NULL without opts): how the
+ * close callback finds its owner. */
+void *llmux_upstream_data(const llmux_upstream_t *up);
 
 /* Idle connections currently pooled (all keys); for tests and stats. */
 unsigned llmux_upstream_idle_count(const llmux_upstream_t *up);

@@ -9,10 +9,18 @@
 
 #include "base/util.h"
 
-/* One route's observed state. The failure ring itself lives in
- * llmux_router_t.fail_ring, `failures` slots per route. */
+/* One route's observed state: an entry of the route table, found by the
+ * route's names and never moved or freed before the table, so routers of
+ * several configuration snapshots can point at it at once. The failure
+ * ring holds the times of the last `ring_cap` failures; the newest router
+ * sizes it (cooldown_failures), and every router counts into it as sized. */
 typedef struct route_state_s {
-  unsigned nfails;        /* failure times in the ring (<= failures) */
+  struct route_state_s *next; /* hash chain */
+  char *provider;
+  char *model;            /* the provider's model id */
+  uint64_t *ring;
+  unsigned ring_cap;
+  unsigned nfails;        /* failure times in the ring (<= ring_cap) */
   unsigned head;          /* next ring slot; the oldest when the ring is full */
   int open;               /* tripped: rests until until_ms, then half-open */
   uint64_t until_ms;
@@ -22,6 +30,12 @@ typedef struct route_state_s {
   uint64_t samples;
   double ewma_ms;
 } route_state_t;
+
+struct llmux_route_table_s {
+  route_state_t **buckets;
+  size_t nbuckets;        /* a power of two */
+  size_t count;
+};
 
 /* Ordering workspace entry. */
 typedef struct entry_s {
@@ -34,14 +48,118 @@ typedef struct entry_s {
 struct llmux_router_s {
   llmux_router_options_t opts;
   size_t nroutes;
-  route_state_t *routes;
-  uint64_t *fail_ring;    /* nroutes * opts.failures failure times */
+  route_state_t **map;    /* route index -> its entry in `table` */
+  llmux_route_table_t *table;
+  int own_table;          /* llmux_router_new: the table dies with the router */
   entry_t *scratch;       /* nroutes entries, reused by every ordering */
   unsigned *seen;         /* per route: == gen when already taken this call */
   unsigned gen;
   size_t *mrank;          /* weighted: a rank per resolution model */
   size_t mrank_cap;
 };
+
+/* ---- Route table --------------------------------------------------------- */
+
+static uint64_t name_hash(const char *provider, const char *model) {
+  uint64_t h = 14695981039346656037u;
+  const char *c;
+  for (c = provider; *c; c++) h = (h ^ (unsigned char)*c) * 1099511628211u;
+  h = (h ^ 0x1f) * 1099511628211u; /* neither name holds 0x1f: a separator */
+  for (c = model; *c; c++) h = (h ^ (unsigned char)*c) * 1099511628211u;
+  return h;
+}
+
+int llmux_route_table_new(llmux_route_table_t **out) {
+  llmux_route_table_t *t = calloc(1, sizeof *t);
+  if (t != NULL) t->buckets = calloc(64, sizeof *t->buckets);
+  if (t == NULL || t->buckets == NULL) {
+    free(t);
+    *out = NULL;
+    return LLMUX_ENOMEM;
+  }
+  t->nbuckets = 64;
+  *out = t;
+  return 0;
+}
+
+void llmux_route_table_free(llmux_route_table_t *t) {
+  size_t i;
+  if (t == NULL) return;
+  for (i = 0; i < t->nbuckets; i++) {
+    route_state_t *s = t->buckets[i], *next;
+    for (; s != NULL; s = next) {
+      next = s->next;
+      free(s->provider);
+      free(s->model);
+      free(s->ring);
+      free(s);
+    }
+  }
+  free(t->buckets);
+  free(t);
+}
+
+size_t llmux_route_table_count(const llmux_route_table_t *t) {
+  return t->count;
+}
+
+/* Doubles the buckets; entries are relinked, never moved. */
+static void table_grow(llmux_route_table_t *t) {
+  size_t n = t->nbuckets * 2, i;
+  route_state_t **b = calloc(n, sizeof *b);
+  if (b == NULL) return; /* longer chains, still correct */
+  for (i = 0; i < t->nbuckets; i++) {
+    route_state_t *s = t->buckets[i], *next;
+    for (; s != NULL; s = next) {
+      size_t k = name_hash(s->provider, s->model) & (n - 1);
+      next = s->next;
+      s->next = b[k];
+      b[k] = s;
+    }
+  }
+  free(t->buckets);
+  t->buckets = b;
+  t->nbuckets = n;
+}
+
+/* The entry of (provider, model), made when missing; NULL when out of memory. */
+static route_state_t *table_get(llmux_route_table_t *t, const char *provider,
+                                const char *model) {
+  size_t k = name_hash(provider, model) & (t->nbuckets - 1);
+  route_state_t *s;
+  for (s = t->buckets[k]; s != NULL; s = s->next) {
+    if (strcmp(s->provider, provider) == 0 && strcmp(s->model, model) == 0) return s;
+  }
+  s = calloc(1, sizeof *s);
+  if (s == NULL) return NULL;
+  s->provider = strdup(provider);
+  s->model = strdup(model);
+  if (s->provider == NULL || s->model == NULL) {
+    free(s->provider);
+    free(s->model);
+    free(s);
+    return NULL;
+  }
+  s->next = t->buckets[k];
+  t->buckets[k] = s;
+  if (++t->count > t->nbuckets) table_grow(t);
+  return s;
+}
+
+/* Sizes the entry's failure ring for `n` failures; a new size starts the
+ * count again (the rule changed). 0 or LLMUX_ENOMEM. */
+static int ring_fit(route_state_t *s, unsigned n) {
+  uint64_t *ring;
+  if (s->ring_cap == n) return 0;
+  ring = calloc(n, sizeof *ring);
+  if (ring == NULL) return LLMUX_ENOMEM;
+  free(s->ring);
+  s->ring = ring;
+  s->ring_cap = n;
+  s->nfails = 0;
+  s->head = 0;
+  return 0;
+}
 
 /* ---- Life cycle -------------------------------------------------------- */
 
@@ -66,25 +184,37 @@ static int take_options(llmux_router_options_t *dst, const llmux_router_options_
   return 0;
 }
 
-int llmux_router_new(const llmux_config_t *cfg, const llmux_router_options_t *opts,
-                     llmux_router_t **out) {
+/* Points every route of cfg at its entry. */
+static int map_routes(llmux_router_t *r, const llmux_config_t *cfg) {
+  size_t i;
+  for (i = 0; i < cfg->nroutes; i++) {
+    const llmux_route_conf_t *rt = cfg->routes[i];
+    route_state_t *s = table_get(r->table, rt->provider->name, rt->id);
+    if (s == NULL || ring_fit(s, r->opts.failures) != 0) return LLMUX_ENOMEM;
+    r->map[i] = s;
+  }
+  return 0;
+}
+
+int llmux_router_new_shared(const llmux_config_t *cfg, const llmux_router_options_t *opts,
+                            llmux_route_table_t *table, llmux_router_t **out) {
   llmux_router_t *r;
   size_t n;
   if (out) *out = NULL;
-  if (cfg == NULL || out == NULL) return LLMUX_EINVAL;
+  if (cfg == NULL || out == NULL || table == NULL) return LLMUX_EINVAL;
   r = calloc(1, sizeof(*r));
   if (r == NULL) return LLMUX_ENOMEM;
+  r->table = table;
   if (take_options(&r->opts, opts) != 0) {
     free(r);
     return LLMUX_EINVAL;
   }
   n = cfg->nroutes ? cfg->nroutes : 1; /* calloc(0) may return NULL */
   r->nroutes = cfg->nroutes;
-  r->routes = calloc(n, sizeof(*r->routes));
-  r->fail_ring = calloc(n * r->opts.failures, sizeof(*r->fail_ring));
+  r->map = calloc(n, sizeof(*r->map));
   r->scratch = calloc(n, sizeof(*r->scratch));
   r->seen = calloc(n, sizeof(*r->seen));
-  if (!r->routes || !r->fail_ring || !r->scratch || !r->seen) goto fail;
+  if (!r->map || !r->scratch || !r->seen || map_routes(r, cfg) != 0) goto fail;
   *out = r;
   return 0;
 
@@ -93,10 +223,26 @@ fail:
   return LLMUX_ENOMEM;
 }
 
+int llmux_router_new(const llmux_config_t *cfg, const llmux_router_options_t *opts,
+                     llmux_router_t **out) {
+  llmux_route_table_t *t;
+  int rc;
+  if (out) *out = NULL;
+  if (cfg == NULL || out == NULL) return LLMUX_EINVAL;
+  if (llmux_route_table_new(&t) != 0) return LLMUX_ENOMEM;
+  rc = llmux_router_new_shared(cfg, opts, t, out);
+  if (rc != 0) {
+    llmux_route_table_free(t);
+    return rc;
+  }
+  (*out)->own_table = 1;
+  return 0;
+}
+
 void llmux_router_free(llmux_router_t *r) {
   if (r == NULL) return;
-  free(r->routes);
-  free(r->fail_ring);
+  if (r->own_table) llmux_route_table_free(r->table);
+  free(r->map);
   free(r->scratch);
   free(r->seen);
   free(r->mrank);
@@ -107,7 +253,7 @@ void llmux_router_free(llmux_router_t *r) {
 
 static route_state_t *state_of(const llmux_router_t *r, size_t idx) {
   assert(idx < r->nroutes && "route index from another config snapshot");
-  return &r->routes[idx];
+  return r->map[idx];
 }
 
 static llmux_breaker_state_t breaker(const route_state_t *s, uint64_t now_ms) {
@@ -135,18 +281,16 @@ static void close_breaker(route_state_t *s) {
   s->head = 0;
 }
 
-/* Records a failure of a closed route; trips it when the last `failures`
+/* Records a failure of a closed route; trips it when the last `ring_cap`
  * failures all fall within the window. */
-static void count_failure(const llmux_router_t *r, size_t idx, route_state_t *s,
-                          uint64_t now_ms) {
-  unsigned n = r->opts.failures;
-  uint64_t *ring = r->fail_ring + idx * n;
+static void count_failure(const llmux_router_t *r, route_state_t *s, uint64_t now_ms) {
+  unsigned n = s->ring_cap;
   uint64_t oldest;
-  ring[s->head] = now_ms;
+  s->ring[s->head] = now_ms;
   s->head = (s->head + 1) % n;
   if (s->nfails < n) s->nfails++;
   if (s->nfails < n) return;
-  oldest = ring[s->head]; /* full ring: head is the oldest of the last n */
+  oldest = s->ring[s->head]; /* full ring: head is the oldest of the last n */
   if (now_ms < oldest || now_ms - oldest < r->opts.window_ms) trip(r, s, now_ms);
 }
 
@@ -185,7 +329,7 @@ void llmux_router_report(llmux_router_t *r, size_t route_index, llmux_outcome_t 
     break;
   case LLMUX_OUTCOME_FAILURE:
     if (st == LLMUX_BREAKER_CLOSED)
-      count_failure(r, route_index, s, now_ms);
+      count_failure(r, s, now_ms);
     else if (st == LLMUX_BREAKER_HALF_OPEN)
       trip(r, s, now_ms);
     break;
@@ -210,13 +354,12 @@ void llmux_router_inflight(llmux_router_t *r, size_t route_index, int delta) {
 void llmux_router_stats(const llmux_router_t *r, size_t route_index, uint64_t now_ms,
                         llmux_route_stats_t *out) {
   const route_state_t *s = state_of(r, route_index);
-  const uint64_t *ring = r->fail_ring + route_index * r->opts.failures;
   unsigned i;
   memset(out, 0, sizeof(*out));
   out->state = breaker(s, now_ms);
   out->until_ms = s->open ? s->until_ms : 0;
   for (i = 0; i < s->nfails; i++) {
-    if (now_ms < ring[i] || now_ms - ring[i] < r->opts.window_ms) out->recent_failures++;
+    if (now_ms < s->ring[i] || now_ms - s->ring[i] < r->opts.window_ms) out->recent_failures++;
   }
   out->probe_out = out->state == LLMUX_BREAKER_HALF_OPEN && probe_blocks(r, s, now_ms);
   out->inflight = s->inflight;
@@ -362,7 +505,7 @@ static int cmp_key(const void *pa, const void *pb) {
 
 static double strategy_key(const llmux_router_t *r, llmux_strategy_t s,
                            const llmux_route_conf_t *rt) {
-  const route_state_t *st = &r->routes[rt->index];
+  const route_state_t *st = state_of(r, rt->index);
   switch (s) {
   case LLMUX_STRATEGY_LOWEST_LATENCY: return st->samples ? st->ewma_ms : -1.0;
   case LLMUX_STRATEGY_LEAST_LOADED: return (double)st->inflight;

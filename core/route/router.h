@@ -5,9 +5,13 @@
  * time takes `now_ms` from the caller (any monotonic millisecond clock), so
  * tests drive time by hand. Single-threaded, like the loop that owns it.
  *
- * One llmux_router_t per gateway and configuration snapshot. Its state is
- * indexed by llmux_route_conf_t.index, so it is sized from cfg->nroutes and
- * a configuration reload needs a new router (observed state starts afresh).
+ * One llmux_router_t per configuration snapshot: it maps each route index
+ * of that snapshot to the route's state. The state itself (breaker, latency,
+ * requests in flight) lives in a llmux_route_table_t keyed by the route's
+ * names, (provider name, provider model id), which outlives routers: a
+ * reload builds a new router over the same table, so a route that is still
+ * configured keeps what was observed of it, a new one starts fresh, and a
+ * request still running on the old router reports into the same entry.
  *
  * Ordering (llmux_router_order) keeps the resolution's candidate routes that
  * can serve the request and sorts them by a strategy:
@@ -75,6 +79,16 @@ extern "C" {
 
 typedef struct llmux_router_s llmux_router_t;
 
+/* Route state by name, shared by every router built over it. An entry is
+ * made the first time a router maps a route to it and stays (its address
+ * too) until the table is freed, so a route removed by a reload and added
+ * back later finds its state again; entries number the distinct routes
+ * ever configured. Free the table after every router built over it. */
+typedef struct llmux_route_table_s llmux_route_table_t;
+int llmux_route_table_new(llmux_route_table_t **out);  /* 0 or LLMUX_ENOMEM */
+void llmux_route_table_free(llmux_route_table_t *t);
+size_t llmux_route_table_count(const llmux_route_table_t *t);
+
 typedef struct llmux_router_options_s {
   unsigned failures;          /* failures that open the breaker; default 3 */
   uint64_t window_ms;         /* ... when they fall within this; default 60000 */
@@ -87,11 +101,15 @@ typedef struct llmux_router_options_s {
 /* Fills `o` with the defaults above. */
 void llmux_router_options_default(llmux_router_options_t *o);
 
-/* Creates a router for the routes of `cfg` (it reads cfg->nroutes only and
- * keeps no pointer to it). `opts` NULL: defaults; zero fields take their
- * default too. Returns 0 and *out, LLMUX_EINVAL for bad arguments (alpha
- * outside (0, 1]), LLMUX_ENOMEM. The caller frees it with
- * llmux_router_free(). */
+/* Creates a router for the routes of `cfg` (it reads the routes' names at
+ * creation and keeps no pointer to cfg) over `table` (borrowed: it must
+ * outlive the router), making the entries the table lacks. `opts` NULL:
+ * defaults; zero fields take their default too. Returns 0 and *out,
+ * LLMUX_EINVAL for bad arguments (alpha outside (0, 1]), LLMUX_ENOMEM. The
+ * caller frees it with llmux_router_free(). */
+int llmux_router_new_shared(const llmux_config_t *cfg, const llmux_router_options_t *opts,
+                            llmux_route_table_t *table, llmux_router_t **out);
+/* The same over a table of its own, freed with the router. */
 int llmux_router_new(const llmux_config_t *cfg, const llmux_router_options_t *opts,
                      llmux_router_t **out);
 void llmux_router_free(llmux_router_t *r);

@@ -229,12 +229,27 @@ static int init_tenant(llmux_tenants_t *ts, llmux_tenant_t *t) {
 int llmux_tenants_init(llmux_tenants_t *ts, const llmux_config_t *cfg,
                        int (*models_json)(const llmux_config_t *cfg,
                                           const llmux_tenant_t *t, llmux_buf_t *out)) {
+  llmux_rl_store_t *rl;
+  int rc = llmux_rl_memory_store_new(cfg->ntenants + 16, &rl);
+  if (rc != 0) return rc;
+  rc = llmux_tenants_init_shared(ts, cfg, rl, models_json);
+  if (rc != 0) {
+    llmux_rl_store_destroy(rl);
+    return rc;
+  }
+  ts->own_rl = 1;
+  return 0;
+}
+
+int llmux_tenants_init_shared(llmux_tenants_t *ts, const llmux_config_t *cfg,
+                              llmux_rl_store_t *rl,
+                              int (*models_json)(const llmux_config_t *cfg,
+                                                 const llmux_tenant_t *t, llmux_buf_t *out)) {
   size_t i;
   int rc;
   memset(ts, 0, sizeof *ts);
   ts->cfg = cfg;
-  rc = llmux_rl_memory_store_new(cfg->ntenants + 16, &ts->rl);
-  if (rc != 0) return rc;
+  ts->rl = rl;
   ts->n = cfg->ntenants;
   ts->items = llmux_xcalloc(ts->n + 1, sizeof *ts->items);
   for (i = 0; i < ts->n; i++) {
@@ -258,6 +273,6 @@ void llmux_tenants_free(llmux_tenants_t *ts) {
   }
   free(ts->items);
   free(ts->slots);
-  if (ts->rl) llmux_rl_store_destroy(ts->rl);
+  if (ts->own_rl && ts->rl) llmux_rl_store_destroy(ts->rl);
   memset(ts, 0, sizeof *ts);
 }

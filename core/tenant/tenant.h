@@ -59,8 +59,10 @@ typedef struct llmux_tenants_s {
   const llmux_config_t *cfg;
   llmux_tenant_t *items;
   size_t n;
-  llmux_rl_store_t *rl;            /* per-minute windows */
-  /* private: open-addressing table of key digests */
+  llmux_rl_store_t *rl;            /* per-minute windows, by tenant name */
+  /* private */
+  int own_rl;                      /* rl is freed with the set */
+  /* open-addressing table of key digests */
   struct llmux__key_slot_s *slots;
   size_t nslots;
 } llmux_tenants_t;
@@ -70,6 +72,14 @@ typedef struct llmux_tenants_s {
 int llmux_tenants_init(llmux_tenants_t *ts, const llmux_config_t *cfg,
                        int (*models_json)(const llmux_config_t *cfg,
                                           const llmux_tenant_t *t, llmux_buf_t *out));
+/* The same over a store the caller keeps (borrowed; it must outlive the
+ * set): the windows are keyed by tenant name, so a set built from a new
+ * configuration finds the counts of the tenants it keeps, with their new
+ * limits applied. */
+int llmux_tenants_init_shared(llmux_tenants_t *ts, const llmux_config_t *cfg,
+                              llmux_rl_store_t *rl,
+                              int (*models_json)(const llmux_config_t *cfg,
+                                                 const llmux_tenant_t *t, llmux_buf_t *out));
 void llmux_tenants_free(llmux_tenants_t *ts);
 
 /* The tenant holding `key`, or NULL. Constant time in the digest compare. */

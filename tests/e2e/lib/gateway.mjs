@@ -41,9 +41,13 @@ function cleanEnv() {
 
 // Starts `llmux serve -c config` on an ephemeral port; resolves to
 // { url, port, proc, stderr(), stop() } once it is listening.
-export function startGateway(config, env = {}) {
+// opts.wrapper: a command to run llmux under (["valgrind", ...flags]);
+// opts.startTimeoutMs: how long it may take to listen (10 s).
+export function startGateway(config, env = {}, opts = {}) {
+  const wrapper = opts.wrapper ?? [];
   return new Promise((resolve, reject) => {
-    const proc = spawn(LLMUX, ["serve", "-c", config], {
+    const args = [...wrapper.slice(1), LLMUX, "serve", "-c", config];
+    const proc = spawn(wrapper[0] ?? LLMUX, wrapper.length ? args : args.slice(1), {
       env: { ...cleanEnv(), LLMUX_LISTEN: "127.0.0.1:0", ...env },
       stdio: ["ignore", "ignore", "pipe"],
     });
@@ -51,7 +55,7 @@ export function startGateway(config, env = {}) {
     const timer = setTimeout(() => {
       proc.kill("SIGKILL");
       reject(new Error("llmux did not start:\n" + err));
-    }, 10000);
+    }, opts.startTimeoutMs ?? 10000);
     proc.stderr.setEncoding("utf8");
     proc.stderr.on("data", (d) => {
       err += d;
