@@ -474,7 +474,7 @@ static int run(chat_t *c, llmux_config_t *cfg, llmux_providers_t *provs) {
   }
   rc = llmux_gateway_listen(&c->gw, "127.0.0.1", 0);
   if (rc != 0) {
-    fprintf(stderr, "llmux chat: cannot listen on 127.0.0.1: %s\n", uv_strerror(rc));
+    fprintf(stderr, "llmux chat: cannot listen on 127.0.0.1: %s\n", llmux_strerror(rc));
   } else if ((rc = send_request(c)) != 0) {
     fprintf(stderr, "llmux chat: cannot send the request: %s\n",
             c->req.error[0] ? c->req.error : llmux_strerror(rc));
@@ -548,8 +548,7 @@ typedef struct probes_s {
 static int can_list(const llmux_provider_rt_t *rt) {
   const llmux_provider_t *vt = rt->plugin ? rt->plugin->vt : NULL;
   return vt != NULL && rt->conf->enabled && rt->host != NULL &&
-         vt->size >= offsetof(llmux_provider_t, parse_models) + sizeof(vt->parse_models) &&
-         vt->models_request != NULL && vt->parse_models != NULL;
+         LLMUX_PROVIDER_HAS(vt, models_request) && LLMUX_PROVIDER_HAS(vt, parse_models);
 }
 
 static void on_finish_closed(uv_handle_t *h) {
@@ -656,7 +655,7 @@ static int probe_report(probe_t *p, FILE *out) {
     fprintf(out, "  %s unreachable: %s\n", name, p->why);
   } else if (p->status < 0) {
     const char *why = p->req.error[0] ? p->req.error : llmux_strerror(p->status);
-    if (vt->explain_error != NULL &&
+    if (LLMUX_PROVIDER_HAS(vt, explain_error) &&
         vt->explain_error(p->rt->instance, p->status, why, &advice) == 0 && advice.len > 0)
       why = advice.base;
     fprintf(out, "  %s unreachable: %s\n", name, why);
@@ -686,7 +685,7 @@ static int probe_report(probe_t *p, FILE *out) {
 }
 
 static void probe_free(probe_t *p) {
-  if (p->have_txn && p->rt->plugin->vt->txn_free)
+  if (p->have_txn && LLMUX_PROVIDER_HAS(p->rt->plugin->vt, txn_free))
     p->rt->plugin->vt->txn_free(p->rt->instance, &p->ht.txn);
   llmux_host_txn_free(&p->ht);
   llmux_buf_free(&p->path);

@@ -194,15 +194,11 @@ done:
   return rc;
 }
 
+/* The gateway loads the files itself: it loads them again on a reload. */
 static int cmd_serve(const cli_opts_t *o) {
-  llmux_config_t *cfg;
-  llmux_providers_t provs;
-  char *plugin_dir;
-  int rc;
-  if (load_all(o, LLMUX_PROVIDERS_CREATE | LLMUX_PROVIDERS_TLS, &cfg, &provs, &plugin_dir) != 0)
-    return 1;
-  rc = llmux_serve(cfg, &provs);
-  unload_all(cfg, &provs, plugin_dir);
+  char *plugin_dir = llmux_cli_plugin_dir(NULL);
+  int rc = llmux_serve(o->config_path, plugin_dir, o->verbose);
+  free(plugin_dir);
   return rc == 0 ? 0 : 1;
 }
 

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "gateway/admin.h"
 #include "gateway/agent.h"
 #include "llmux/provider.h"
 #include "base/log.h"
@@ -252,15 +253,19 @@ static void unauthorized(llmux_http_req_t *req, int agent, int missing, const ch
   llmux_http_respond_buf(req, 401, h, 3, &body);
 }
 
-/* With tenants, everything but /health needs a key. */
+/* With tenants, everything but /health and /health/ready needs a key;
+ * /admin/... takes the admin key instead (admin.h). */
 static int needs_key(const llmux_gateway_t *gw, const llmux_http_req_t *req) {
-  return gw->tenants.n > 0 && !str_eq(req->path, "/health");
+  return gw->current->tenants.n > 0 && !str_eq(req->path, "/health") &&
+         !str_eq(req->path, "/health/ready") && !llmux_admin_path(req->path);
 }
 
-/* The tenant whose key the request carries; NULL once it is answered 401. */
+/* The tenant of the current generation whose key the request carries;
+ * NULL once it is answered 401. */
 static const llmux_tenant_t *authenticate(llmux_gateway_t *gw, llmux_http_req_t *req) {
+  const llmux_tenants_t *ts = &gw->current->tenants;
   llmux_str_t key = request_key(req);
-  const llmux_tenant_t *t = key.len ? llmux_tenants_auth(&gw->tenants, key.base, key.len) : NULL;
+  const llmux_tenant_t *t = key.len ? llmux_tenants_auth(ts, key.base, key.len) : NULL;
   char rid[160];
   if (t == NULL) {
     llmux_respond_request_id(gw, req, rid);
@@ -269,20 +274,47 @@ static const llmux_tenant_t *authenticate(llmux_gateway_t *gw, llmux_http_req_t 
   return t;
 }
 
+/* What the head leaves on req->data for llmux_api_on_request: the tenant
+ * as its place in the current generation and that generation's number,
+ * not a pointer. The head cannot pin the generation (a request that fails
+ * before its body is in is never handed back, so nothing would unpin it),
+ * and a reload may come while the body arrives: on_request uses the place
+ * only if the same generation is still current, else checks the key again.
+ * A number of 0 (no stash) never matches: generations count from 1. */
+#define STASH_INDEX_BITS 20
+
+static void *stash_tenant(const llmux_generation_t *gen, const llmux_tenant_t *t) {
+  uintptr_t idx = (uintptr_t)(t - gen->tenants.items) + 1;
+  if (idx >= ((uintptr_t)1 << STASH_INDEX_BITS)) return NULL; /* checked again later */
+  return (void *)((uintptr_t)gen->number << STASH_INDEX_BITS | idx);
+}
+
+static const llmux_tenant_t *stashed_tenant(const llmux_generation_t *gen, const void *data) {
+  uintptr_t v = (uintptr_t)data, idx = v & (((uintptr_t)1 << STASH_INDEX_BITS) - 1);
+  uintptr_t number = ((uintptr_t)gen->number << STASH_INDEX_BITS) >> STASH_INDEX_BITS;
+  if (idx == 0 || idx > gen->tenants.n || v >> STASH_INDEX_BITS != number) return NULL;
+  return &gen->tenants.items[idx - 1];
+}
+
 /* Keys are checked at the head, before a byte of the body is read: a client
- * without one cannot make the gateway hold its body. The tenant goes on
- * req->data for llmux_api_on_request (which checks again only when the
- * front door was set up without this hook). */
+ * without one cannot make the gateway hold its body. The tenant is stashed
+ * on req->data for llmux_api_on_request (which checks again when there is
+ * none: the front door was set up without this hook, or a reload came). */
 void llmux_api_on_head(llmux_http_req_t *req) {
   llmux_gateway_t *gw = req->server->data;
   const llmux_tenant_t *t;
+  char rid[160];
+  if (llmux_admin_path(req->path)) {
+    if (!llmux_admin_allow(gw, req, llmux_respond_request_id(gw, req, rid))) gw->requests++;
+    return;
+  }
   if (!needs_key(gw, req)) return;
   t = authenticate(gw, req);
   if (t == NULL) {
     gw->requests++; /* answered, and gone: on_request never runs */
     return;
   }
-  req->data = (void *)t;
+  req->data = stash_tenant(gw->current, t);
 }
 
 /* ---- GET /v1/usage -------------------------------------------------------- */
@@ -387,6 +419,21 @@ static void handle_health(llmux_gateway_t *gw, llmux_http_req_t *req, const char
   send_json(req, 200, &b, rid);
 }
 
+/* Readiness, for a load balancer: 200 while the gateway takes traffic and
+ * some provider is enabled; 503 while it drains (SIGTERM) or with none.
+ * /health stays the liveness answer, 200 as long as the process serves. */
+static void handle_ready(llmux_gateway_t *gw, llmux_http_req_t *req, const char *rid) {
+  llmux_buf_t b = {0};
+  size_t i, enabled = 0;
+  const char *status = "ready";
+  for (i = 0; i < gw->cfg->nproviders; i++) enabled += gw->cfg->providers[i]->enabled != 0;
+  if (gw->draining) status = "draining";
+  else if (enabled == 0) status = "no_provider";
+  llmux_buf_printf(&b, "{\"status\":\"%s\",\"providers\":{\"enabled\":%zu,\"total\":%zu}}",
+                   status, enabled, gw->cfg->nproviders);
+  send_json(req, strcmp(status, "ready") == 0 ? 200 : 503, &b, rid);
+}
+
 static void method_not_allowed(llmux_http_req_t *req, const char *allow) {
   char msg[160];
   llmux_http_header_t h[2] = {JSON_CT, LLMUX_HTTP_HEADER_LIT("Allow", "")};
@@ -405,7 +452,7 @@ static int is_get(const llmux_http_req_t *req) {
 void llmux_api_on_request(llmux_http_req_t *req) {
   llmux_gateway_t *gw = req->server->data;
   llmux_str_t p = req->path;
-  llmux_proxy_opts_t po = {0, NULL, 0};
+  llmux_proxy_opts_t po = {0, NULL, 0, NULL};
   char rid[160];
 
   gw->requests++;
@@ -415,10 +462,12 @@ void llmux_api_on_request(llmux_http_req_t *req) {
   else if (str_eq(p, "/v1/embeddings")) po.endpoint = LLMUX_ENDPOINT_EMBEDDINGS;
   else if (str_eq(p, "/v1/chat")) po.endpoint = LLMUX_ENDPOINT_CHAT, po.agent = 1;
 
+  if (llmux_admin_path(p)) return llmux_admin_handle(gw, req, rid);
   if (needs_key(gw, req)) {
-    po.tenant = req->data; /* llmux_api_on_head checked the key */
+    po.tenant = stashed_tenant(gw->current, req->data); /* on_head checked the key */
     if (po.tenant == NULL && (po.tenant = authenticate(gw, req)) == NULL) return;
   }
+  po.gen = gw->current; /* the tenant's: the proxy pins it */
   if (po.endpoint != 0) {
     if (strcmp(req->method, "POST") != 0) return method_not_allowed(req, "POST");
     return llmux_proxy_handle_opts(gw, req, &po);
@@ -431,6 +480,10 @@ void llmux_api_on_request(llmux_http_req_t *req) {
     if (!is_get(req)) return method_not_allowed(req, "GET, HEAD");
     return handle_health(gw, req, rid);
   }
+  if (str_eq(p, "/health/ready")) {
+    if (!is_get(req)) return method_not_allowed(req, "GET, HEAD");
+    return handle_ready(gw, req, rid);
+  }
   if (str_eq(p, "/v1/models")) {
     llmux_http_header_t h[2] = {JSON_CT, LLMUX_HTTP_HEADER_LIT("x-request-id", "")};
     if (!is_get(req)) return method_not_allowed(req, "GET, HEAD");
@@ -438,7 +491,8 @@ void llmux_api_on_request(llmux_http_req_t *req) {
     if (po.tenant != NULL)
       llmux_http_respond(req, 200, h, 2, po.tenant->models_json.base, po.tenant->models_json.len);
     else
-      llmux_http_respond(req, 200, h, 2, gw->models_json.base, gw->models_json.len);
+      llmux_http_respond(req, 200, h, 2, gw->current->models_json.base,
+                         gw->current->models_json.len);
     return;
   }
   if (p.len > 11 && memcmp(p.base, "/v1/models/", 11) == 0) {

@@ -8,7 +8,11 @@
  * It dies in exactly one place, proxy_free(), reached when the response to
  * the client is finished or the client went away, and never while an
  * upstream request is running (it is cancelled first) or a backoff timer is
- * open (closed first, the memory freed in its close callback). */
+ * open (closed first, the memory freed in its close callback). It pins the
+ * configuration generation it started in (its providers, routes, tenant)
+ * and lets go of it only with its memory, in proxy_release(): a reload never
+ * changes a request in flight. */
+#include <assert.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,6 +38,8 @@
 
 typedef struct proxy_s {
   llmux_gateway_t *gw;
+  llmux_generation_t *gen;        /* pinned from the start to the last byte:
+                                     its providers, routes and tenants */
   llmux_http_req_t *client;       /* NULL once finished or aborted */
   llmux_buf_t body;               /* the client's body, taken from the request */
   llmux_str_t model_value;        /* "model" inside body */
@@ -97,6 +103,7 @@ typedef struct proxy_s {
   int agent;                      /* 1: POST /v1/chat, answers in ARES's shapes */
   llmux_agent_req_t areq;
   llmux_agent_stream_t astream;
+  llmux__proxy_link_t live;       /* in gw->proxies until proxy_free (drain, at the end) */
   /* Scratch arrays, last: each is written before it is read, so a new
    * proxy zeroes only what comes before them (they are most of its size). */
   const llmux_route_conf_t *cands[MAX_CANDIDATES];
@@ -106,6 +113,8 @@ typedef struct proxy_s {
 } proxy_t;
 
 static void try_next(proxy_t *p);
+static void live_link(proxy_t *p);
+static void live_unlink(proxy_t *p);
 
 static uint64_t now_ms(const proxy_t *p) {
   return uv_now(p->gw->loop);
@@ -119,21 +128,34 @@ static int64_t wall_ms(void) {
 
 /* ---- lifetime ----------------------------------------------------------- */
 
-static void on_timer_closed(uv_handle_t *h) {
-  free(h->data);
+/* The very end of a proxy: its generation may go with it (the last
+ * request of one a reload replaced). */
+static void proxy_release(proxy_t *p) {
+  llmux_generation_t *gen = p->gen;
+  free(p);
+  llmux_generation_unref(gen);
 }
 
+static void on_timer_closed(uv_handle_t *h) {
+  proxy_release(h->data);
+}
+
+/* Ends the plugin's part of the txn. Until then txn.data survives from one
+ * attempt to the next on the same provider (llmux/provider.h, Retries);
+ * after, a plugin never sees another instance's state. */
 static void free_txn(proxy_t *p) {
-  if (p->txn_prov && p->txn_prov->plugin->vt->txn_free)
+  if (p->txn_prov && LLMUX_PROVIDER_HAS(p->txn_prov->plugin->vt, txn_free))
     p->txn_prov->plugin->vt->txn_free(p->txn_prov->instance, &p->ht.txn);
   p->txn_prov = NULL;
+  p->ht.txn.data = NULL;
 }
 
 static void proxy_free(proxy_t *p) {
+  live_unlink(p);
   if (p->up_running) {
     llmux_upstream_cancel(&p->up);
-    llmux_router_inflight(p->gw->router, p->route->index, -1);
-    llmux_router_report(p->gw->router, p->route->index, LLMUX_OUTCOME_NEUTRAL, 0, now_ms(p));
+    llmux_router_inflight(p->gen->router, p->route->index, -1);
+    llmux_router_report(p->gen->router, p->route->index, LLMUX_OUTCOME_NEUTRAL, 0, now_ms(p));
   }
   if (p->resv.held) llmux_rl_commit(&p->resv, p->resv_tokens, now_ms(p));
   /* A request that got no answer counts, without tokens, against the
@@ -158,7 +180,7 @@ static void proxy_free(proxy_t *p) {
     uv_close((uv_handle_t *)&p->timer, on_timer_closed);
     return;
   }
-  free(p);
+  proxy_release(p);
 }
 
 /* The client side is finished: nothing more will be sent. */
@@ -427,8 +449,8 @@ static void start_stream(proxy_t *p) {
 }
 
 /* The stream broke after the client got our head: say so in-band, as an
- * SSE event in OpenAI's error shape, and end the stream. */
-static void end_stream_with_error(proxy_t *p, const char *code, const char *msg) {
+ * SSE event in OpenAI's error shape (of `type`), and end the stream. */
+static void end_stream_as(proxy_t *p, const char *type, const char *code, const char *msg) {
   llmux_buf_t ev = {0};
   flush_pending(p);
   llmux_buf_appends(&ev, "data: ");
@@ -437,12 +459,16 @@ static void end_stream_with_error(proxy_t *p, const char *code, const char *msg)
     llmux_buf_append_json_str(&ev, msg, strlen(msg));
     llmux_buf_appends(&ev, ",\"code\":\"UPSTREAM_UNAVAILABLE\"}");
   } else {
-    llmux_http_error_json(&ev, "upstream_error", code, msg, NULL);
+    llmux_http_error_json(&ev, type, code, msg, NULL);
   }
   llmux_buf_appends(&ev, "\n\n");
   llmux_http_write_buf(p->client, &ev);
   llmux_http_end(p->client);
   proxy_finish(p);
+}
+
+static void end_stream_with_error(proxy_t *p, const char *code, const char *msg) {
+  end_stream_as(p, "upstream_error", code, msg);
 }
 
 /* The most tokens one answer is believed to use. */
@@ -516,6 +542,16 @@ static int agent_answer(proxy_t *p) {
   return 0;
 }
 
+/* May the model the plugin says answered go into a header? The provider's
+ * words: printable ASCII without spaces, at most 256 bytes, else not told. */
+static int served_model_ok(const llmux_buf_t *m) {
+  size_t i;
+  if (m->len == 0 || m->len > 256) return 0;
+  for (i = 0; i < m->len; i++)
+    if ((unsigned char)m->base[i] <= 0x20 || (unsigned char)m->base[i] >= 0x7f) return 0;
+  return 1;
+}
+
 static void finish_ok(proxy_t *p) {
   llmux_http_header_t h[10];
   char num[48];
@@ -535,6 +571,9 @@ static void finish_ok(proxy_t *p) {
   }
   if (p->agent && agent_answer(p) != 0) return;
   n = our_headers(p, h, "application/json", num);
+  if (served_model_ok(&p->ht.txn.served_model))
+    h[n++] = (llmux_http_header_t){{"x-llmux-served-model", 20},
+                                   {p->ht.txn.served_model.base, p->ht.txn.served_model.len}};
   llmux_http_respond_buf(p->client, 200, h, n, &p->out);
   proxy_finish(p);
 }
@@ -661,7 +700,7 @@ static void on_backoff(uv_timer_t *t) {
  * last one and the failure looked transient, this route again after a
  * backoff with jitter. */
 static void failover(proxy_t *p, int retry_same) {
-  const llmux_server_conf_t *s = &p->gw->cfg->server;
+  const llmux_server_conf_t *s = &p->gen->cfg->server;
   if (p->next >= p->plan.nroutes && retry_same && p->same_retries == 0 &&
       p->attempts < (s->max_attempts ? s->max_attempts : 1)) {
     uint64_t delay = llmux_backoff_ms(p->same_retries, s->retry_backoff_ms,
@@ -719,7 +758,7 @@ static void on_up_head(llmux_upstream_req_t *up, int status, const llmux_str_t *
   llmux_rl_sync_headers(p->gw->rl, &key, (llmux_rl_style_t)p->prov->rl_style, p->resp_headers,
                         p->ht.txn.nresp_headers, now_ms(p), wall_ms());
   if (status < 200 || status >= 300) return;
-  llmux_router_report(p->gw->router, p->route->index, LLMUX_OUTCOME_SUCCESS,
+  llmux_router_report(p->gen->router, p->route->index, LLMUX_OUTCOME_SUCCESS,
                       (p->t_up_head - p->t_up_start) / 1000, now_ms(p));
   if (p->stream && p->client) {
     start_stream(p);
@@ -753,14 +792,13 @@ static void attempt_failed_net(proxy_t *p, int status) {
   const char *why = status == LLMUX_EPROTO ? "the answer was not HTTP" : llmux_strerror(status);
   int reached = !(status == LLMUX_ECONNREFUSED || status == LLMUX_EDNS || status == LLMUX_ECERT ||
                   status == LLMUX_ETLS || status == LLMUX_EINVAL);
-  llmux_router_report(p->gw->router, p->route->index, LLMUX_OUTCOME_FAILURE, 0, now_ms(p));
+  llmux_router_report(p->gen->router, p->route->index, LLMUX_OUTCOME_FAILURE, 0, now_ms(p));
   if (reached) llmux_rl_commit(&p->resv, p->resv_tokens, now_ms(p));
   else llmux_rl_release(&p->resv, now_ms(p));
   llmux_buf_t advice = {0};
   const llmux_provider_t *vt = p->prov->plugin->vt;
   /* A plugin may know what to tell the user ("start it with `ollama serve`"). */
-  if (vt->size >= offsetof(llmux_provider_t, explain_error) + sizeof(vt->explain_error) &&
-      vt->explain_error != NULL &&
+  if (LLMUX_PROVIDER_HAS(vt, explain_error) &&
       vt->explain_error(p->prov->instance, status, why, &advice) == 0 && advice.len > 0)
     why = advice.base;
   if (status == LLMUX_ETIMEOUT)
@@ -799,7 +837,7 @@ static void attempt_failed_http(proxy_t *p) {
              e.cls == LLMUX_FAIL_CONTENT_FILTER) {
     outcome = LLMUX_OUTCOME_NEUTRAL;
   }
-  llmux_router_report(p->gw->router, p->route->index, outcome, 0, now_ms(p));
+  llmux_router_report(p->gen->router, p->route->index, outcome, 0, now_ms(p));
   if (e.cls == LLMUX_FAIL_CONTEXT_LENGTH)
     p->min_context = p->route->model->context_window ? p->route->model->context_window
                                                      : UINT64_MAX;
@@ -822,7 +860,7 @@ static void on_up_done(llmux_upstream_req_t *up, int status) {
   proxy_t *p = up->data;
   uint64_t now = llmux_now_us();
   p->up_running = 0;
-  llmux_router_inflight(p->gw->router, p->route->index, -1);
+  llmux_router_inflight(p->gen->router, p->route->index, -1);
   if (status < 0 || status < 200 || status >= 300) {
     p->elsewhere_us += now - p->t_up_start;
     p->t_up_start = p->t_up_head = 0;
@@ -830,7 +868,7 @@ static void on_up_done(llmux_upstream_req_t *up, int status) {
   if (status < 0 && p->started) {
     char msg[300];
     llmux_rl_commit(&p->resv, p->resv_tokens, now_ms(p));
-    llmux_router_report(p->gw->router, p->route->index, LLMUX_OUTCOME_FAILURE, 0, now_ms(p));
+    llmux_router_report(p->gen->router, p->route->index, LLMUX_OUTCOME_FAILURE, 0, now_ms(p));
     snprintf(msg, sizeof msg, "The stream from provider '%s' broke: %s.",
              p->route->provider->name, llmux_strerror(status));
     llmux_warn("%s: %s/%s: stream broke: %s", p->rid, p->route->provider->name, p->route->id,
@@ -856,7 +894,7 @@ static void on_up_done(llmux_upstream_req_t *up, int status) {
   if (p->emit_failed == 2 || !looks_like_object(&p->out)) {
     p->elsewhere_us += now - p->t_up_start;
     p->t_up_start = p->t_up_head = 0;
-    llmux_router_report(p->gw->router, p->route->index, LLMUX_OUTCOME_FAILURE, 0, now_ms(p));
+    llmux_router_report(p->gen->router, p->route->index, LLMUX_OUTCOME_FAILURE, 0, now_ms(p));
     note_failure(p, 502, "upstream_error", "upstream_garbage", 0,
                  "Provider '%s' answered 200 with a body that is not a JSON object",
                  p->route->provider->name);
@@ -944,7 +982,7 @@ static void respond_locally(proxy_t *p, const llmux_route_conf_t *r, llmux_provi
     return;
   }
   llmux_rl_commit(&p->resv, answer_tokens(p), now_ms(p));
-  llmux_router_report(p->gw->router, r->index, LLMUX_OUTCOME_SUCCESS, 0, now_ms(p));
+  llmux_router_report(p->gen->router, r->index, LLMUX_OUTCOME_SUCCESS, 0, now_ms(p));
   finish_ok(p);
 }
 
@@ -1005,13 +1043,13 @@ static void attempt(proxy_t *p, const llmux_route_conf_t *r, llmux_provider_rt_t
   build_upstream(p);
   p->t_up_start = llmux_now_us();
   p->t_up_head = 0;
-  llmux_router_inflight(p->gw->router, r->index, +1);
+  llmux_router_inflight(p->gen->router, r->index, +1);
   rc = llmux_upstream_start(p->gw->up, &p->up);
   if (rc != 0) {
-    llmux_router_inflight(p->gw->router, r->index, -1);
+    llmux_router_inflight(p->gen->router, r->index, -1);
     p->t_up_start = 0;
     llmux_rl_release(&p->resv, now_ms(p));
-    llmux_router_report(p->gw->router, r->index, LLMUX_OUTCOME_FAILURE, 0, now_ms(p));
+    llmux_router_report(p->gen->router, r->index, LLMUX_OUTCOME_FAILURE, 0, now_ms(p));
     note_net_failure(p, 502, "upstream_error", llmux_err_code(rc), llmux_strerror(rc));
     try_next(p);
     return;
@@ -1041,13 +1079,13 @@ static int has_headroom(proxy_t *p, const llmux_route_conf_t *r, llmux_provider_
 }
 
 static void try_next(proxy_t *p) {
-  const llmux_server_conf_t *s = &p->gw->cfg->server;
+  const llmux_server_conf_t *s = &p->gen->cfg->server;
   if (p->client == NULL) { proxy_free(p); return; }
   uint64_t max_attempts = s->max_attempts ? s->max_attempts : 1;
   while (p->next < p->plan.nroutes && p->attempts < max_attempts &&
          now_ms(p) < p->deadline_ms) {
     const llmux_route_conf_t *r = p->cands[p->next++];
-    llmux_provider_rt_t *rt = &p->gw->provs->items[r->provider->index];
+    llmux_provider_rt_t *rt = &p->gen->provs->items[r->provider->index];
     uint64_t tokens;
     if (rt->instance == NULL) { note_skip(p, r, "not available"); continue; }
     if (p->min_context && (r->model->context_window == 0 ||
@@ -1056,7 +1094,7 @@ static void try_next(proxy_t *p) {
       continue;
     }
     if (!has_headroom(p, r, rt, &tokens)) continue;
-    if (llmux_router_allow(p->gw->router, r->index, now_ms(p)) == LLMUX_ROUTER_DENY) {
+    if (llmux_router_allow(p->gen->router, r->index, now_ms(p)) == LLMUX_ROUTER_DENY) {
       p->ncooling++;
       note_skip(p, r, "cooling down");
       continue;
@@ -1080,7 +1118,7 @@ static int plan_routes(proxy_t *p) {
   p->plan.skipped = p->skips;
   p->plan.cap = MAX_CANDIDATES;
   if (p->res.nroutes > MAX_CANDIDATES) p->res.nroutes = MAX_CANDIDATES;
-  if (llmux_router_order(p->gw->router, &p->res, &q, now_ms(p), &p->plan) < 0) return -1;
+  if (llmux_router_order(p->gen->router, &p->res, &q, now_ms(p), &p->plan) < 0) return -1;
   for (i = 0; i < p->plan.nskipped; i++) {
     const llmux_route_skip_t *sk = &p->skips[i];
     if (sk->reason == LLMUX_SKIP_DISABLED) {
@@ -1099,7 +1137,7 @@ static int plan_routes(proxy_t *p) {
 static int agent_request(proxy_t *p) {
   llmux_buf_t body = {0};
   char msg[256];
-  int rc = llmux_agent_build_request(p->gw->cfg, p->tenant ? p->tenant->conf : NULL,
+  int rc = llmux_agent_build_request(p->gen->cfg, p->tenant ? p->tenant->conf : NULL,
                                      p->body.base, p->body.len, &p->areq, &body, msg,
                                      sizeof msg);
   if (rc != 0) {
@@ -1120,11 +1158,11 @@ static int tenant_admit(proxy_t *p) {
   llmux_tenant_verdict_t v;
   uint64_t tokens;
   char msg[256];
-  int allowed = p->agent ? llmux_tenant_may_use_agent(p->tenant, p->gw->cfg, p->areq.agent)
+  int allowed = p->agent ? llmux_tenant_may_use_agent(p->tenant, p->gen->cfg, p->areq.agent)
                          : llmux_tenant_may_use(p->tenant, &p->res, NULL);
   if (!allowed && !p->agent) {
     /* The same answer as for a name that does not exist. */
-    llmux_respond_model_not_found(p->client, p->gw->cfg, p->tenant, p->model_name);
+    llmux_respond_model_not_found(p->client, p->gen->cfg, p->tenant, p->model_name);
     proxy_finish(p);
     return -1;
   }
@@ -1135,7 +1173,7 @@ static int tenant_admit(proxy_t *p) {
     return -1;
   }
   tokens = llmux_rl_tokens_to_reserve(LLMUX_RL_STYLE_GENERIC, p->prompt_tokens, p->max_tokens, 0);
-  if (llmux_tenant_admit(&p->gw->tenants, p->gw->usage, p->tenant, tokens, now_ms(p), wall_ms(),
+  if (llmux_tenant_admit(&p->gen->tenants, p->gw->usage, p->tenant, tokens, now_ms(p), wall_ms(),
                          &p->tenant_resv, &v) == 0)
     return 0;
   snprintf(msg, sizeof msg, "%s exceeded for tenant '%s': %s", v.quota ? "Quota" : "Rate limit",
@@ -1148,7 +1186,7 @@ static int tenant_admit(proxy_t *p) {
 }
 
 void llmux_proxy_handle(llmux_gateway_t *gw, llmux_http_req_t *req, int endpoint) {
-  llmux_proxy_opts_t o = {endpoint, NULL, 0};
+  llmux_proxy_opts_t o = {endpoint, NULL, 0, NULL};
   llmux_proxy_handle_opts(gw, req, &o);
 }
 
@@ -1161,6 +1199,8 @@ void llmux_proxy_handle_opts(llmux_gateway_t *gw, llmux_http_req_t *req,
     return;
   }
   p->gw = gw;
+  p->gen = llmux_generation_ref(opts->gen ? opts->gen : gw->current);
+  live_link(p);
   p->client = req;
   p->endpoint = opts->endpoint;
   p->tenant = opts->tenant;
@@ -1173,7 +1213,7 @@ void llmux_proxy_handle_opts(llmux_gateway_t *gw, llmux_http_req_t *req,
   llmux_http_req_take_body(req, &p->body);
   if (p->agent && agent_request(p) != 0) return;
   if (validate(p) != 0) return;
-  if (llmux_resolve(gw->cfg, p->model_name, &p->res) != 0 ||
+  if (llmux_resolve(p->gen->cfg, p->model_name, &p->res) != 0 ||
       (p->agent && p->res.profile != p->areq.profile)) {
     if (p->agent) {
       fail_client(p, 500, "server_error", "internal_error", NULL,
@@ -1181,15 +1221,65 @@ void llmux_proxy_handle_opts(llmux_gateway_t *gw, llmux_http_req_t *req,
                   p->areq.agent->name);
       return;
     }
-    llmux_respond_model_not_found(req, gw->cfg, p->tenant, p->model_name);
+    llmux_respond_model_not_found(req, p->gen->cfg, p->tenant, p->model_name);
     proxy_finish(p);
     return;
   }
-  p->deadline_ms = now_ms(p) + gw->cfg->server.request_timeout_ms;
+  p->deadline_ms = now_ms(p) + p->gen->cfg->server.request_timeout_ms;
   if (p->tenant && tenant_admit(p) != 0) return;
   if (plan_routes(p) != 0) {
     fail_client(p, 500, "server_error", "internal_error", NULL, "Routing failed.");
     return;
   }
   try_next(p);
+}
+
+/* ==== Drain (issue 12): what still runs when drain_timeout ends ========== *
+ *
+ * Every proxy is linked in gw->proxies from its start to proxy_free, so the
+ * gateway can end them all; the list knows nothing of the configuration. */
+
+static proxy_t *live_proxy(llmux__proxy_link_t *l) {
+  return llmux_container_of(l, proxy_t, live);
+}
+
+static void live_link(proxy_t *p) {
+  p->live.prev = NULL;
+  p->live.next = p->gw->proxies;
+  if (p->gw->proxies != NULL) p->gw->proxies->prev = &p->live;
+  p->gw->proxies = &p->live;
+}
+
+static void live_unlink(proxy_t *p) {
+  if (p->live.prev != NULL) p->live.prev->next = p->live.next;
+  else if (p->gw->proxies == &p->live) p->gw->proxies = p->live.next;
+  if (p->live.next != NULL) p->live.next->prev = p->live.prev;
+  p->live.prev = p->live.next = NULL;
+}
+
+/* A stream the client has our head of ends as one the provider broke
+ * (end_stream_as, the same event, code shutting_down); a request not yet
+ * answered gets a 503 in its endpoint's shape. Either way the upstream
+ * request is cancelled in proxy_free and the route is not blamed. */
+static void shut_down(proxy_t *p) {
+  static const char msg[] = "the gateway is shutting down";
+  if (p->client == NULL) { proxy_free(p); return; }
+  if (p->started) {
+    account(p); /* served in part (and billed by the provider), as on a client abort */
+    end_stream_as(p, "server_error", "shutting_down", msg);
+    return;
+  }
+  respond_error(p, 503, "server_error", "shutting_down", NULL, msg, 0, 0);
+  proxy_finish(p);
+}
+
+size_t llmux_proxy_shutdown_all(llmux_gateway_t *gw) {
+  size_t n = 0;
+  llmux__proxy_link_t *l;
+  while ((l = gw->proxies) != NULL) {
+    shut_down(live_proxy(l));
+    assert(gw->proxies != l); /* each one leaves the list, or this never ends */
+    n++;
+  }
+  return n;
 }

@@ -12,8 +12,18 @@ typedef struct llmux_proxy_opts_s {
   int endpoint;                  /* LLMUX_ENDPOINT_* (CHAT for the agent endpoint) */
   const llmux_tenant_t *tenant;  /* the caller; NULL when llmux runs open */
   int agent;                     /* 1: ARES's POST /v1/chat (agent.h) */
+  llmux_generation_t *gen;       /* the generation `tenant` belongs to, which
+                                    the request pins; NULL: gw->current */
 } llmux_proxy_opts_t;
 void llmux_proxy_handle_opts(llmux_gateway_t *gw, llmux_http_req_t *req,
                              const llmux_proxy_opts_t *opts);
+
+/* The drain's last step (issue 12): ends every request still in the proxy.
+ * A stream already started gets the SSE error event a broken stream gets,
+ * code `shutting_down` (OpenAI's shape, or ARES's on POST /v1/chat), and
+ * ends; a request not answered yet gets 503 `shutting_down`. Upstream
+ * requests are cancelled. Returns how many were ended. Call it from the
+ * loop, never from inside a request's own callback. */
+size_t llmux_proxy_shutdown_all(llmux_gateway_t *gw);
 
 #endif

@@ -1,7 +1,10 @@
 #include "gateway/api.h"
+#include "gateway/proxy.h"
 
 #include <limits.h>
 #include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -9,104 +12,241 @@
 #include "base/log.h"
 #include "base/util.h"
 
-/* Tenants and their usage. The database is opened (and this month's rows
- * loaded) before the gateway listens: a blocking start-up step. */
-static int init_tenants(llmux_gateway_t *gw) {
-  char err[512];
-  int rc = llmux_tenants_init(&gw->tenants, gw->cfg, llmux_api_build_tenant_models);
-  if (rc != 0) return rc;
-  rc = llmux_usage_open(gw->loop, gw->cfg->server.usage_db, llmux_usage_today(), &gw->usage,
-                        err, sizeof err);
-  if (rc != 0) llmux_error("%s", err);
-  return rc;
-}
+/* ---- what outlives generations ------------------------------------------ */
 
-static void free_tenants(llmux_gateway_t *gw) {
-  llmux_tenants_free(&gw->tenants);
-}
+/* The limit stores keep a key per route and tenant ever configured (one a
+ * reload removes keeps its windows, should it come back): room for many
+ * reloads' worth. A key costs memory only once made. */
+#define RL_KEYS 16384
+#define TENANT_RL_KEYS 4096
 
-static int init_routing(llmux_gateway_t *gw) {
-  const llmux_config_t *cfg = gw->cfg;
-  llmux_router_options_t ro;
-  size_t i;
+static int init_shared(llmux_gateway_t *gw) {
   int rc;
-  llmux_router_options_default(&ro);
-  ro.failures = (unsigned)(cfg->server.cooldown_failures ? cfg->server.cooldown_failures : 1);
-  ro.window_ms = cfg->server.cooldown_window_ms;
-  ro.cooldown_ms = cfg->server.cooldown_ms;
-  rc = llmux_router_new(cfg, &ro, &gw->router);
-  if (rc != 0) return rc;
-  rc = llmux_rl_memory_store_new(4096 + 2 * cfg->nroutes, &gw->rl);
-  if (rc != 0) return rc;
-  rc = llmux_rl_configure(gw->rl, cfg);
-  for (i = 0; rc == 0 && i < cfg->nproviders; i++) {
-    const llmux_limits_t *w = &cfg->providers[i]->wide_limits;
-    llmux_rl_key_t key = {cfg->providers[i]->name, NULL};
-    if (w->requests_per_minute || w->requests_per_day || w->tokens_per_minute ||
-        w->tokens_per_day)
-      rc = llmux_rl_set_limits(gw->rl, &key, w);
+  llmux_provider_cache_init(&gw->cache);
+  if ((rc = llmux_route_table_new(&gw->routes)) != 0) return rc;
+  if ((rc = llmux_rl_memory_store_new(RL_KEYS, &gw->rl)) != 0) return rc;
+  return llmux_rl_memory_store_new(TENANT_RL_KEYS, &gw->tenant_rl);
+}
+
+/* After the last generation and the upstream pool: plugins are closed
+ * only once no instance is left, TLS contexts once no connection is. */
+static void free_shared(llmux_gateway_t *gw) {
+  llmux_route_table_free(gw->routes);
+  if (gw->rl) llmux_rl_store_destroy(gw->rl);
+  if (gw->tenant_rl) llmux_rl_store_destroy(gw->tenant_rl);
+  llmux_provider_cache_free(&gw->cache);
+  free(gw->config_path);
+  free(gw->plugin_dir);
+  gw->routes = NULL;
+  gw->rl = gw->tenant_rl = NULL;
+  gw->config_path = gw->plugin_dir = NULL;
+}
+
+static const llmux_gen_shared_t *shared_of(llmux_gateway_t *gw, llmux_gen_shared_t *sh) {
+  sh->routes = gw->routes;
+  sh->rl = gw->rl;
+  sh->tenant_rl = gw->tenant_rl;
+  sh->cache = &gw->cache;
+  return sh;
+}
+
+static void close_step(llmux_gateway_t *gw);
+
+/* The last request of an old generation ended, or the gateway let go of
+ * the current one while closing. */
+static void on_generation_freed(llmux_generation_t *gen) {
+  llmux_gateway_t *gw = gen->data;
+  if (--gw->live_generations == 0 && gw->generations_closing) close_step(gw);
+}
+
+/* Makes `gen` current, taking over its builder's reference; the previous
+ * one lives on while requests hold it. */
+static void set_current(llmux_gateway_t *gw, llmux_generation_t *gen) {
+  llmux_generation_t *old = gw->current;
+  gen->data = gw;
+  gen->on_free = on_generation_freed;
+  gw->live_generations++;
+  gw->generations = gen->number;
+  gw->current = gen;
+  gw->cfg = gen->cfg;
+  if (old != NULL) llmux_generation_unref(old);
+}
+
+static void drop_current(llmux_gateway_t *gw) {
+  llmux_generation_t *gen = gw->current;
+  gw->current = NULL;
+  gw->cfg = NULL;
+  if (gen != NULL) llmux_generation_unref(gen);
+}
+
+/* ---- start ---------------------------------------------------------------- */
+
+static void reset(llmux_gateway_t *gw, uv_loop_t *loop) {
+  memset(gw, 0, sizeof *gw);
+  gw->loop = loop;
+  gw->started_us = llmux_now_us();
+  gw->id_state = gw->started_us ^ ((uint64_t)getpid() << 32) ^ 0x9e3779b97f4a7c15ull;
+}
+
+/* The front door and usage, from the first generation's [server]: a reload
+ * does not change them (see warn_restart_only). The database is opened
+ * (and this month's rows loaded) before the gateway listens: a blocking
+ * start-up step. */
+static int init_front(llmux_gateway_t *gw) {
+  const llmux_server_conf_t *s = &gw->cfg->server;
+  llmux_http_options_t opts;
+  char err[512];
+  int rc = llmux_usage_open(gw->loop, s->usage_db, llmux_usage_today(), &gw->usage, err,
+                            sizeof err);
+  if (rc != 0) {
+    llmux_error("%s", err);
+    return rc;
   }
+  memset(&opts, 0, sizeof opts);
+  opts.max_header = s->max_header;
+  opts.max_body = s->max_body;
+  opts.header_timeout_ms = s->header_timeout_ms;
+  opts.idle_timeout_ms = s->idle_timeout_ms;
+  opts.max_connections = s->max_connections > UINT_MAX ? UINT_MAX : (unsigned)s->max_connections;
+  opts.max_memory = (size_t)s->max_memory;
+  opts.on_head = llmux_api_on_head;
+  opts.on_request = llmux_api_on_request;
+  rc = llmux_http_server_init(gw->loop, &gw->http, &opts);
+  gw->http.data = gw;
   return rc;
 }
 
-static void free_routing(llmux_gateway_t *gw) {
-  if (gw->router) llmux_router_free(gw->router);
-  if (gw->rl) llmux_rl_store_destroy(gw->rl);
-  gw->router = NULL;
-  gw->rl = NULL;
+/* Everything after the first generation (rc: how making it went); on a
+ * failure, undoes it all. The front door's listener handle closes on the
+ * loop: the caller runs it once before closing the loop. */
+static int start(llmux_gateway_t *gw, int rc) {
+  llmux_upstream_options_t uo;
+  int front = rc == 0 && (rc = init_front(gw)) == 0;
+  memset(&uo, 0, sizeof uo);
+  uo.data = gw;
+  if (rc == 0) rc = llmux_upstream_new(gw->loop, &uo, &gw->up);
+  if (rc == 0) return 0;
+  if (front) llmux_http_server_close(&gw->http, NULL);
+  if (gw->usage) llmux_usage_close(gw->usage, NULL, NULL);
+  gw->usage = NULL;
+  drop_current(gw);
+  free_shared(gw);
+  return rc;
 }
 
 int llmux_gateway_init(llmux_gateway_t *gw, uv_loop_t *loop, const llmux_config_t *cfg,
                        llmux_providers_t *provs) {
-  llmux_http_options_t opts;
+  llmux_gen_shared_t sh;
+  llmux_generation_t *gen = NULL;
   int rc;
-  memset(gw, 0, sizeof *gw);
-  gw->loop = loop;
-  gw->cfg = cfg;
-  gw->provs = provs;
-  gw->started_us = llmux_now_us();
-  gw->id_state = gw->started_us ^ ((uint64_t)getpid() << 32) ^ 0x9e3779b97f4a7c15ull;
-  rc = llmux_api_build_models(cfg, &gw->models_json);
-  if (rc != 0) return rc;
-  memset(&opts, 0, sizeof opts);
-  opts.max_header = cfg->server.max_header;
-  opts.max_body = cfg->server.max_body;
-  opts.header_timeout_ms = cfg->server.header_timeout_ms;
-  opts.idle_timeout_ms = cfg->server.idle_timeout_ms;
-  opts.max_connections = cfg->server.max_connections > UINT_MAX
-                             ? UINT_MAX
-                             : (unsigned)cfg->server.max_connections;
-  opts.max_memory = (size_t)cfg->server.max_memory;
-  opts.on_head = llmux_api_on_head;
-  opts.on_request = llmux_api_on_request;
-  rc = llmux_http_server_init(loop, &gw->http, &opts);
-  if (rc != 0) goto fail;
-  gw->http.data = gw;
-  rc = init_routing(gw);
-  if (rc != 0) goto fail;
-  rc = init_tenants(gw);
-  if (rc != 0) goto fail;
-  rc = llmux_upstream_new(loop, NULL, &gw->up);
-  if (rc != 0) goto fail;
-  return 0;
-fail:
-  if (gw->usage) llmux_usage_close(gw->usage, NULL, NULL);
-  gw->usage = NULL;
-  free_tenants(gw);
-  free_routing(gw);
-  llmux_buf_free(&gw->models_json);
-  return rc;
+  reset(gw, loop);
+  rc = init_shared(gw);
+  if (rc == 0) rc = llmux_generation_new(shared_of(gw, &sh), cfg, provs, 1, &gen);
+  if (rc == 0) set_current(gw, gen);
+  return start(gw, rc);
+}
+
+int llmux_gateway_open(llmux_gateway_t *gw, uv_loop_t *loop, const char *config_path,
+                       const char *plugin_dir, llmux_diag_t *diag) {
+  llmux_gen_shared_t sh;
+  llmux_generation_t *gen = NULL;
+  int rc;
+  reset(gw, loop);
+  gw->config_path = llmux_xstrdup(config_path);
+  gw->plugin_dir = llmux_xstrdup(plugin_dir);
+  rc = init_shared(gw);
+  if (rc == 0)
+    rc = llmux_generation_load(shared_of(gw, &sh), config_path, plugin_dir, 1, diag, &gen);
+  if (rc == 0) set_current(gw, gen);
+  return start(gw, rc);
 }
 
 int llmux_gateway_listen(llmux_gateway_t *gw, const char *host, int port) {
   return llmux_http_server_listen(&gw->http, host, port);
 }
 
+/* ---- reload --------------------------------------------------------------- */
+
+/* [server] keys read once, at start-up: a reload that changes one says so. */
+static void warn_restart_only(const llmux_server_conf_t *was, const llmux_server_conf_t *now) {
+  static const struct { const char *key; size_t off; } nums[] = {
+    {"max_body", offsetof(llmux_server_conf_t, max_body)},
+    {"max_header", offsetof(llmux_server_conf_t, max_header)},
+    {"max_connections", offsetof(llmux_server_conf_t, max_connections)},
+    {"max_memory", offsetof(llmux_server_conf_t, max_memory)},
+    {"header_timeout", offsetof(llmux_server_conf_t, header_timeout_ms)},
+    {"idle_timeout", offsetof(llmux_server_conf_t, idle_timeout_ms)},
+  };
+  size_t i;
+  for (i = 0; i < LLMUX_COUNTOF(nums); i++) {
+    if (*(const uint64_t *)((const char *)was + nums[i].off) !=
+        *(const uint64_t *)((const char *)now + nums[i].off))
+      llmux_warn("reload: [server] %s changed: it takes effect at the next restart",
+                 nums[i].key);
+  }
+  if (strcmp(was->host, now->host) != 0 || was->port != now->port)
+    llmux_warn("reload: [server] listen changed: it takes effect at the next restart");
+  if ((was->usage_db == NULL) != (now->usage_db == NULL) ||
+      (was->usage_db && strcmp(was->usage_db, now->usage_db) != 0))
+    llmux_warn("reload: [server] usage_db changed: it takes effect at the next restart");
+}
+
+/* Logs the entries a reload added to diag, from `from` on: errors at
+ * error level, warnings at warn level, as `file:line: message`. */
+static void log_diag(const llmux_diag_t *diag, size_t from) {
+  llmux_buf_t line = {0};
+  size_t i;
+  for (i = from; i < diag->len; i++) {
+    line.len = 0;
+    if (llmux_diag_format(&diag->items[i], &line) != 0) continue;
+    if (diag->items[i].severity == LLMUX_DIAG_ERROR) llmux_error("%s", line.base);
+    else llmux_warn("%s", line.base);
+  }
+  llmux_buf_free(&line);
+}
+
+int llmux_gateway_reload(llmux_gateway_t *gw, llmux_diag_t *diag) {
+  llmux_gen_shared_t sh;
+  llmux_generation_t *gen;
+  size_t from = diag->len;
+  if (gw->config_path == NULL || gw->stopping || gw->draining) return LLMUX_EINVAL;
+  if (llmux_generation_load(shared_of(gw, &sh), gw->config_path, gw->plugin_dir,
+                            gw->generations + 1, diag, &gen) != 0) {
+    log_diag(diag, from);
+    llmux_error("reload of %s failed: the configuration has errors; generation %llu still "
+                "serves", gw->config_path, (unsigned long long)gw->generations);
+    return LLMUX_ECONFIG;
+  }
+  warn_restart_only(&gw->cfg->server, &gen->cfg->server);
+  set_current(gw, gen);
+  if (!gw->keep_log_level) llmux_log_level = gen->cfg->server.log_level;
+  log_diag(diag, from);
+  llmux_log(LLMUX_LOG_INFO | LLMUX_LOG_ALWAYS,
+            "reloaded %s: generation %llu (%zu files, %zu models, %zu routes)",
+            gw->config_path, (unsigned long long)gen->number, gen->cfg->nfiles,
+            gen->cfg->nmodels, gen->cfg->nroutes);
+  return 0;
+}
+
+static void on_sighup(uv_signal_t *h, int signum) {
+  llmux_gateway_t *gw = h->data;
+  llmux_diag_t diag;
+  (void)signum;
+  if (gw->stopping || gw->draining) {
+    llmux_warn("received SIGHUP while stopping: not reloading");
+    return;
+  }
+  llmux_info("received SIGHUP: reloading %s", gw->config_path);
+  llmux_diag_init(&diag);
+  llmux_gateway_reload(gw, &diag);
+  llmux_diag_free(&diag);
+}
+
+/* ---- close ---------------------------------------------------------------- */
+
 static void close_step(llmux_gateway_t *gw) {
   if (--gw->close_pending > 0) return;
-  free_tenants(gw);
-  free_routing(gw);
-  llmux_buf_free(&gw->models_json);
+  free_shared(gw);
   if (gw->close_cb) gw->close_cb(gw);
 }
 
@@ -115,12 +255,17 @@ static void on_usage_closed(llmux_usage_store_t *s, void *arg) {
   close_step(arg);
 }
 
+static void on_upstream_closed(llmux_upstream_t *up) {
+  close_step(llmux_upstream_data(up));
+}
+
 static void on_http_closed(llmux_http_server_t *srv) {
   llmux_gateway_t *gw = srv->data;
   /* The front door first: aborting client requests cancelled their upstream
-   * requests, so the pool now closes with nothing running. Its handles are
-   * closed by the time uv_run() returns. */
-  llmux_upstream_close(gw->up, NULL);
+   * requests, so the pool now closes with nothing running; its TLS sessions
+   * are gone when it calls back. */
+  gw->close_pending++;
+  llmux_upstream_close(gw->up, on_upstream_closed);
   gw->up = NULL;
   /* Every request is finished and counted: write the last usage now, on
    * this thread, so a clean stop loses nothing. */
@@ -129,23 +274,101 @@ static void on_http_closed(llmux_http_server_t *srv) {
     llmux_usage_close(gw->usage, on_usage_closed, gw);
     gw->usage = NULL;
   }
+  /* A request whose backoff timer is still closing holds its generation:
+   * the shared state goes once the last generation has. */
+  gw->close_pending++;
+  gw->generations_closing = 1;
+  drop_current(gw); /* the last generation's on_free steps */
   close_step(gw);
 }
 
+/* ---- stopping: the drain (first SIGTERM/SIGINT) and the hard close ------ */
+
+/* After drain_timeout ended what still ran, connections get this long to
+ * take their last bytes (the SSE error event) before they are cut. */
+#define DRAIN_GRACE_MS 2000
+
+/* The handles only the stopping needs; gone once the gateway closes, so
+ * that uv_run() can return. */
+static void close_stop_handles(llmux_gateway_t *gw) {
+  if (gw->signals_live) {
+    gw->signals_live = 0;
+    uv_close((uv_handle_t *)&gw->sigint, NULL);
+    uv_close((uv_handle_t *)&gw->sigterm, NULL);
+    uv_close((uv_handle_t *)&gw->sighup, NULL);
+  }
+  if (gw->drain_timer_live) {
+    gw->drain_timer_live = 0;
+    uv_close((uv_handle_t *)&gw->drain_timer, NULL);
+  }
+}
+
+/* The hard stop: requests in flight are aborted (their upstream requests
+ * cancelled), then the pool and the usage store close. Also ends a drain. */
 void llmux_gateway_close(llmux_gateway_t *gw, void (*cb)(llmux_gateway_t *gw)) {
+  if (gw->stopping) return;
+  gw->stopping = 1;
+  close_stop_handles(gw);
   gw->close_cb = cb;
   gw->close_pending = 1;
   llmux_http_server_close(&gw->http, on_http_closed);
 }
 
+/* Every connection finished by itself: the front door is closed, and the
+ * rest closes as after llmux_gateway_close. */
+static void on_http_drained(llmux_http_server_t *srv, int status) {
+  llmux_gateway_t *gw = srv->data;
+  if (status != 0) return; /* llmux_gateway_close cut it short: on_http_closed follows */
+  llmux_log(LLMUX_LOG_INFO | LLMUX_LOG_ALWAYS, "drained: every connection is closed");
+  gw->stopping = 1;
+  close_stop_handles(gw);
+  gw->close_pending = 1;
+  on_http_closed(srv);
+}
+
+/* drain_timeout passed: end what still runs (streams with an SSE error
+ * event, the rest with 503), then give the connections a grace to take it;
+ * the second time, cut them. */
+static void on_drain_timer(uv_timer_t *t) {
+  llmux_gateway_t *gw = t->data;
+  size_t n;
+  if (gw->drain_expired) {
+    llmux_warn("connections still open %d ms after drain_timeout: closing them",
+               DRAIN_GRACE_MS);
+    llmux_gateway_close(gw, NULL);
+    return;
+  }
+  gw->drain_expired = 1;
+  n = llmux_proxy_shutdown_all(gw);
+  llmux_warn("drain_timeout reached: ended %zu request%s still in flight", n, n == 1 ? "" : "s");
+  uv_timer_start(&gw->drain_timer, on_drain_timer, DRAIN_GRACE_MS, 0);
+}
+
+/* Requests in flight keep the upstream pool, router and usage store they
+ * started with: nothing closes before the drain ends. */
+static void drain_start(llmux_gateway_t *gw) {
+  gw->draining = 1; /* GET /health/ready answers 503 from now on */
+  if (llmux_http_server_drain(&gw->http, on_http_drained) != 0) return; /* already closing */
+  uv_timer_init(gw->loop, &gw->drain_timer);
+  gw->drain_timer.data = gw;
+  gw->drain_timer_live = 1;
+  uv_timer_start(&gw->drain_timer, on_drain_timer, gw->cfg->server.drain_timeout_ms, 0);
+}
+
 static void on_signal(uv_signal_t *h, int signum) {
   llmux_gateway_t *gw = h->data;
+  const char *name = signum == SIGINT ? "SIGINT" : "SIGTERM";
   if (gw->stopping) return;
-  gw->stopping = 1;
-  llmux_info("received %s: shutting down", signum == SIGINT ? "SIGINT" : "SIGTERM");
-  uv_close((uv_handle_t *)&gw->sigint, NULL);
-  uv_close((uv_handle_t *)&gw->sigterm, NULL);
-  llmux_gateway_close(gw, NULL);
+  if (gw->draining) {
+    llmux_log(LLMUX_LOG_INFO | LLMUX_LOG_ALWAYS, "received %s again: stopping now", name);
+    llmux_gateway_close(gw, NULL);
+    return;
+  }
+  llmux_log(LLMUX_LOG_INFO | LLMUX_LOG_ALWAYS,
+            "received %s: draining: no new connections, up to %llu ms for the requests in "
+            "flight (send it again to stop now)",
+            name, (unsigned long long)gw->cfg->server.drain_timeout_ms);
+  drain_start(gw);
 }
 
 static void log_start(const llmux_gateway_t *gw) {
@@ -166,21 +389,46 @@ static void log_start(const llmux_gateway_t *gw) {
                "(api_key_env), e.g. GROQ_API_KEY");
 }
 
-int llmux_serve(const llmux_config_t *cfg, llmux_providers_t *provs) {
+/* The first load, as `llmux check` reports one: every diagnostic on
+ * stderr, then how many errors. */
+static int open_reporting(llmux_gateway_t *gw, uv_loop_t *loop, const char *config_path,
+                          const char *plugin_dir) {
+  llmux_diag_t diag;
+  int rc;
+  llmux_diag_init(&diag);
+  rc = llmux_gateway_open(gw, loop, config_path, plugin_dir, &diag);
+  llmux_diag_print(&diag, stderr);
+  if (rc == LLMUX_ECONFIG)
+    fprintf(stderr, "llmux: %zu error%s in the configuration (%s)\n", diag.errors,
+            diag.errors == 1 ? "" : "s", config_path);
+  else if (rc != 0)
+    llmux_error("cannot start: %s", llmux_strerror(rc));
+  llmux_diag_free(&diag);
+  return rc;
+}
+
+int llmux_serve(const char *config_path, const char *plugin_dir, int verbose) {
+  const llmux_config_t *cfg;
   llmux_gateway_t gw;
   uv_loop_t loop;
   int rc;
   signal(SIGPIPE, SIG_IGN);
-  if ((rc = uv_loop_init(&loop)) != 0) return rc;
-  rc = llmux_gateway_init(&gw, &loop, cfg, provs);
+  if ((rc = uv_loop_init(&loop)) != 0) {
+    llmux_error("cannot start the event loop: %s", uv_strerror(rc)); /* libuv's code */
+    return LLMUX_EIO;
+  }
+  rc = open_reporting(&gw, &loop, config_path, plugin_dir);
   if (rc != 0) {
-    llmux_error("cannot start: %s", llmux_strerror(rc));
+    uv_run(&loop, UV_RUN_DEFAULT); /* what a failed start left closing */
     uv_loop_close(&loop);
     return rc;
   }
+  gw.keep_log_level = verbose;
+  if (!verbose) llmux_log_level = gw.cfg->server.log_level;
+  cfg = gw.cfg;
   rc = llmux_gateway_listen(&gw, cfg->server.host, cfg->server.port);
   if (rc != 0) {
-    llmux_error("cannot listen on %s: %s", cfg->server.listen, uv_strerror(rc));
+    llmux_error("cannot listen on %s: %s", cfg->server.listen, llmux_strerror(rc));
     llmux_gateway_close(&gw, NULL);
     uv_run(&loop, UV_RUN_DEFAULT);
     uv_loop_close(&loop);
@@ -188,9 +436,12 @@ int llmux_serve(const llmux_config_t *cfg, llmux_providers_t *provs) {
   }
   uv_signal_init(&loop, &gw.sigint);
   uv_signal_init(&loop, &gw.sigterm);
-  gw.sigint.data = gw.sigterm.data = &gw;
+  uv_signal_init(&loop, &gw.sighup);
+  gw.sigint.data = gw.sigterm.data = gw.sighup.data = &gw;
+  gw.signals_live = 1;
   uv_signal_start(&gw.sigint, on_signal, SIGINT);
   uv_signal_start(&gw.sigterm, on_signal, SIGTERM);
+  uv_signal_start(&gw.sighup, on_sighup, SIGHUP);
   log_start(&gw);
   uv_run(&loop, UV_RUN_DEFAULT);
   rc = uv_loop_close(&loop);

@@ -1,11 +1,13 @@
 /* The running gateway: one libuv loop with the HTTP front door, the
- * upstream pool and the configuration snapshot it serves. */
+ * upstream pool, and the configuration generation it serves (a reload makes
+ * a new one current; requests keep the one they started in). */
 #ifndef LLMUX_SERVER_H
 #define LLMUX_SERVER_H
 
 #include <uv.h>
 
 #include "config/config.h"
+#include "gateway/generation.h"
 #include "http/http_server.h"
 #include "plugin/providers.h"
 #include "route/ratelimit.h"
@@ -14,35 +16,81 @@
 #include "net/upstream.h"
 #include "tenant/usage.h"
 
+/* A link in the gateway's list of requests in the proxy (proxy.c), embedded
+ * in each; the drain reaches them through it. */
+typedef struct llmux__proxy_link_s {
+  struct llmux__proxy_link_s *prev, *next;
+} llmux__proxy_link_t;
+
 typedef struct llmux_gateway_s {
   void *data;
   /* read-only */
   uv_loop_t *loop;
-  const llmux_config_t *cfg;
-  llmux_providers_t *provs;
+  llmux_generation_t *current; /* what new requests take (the gateway holds a
+                                  reference); a request keeps its own */
+  const llmux_config_t *cfg;   /* current->cfg: today's settings, for what is
+                                  not a request's (a request reads its own
+                                  generation's) */
   llmux_http_server_t http;
-  llmux_upstream_t *up;
-  llmux_router_t *router;      /* route order, latency, cooldowns */
-  llmux_rl_store_t *rl;        /* rate-limit state */
-  llmux_buf_t models_json;     /* GET /v1/models, built once per snapshot */
-  llmux_tenants_t tenants;     /* keys and limits; tenants.n == 0: open */
+  /* What outlives generations (see generation.h), keyed by names: */
+  llmux_upstream_t *up;        /* keep-alive pools, per origin */
+  llmux_rl_store_t *rl;        /* route and provider limits */
+  llmux_rl_store_t *tenant_rl; /* tenants' minute windows */
+  llmux_route_table_t *routes; /* breakers, latency, in flight */
+  llmux_provider_cache_t cache; /* plugins and TLS contexts */
   llmux_usage_store_t *usage;  /* per-tenant usage, persisted to usage_db */
+  uint64_t generations;        /* number of the newest generation built */
   uint64_t started_us;
   uint64_t requests;           /* requests handled */
   uint64_t id_state;           /* request-id generator state */
+  int draining;                /* SIGTERM/SIGINT seen: finishing what is in flight */
   /* private */
+  char *config_path;           /* reloads read it; NULL: a borrowed snapshot */
+  char *plugin_dir;            /* when the configuration names none */
+  int keep_log_level;          /* -v: a reload leaves llmux_log_level alone */
+  unsigned live_generations;   /* built and not yet freed: the close waits */
+  int generations_closing;     /* the last one freed is a close step */
+  uv_signal_t sighup;          /* reload (llmux_serve only, with sigint) */
   uv_signal_t sigint, sigterm;
+  int signals_live;            /* sigint/sigterm are open (llmux_serve only) */
+  uv_timer_t drain_timer;      /* drain_timeout, then a short grace */
+  int drain_timer_live;
+  int drain_expired;           /* drain_timeout passed: requests were ended */
+  llmux__proxy_link_t *proxies; /* requests in the proxy; NULL: none */
   int stopping;
   int close_pending;
   void (*close_cb)(struct llmux_gateway_s *gw);
 } llmux_gateway_t;
 
-/* Serves until SIGINT/SIGTERM. Returns 0 on a clean stop. */
-int llmux_serve(const llmux_config_t *cfg, llmux_providers_t *provs);
+/* Loads `config_path` (plugins from its plugin_dir, else `plugin_dir`),
+ * prints its `file:line` diagnostics to stderr, and serves until
+ * SIGINT/SIGTERM; SIGHUP reloads (llmux_gateway_reload). `verbose`: keep
+ * the log level the caller set rather than the configuration's. The first
+ * stop signal drains: no new connection,
+ * idle ones closed, requests in flight answered; after [server]
+ * drain_timeout what still runs is ended (a stream with an SSE error event
+ * `shutting_down`, a request not yet answered with 503). A second signal
+ * stops at once. Returns 0 on a clean stop. */
+int llmux_serve(const char *config_path, const char *plugin_dir, int verbose);
 
 /* Lower-level pieces, for tests that run a gateway on their own loop. */
+/* A gateway serving one snapshot the caller keeps (borrowed until the
+ * close callback; `llmux chat`): llmux_gateway_reload refuses. */
 int llmux_gateway_init(llmux_gateway_t *gw, uv_loop_t *loop, const llmux_config_t *cfg,
                        llmux_providers_t *provs);
+/* A gateway that loads `config_path` itself, and again on each reload.
+ * Diagnostics (errors and warnings) go to diag; LLMUX_ECONFIG when the
+ * configuration has errors. */
+int llmux_gateway_open(llmux_gateway_t *gw, uv_loop_t *loop, const char *config_path,
+                       const char *plugin_dir, llmux_diag_t *diag);
+/* Loads the files again. A valid configuration becomes the current
+ * generation at once (requests in flight finish on theirs); an invalid one
+ * changes nothing: its errors go to diag and to the log as `file:line:
+ * message` lines, and LLMUX_ECONFIG returns. LLMUX_EINVAL: this gateway
+ * has no files (llmux_gateway_init) or is stopping. Runs on the loop and
+ * blocks it while the files are read and plugins loaded: an operator's
+ * action, not a request's. */
+int llmux_gateway_reload(llmux_gateway_t *gw, llmux_diag_t *diag);
 int llmux_gateway_listen(llmux_gateway_t *gw, const char *host, int port);
 void llmux_gateway_close(llmux_gateway_t *gw, void (*cb)(llmux_gateway_t *gw));
 

@@ -1,7 +1,8 @@
+/* Loading provider plugins: dlopen, the entry point, the ABI checks, and
+ * the plugin's declared keys. The services lent to plugins are in host.c. */
 #include "plugin/plugin.h"
 
 #include <dlfcn.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,82 +11,9 @@
 #include "base/log.h"
 #include "base/util.h"
 
-static void host_log(int level, const char *fmt, ...) {
-  char msg[1024];
-  va_list ap;
-  if (level > llmux_log_level) return;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
-  va_end(ap);
-  llmux_log(level, "%s", msg);
-}
-
-static int host_buf_printf(llmux_buf_t *b, const char *fmt, ...) {
-  va_list ap;
-  int n;
-  char small[256];
-  va_start(ap, fmt);
-  n = vsnprintf(small, sizeof small, fmt, ap);
-  va_end(ap);
-  if (n < 0) return LLMUX_EINVAL;
-  if ((size_t)n < sizeof small) return llmux_buf_append(b, small, (size_t)n);
-  if (llmux_buf_reserve(b, (size_t)n) != 0) return LLMUX_ENOMEM;
-  va_start(ap, fmt);
-  vsnprintf(b->base + b->len, (size_t)n + 1, fmt, ap);
-  va_end(ap);
-  b->len += (size_t)n;
-  return 0;
-}
-
-static const llmux_str_t *host_header_get(const llmux_header_t *h, size_t n,
-                                          const char *name) {
-  size_t i, len = strlen(name);
-  for (i = 0; i < n; i++) {
-    if (h[i].name.len == len && strncasecmp(h[i].name.base, name, len) == 0)
-      return &h[i].value;
-  }
-  return NULL;
-}
-
-static int host_emit(llmux_txn_t *txn, const char *data, size_t len) {
-  llmux_host_txn_t *ht = llmux_container_of(txn, llmux_host_txn_t, txn);
-  if (ht->emit == NULL) return LLMUX_EINVAL;
-  return ht->emit(ht->owner, data, len);
-}
-
-static void *host_request_json(llmux_txn_t *txn) {
-  llmux_host_txn_t *ht = llmux_container_of(txn, llmux_host_txn_t, txn);
-  if (!ht->json_tried) {
-    ht->json_tried = 1;
-    ht->json = json_loadb(txn->body.base, txn->body.len, 0, NULL);
-  }
-  return ht->json;
-}
-
-static const llmux_host_api_t host_api = {
-  .abi_major = LLMUX_PROVIDER_ABI_MAJOR,
-  .abi_minor = LLMUX_PROVIDER_ABI_MINOR,
-  .size = sizeof(llmux_host_api_t),
-  .log = host_log,
-  .malloc = malloc,
-  .realloc = realloc,
-  .free = free,
-  .buf_append = llmux_buf_append,
-  .buf_printf = host_buf_printf,
-  .buf_append_json_str = llmux_buf_append_json_str,
-  .buf_free = llmux_buf_free,
-  .header_get = host_header_get,
-  .emit = host_emit,
-  .request_json = host_request_json,
-};
-
-const llmux_host_api_t *llmux_host_api(void) {
-  return &host_api;
-}
-
 void llmux_plugins_init(llmux_plugins_t *set, const char *dir) {
   memset(set, 0, sizeof *set);
-  set->dir = llmux_xstrdup(dir);
+  set->dir = dir ? llmux_xstrdup(dir) : NULL;
 }
 
 static int plugin_open(llmux_plugin_t *p, char *err, size_t errlen) {
@@ -104,7 +32,7 @@ static int plugin_open(llmux_plugin_t *p, char *err, size_t errlen) {
              LLMUX_PROVIDER_INIT_SYMBOL);
     return LLMUX_EABI;
   }
-  rc = init(&host_api, &vt);
+  rc = init(llmux_host_api(), &vt);
   if (rc != 0 || vt == NULL) {
     snprintf(err, errlen, "%s: %s() failed: %s", p->path, LLMUX_PROVIDER_INIT_SYMBOL,
              llmux_strerror(rc));
@@ -147,19 +75,27 @@ static int valid_plugin_name(const char *name) {
 
 llmux_plugin_t *llmux_plugins_get(llmux_plugins_t *set, const char *name, char *err,
                                   size_t errlen) {
+  return llmux_plugins_load(set, set->dir ? set->dir : ".", name, err, errlen);
+}
+
+llmux_plugin_t *llmux_plugins_load(llmux_plugins_t *set, const char *dir, const char *name,
+                                   char *err, size_t errlen) {
   llmux_plugin_t *p;
   llmux_buf_t path = {0};
   size_t i;
-  for (i = 0; i < set->n; i++) {
-    if (strcmp(set->items[i]->name, name) == 0) return set->items[i];
-  }
   if (!valid_plugin_name(name)) {
     snprintf(err, errlen, "invalid plugin name '%s'", name);
     return NULL;
   }
+  if (llmux_buf_printf(&path, "%s/%s.so", dir, name) != 0) abort();
+  for (i = 0; i < set->n; i++) {
+    if (strcmp(set->items[i]->path, path.base) == 0) {
+      llmux_buf_free(&path);
+      return set->items[i];
+    }
+  }
   p = llmux_xcalloc(1, sizeof *p);
   p->name = llmux_xstrdup(name);
-  if (llmux_buf_printf(&path, "%s/%s.so", set->dir, name) != 0) abort();
   p->path = path.base;
   if (plugin_open(p, err, errlen) != 0) {
     plugin_free(p);
@@ -209,23 +145,4 @@ int llmux_plugin_check_key(const llmux_plugin_t *p, const char *key, const char 
     return LLMUX_EINVAL;
   }
   return 0;
-}
-
-void llmux_host_txn_clear_out(llmux_host_txn_t *ht) {
-  llmux_txn_t *t = &ht->txn;
-  t->method = NULL;
-  t->path.len = 0;
-  t->headers.len = 0;
-  t->nbody_parts = 0;
-  t->usage.prompt_tokens = t->usage.completion_tokens = -1;
-  t->served_model.len = 0;
-}
-
-void llmux_host_txn_free(llmux_host_txn_t *ht) {
-  llmux_buf_free(&ht->txn.path);
-  llmux_buf_free(&ht->txn.headers);
-  llmux_buf_free(&ht->txn.served_model);
-  if (ht->json) json_decref(ht->json);
-  ht->json = NULL;
-  ht->json_tried = 0;
 }

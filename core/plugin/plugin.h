@@ -13,10 +13,11 @@ typedef struct llmux_plugin_s {
   const llmux_provider_t *vt;
 } llmux_plugin_t;
 
-/* A set of loaded plugins, each loaded once whatever the number of
- * providers using it. */
+/* A set of loaded plugins, each loaded once per path whatever the number
+ * of providers (or configuration reloads) using it, and dlclosed only when
+ * the set is freed. */
 typedef struct llmux_plugins_s {
-  char *dir;
+  char *dir;                   /* for llmux_plugins_get; may be NULL */
   llmux_plugin_t **items;
   size_t n;
 } llmux_plugins_t;
@@ -29,6 +30,11 @@ void llmux_plugins_init(llmux_plugins_t *set, const char *dir);
  * failure returns NULL and writes "<path>: <reason>" into err. */
 llmux_plugin_t *llmux_plugins_get(llmux_plugins_t *set, const char *name, char *err,
                                   size_t errlen);
+/* The same from DIR/NAME.so: a path loaded before is not loaded again (a
+ * new build at the same path needs a restart); a failure is not kept, so a
+ * later call tries again. */
+llmux_plugin_t *llmux_plugins_load(llmux_plugins_t *set, const char *dir, const char *name,
+                                   char *err, size_t errlen);
 void llmux_plugins_free(llmux_plugins_t *set);
 
 /* Validates one key of a provider section against the plugin's declared

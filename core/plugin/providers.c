@@ -61,28 +61,53 @@ static const char *rt_get(const llmux_provider_config_t *pub, const char *key) {
   return k ? k->default_value : NULL;
 }
 
-static llmux_tls_ctx_t *tls_ctx_for(llmux_providers_t *set, const llmux_provider_conf_t *pc,
+/* ---- the cache ------------------------------------------------------------ */
+
+struct llmux__tls_entry_s {
+  char *ca_file;                  /* NULL: the system bundle */
+  int verify;
+  llmux_tls_ctx_t *ctx;
+};
+
+void llmux_provider_cache_init(llmux_provider_cache_t *c) {
+  memset(c, 0, sizeof *c);
+  llmux_plugins_init(&c->plugins, NULL);
+}
+
+void llmux_provider_cache_free(llmux_provider_cache_t *c) {
+  size_t i;
+  for (i = 0; i < c->ntls; i++) {
+    llmux_tls_ctx_free(c->tls[i].ctx);
+    free(c->tls[i].ca_file);
+  }
+  free(c->tls);
+  llmux_plugins_free(&c->plugins);
+  memset(c, 0, sizeof *c);
+}
+
+static llmux_tls_ctx_t *tls_ctx_for(llmux_provider_cache_t *c, const llmux_provider_conf_t *pc,
                                     llmux_diag_t *diag) {
   /* Contexts are shared by providers with the same CA file and verify flag:
    * parsing the system bundle takes milliseconds and real memory. */
   size_t i;
   char err[512];
   llmux_tls_ctx_t *ctx = NULL;
-  for (i = 0; i < set->n; i++) {
-    const llmux_provider_rt_t *o = &set->items[i];
-    if (o->tls_ctx == NULL || o->conf->tls_verify != pc->tls_verify) continue;
-    if ((o->conf->ca_file == NULL) != (pc->ca_file == NULL)) continue;
-    if (pc->ca_file && strcmp(o->conf->ca_file, pc->ca_file) != 0) continue;
-    return o->tls_ctx;
+  for (i = 0; i < c->ntls; i++) {
+    const llmux__tls_entry_t *e = &c->tls[i];
+    if (e->verify != pc->tls_verify || (e->ca_file == NULL) != (pc->ca_file == NULL)) continue;
+    if (pc->ca_file && strcmp(e->ca_file, pc->ca_file) != 0) continue;
+    return e->ctx;
   }
   if (llmux_tls_ctx_client_new(&ctx, pc->ca_file, pc->tls_verify, err, sizeof err) != 0) {
     llmux_diag_add(diag, pc->file, pc->line, LLMUX_DIAG_ERROR, "provider '%s': %s", pc->name,
                    err);
     return NULL;
   }
-  set->tls_ctxs = realloc(set->tls_ctxs, (set->ntls + 1) * sizeof *set->tls_ctxs);
-  if (set->tls_ctxs == NULL) abort();
-  set->tls_ctxs[set->ntls++] = ctx;
+  c->tls = realloc(c->tls, (c->ntls + 1) * sizeof *c->tls);
+  if (c->tls == NULL) abort();
+  c->tls[c->ntls].ca_file = pc->ca_file ? llmux_xstrdup(pc->ca_file) : NULL;
+  c->tls[c->ntls].verify = pc->tls_verify;
+  c->tls[c->ntls++].ctx = ctx;
   return ctx;
 }
 
@@ -110,34 +135,37 @@ static void check_plugin_keys(llmux_provider_rt_t *rt, llmux_diag_t *diag) {
   }
 }
 
-/* ratelimit_headers, else a guess from the provider's name and host: the
- * providers whose headers mean something special are few and well known. */
-static int rl_style_for(const llmux_provider_conf_t *pc, const char *host,
+/* How to read the provider's rate-limit headers: its `ratelimit_headers`,
+ * else the dialect its plugin declares (ABI 1.3), else generic. Nothing is
+ * guessed from names: a provider called "acme" whose plugin speaks Groq's
+ * dialect is read as Groq, and one called "groq" on a plugin that declares
+ * nothing is generic unless its section says otherwise. */
+static int rl_style_for(const llmux_provider_conf_t *pc, const llmux_plugin_t *plugin,
                         llmux_diag_t *diag) {
-  static const char *const known[] = {"groq", "cerebras", "anthropic", "openai"};
-  size_t i;
+  llmux_rl_style_t style = LLMUX_RL_STYLE_GENERIC;
+  const char *declared;
   if (pc->ratelimit_headers != NULL) {
-    if (strcasecmp(pc->ratelimit_headers, "generic") == 0) return LLMUX_RL_STYLE_GENERIC;
-    for (i = 0; i < LLMUX_COUNTOF(known); i++)
-      if (strcasecmp(pc->ratelimit_headers, known[i]) == 0)
-        return (int)llmux_rl_style_from_name(known[i]);
-    llmux_diag_add(diag, pc->file, pc->line, LLMUX_DIAG_ERROR,
-                   "provider '%s': ratelimit_headers must be one of openai, groq, cerebras, "
-                   "anthropic, generic (not '%s')",
-                   pc->name, pc->ratelimit_headers);
-    return LLMUX_RL_STYLE_GENERIC;
+    if (llmux_rl_style_parse(pc->ratelimit_headers, &style) != 0)
+      llmux_diag_add(diag, pc->file, pc->line, LLMUX_DIAG_ERROR,
+                     "provider '%s': ratelimit_headers must be one of openai, groq, cerebras, "
+                     "anthropic, generic (not '%s')",
+                     pc->name, pc->ratelimit_headers);
+    return (int)style;
   }
-  for (i = 0; i < LLMUX_COUNTOF(known); i++) {
-    if (strcasestr(pc->name, known[i]) || strcasestr(host, known[i]))
-      return (int)llmux_rl_style_from_name(known[i]);
-  }
-  return LLMUX_RL_STYLE_GENERIC;
+  if (!LLMUX_PROVIDER_HAS(plugin->vt, ratelimit_dialect)) return LLMUX_RL_STYLE_GENERIC;
+  declared = plugin->vt->ratelimit_dialect;
+  if (llmux_rl_style_parse(declared, &style) != 0)
+    /* A plugin newer than this llmux may name a dialect it does not know. */
+    llmux_diag_add(diag, pc->file, pc->line, LLMUX_DIAG_WARNING,
+                   "provider '%s': plugin '%s' declares rate-limit headers '%.40s', which "
+                   "this llmux does not know: they are read as generic (set "
+                   "ratelimit_headers to choose)",
+                   pc->name, plugin->name, declared);
+  return (int)style;
 }
 
 static int answers_locally(const llmux_plugin_t *p) {
-  const llmux_provider_t *vt = p->vt;
-  return vt->size >= offsetof(llmux_provider_t, respond_local) + sizeof(vt->respond_local) &&
-         vt->respond_local != NULL;
+  return LLMUX_PROVIDER_HAS(p->vt, respond_local);
 }
 
 /* A provider without base_url: its plugin answers every request itself
@@ -179,13 +207,13 @@ static int build_local(llmux_provider_rt_t *rt, unsigned flags, llmux_diag_t *di
   return create_instance(rt, flags, diag);
 }
 
-static int build_one(llmux_providers_t *set, llmux_provider_rt_t *rt, unsigned flags,
-                     llmux_diag_t *diag) {
+static int build_one(llmux_providers_t *set, const char *plugin_dir, llmux_provider_rt_t *rt,
+                     unsigned flags, llmux_diag_t *diag) {
   const llmux_provider_conf_t *pc = rt->conf;
   char err[512];
   size_t i, before = diag->errors;
 
-  rt->plugin = llmux_plugins_get(&set->plugins, pc->plugin, err, sizeof err);
+  rt->plugin = llmux_plugins_load(&set->cache->plugins, plugin_dir, pc->plugin, err, sizeof err);
   if (rt->plugin == NULL) {
     llmux_diag_add(diag, pc->file, pc->line, LLMUX_DIAG_ERROR,
                    "provider '%s': unknown plugin '%s': %s", pc->name, pc->plugin, err);
@@ -210,10 +238,10 @@ static int build_one(llmux_providers_t *set, llmux_provider_rt_t *rt, unsigned f
   if (rt->tls && !pc->tls_verify)
     llmux_warn("provider '%s': tls_verify = false: the certificate of %s is NOT checked",
                pc->name, rt->host);
-  rt->rl_style = rl_style_for(pc, rt->host, diag);
+  rt->rl_style = rl_style_for(pc, rt->plugin, diag);
   if (diag->errors != before) return LLMUX_ECONFIG;
   if (rt->tls && (flags & LLMUX_PROVIDERS_TLS)) {
-    rt->tls_ctx = tls_ctx_for(set, pc, diag);
+    rt->tls_ctx = tls_ctx_for(set->cache, pc, diag);
     if (rt->tls_ctx == NULL) return LLMUX_ECONFIG;
   }
 
@@ -235,14 +263,26 @@ static int build_one(llmux_providers_t *set, llmux_provider_rt_t *rt, unsigned f
 
 int llmux_providers_build(llmux_providers_t *set, const llmux_config_t *cfg,
                           const char *plugin_dir, unsigned flags, llmux_diag_t *diag) {
+  llmux_provider_cache_t own;
+  int rc;
+  llmux_provider_cache_init(&own);
+  rc = llmux_providers_build_cached(set, cfg, plugin_dir, &own, flags, diag);
+  set->own_cache = own;
+  set->cache = &set->own_cache;
+  return rc;
+}
+
+int llmux_providers_build_cached(llmux_providers_t *set, const llmux_config_t *cfg,
+                                 const char *plugin_dir, llmux_provider_cache_t *cache,
+                                 unsigned flags, llmux_diag_t *diag) {
   size_t i, before = diag->errors;
   memset(set, 0, sizeof *set);
-  llmux_plugins_init(&set->plugins, plugin_dir);
+  set->cache = cache;
   set->n = cfg->nproviders;
   set->items = llmux_xcalloc(set->n + 1, sizeof *set->items);
   for (i = 0; i < set->n; i++) {
     set->items[i].conf = cfg->providers[i];
-    build_one(set, &set->items[i], flags, diag);
+    build_one(set, plugin_dir, &set->items[i], flags, diag);
   }
   return diag->errors != before ? LLMUX_ECONFIG : 0;
 }
@@ -257,9 +297,8 @@ void llmux_providers_free(llmux_providers_t *set) {
     free(rt->base_path);
     free(rt->host_header);
   }
-  for (i = 0; i < set->ntls; i++) llmux_tls_ctx_free(set->tls_ctxs[i]);
-  free(set->tls_ctxs);
   free(set->items);
-  llmux_plugins_free(&set->plugins);
+  /* Plugins are closed last: the instances above ran their code. */
+  if (set->cache == &set->own_cache) llmux_provider_cache_free(&set->own_cache);
   memset(set, 0, sizeof *set);
 }
