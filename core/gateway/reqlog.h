@@ -1,0 +1,80 @@
+/* One finished request, as observability sees it: filled by the proxy (and
+ * the endpoints that answer without one) as the facts become known, handed
+ * once to llmux_reqlog_done() when the request ends, which feeds the
+ * metrics, the access log and the trace exporter from the same facts.
+ *
+ * Strings are borrowed for the duration of that call only (they point into
+ * the request, its generation or the proxy). Nothing here is a secret or a
+ * client's text: no key, no message content; `model` is the name the client
+ * asked for, which the access log (not metrics labels) may carry. */
+#ifndef LLMUX_GATEWAY_REQLOG_H
+#define LLMUX_GATEWAY_REQLOG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gateway/otlp.h"
+
+#define LLMUX_REQLOG_MAX_ATTEMPTS 16
+
+/* Outcome of one upstream attempt; also the `outcome` label of
+ * llmux_upstream_attempts_total. */
+typedef enum {
+  LLMUX_ATTEMPT_OK = 0,
+  LLMUX_ATTEMPT_RATE_LIMITED,
+  LLMUX_ATTEMPT_SERVER_ERROR,
+  LLMUX_ATTEMPT_TIMEOUT,
+  LLMUX_ATTEMPT_CONNECT_ERROR,
+  LLMUX_ATTEMPT_CLIENT_ERROR,  /* the provider refused the request (4xx): final */
+  LLMUX_ATTEMPT_AUTH_ERROR,
+  LLMUX_ATTEMPT_MODEL_NOT_FOUND,
+  LLMUX_ATTEMPT_CONTEXT_LENGTH,
+  LLMUX_ATTEMPT_GARBAGE,       /* not HTTP, or an answer that is not one */
+  LLMUX_ATTEMPT_BROKEN,        /* a stream cut after its first byte */
+  LLMUX_ATTEMPT_CANCELLED,     /* the client went away, or the gateway stopped */
+  LLMUX_ATTEMPT_COUNT
+} llmux_attempt_outcome_t;
+
+const char *llmux_attempt_outcome_name(llmux_attempt_outcome_t o); /* "ok", "rate_limited", ... */
+
+typedef struct llmux_reqlog_attempt_s {
+  const char *provider;
+  const char *model;          /* the provider's model id */
+  llmux_attempt_outcome_t outcome;
+  int status;                 /* HTTP status, 0 when none arrived */
+  uint64_t start_ns, end_ns;  /* Unix time */
+  uint8_t span_id[8];         /* the CLIENT span, sent upstream in traceparent */
+  int retry;                  /* 1: the same route again after a backoff */
+} llmux_reqlog_attempt_t;
+
+typedef struct llmux_reqlog_s {
+  const char *request_id;
+  const char *tenant;         /* NULL when llmux runs open */
+  const char *endpoint;       /* "chat", "completions", "embeddings", "agent", ... */
+  const char *operation;      /* gen_ai.operation.name: chat, text_completion, embeddings */
+  const char *model;          /* as asked */
+  const char *canonical_model;
+  const char *provider;       /* the route that answered, else the last tried */
+  const char *provider_model;
+  const char *response_model; /* what the provider said answered, else provider_model */
+  int status;                 /* HTTP status sent to the client */
+  const char *error_code;     /* the error's code, NULL on success */
+  int stream;
+  int64_t prompt_tokens, completion_tokens; /* -1: unknown */
+  double cost_usd;
+  uint64_t start_ns;          /* Unix time the request's first byte was parsed */
+  uint64_t ttft_ns;           /* time to first token (streams), 0 when none */
+  uint64_t duration_ns;
+  uint64_t overhead_us;       /* what x-llmux-overhead-us said */
+  uint64_t output_chunks;     /* stream events with content, for time per token */
+  char client_ip[64];
+  const char *finish_reason;  /* NULL when unknown */
+  llmux_trace_ctx_t trace;    /* trace id; span_id is the client's span when has_parent */
+  int has_parent;
+  uint8_t span_id[8];         /* our SERVER span */
+  llmux_reqlog_attempt_t attempts[LLMUX_REQLOG_MAX_ATTEMPTS];
+  size_t nattempts;           /* attempts beyond the array are counted, not kept */
+  unsigned failovers, retries;
+} llmux_reqlog_t;
+
+#endif
