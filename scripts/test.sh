@@ -34,6 +34,7 @@ UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   | tee build-asan/ctest.log
 
 echo "== fuzz (libFuzzer, ASan + UBSan): a short fixed run of every target =="
+mkdir -p build-fuzz
 ./scripts/fuzz.sh | tee build-fuzz/summary.log
 
 # One closing line for the whole run: every ctest entry of both builds and
