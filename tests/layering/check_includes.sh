@@ -8,7 +8,7 @@ rank() {
   case $1 in
     llmux) echo -1 ;; base) echo 0 ;; config) echo 1 ;;
     net|http|route|plugin) echo 2 ;;
-    tenant) echo 3 ;; gateway) echo 4 ;; cli) echo 5 ;;
+    tenant|shared) echo 3 ;; gateway) echo 4 ;; cli) echo 5 ;;
     *) echo 99 ;;
   esac
 }
