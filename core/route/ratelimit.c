@@ -165,6 +165,18 @@ static uint64_t win_sum(const win_t *w, int kind, uint64_t slot_width, uint64_t 
   return sum;
 }
 
+/* Time until the count next goes down: its oldest counted slot leaves.
+ * 0 when nothing is counted. */
+static uint64_t win_frees_in(const win_t *w, int kind, uint64_t slot_width, uint64_t now) {
+  uint64_t k, at;
+  for (k = win_first(w, slot_width, now); k <= w->head; k++) {
+    if (w->count[kind][k % RING] == 0) continue;
+    at = (k + 1 + NSLOTS) * slot_width;
+    return at > now ? at - now : 0;
+  }
+  return 0;
+}
+
 /* Time until `cost` fits under `limit` as old slots leave; 0 if it does. */
 static uint64_t win_wait(const win_t *w, int kind, uint64_t slot_width, uint64_t limit,
                          uint64_t cost, uint64_t now) {
@@ -461,6 +473,7 @@ static void fill_snapshot(const entry_t *e, uint64_t now, llmux_rl_snapshot_t *o
     const synced_t *sy = &e->sync[d];
     o->limit = e->limits[d];
     o->used = win_sum(&e->win[d % 2], d / 2, slot_ms[d % 2], now);
+    o->frees_in_ms = win_frees_in(&e->win[d % 2], d / 2, slot_ms[d % 2], now);
     if (!synced_fresh(sy, now)) continue;
     o->synced = 1;
     o->synced_limit = sy->limit;
@@ -614,6 +627,42 @@ int llmux_rl_snapshot(llmux_rl_store_t *s, const llmux_rl_key_t *key, uint64_t n
                       llmux_rl_snapshot_t *out) {
   if (s == NULL || !key_ok(key) || out == NULL) return LLMUX_EINVAL;
   return s->vt->snapshot(s, key, now_ms, out);
+}
+
+/* Takes a view of one dimension when it allows less than what *o holds. */
+static void left_take(llmux_rl_left_t *o, uint64_t remaining, uint64_t limit,
+                      uint64_t reset_in_ms) {
+  if (o->limited && remaining >= o->remaining) return;
+  o->limited = 1;
+  o->remaining = remaining;
+  o->limit = limit;
+  o->reset_in_ms = reset_in_ms;
+}
+
+/* Folds a key's own count and its provider's report into out. */
+static void left_fold(llmux_rl_left_t *out, const llmux_rl_snapshot_t *snap) {
+  int d;
+  for (d = 0; d < LLMUX_RL_NDIMS; d++) {
+    const llmux_rl_dim_snapshot_t *ds = &snap->dims[d];
+    if (ds->limit)
+      left_take(&out[d], ds->limit > ds->used ? ds->limit - ds->used : 0, ds->limit,
+                ds->frees_in_ms);
+    if (ds->synced)
+      left_take(&out[d], ds->synced_remaining, ds->synced_limit, ds->reset_in_ms);
+  }
+}
+
+int llmux_rl_left(llmux_rl_store_t *s, const llmux_rl_key_t *key, uint64_t now_ms,
+                  llmux_rl_left_t out[LLMUX_RL_NDIMS]) {
+  llmux_rl_key_t wide;
+  llmux_rl_snapshot_t snap;
+  if (s == NULL || !key_ok(key) || out == NULL) return LLMUX_EINVAL;
+  memset(out, 0, LLMUX_RL_NDIMS * sizeof *out);
+  if (s->vt->snapshot(s, key, now_ms, &snap) == 0) left_fold(out, &snap);
+  wide.provider = key->provider;
+  wide.model = NULL;
+  if (key->model && s->vt->snapshot(s, &wide, now_ms, &snap) == 0) left_fold(out, &snap);
+  return 0;
 }
 
 void llmux_rl_foreach(llmux_rl_store_t *s, uint64_t now_ms, llmux_rl_foreach_cb cb,

@@ -142,6 +142,8 @@ typedef struct llmux_rl_dim_snapshot_s {
   uint64_t synced_limit;   /* as reported; 0 when not reported */
   uint64_t synced_remaining; /* reported remaining minus reserved since */
   uint64_t reset_in_ms;    /* until the provider state expires */
+  uint64_t frees_in_ms;    /* until `used` next goes down (its oldest
+                              counted slot leaves); 0 when used is 0 */
 } llmux_rl_dim_snapshot_t;
 
 typedef struct llmux_rl_snapshot_s {
@@ -236,6 +238,28 @@ void llmux_rl_unblock(llmux_rl_store_t *s, const llmux_rl_key_t *key);
 /* The key's own state (not its provider-wide key's). 0, or LLMUX_ENOTFOUND. */
 int llmux_rl_snapshot(llmux_rl_store_t *s, const llmux_rl_key_t *key, uint64_t now_ms,
                       llmux_rl_snapshot_t *out);
+
+/* What is left of one dimension for a request on a route. */
+typedef struct llmux_rl_left_s {
+  int limited;          /* 0: nothing limits this dimension (the rest is 0) */
+  uint64_t remaining;   /* the least any view allows */
+  uint64_t limit;       /* that view's limit: configured, or as the provider
+                           reported it (0 when it reported none) */
+  uint64_t reset_in_ms; /* until that view's count next rises: the
+                           provider's reset, or the oldest request or tokens
+                           of our own count leaving its window; 0 when
+                           nothing is counted */
+} llmux_rl_left_t;
+
+/* Per dimension (LLMUX_RL_REQ_MINUTE...), what the store thinks is left for
+ * a request on `key`: the least of the configured limit minus our own count
+ * and the provider's reported remaining minus what we reserved since, over
+ * the route's key and its provider-wide key. Blocks (retry-after, spend
+ * limit) are not counted here: see llmux_rl_snapshot. A key the store has
+ * never seen is unlimited. 0, or LLMUX_EINVAL. Changes nothing. */
+int llmux_rl_left(llmux_rl_store_t *s, const llmux_rl_key_t *key, uint64_t now_ms,
+                  llmux_rl_left_t out[LLMUX_RL_NDIMS]);
+
 /* Calls cb for every key, in no particular order. cb must not change s. */
 void llmux_rl_foreach(llmux_rl_store_t *s, uint64_t now_ms, llmux_rl_foreach_cb cb,
                       void *arg);

@@ -29,6 +29,8 @@ typedef struct route_state_s {
   unsigned inflight;
   uint64_t samples;
   double ewma_ms;
+  char last_error[LLMUX_ROUTE_ERROR_MAX]; /* for status output only */
+  int64_t last_error_ms;  /* wall clock, as reported */
 } route_state_t;
 
 struct llmux_route_table_s {
@@ -339,6 +341,22 @@ void llmux_router_report(llmux_router_t *r, size_t route_index, llmux_outcome_t 
   }
 }
 
+void llmux_router_report_error(llmux_router_t *r, size_t route_index, llmux_outcome_t outcome,
+                               uint64_t now_ms, const char *what, int64_t wall_ms) {
+  route_state_t *s = state_of(r, route_index);
+  size_t n;
+  llmux_router_report(r, route_index, outcome, 0, now_ms);
+  if (what == NULL) return;
+  n = strlen(what);
+  if (n >= sizeof s->last_error) {
+    n = sizeof s->last_error - 1;
+    while (n > 0 && ((unsigned char)what[n] & 0xc0) == 0x80) n--; /* whole UTF-8 only */
+  }
+  memcpy(s->last_error, what, n);
+  s->last_error[n] = '\0';
+  s->last_error_ms = wall_ms;
+}
+
 void llmux_router_inflight(llmux_router_t *r, size_t route_index, int delta) {
   route_state_t *s = state_of(r, route_index);
   unsigned down;
@@ -366,6 +384,8 @@ void llmux_router_stats(const llmux_router_t *r, size_t route_index, uint64_t no
   out->observed = s->samples > 0;
   out->latency_ms = s->ewma_ms;
   out->samples = s->samples;
+  memcpy(out->last_error, s->last_error, sizeof out->last_error);
+  out->last_error_ms = s->last_error_ms;
 }
 
 /* ---- Filters ----------------------------------------------------------- */

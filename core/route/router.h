@@ -216,6 +216,17 @@ llmux_router_verdict_t llmux_router_allow(llmux_router_t *r, size_t route_index,
 void llmux_router_report(llmux_router_t *r, size_t route_index, llmux_outcome_t outcome,
                          uint64_t latency_ms, uint64_t now_ms);
 
+/* A failed attempt's report with what went wrong, for status output
+ * (GET /admin/routes): llmux_router_report(r, i, outcome, 0, now_ms), then,
+ * when `what` is not NULL, `what` becomes the route's last error, at
+ * `wall_ms` (Unix ms: the router reads no clock). `what` is a failure class
+ * in a few words ("429 rate limited", "connection refused", "timed out"),
+ * never an address or a key: it is shown to operators as is. It is copied,
+ * cut to LLMUX_ROUTE_ERROR_MAX - 1 bytes. */
+#define LLMUX_ROUTE_ERROR_MAX 64
+void llmux_router_report_error(llmux_router_t *r, size_t route_index, llmux_outcome_t outcome,
+                               uint64_t now_ms, const char *what, int64_t wall_ms);
+
 /* Requests in flight on a route: +1 when an attempt starts, -1 when it ends
  * (stream included). Never goes below 0. */
 void llmux_router_inflight(llmux_router_t *r, size_t route_index, int delta);
@@ -230,6 +241,8 @@ typedef struct llmux_route_stats_s {
   int observed;             /* latency_ms is meaningful */
   double latency_ms;        /* EWMA of time to first byte */
   uint64_t samples;
+  char last_error[LLMUX_ROUTE_ERROR_MAX]; /* "" when none was reported */
+  int64_t last_error_ms;    /* when (Unix ms), 0 when none */
 } llmux_route_stats_t;
 
 void llmux_router_stats(const llmux_router_t *r, size_t route_index, uint64_t now_ms,

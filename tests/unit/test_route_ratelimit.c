@@ -619,6 +619,57 @@ static void configure_sets_every_route_of_a_config(void **state) {
   llmux_rl_store_destroy(s);
 }
 
+/* ---- What is left (GET /admin/routes) ----------------------------------- */
+
+static void left_is_the_least_of_our_count_the_providers_report_and_the_provider_wide_key(
+    void **state) {
+  llmux_rl_store_t *s = store_with(&groq_70b, 10, 0, 6000, 0);
+  llmux_limits_t wide;
+  llmux_header_t h[] = {hdr("x-ratelimit-limit-tokens", "8000"),
+                        hdr("x-ratelimit-remaining-tokens", "500"),
+                        hdr("x-ratelimit-reset-tokens", "20s")};
+  llmux_rl_left_t left[LLMUX_RL_NDIMS];
+  (void)state;
+  memset(&wide, 0, sizeof wide);
+  wide.requests_per_day = 5;
+  assert_int_equal(llmux_rl_set_limits(s, &groq_all, &wide), 0);
+  reserve_committed(s, &groq_70b, 100, 1000);  /* slot [1 s, 2 s) */
+  reserve_committed(s, &groq_70b, 100, 3500);  /* slot [3 s, 4 s) */
+  llmux_rl_sync_headers(s, &groq_70b, LLMUX_RL_STYLE_OPENAI, h, 3, 4000, WALL);
+
+  assert_int_equal(llmux_rl_left(s, &groq_70b, 5000, left), 0);
+  /* Our count: 10 - 2, until the first request leaves at 62 s. */
+  assert_true(left[LLMUX_RL_REQ_MINUTE].limited);
+  assert_int_equal(left[LLMUX_RL_REQ_MINUTE].remaining, 8);
+  assert_int_equal(left[LLMUX_RL_REQ_MINUTE].limit, 10);
+  assert_int_equal(left[LLMUX_RL_REQ_MINUTE].reset_in_ms, 62000 - 5000);
+  /* The provider-wide key's day: 5 - 2. */
+  assert_int_equal(left[LLMUX_RL_REQ_DAY].remaining, 3);
+  assert_int_equal(left[LLMUX_RL_REQ_DAY].limit, 5);
+  /* Tokens: the provider's 500 (below our 6000 - 200), its limit and reset. */
+  assert_int_equal(left[LLMUX_RL_TOK_MINUTE].remaining, 500);
+  assert_int_equal(left[LLMUX_RL_TOK_MINUTE].limit, 8000);
+  assert_int_equal(left[LLMUX_RL_TOK_MINUTE].reset_in_ms, 19000);
+  assert_false(left[LLMUX_RL_TOK_DAY].limited);
+
+  /* Past the provider's reset our own count speaks again. */
+  assert_int_equal(llmux_rl_left(s, &groq_70b, 30000, left), 0);
+  assert_int_equal(left[LLMUX_RL_TOK_MINUTE].remaining, 6000 - 200);
+  assert_int_equal(left[LLMUX_RL_TOK_MINUTE].limit, 6000);
+  llmux_rl_store_destroy(s);
+}
+
+static void left_of_an_unknown_key_is_unlimited(void **state) {
+  llmux_rl_store_t *s = store_with(NULL, 0, 0, 0, 0);
+  llmux_rl_left_t left[LLMUX_RL_NDIMS];
+  int d;
+  (void)state;
+  assert_int_equal(llmux_rl_left(s, &groq_8b, 0, left), 0);
+  for (d = 0; d < LLMUX_RL_NDIMS; d++) assert_false(left[d].limited);
+  assert_int_equal(llmux_rl_left(NULL, &groq_8b, 0, left), LLMUX_EINVAL);
+  llmux_rl_store_destroy(s);
+}
+
 static void style_names_round_trip(void **state) {
   (void)state;
   assert_int_equal(llmux_rl_style_from_name("Groq"), LLMUX_RL_STYLE_GROQ);
@@ -657,6 +708,8 @@ int main(void) {
     cmocka_unit_test(the_store_holds_at_most_max_keys),
     cmocka_unit_test(foreach_reports_every_key_with_its_counts),
     cmocka_unit_test(configure_sets_every_route_of_a_config),
+    cmocka_unit_test(left_is_the_least_of_our_count_the_providers_report_and_the_provider_wide_key),
+    cmocka_unit_test(left_of_an_unknown_key_is_unlimited),
     cmocka_unit_test(style_names_round_trip),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -571,6 +571,37 @@ static void options_are_configurable_and_checked(void **state) {
   assert_int_equal(llmux_router_new(NULL, NULL, &r), LLMUX_EINVAL);
 }
 
+/* ---- Last error --------------------------------------------------------- */
+
+static void a_reported_error_is_the_routes_last_error_cut_to_its_bound(void **state) {
+  llmux_router_t *r = *state;
+  size_t idx = route("free/small");
+  llmux_route_stats_t st;
+  char longer[200];
+  llmux_router_stats(r, idx, 0, &st);
+  assert_string_equal(st.last_error, "");
+  assert_int_equal(st.last_error_ms, 0);
+
+  llmux_router_report_error(r, idx, LLMUX_OUTCOME_FAILURE, 10, "500 server error",
+                            1714564800000LL);
+  llmux_router_stats(r, idx, 10, &st);
+  assert_string_equal(st.last_error, "500 server error");
+  assert_int_equal(st.last_error_ms, 1714564800000LL);
+  assert_int_equal(st.recent_failures, 1); /* and it counts as a report */
+
+  /* No detail (a client's 400): the outcome is reported, the error kept. */
+  llmux_router_report_error(r, idx, LLMUX_OUTCOME_NEUTRAL, 20, NULL, 1714564900000LL);
+  llmux_router_stats(r, idx, 20, &st);
+  assert_string_equal(st.last_error, "500 server error");
+
+  memset(longer, 'x', sizeof longer - 1);
+  longer[sizeof longer - 1] = '\0';
+  llmux_router_report_error(r, idx, LLMUX_OUTCOME_FAILURE, 30, longer, 1714565000000LL);
+  llmux_router_stats(r, idx, 30, &st);
+  assert_int_equal(strlen(st.last_error), LLMUX_ROUTE_ERROR_MAX - 1);
+  assert_int_equal(st.last_error_ms, 1714565000000LL);
+}
+
 /* ---- Backoff ----------------------------------------------------------- */
 
 static void backoff_grows_exponentially_with_full_jitter_up_to_the_cap(void **state) {
@@ -618,6 +649,7 @@ int main(void) {
     T(embeddings_need_an_embeddings_model_and_chat_never_gets_one),
     T(a_prompt_larger_than_the_context_window_skips_the_model),
     T(a_model_listed_twice_is_tried_once),
+    T(a_reported_error_is_the_routes_last_error_cut_to_its_bound),
     T(three_failures_within_the_window_rest_the_route),
     T(failures_spread_beyond_the_window_do_not),
     T(a_success_between_failures_starts_the_count_again),
