@@ -6,11 +6,14 @@ set -euo pipefail
 
 PKGS=(cmake gcc make pkg-config
       libuv1-dev libmbedtls-dev libinih-dev libjansson-dev libcmocka-dev node-llhttp
-      libsqlite3-dev)
+      libsqlite3-dev libhiredis-dev)
 if [ "${1:-}" = "--test" ]; then
   # Tests also need openssl (throwaway CA), and node/npm for the openai client.
   # clang and its compiler-rt (libFuzzer, ASan, UBSan) build tests/fuzz.
-  PKGS+=(openssl ca-certificates valgrind nginx wrk gnuplot-nox clang libclang-rt-14-dev)
+  # prometheus: promtool checks /metrics, and a real server scrapes it.
+  # redis-server: the shared-state tests start their own, on a free port.
+  PKGS+=(openssl ca-certificates valgrind nginx wrk gnuplot-nox clang libclang-rt-14-dev
+         prometheus redis-server)
 fi
 
 missing=()

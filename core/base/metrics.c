@@ -18,6 +18,8 @@ struct llmux_series_s {
   int set;                /* gauges: set since the last reset_unset */
 };
 
+#define MEMO_SLOTS 8 /* a power of two */
+
 struct llmux_metric_s {
   llmux_metric_t *next;
   llmux_metrics_t *reg;
@@ -31,6 +33,13 @@ struct llmux_metric_s {
   llmux_series_t *first, *last;
   llmux_series_t **table;  /* open hashing, power-of-two size */
   size_t tcap, nseries;
+  /* Series found lately, by the addresses of the values they were found
+   * with: callers pass the same configuration strings request after
+   * request, so most lookups need no hash of the bytes. */
+  struct memo_s {
+    const char *v[LLMUX_METRIC_MAX_LABELS];
+    llmux_series_t *s;
+  } memo[MEMO_SLOTS];
 };
 
 typedef struct collector_s {
@@ -186,12 +195,41 @@ fail:
   return NULL;
 }
 
+static size_t memo_slot(const llmux_metric_t *f, const char *const *values) {
+  uintptr_t h = 0;
+  size_t i;
+  for (i = 0; i < f->nlabels; i++) h = (h ^ (uintptr_t)values[i]) * (uintptr_t)0x9e3779b97f4a7c15ull;
+  return (size_t)(h >> (sizeof h * 8 - 3)) & (MEMO_SLOTS - 1);
+}
+
+/* A memo hit: the same addresses, and (an address may have been freed and
+ * reused for another string since) the same bytes. */
+static llmux_series_t *memo_find(const struct memo_s *m, const char *const *values, size_t n) {
+  size_t i;
+  if (m->s == NULL) return NULL;
+  for (i = 0; i < n; i++)
+    if (m->v[i] != values[i]) return NULL;
+  return values_equal(m->s, values, n) ? m->s : NULL;
+}
+
+static llmux_series_t *memo_keep(struct memo_s *m, const char *const *values, size_t n,
+                                 llmux_series_t *s) {
+  size_t i;
+  for (i = 0; i < n; i++) m->v[i] = values[i];
+  m->s = s;
+  return s;
+}
+
 llmux_series_t *llmux_metric_series(llmux_metric_t *f, const char *const *values) {
-  uint64_t h = hash_values(values, f->nlabels);
-  llmux_series_t *s;
+  struct memo_s *m = &f->memo[memo_slot(f, values)];
+  llmux_series_t *s = memo_find(m, values, f->nlabels);
+  uint64_t h;
+  if (s != NULL) return s;
+  h = hash_values(values, f->nlabels);
   if (f->tcap > 0)
     for (s = f->table[h & (f->tcap - 1)]; s != NULL; s = s->hnext)
-      if (s->hash == h && values_equal(s, values, f->nlabels)) return s;
+      if (s->hash == h && values_equal(s, values, f->nlabels))
+        return memo_keep(m, values, f->nlabels, s);
   if ((f->nseries + 1) * 4 > f->tcap * 3 && grow_table(f) != 0) return NULL; /* load <= 3/4 */
   if ((s = series_new(f, values, h)) == NULL) return NULL;
   s->hnext = f->table[h & (f->tcap - 1)];
@@ -200,7 +238,7 @@ llmux_series_t *llmux_metric_series(llmux_metric_t *f, const char *const *values
   else f->first = s;
   f->last = s;
   f->nseries++;
-  return s;
+  return memo_keep(m, values, f->nlabels, s);
 }
 
 llmux_series_t *llmux_metric_series3(llmux_metric_t *f, const char *a, const char *b,

@@ -56,7 +56,10 @@ llmux_metric_t *llmux_metrics_declare(llmux_metrics_t *m, llmux_metric_type_t ty
 
 /* The series with these label values (as many as the family has labels),
  * created at zero on first use. Values are copied. NULL only when out of
- * memory. The pointer stays valid until llmux_metrics_free(). */
+ * memory. The pointer stays valid until llmux_metrics_free(). A lookup
+ * with the same value addresses as a recent one (configuration strings,
+ * request after request) skips the hash; the bytes are compared all the
+ * same. */
 llmux_series_t *llmux_metric_series(llmux_metric_t *f, const char *const *values);
 /* The same for families with no more than three labels, without an array. */
 llmux_series_t *llmux_metric_series3(llmux_metric_t *f, const char *a, const char *b,

@@ -143,9 +143,16 @@ int llmux_buf_append_json_str(llmux_buf_t *b, const char *s, size_t n) {
   if (llmux_buf_reserve(b, n + 2) != 0) return LLMUX_ENOMEM;
   b->base[b->len++] = '"';
   while (i < n) {
-    unsigned char c = u[i];
+    unsigned char c;
     char esc[6];
     size_t elen = 0, step = 1;
+    /* The common case, in a tight loop: printable ASCII that needs no escape. */
+    while (i < n && u[i] >= 0x20 && u[i] < 0x80 && u[i] != '"' && u[i] != '\\') {
+      i++;
+      run++;
+    }
+    if (i >= n) break;
+    c = u[i];
     if (c >= 0x80) {
       size_t k = utf8_seq(u + i, u + n, &step);
       if (k != 0) { run += k; i += k; continue; }

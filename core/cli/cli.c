@@ -1,4 +1,5 @@
-/* The command line: serve, check, models, resolve. */
+/* The command line: serve, check, models, resolve; chat, key and routes in
+ * their own files. */
 #include "cli/cli.h"
 #include "cli/common.h"
 
@@ -10,6 +11,7 @@
 #include <uv.h>
 
 #include "cli/chat.h"
+#include "cli/cli_routes.h"
 #include "cli/cli_tenant.h"
 #include "config/config.h"
 #include "base/log.h"
@@ -37,6 +39,9 @@ static const char usage_text[] =
   "                  key_sha256 line to add to that section\n"
   "  usage           print every tenant's usage (today and this month, per model)\n"
   "                  from the usage_db of [server]\n"
+  "  routes          ask a running gateway for the state of every route: breaker,\n"
+  "                  rate-limit headroom, in flight, latency, last error\n"
+  "                  (`llmux routes --help` for its options)\n"
   "  chat PROMPT     send one prompt through the providers and stream the answer\n"
   "                  (`llmux chat --help` for its options)\n"
   "\n"
@@ -207,6 +212,7 @@ int llmux_cli_main(int argc, char **argv) {
   int rc;
   if (argc > 1 && strcmp(argv[1], "chat") == 0) return llmux_chat_main(argc - 1, argv + 1);
   if (argc > 1 && strcmp(argv[1], "key") == 0) return llmux_cli_key(argc - 1, argv + 1);
+  if (argc > 1 && strcmp(argv[1], "routes") == 0) return llmux_cli_routes(argc - 1, argv + 1);
   rc = parse_args(argc, argv, &o);
   if (rc != 0) return rc;
   if (o.verbose) llmux_log_level = LLMUX_LOG_DEBUG;

@@ -182,7 +182,7 @@ enum {
 enum {
   K_STR, K_URL, K_ENVNAME, K_PATH, K_DURATION, K_SIZE, K_U64, K_INT, K_BOOL,
   K_TIER, K_PRICE, K_LIMIT, K_LIST, K_CAPS, K_STRATEGY, K_WEIGHTS,
-  K_LOGLEVEL, K_LISTEN, K_KEYHASH, K_USD
+  K_LOGLEVEL, K_LISTEN, K_KEYHASH, K_USD, K_LOGDEST
 };
 
 /* K_KEYHASH is a list that may also be written on several lines. */
@@ -225,6 +225,8 @@ static const keydef_t server_keys[] = {
   {"usage_db", K_PATH, SRV(usage_db), 0},
   {"admin_key_sha256", K_KEYHASH, 0, 0},
   {"drain_timeout", K_DURATION, SRV(drain_timeout_ms), 0},
+  {"access_log", K_LOGDEST, SRV(access_log), 0},
+  {"otlp_endpoint", K_URL, SRV(otlp_endpoint), 0},
 };
 
 static const keydef_t model_keys[] = {
@@ -836,6 +838,11 @@ static void set_string(load_t *c, const keydef_t *k, const char *value, void *fi
   case K_PATH:
     *f = *value ? path_join(c->cfg->arena, c->dir, value) : NULL;
     return;
+  case K_LOGDEST: /* a file (relative to this file), "stdout", or "off" */
+    if (*value == '\0' || strcasecmp(value, "off") == 0) *f = NULL;
+    else if (strcmp(value, "stdout") == 0) *f = sdup(c, value);
+    else *f = path_join(c->cfg->arena, c->dir, value);
+    return;
   default:
     if (*value == '\0') {
       bad_value(c, k->name, value, "a value");
@@ -844,6 +851,56 @@ static void set_string(load_t *c, const keydef_t *k, const char *value, void *fi
     *f = sdup(c, value);
     return;
   }
+}
+
+/* A port number between s and e: 1 to 65535. */
+static int port_ok(const char *s, const char *e) {
+  unsigned v = 0;
+  if (s == e || e - s > 5) return 0;
+  for (; s < e; s++) {
+    if (*s < '0' || *s > '9') return 0;
+    v = v * 10 + (unsigned)(*s - '0');
+  }
+  return v >= 1 && v <= 65535;
+}
+
+/* [server] otlp_endpoint: http://host[:port][/path], the collector's base
+ * URL (spans go to {it}/v1/traces); empty turns traces off. https is
+ * refused: no key can reach a collector that wants one (keys never go in a
+ * file), so one beside llmux (an OpenTelemetry Collector) takes plain http
+ * and forwards with TLS and auth. 1: set_string goes on (it refuses
+ * credentials without echoing them); 0: done here. */
+static int otlp_endpoint_ok(load_t *c, const char *value, void *field) {
+  static const char expect[] = "a collector's URL, http://host[:port][/path]";
+  const char *host = value + 7, *end, *port;
+  if (*value == '\0') {
+    *(const char **)field = NULL;
+    return 0;
+  }
+  if (strncasecmp(value, "https://", 8) == 0) {
+    err(c, "'otlp_endpoint' must be http://: llmux does not send traces over TLS (run an "
+           "OpenTelemetry Collector beside it on http://127.0.0.1:4318 and let it forward "
+           "with TLS)");
+    return 0;
+  }
+  if (strncasecmp(value, "http://", 7) != 0) goto bad;
+  end = host + strcspn(host, "/");
+  if (memchr(host, '@', (size_t)(end - host)) != NULL) return 1;
+  if (strpbrk(value, "?# \t") != NULL) goto bad;
+  if (*host == '[') { /* [v6]: the port follows ']' */
+    port = memchr(host, ']', (size_t)(end - host));
+    if (port == NULL || port == host + 1) goto bad;
+    port++;
+  } else {
+    port = memchr(host, ':', (size_t)(end - host));
+    if (port == NULL) port = end;
+    if (port == host) goto bad;
+  }
+  if (port < end && (*port != ':' || !port_ok(port + 1, end))) goto bad;
+  return 1;
+bad:
+  bad_value(c, "otlp_endpoint", value, expect);
+  return 0;
 }
 
 /* Parses a scalar into `field`; NULL on success, else what was expected. */
@@ -906,7 +963,10 @@ static void set_value(load_t *c, const keydef_t *k, const char *value) {
     "priority", "lowest-latency", "least-loaded", "cheapest", "weighted"};
   size_t i;
   switch (k->type) {
-  case K_STR: case K_URL: case K_ENVNAME: case K_PATH:
+  case K_STR: case K_URL: case K_ENVNAME: case K_PATH: case K_LOGDEST:
+    if (c->sec_type == SEC_SERVER && k->off == SRV(otlp_endpoint) &&
+        !otlp_endpoint_ok(c, value, field))
+      return;
     set_string(c, k, value, field);
     if (k->off == SRV(providers_dir) && c->sec_type == SEC_SERVER)
       c->providers_dir_line = c->lineno;

@@ -146,6 +146,12 @@ typedef struct llmux_server_conf_s {
   int *admin_key_lines;
   size_t nadmin_keys;
   uint64_t drain_timeout_ms;   /* SIGTERM: how long streams may finish; 30s */
+  /* Observability (issue 13). */
+  const char *access_log;      /* one JSON line per request: a file (resolved
+                                  against the main file's directory), "stdout",
+                                  or NULL ("off", the default) */
+  const char *otlp_endpoint;   /* a collector's http:// base URL: spans go to
+                                  {it}/v1/traces (gateway/trace.h); NULL: off */
 } llmux_server_conf_t;
 
 typedef struct llmux_model_conf_s llmux_model_conf_t;

@@ -184,6 +184,155 @@ static void handle_reload(llmux_gateway_t *gw, llmux_http_req_t *req, const char
   llmux_diag_free(&diag);
 }
 
+/* ---- GET /admin/routes ---------------------------------------------------- */
+
+/* One instant on both clocks: the loop's, which the router and the limit
+ * store count in, and the wall clock the answer speaks in. */
+typedef struct clocks_s {
+  uint64_t now_ms;
+  int64_t wall_ms;
+} clocks_t;
+
+static const char *const dim_names[LLMUX_RL_NDIMS] = {
+  [LLMUX_RL_REQ_MINUTE] = "requests_minute", [LLMUX_RL_REQ_DAY] = "requests_day",
+  [LLMUX_RL_TOK_MINUTE] = "tokens_minute", [LLMUX_RL_TOK_DAY] = "tokens_day",
+};
+
+/* ,"KEY":"T" for a time `in_ms` from now, or ,"KEY":null. */
+static void time_field(llmux_buf_t *b, const char *key, int have, uint64_t in_ms,
+                       const clocks_t *c) {
+  char when[32];
+  if (!have) {
+    llmux_buf_printf(b, ",\"%s\":null", key);
+    return;
+  }
+  rfc3339(c->wall_ms + (int64_t)in_ms, when);
+  llmux_buf_printf(b, ",\"%s\":\"%s\"", key, when);
+}
+
+static const char *breaker_name(llmux_breaker_state_t st) {
+  return st == LLMUX_BREAKER_OPEN ? "open" : st == LLMUX_BREAKER_HALF_OPEN ? "half_open"
+                                                                            : "closed";
+}
+
+static void breaker_json(llmux_buf_t *b, const llmux_route_stats_t *st, const clocks_t *c) {
+  int open = st->state == LLMUX_BREAKER_OPEN && st->until_ms > c->now_ms;
+  llmux_buf_printf(b, ",\"breaker\":{\"state\":\"%s\"", breaker_name(st->state));
+  time_field(b, "until", open, open ? st->until_ms - c->now_ms : 0, c);
+  llmux_buf_printf(b, ",\"failures\":%u}", st->recent_failures);
+}
+
+static void remaining_json(llmux_buf_t *b, llmux_rl_store_t *rl, const llmux_rl_key_t *key,
+                           const clocks_t *c) {
+  llmux_rl_left_t left[LLMUX_RL_NDIMS];
+  int d;
+  if (llmux_rl_left(rl, key, c->now_ms, left) != 0) memset(left, 0, sizeof left);
+  llmux_buf_appends(b, ",\"remaining\":{");
+  for (d = 0; d < LLMUX_RL_NDIMS; d++) {
+    llmux_buf_printf(b, "%s\"%s\":", d ? "," : "", dim_names[d]);
+    if (!left[d].limited) {
+      llmux_buf_appends(b, "null");
+      continue;
+    }
+    llmux_buf_printf(b, "{\"remaining\":%llu,\"limit\":", (unsigned long long)left[d].remaining);
+    if (left[d].limit) llmux_buf_printf(b, "%llu", (unsigned long long)left[d].limit);
+    else llmux_buf_appends(b, "null");
+    time_field(b, "reset", left[d].reset_in_ms > 0, left[d].reset_in_ms, c);
+    llmux_buf_appends(b, "}");
+  }
+  llmux_buf_appends(b, "}");
+}
+
+/* The longer rest of the route's key and its provider's; a spend limit
+ * names the reason over a retry-after. */
+static void blocked_json(llmux_buf_t *b, llmux_rl_store_t *rl, const llmux_rl_key_t *key,
+                         const clocks_t *c) {
+  llmux_rl_key_t keys[2] = {*key, {key->provider, NULL}};
+  llmux_rl_snapshot_t snap;
+  llmux_rl_block_reason_t reason = LLMUX_RL_BLOCK_NONE;
+  uint64_t for_ms = 0;
+  int i;
+  for (i = 0; i < 2; i++) {
+    if (llmux_rl_snapshot(rl, &keys[i], c->now_ms, &snap) != 0) continue;
+    if (snap.block_reason == LLMUX_RL_BLOCK_NONE) continue;
+    if (snap.blocked_for_ms > for_ms) for_ms = snap.blocked_for_ms;
+    if (snap.block_reason == LLMUX_RL_BLOCK_SPEND_LIMIT || reason == LLMUX_RL_BLOCK_NONE)
+      reason = snap.block_reason;
+  }
+  if (reason == LLMUX_RL_BLOCK_NONE) {
+    llmux_buf_appends(b, ",\"blocked\":null");
+    return;
+  }
+  llmux_buf_printf(b, ",\"blocked\":{\"reason\":\"%s\"",
+                   reason == LLMUX_RL_BLOCK_SPEND_LIMIT ? "spend_limit" : "retry_after");
+  time_field(b, "until", for_ms != LLMUX_RL_FOREVER, for_ms, c);
+  llmux_buf_appends(b, "}");
+}
+
+/* ,"in_flight","latency_ms","last_error" */
+static void observed_json(llmux_buf_t *b, const llmux_route_stats_t *st) {
+  char when[32];
+  llmux_buf_printf(b, ",\"in_flight\":%u,\"latency_ms\":", st->inflight);
+  if (st->observed) llmux_buf_printf(b, "%.1f", st->latency_ms);
+  else llmux_buf_appends(b, "null");
+  if (st->last_error[0] == '\0') {
+    llmux_buf_appends(b, ",\"last_error\":null");
+    return;
+  }
+  llmux_buf_appends(b, ",\"last_error\":{\"message\":");
+  llmux_buf_append_json_str(b, st->last_error, strlen(st->last_error));
+  rfc3339(st->last_error_ms, when);
+  llmux_buf_printf(b, ",\"at\":\"%s\"}", when);
+}
+
+static void route_json(llmux_buf_t *b, const llmux_generation_t *gen, const llmux_route_conf_t *r,
+                       llmux_rl_store_t *rl, const clocks_t *c) {
+  llmux_rl_key_t key = {r->provider->name, r->id};
+  llmux_route_stats_t st;
+  const char *why = r->provider->disabled_reason;
+  llmux_router_stats(gen->router, r->index, c->now_ms, &st);
+  llmux_buf_appends(b, "{\"provider\":");
+  llmux_buf_append_json_str(b, r->provider->name, strlen(r->provider->name));
+  llmux_buf_appends(b, ",\"model\":");
+  llmux_buf_append_json_str(b, r->model->id, strlen(r->model->id));
+  llmux_buf_appends(b, ",\"provider_model\":");
+  llmux_buf_append_json_str(b, r->id, strlen(r->id));
+  llmux_buf_printf(b, ",\"enabled\":%s,\"disabled_reason\":",
+                   r->provider->enabled ? "true" : "false");
+  if (r->provider->enabled || why == NULL) llmux_buf_appends(b, "null");
+  else llmux_buf_append_json_str(b, why, strlen(why));
+  breaker_json(b, &st, c);
+  remaining_json(b, rl, &key, c);
+  blocked_json(b, rl, &key, c);
+  observed_json(b, &st);
+  llmux_buf_appends(b, "}");
+}
+
+void llmux_admin_routes_json(const llmux_generation_t *gen, llmux_rl_store_t *rl,
+                             uint64_t now_ms, int64_t wall_ms, llmux_buf_t *out) {
+  const llmux_config_t *cfg = gen->cfg;
+  clocks_t c = {now_ms, wall_ms};
+  char now[32];
+  size_t i;
+  rfc3339(wall_ms, now);
+  llmux_buf_printf(out, "{\"generation\":%llu,\"now\":\"%s\",\"routes\":[",
+                   (unsigned long long)gen->number, now);
+  for (i = 0; i < cfg->nroutes; i++) {
+    if (i) llmux_buf_appends(out, ",");
+    route_json(out, gen, cfg->routes[i], rl, &c);
+  }
+  llmux_buf_appends(out, "]}");
+}
+
+static void handle_routes(llmux_gateway_t *gw, llmux_http_req_t *req, const char *rid) {
+  struct timespec ts;
+  llmux_buf_t b = {0};
+  clock_gettime(CLOCK_REALTIME, &ts);
+  llmux_admin_routes_json(gw->current, gw->rl, uv_now(gw->loop),
+                          (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000, &b);
+  send_json(req, 200, &b, rid);
+}
+
 static void method_not_allowed(llmux_http_req_t *req, const char *allow) {
   llmux_http_header_t h[2] = {JSON_CT, LLMUX_HTTP_HEADER_LIT("Allow", "")};
   llmux_buf_t body = {0};
@@ -204,6 +353,11 @@ void llmux_admin_handle(llmux_gateway_t *gw, llmux_http_req_t *req, const char *
     if (strcmp(req->method, "POST") != 0) return method_not_allowed(req, "POST");
     return handle_reload(gw, req, rid);
   }
+  if (path_is(req->path, "/admin/routes")) {
+    if (!get) return method_not_allowed(req, "GET, HEAD");
+    return handle_routes(gw, req, rid);
+  }
   send_error(req, 404, "unknown_url",
-             "Unknown admin endpoint: GET /admin/config, POST /admin/reload.", rid);
+             "Unknown admin endpoint: GET /admin/config, POST /admin/reload, "
+             "GET /admin/routes.", rid);
 }

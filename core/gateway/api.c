@@ -12,7 +12,9 @@
 #include "config/registry.h"
 #include "gateway/api.h"
 #include "gateway/proxy.h"
+#include "gateway/reqlog.h"
 #include "gateway/respond.h"
+#include "gateway/scrape.h"
 #include "base/util.h"
 
 #define JSON_CT LLMUX_HTTP_HEADER_LIT("Content-Type", "application/json")
@@ -253,25 +255,71 @@ static void unauthorized(llmux_http_req_t *req, int agent, int missing, const ch
   llmux_http_respond_buf(req, 401, h, 3, &body);
 }
 
-/* With tenants, everything but /health and /health/ready needs a key;
- * /admin/... takes the admin key instead (admin.h). */
-static int needs_key(const llmux_gateway_t *gw, const llmux_http_req_t *req) {
-  return gw->current->tenants.n > 0 && !str_eq(req->path, "/health") &&
-         !str_eq(req->path, "/health/ready") && !llmux_admin_path(req->path);
+/* The operator's endpoints, /admin/... and /metrics, take the admin key
+ * (admin.h), never a tenant's. */
+static int operator_path(llmux_str_t path) {
+  return llmux_admin_path(path) || llmux_scrape_path(path);
 }
 
-/* The tenant of the current generation whose key the request carries;
- * NULL once it is answered 401. */
-static const llmux_tenant_t *authenticate(llmux_gateway_t *gw, llmux_http_req_t *req) {
-  const llmux_tenants_t *ts = &gw->current->tenants;
+/* With tenants, everything but /health, /health/ready and the operator's
+ * endpoints needs a key. */
+static int needs_key(const llmux_gateway_t *gw, const llmux_http_req_t *req) {
+  return gw->current->tenants.n > 0 && !str_eq(req->path, "/health") &&
+         !str_eq(req->path, "/health/ready") && !operator_path(req->path);
+}
+
+/* The tenant of the current generation whose key the request carries, or
+ * NULL; *missing: it carries none. */
+static const llmux_tenant_t *key_tenant(llmux_gateway_t *gw, const llmux_http_req_t *req,
+                                        int *missing) {
   llmux_str_t key = request_key(req);
-  const llmux_tenant_t *t = key.len ? llmux_tenants_auth(ts, key.base, key.len) : NULL;
-  char rid[160];
-  if (t == NULL) {
-    llmux_respond_request_id(gw, req, rid);
-    unauthorized(req, str_eq(req->path, "/v1/chat"), key.len == 0, rid);
-  }
+  *missing = key.len == 0;
+  return key.len ? llmux_tenants_auth(&gw->current->tenants, key.base, key.len) : NULL;
+}
+
+/* The same, answering 401 when there is none. */
+static const llmux_tenant_t *authenticate(llmux_gateway_t *gw, llmux_http_req_t *req,
+                                          const char *rid) {
+  int missing;
+  const llmux_tenant_t *t = key_tenant(gw, req, &missing);
+  if (t == NULL) unauthorized(req, str_eq(req->path, "/v1/chat"), missing, rid);
   return t;
+}
+
+/* The `endpoint` label and access-log field: one of a fixed set, never the
+ * path itself. Also says which proxy endpoint the path is (0: none). */
+static const char *classify(llmux_str_t p, llmux_proxy_opts_t *po) {
+  static const struct {
+    const char *path, *name;
+    int endpoint, agent;
+  } paths[] = {
+      {"/v1/chat/completions", "chat", LLMUX_ENDPOINT_CHAT, 0},
+      {"/v1/completions", "completions", LLMUX_ENDPOINT_COMPLETIONS, 0},
+      {"/v1/embeddings", "embeddings", LLMUX_ENDPOINT_EMBEDDINGS, 0},
+      {"/v1/chat", "agent", LLMUX_ENDPOINT_CHAT, 1},
+      {"/v1/models", "models", 0, 0},
+      {"/v1/usage", "usage", 0, 0},
+      {"/health", "health", 0, 0},
+      {"/health/ready", "ready", 0, 0},
+      {"/metrics", "metrics", 0, 0},
+  };
+  size_t i;
+  for (i = 0; i < LLMUX_COUNTOF(paths); i++) {
+    if (!str_eq(p, paths[i].path)) continue;
+    po->endpoint = paths[i].endpoint;
+    po->agent = paths[i].agent;
+    return paths[i].name;
+  }
+  if (p.len > 11 && memcmp(p.base, "/v1/models/", 11) == 0) return "model";
+  if (llmux_admin_path(p)) return "admin";
+  return "unknown";
+}
+
+/* The front door's on_status: what was answered, for the record of a
+ * request answered at once (gateway/reqlog.h). */
+void llmux_api_on_status(llmux_http_req_t *req, int status) {
+  llmux_gateway_t *gw = req->server->data;
+  gw->answered_status = status;
 }
 
 /* What the head leaves on req->data for llmux_api_on_request: the tenant
@@ -299,22 +347,37 @@ static const llmux_tenant_t *stashed_tenant(const llmux_generation_t *gen, const
 /* Keys are checked at the head, before a byte of the body is read: a client
  * without one cannot make the gateway hold its body. The tenant is stashed
  * on req->data for llmux_api_on_request (which checks again when there is
- * none: the front door was set up without this hook, or a reload came). */
+ * none: the front door was set up without this hook, or a reload came).
+ * A request answered here (401, 403) is recorded here: on_request never
+ * runs for it. */
 void llmux_api_on_head(llmux_http_req_t *req) {
   llmux_gateway_t *gw = req->server->data;
-  const llmux_tenant_t *t;
+  const llmux_tenant_t *t = NULL;
+  llmux_proxy_opts_t po = {0};
+  llmux_reqlog_t rec;
   char rid[160];
-  if (llmux_admin_path(req->path)) {
-    if (!llmux_admin_allow(gw, req, llmux_respond_request_id(gw, req, rid))) gw->requests++;
+  int operator = operator_path(req->path), missing = 0;
+  if (!operator) {
+    if (!needs_key(gw, req)) return;
+    if ((t = key_tenant(gw, req, &missing)) != NULL) {
+      req->data = stash_tenant(gw->current, t);
+      return;
+    }
+  }
+  llmux_respond_request_id(gw, req, rid);
+  llmux_reqlog_begin(gw, &rec, req, rid);
+  rec.endpoint = classify(req->path, &po);
+  if (operator && llmux_admin_allow(gw, req, rid)) {
+    llmux_reqlog_cancel(gw, &rec); /* on_request records it */
     return;
   }
-  if (!needs_key(gw, req)) return;
-  t = authenticate(gw, req);
-  if (t == NULL) {
-    gw->requests++; /* answered, and gone: on_request never runs */
-    return;
+  if (!operator) {
+    unauthorized(req, po.agent, missing, rid);
+    rec.error_code = "invalid_api_key";
   }
-  req->data = stash_tenant(gw->current, t);
+  gw->requests++; /* answered, and gone */
+  rec.status = gw->answered_status;
+  llmux_reqlog_done(gw, &rec);
 }
 
 /* ---- GET /v1/usage -------------------------------------------------------- */
@@ -449,32 +512,27 @@ static int is_get(const llmux_http_req_t *req) {
   return strcmp(req->method, "GET") == 0 || strcmp(req->method, "HEAD") == 0;
 }
 
-void llmux_api_on_request(llmux_http_req_t *req) {
-  llmux_gateway_t *gw = req->server->data;
+/* The caller's tenant into *t (NULL: llmux runs open, or the endpoint
+ * takes no tenant key): 0, or -1 once answered 401. */
+static int tenant_of(llmux_gateway_t *gw, llmux_http_req_t *req, const char *rid,
+                     const llmux_tenant_t **t) {
+  *t = NULL;
+  if (!needs_key(gw, req)) return 0;
+  *t = stashed_tenant(gw->current, req->data); /* on_head checked the key */
+  if (*t == NULL) *t = authenticate(gw, req, rid);
+  return *t != NULL ? 0 : -1;
+}
+
+/* What the gateway answers itself, at once (the proxy aside). */
+static void answer(llmux_gateway_t *gw, llmux_http_req_t *req, const char *rid,
+                   const llmux_proxy_opts_t *po) {
   llmux_str_t p = req->path;
-  llmux_proxy_opts_t po = {0, NULL, 0, NULL};
-  char rid[160];
-
-  gw->requests++;
-  llmux_respond_request_id(gw, req, rid);
-  if (str_eq(p, "/v1/chat/completions")) po.endpoint = LLMUX_ENDPOINT_CHAT;
-  else if (str_eq(p, "/v1/completions")) po.endpoint = LLMUX_ENDPOINT_COMPLETIONS;
-  else if (str_eq(p, "/v1/embeddings")) po.endpoint = LLMUX_ENDPOINT_EMBEDDINGS;
-  else if (str_eq(p, "/v1/chat")) po.endpoint = LLMUX_ENDPOINT_CHAT, po.agent = 1;
-
   if (llmux_admin_path(p)) return llmux_admin_handle(gw, req, rid);
-  if (needs_key(gw, req)) {
-    po.tenant = stashed_tenant(gw->current, req->data); /* on_head checked the key */
-    if (po.tenant == NULL && (po.tenant = authenticate(gw, req)) == NULL) return;
-  }
-  po.gen = gw->current; /* the tenant's: the proxy pins it */
-  if (po.endpoint != 0) {
-    if (strcmp(req->method, "POST") != 0) return method_not_allowed(req, "POST");
-    return llmux_proxy_handle_opts(gw, req, &po);
-  }
+  if (llmux_scrape_path(p)) return llmux_scrape_handle(gw, req, rid);
+  if (po->endpoint != 0) return method_not_allowed(req, "POST");
   if (str_eq(p, "/v1/usage")) {
     if (!is_get(req)) return method_not_allowed(req, "GET, HEAD");
-    return handle_usage(gw, req, rid, po.tenant);
+    return handle_usage(gw, req, rid, po->tenant);
   }
   if (str_eq(p, "/health")) {
     if (!is_get(req)) return method_not_allowed(req, "GET, HEAD");
@@ -488,8 +546,9 @@ void llmux_api_on_request(llmux_http_req_t *req) {
     llmux_http_header_t h[2] = {JSON_CT, LLMUX_HTTP_HEADER_LIT("x-request-id", "")};
     if (!is_get(req)) return method_not_allowed(req, "GET, HEAD");
     h[1].value = (llmux_str_t){rid, strlen(rid)};
-    if (po.tenant != NULL)
-      llmux_http_respond(req, 200, h, 2, po.tenant->models_json.base, po.tenant->models_json.len);
+    if (po->tenant != NULL)
+      llmux_http_respond(req, 200, h, 2, po->tenant->models_json.base,
+                         po->tenant->models_json.len);
     else
       llmux_http_respond(req, 200, h, 2, gw->current->models_json.base,
                          gw->current->models_json.len);
@@ -497,7 +556,7 @@ void llmux_api_on_request(llmux_http_req_t *req) {
   }
   if (p.len > 11 && memcmp(p.base, "/v1/models/", 11) == 0) {
     if (!is_get(req)) return method_not_allowed(req, "GET, HEAD");
-    return handle_model(gw, req, rid, po.tenant);
+    return handle_model(gw, req, rid, po->tenant);
   }
   {
     char msg[200];
@@ -506,4 +565,33 @@ void llmux_api_on_request(llmux_http_req_t *req) {
              (int)(p.len > 100 ? 100 : p.len), p.base);
     llmux_http_send_error(req, 404, "invalid_request_error", "unknown_url", msg, NULL);
   }
+}
+
+/* Every request's record begins here: the proxy takes it over, or it ends
+ * once the answer went out. */
+void llmux_api_on_request(llmux_http_req_t *req) {
+  llmux_gateway_t *gw = req->server->data;
+  llmux_proxy_opts_t po = {0, NULL, 0, NULL, NULL};
+  llmux_reqlog_t rec;
+  char rid[160];
+
+  gw->requests++;
+  llmux_respond_request_id(gw, req, rid);
+  llmux_reqlog_begin(gw, &rec, req, rid);
+  rec.endpoint = classify(req->path, &po);
+  gw->answered_status = 0;
+  if (tenant_of(gw, req, rid, &po.tenant) == 0) {
+    if (po.tenant != NULL) rec.tenant = po.tenant->conf->name;
+    if (po.endpoint != 0 && strcmp(req->method, "POST") == 0) {
+      po.gen = gw->current; /* the tenant's: the proxy pins it */
+      po.rec = &rec;
+      llmux_proxy_handle_opts(gw, req, &po);
+      return;
+    }
+    answer(gw, req, rid, &po);
+  } else {
+    rec.error_code = "invalid_api_key";
+  }
+  rec.status = gw->answered_status;
+  llmux_reqlog_done(gw, &rec);
 }

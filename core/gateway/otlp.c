@@ -219,11 +219,17 @@ static void on_export_done(llmux_upstream_req_t *req, int status) {
   }
   o->nsending = 0;
   o->body.len = 0;
-  if (o->closing && o->npending == 0) {
-    uv_close((uv_handle_t *)&o->timer, on_closed);
-    return;
+  if (o->pending.len >= o->batch_bytes || o->closing) {
+    send_batch(o);
+  } else if (o->npending > 0 && !o->timer_armed) {
+    /* The flush timer fired during this export: the spans added meanwhile
+     * wait one more period, not for the next span to arm it. */
+    o->timer_armed = 1;
+    uv_timer_start(&o->timer, on_timer, o->flush_ms, 0);
   }
-  if (o->pending.len >= o->batch_bytes || o->closing) send_batch(o);
+  /* Closing: what was pending went (or failed to start); the timer, the
+   * close deadline, goes with the exporter. */
+  if (o->closing && !o->sending) uv_close((uv_handle_t *)&o->timer, on_closed);
 }
 
 static void on_export_body(llmux_upstream_req_t *req, const char *d, size_t n) {}
@@ -299,13 +305,34 @@ void llmux_otlp_add_span(llmux_otlp_t *o, const llmux_span_t *span) {
   }
 }
 
+/* A collector that does not answer must not hold the gateway's stop: the
+ * last exports get this long, then are cancelled and their spans counted
+ * as dropped. */
+#define CLOSE_DEADLINE_MS 2000
+
+static void on_close_deadline(uv_timer_t *t) {
+  llmux_otlp_t *o = t->data;
+  llmux_upstream_cancel(&o->req); /* no on_done follows */
+  o->sending = 0;
+  o->stats.exports_failed++;
+  o->stats.spans_dropped += o->nsending + o->npending;
+  llmux_warn("otlp: the collector did not take the last %zu spans within %d ms of the stop: "
+             "dropped", o->nsending + o->npending, CLOSE_DEADLINE_MS);
+  o->nsending = o->npending = 0;
+  uv_close((uv_handle_t *)&o->timer, on_closed);
+}
+
 void llmux_otlp_close(llmux_otlp_t *o, void (*cb)(void *arg), void *arg) {
   o->closing = 1;
   o->close_cb = cb;
   o->close_arg = arg;
   uv_timer_stop(&o->timer);
   send_batch(o);
-  if (!o->sending) uv_close((uv_handle_t *)&o->timer, on_closed);
+  if (!o->sending) {
+    uv_close((uv_handle_t *)&o->timer, on_closed);
+    return;
+  }
+  uv_timer_start(&o->timer, on_close_deadline, CLOSE_DEADLINE_MS, 0);
 }
 
 void llmux_otlp_stats(const llmux_otlp_t *o, llmux_otlp_stats_t *out) {

@@ -79,7 +79,10 @@ int llmux_otlp_new(uv_loop_t *loop, llmux_upstream_t *up, const llmux_otlp_optio
                    llmux_otlp_t **out);
 void llmux_otlp_add_span(llmux_otlp_t *o, const llmux_span_t *span);
 /* Sends what is pending (once), then frees and calls cb (may be NULL; never
- * from inside this call). The upstream pool must outlive cb. */
+ * from inside this call). Exports still running 2 s after the call are
+ * cancelled and their spans counted as dropped, so a collector that does
+ * not answer delays a stop by that much at most. The upstream pool must
+ * outlive cb. */
 void llmux_otlp_close(llmux_otlp_t *o, void (*cb)(void *arg), void *arg);
 
 /* Counters, for metrics and tests. */

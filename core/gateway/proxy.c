@@ -27,6 +27,8 @@
 #include "config/registry.h"
 #include "route/router.h"
 #include "gateway/proxy.h"
+#include "gateway/reqlog.h"
+#include "gateway/trace.h"
 #include "gateway/respond.h"
 #include "base/util.h"
 
@@ -83,6 +85,7 @@ typedef struct proxy_s {
   int up_running;
   llmux_buf_t up_path;
   llmux_buf_t up_headers;
+  uint8_t span_id[8];             /* its CLIENT span, told upstream (gateway/trace.h) */
   llmux_buf_t out;                /* non-stream: the whole answer */
   llmux_buf_t pending;            /* stream: events not yet written */
   llmux_buf_t err_body;           /* non-2xx: the provider's body */
@@ -104,6 +107,9 @@ typedef struct proxy_s {
   llmux_agent_req_t areq;
   llmux_agent_stream_t astream;
   llmux__proxy_link_t live;       /* in gw->proxies until proxy_free (drain, at the end) */
+  llmux_reqlog_t rec;             /* what metrics and the access log see: filled as
+                                     facts become known, ended in proxy_free */
+  int retry_next;                 /* the next attempt is the same route after a backoff */
   /* Scratch arrays, last: each is written before it is read, so a new
    * proxy zeroes only what comes before them (they are most of its size). */
   const llmux_route_conf_t *cands[MAX_CANDIDATES];
@@ -150,6 +156,8 @@ static void free_txn(proxy_t *p) {
   p->ht.txn.data = NULL;
 }
 
+static void record_end(proxy_t *p);
+
 static void proxy_free(proxy_t *p) {
   live_unlink(p);
   if (p->up_running) {
@@ -157,6 +165,7 @@ static void proxy_free(proxy_t *p) {
     llmux_router_inflight(p->gen->router, p->route->index, -1);
     llmux_router_report(p->gen->router, p->route->index, LLMUX_OUTCOME_NEUTRAL, 0, now_ms(p));
   }
+  record_end(p); /* before anything it points into goes */
   if (p->resv.held) llmux_rl_commit(&p->resv, p->resv_tokens, now_ms(p));
   /* A request that got no answer counts, without tokens, against the
    * tenant's requests_per_minute. */
@@ -194,6 +203,7 @@ static void account(proxy_t *p);
 static void on_client_abort(llmux_http_req_t *req) {
   proxy_t *p = req->data;
   llmux_debug("%s: client went away; cancelling the upstream request", p->rid);
+  if (p->rec.error_code == NULL) p->rec.error_code = "client_closed";
   /* A stream the client left half-way was still served (and billed by the
    * provider): count what is known of it. */
   if (p->started) account(p);
@@ -227,7 +237,7 @@ static size_t our_headers(proxy_t *p, llmux_http_header_t *h, const char *ctype,
     h[n++] = (llmux_http_header_t){{"x-llmux-model", 13},
                                    {p->route->model->id, strlen(p->route->model->id)}};
   }
-  llmux_u64_dec(num, overhead_us(p));
+  llmux_u64_dec(num, p->rec.overhead_us = overhead_us(p));
   h[n++] = (llmux_http_header_t){{"x-llmux-overhead-us", 19}, {num, strlen(num)}};
   llmux_u64_dec(num + 24, p->attempts);
   h[n++] = (llmux_http_header_t){{"x-llmux-attempts", 16}, {num + 24, strlen(num + 24)}};
@@ -245,6 +255,8 @@ static void respond_error(proxy_t *p, int status, const char *type, const char *
   char num[48], ra[24];
   size_t n;
   if (p->client == NULL) return;
+  p->rec.status = status;
+  p->rec.error_code = code;
   if (p->agent) {
     llmux_agent_error_json(&body, msg, llmux_agent_error_code(status, code), retry_after_s);
   } else if (ares) {
@@ -419,6 +431,7 @@ static int emit_to_client(void *owner, const char *data, size_t len) {
   proxy_t *p = owner;
   if (p->client == NULL) return LLMUX_ECANCELED;
   if (!p->stream) return llmux_buf_append(&p->out, data, len);
+  p->rec.output_chunks++;
   if (p->agent) /* ARES events out of the provider's OpenAI events */
     return llmux_agent_stream_feed(&p->astream, data, len, &p->pending);
   return llmux_buf_append(&p->pending, data, len);
@@ -427,6 +440,7 @@ static int emit_to_client(void *owner, const char *data, size_t len) {
 static void flush_pending(proxy_t *p) {
   int queued;
   if (p->pending.len == 0 || p->client == NULL || !p->started) return;
+  if (p->rec.ttft_ns == 0) p->rec.ttft_ns = (llmux_now_us() - p->t_start) * 1000u;
   queued = llmux_http_write_buf(p->client, &p->pending);
   if (queued < 0) {
     p->emit_failed = 1;
@@ -444,6 +458,7 @@ static void start_stream(proxy_t *p) {
   char num[48];
   size_t n = our_headers(p, h, "text/event-stream", num);
   h[n++] = (llmux_http_header_t){{"Cache-Control", 13}, {"no-cache", 8}};
+  p->rec.status = 200;
   llmux_http_start(p->client, 200, h, n);
   p->started = 1;
 }
@@ -452,6 +467,7 @@ static void start_stream(proxy_t *p) {
  * SSE event in OpenAI's error shape (of `type`), and end the stream. */
 static void end_stream_as(proxy_t *p, const char *type, const char *code, const char *msg) {
   llmux_buf_t ev = {0};
+  p->rec.error_code = code;
   flush_pending(p);
   llmux_buf_appends(&ev, "data: ");
   if (p->agent) {
@@ -501,20 +517,26 @@ static uint64_t answer_tokens(proxy_t *p) {
              : p->resv_tokens;
 }
 
-/* The answer's usage, per tenant and model; input falls back on the
- * estimate when the provider did not say (a stream without
- * stream_options.include_usage). */
+/* The answer's usage, into the record and per tenant and model; input
+ * falls back on the estimate when the provider did not say (a stream
+ * without stream_options.include_usage), output is unknown then. */
 static void account(proxy_t *p) {
   const llmux_model_conf_t *m = p->route ? p->route->model : NULL;
   llmux_usage_t u;
   uint64_t in, out;
-  if (p->tenant == NULL || m == NULL) return;
+  double cost;
+  if (m == NULL) return;
   u = plugin_usage(p);
   in = u.prompt_tokens >= 0 ? (uint64_t)u.prompt_tokens : p->prompt_tokens;
   out = u.completion_tokens >= 0 ? (uint64_t)u.completion_tokens : 0;
+  cost = ((double)in * m->price_in + (double)out * m->price_out) / 1e6;
+  p->rec.prompt_tokens = (int64_t)in;
+  p->rec.completion_tokens = u.completion_tokens >= 0 ? u.completion_tokens : -1;
+  p->rec.cost_usd = m->has_price ? cost : -1;
+  if (p->tenant == NULL) return;
   p->tenant_tokens = in + out;
   llmux_usage_add(p->gw->usage, p->tenant->conf->name, m->id, llmux_usage_today(), in, out,
-                  ((double)in * m->price_in + (double)out * m->price_out) / 1e6);
+                  cost);
 }
 
 static llmux_agent_info_t agent_info(const proxy_t *p) {
@@ -574,8 +596,93 @@ static void finish_ok(proxy_t *p) {
   if (served_model_ok(&p->ht.txn.served_model))
     h[n++] = (llmux_http_header_t){{"x-llmux-served-model", 20},
                                    {p->ht.txn.served_model.base, p->ht.txn.served_model.len}};
+  p->rec.status = 200;
   llmux_http_respond_buf(p->client, 200, h, n, &p->out);
   proxy_finish(p);
+}
+
+/* ---- the record ---------------------------------------------------------- */
+
+static void attempt_end(proxy_t *p, llmux_attempt_outcome_t outcome) {
+  llmux_reqlog_attempt_end(p->gw, &p->rec, outcome, p->ht.txn.status);
+}
+
+/* A failure before any answer, as an attempt's outcome. */
+static llmux_attempt_outcome_t net_outcome(int err) {
+  if (err == LLMUX_ETIMEOUT) return LLMUX_ATTEMPT_TIMEOUT;
+  if (err == LLMUX_EPROTO) return LLMUX_ATTEMPT_GARBAGE;
+  if (err == LLMUX_ECANCELED) return LLMUX_ATTEMPT_CANCELLED;
+  return LLMUX_ATTEMPT_CONNECT_ERROR;
+}
+
+/* The plugin's class of an error answer, as an attempt's outcome. */
+static llmux_attempt_outcome_t class_outcome(llmux_fail_class_t c, int status) {
+  switch (c) {
+    case LLMUX_FAIL_RATE_LIMITED:
+    case LLMUX_FAIL_QUOTA: return LLMUX_ATTEMPT_RATE_LIMITED;
+    case LLMUX_FAIL_OVERLOADED:
+    case LLMUX_FAIL_SERVER: return LLMUX_ATTEMPT_SERVER_ERROR;
+    case LLMUX_FAIL_TIMEOUT: return LLMUX_ATTEMPT_TIMEOUT;
+    case LLMUX_FAIL_AUTH: return LLMUX_ATTEMPT_AUTH_ERROR;
+    case LLMUX_FAIL_MODEL_NOT_FOUND: return LLMUX_ATTEMPT_MODEL_NOT_FOUND;
+    case LLMUX_FAIL_CONTEXT_LENGTH: return LLMUX_ATTEMPT_CONTEXT_LENGTH;
+    case LLMUX_FAIL_UPSTREAM_GARBAGE: return LLMUX_ATTEMPT_GARBAGE;
+    case LLMUX_FAIL_BAD_REQUEST:
+    case LLMUX_FAIL_CONTENT_FILTER: return LLMUX_ATTEMPT_CLIENT_ERROR;
+    default: return status >= 500 ? LLMUX_ATTEMPT_SERVER_ERROR : LLMUX_ATTEMPT_CLIENT_ERROR;
+  }
+}
+
+static const char *operation_of(int endpoint) {
+  return endpoint == LLMUX_ENDPOINT_EMBEDDINGS    ? "embeddings"
+         : endpoint == LLMUX_ENDPOINT_COMPLETIONS ? "text_completion"
+                                                  : "chat";
+}
+
+/* The request ends: what is known last goes in, and the record is done
+ * (an attempt still open, cut by the client or a drain, ends cancelled). */
+static void record_end(proxy_t *p) {
+  llmux_buf_t *served = &p->ht.txn.served_model;
+  if (p->rec.status == 0) p->rec.status = 499; /* none went out: nginx's "client closed" */
+  if (p->rec.overhead_us == 0) p->rec.overhead_us = overhead_us(p);
+  if (served_model_ok(served) && llmux_buf_reserve(served, 1) == 0) {
+    served->base[served->len] = '\0';
+    p->rec.response_model = served->base;
+  } else {
+    p->rec.response_model = p->rec.provider_model;
+  }
+  llmux_reqlog_done(p->gw, &p->rec);
+}
+
+/* The 404 for a model the caller cannot use (respond.h). */
+static void model_not_found(proxy_t *p) {
+  p->rec.status = 404;
+  p->rec.error_code = "model_not_found";
+  p->rec.overhead_us = overhead_us(p);
+  llmux_respond_model_not_found(p->client, p->gen->cfg, p->tenant, p->model_name);
+  proxy_finish(p);
+}
+
+/* The record the caller began becomes the proxy's (with its request id),
+ * else the proxy begins one. */
+static void take_record(proxy_t *p, llmux_http_req_t *req, const llmux_proxy_opts_t *opts) {
+  if (opts->rec != NULL) {
+    p->rec = *opts->rec;
+    size_t n = strlen(opts->rec->request_id);
+    if (n >= sizeof p->rid) n = sizeof p->rid - 1;
+    memcpy(p->rid, opts->rec->request_id, n);
+    p->rid[n] = '\0';
+  } else {
+    llmux_respond_request_id(p->gw, req, p->rid);
+    llmux_reqlog_begin(p->gw, &p->rec, req, p->rid);
+    p->rec.endpoint = p->agent ? "agent"
+                      : p->endpoint == LLMUX_ENDPOINT_EMBEDDINGS  ? "embeddings"
+                      : p->endpoint == LLMUX_ENDPOINT_COMPLETIONS ? "completions"
+                                                                  : "chat";
+  }
+  p->rec.request_id = p->rid;
+  p->rec.operation = operation_of(p->endpoint);
+  if (p->tenant != NULL) p->rec.tenant = p->tenant->conf->name;
 }
 
 /* ---- failures ------------------------------------------------------------ */
@@ -608,6 +715,24 @@ static int status_for(llmux_fail_class_t c, int upstream_status) {
     case LLMUX_FAIL_OVERLOADED: return 503;
     case LLMUX_FAIL_TIMEOUT: return 504;
     default: return 502;
+  }
+}
+
+/* The route's last error in a few words (GET /admin/routes), after the
+ * upstream status; NULL when the failure was the client's request. */
+static const char *route_error_words(llmux_fail_class_t c) {
+  switch (c) {
+    case LLMUX_FAIL_RATE_LIMITED: return "rate limited";
+    case LLMUX_FAIL_QUOTA: return "quota exhausted";
+    case LLMUX_FAIL_OVERLOADED: return "overloaded";
+    case LLMUX_FAIL_TIMEOUT: return "timed out";
+    case LLMUX_FAIL_AUTH: return "key refused";
+    case LLMUX_FAIL_MODEL_NOT_FOUND: return "model not found";
+    case LLMUX_FAIL_UPSTREAM_GARBAGE: return "garbage";
+    case LLMUX_FAIL_BAD_REQUEST:
+    case LLMUX_FAIL_CONTEXT_LENGTH:
+    case LLMUX_FAIL_CONTENT_FILTER: return NULL;
+    default: return "server error";
   }
 }
 
@@ -708,6 +833,7 @@ static void failover(proxy_t *p, int retry_same) {
     if (now_ms(p) + delay < p->deadline_ms) {
       p->same_retries++;
       p->next--;
+      p->retry_next = 1;
       if (!p->timer_live) {
         uv_timer_init(p->gw->loop, &p->timer);
         p->timer_live = 1;
@@ -792,7 +918,9 @@ static void attempt_failed_net(proxy_t *p, int status) {
   const char *why = status == LLMUX_EPROTO ? "the answer was not HTTP" : llmux_strerror(status);
   int reached = !(status == LLMUX_ECONNREFUSED || status == LLMUX_EDNS || status == LLMUX_ECERT ||
                   status == LLMUX_ETLS || status == LLMUX_EINVAL);
-  llmux_router_report(p->gen->router, p->route->index, LLMUX_OUTCOME_FAILURE, 0, now_ms(p));
+  llmux_router_report_error(p->gen->router, p->route->index, LLMUX_OUTCOME_FAILURE, now_ms(p),
+                            why, wall_ms());
+  attempt_end(p, net_outcome(status));
   if (reached) llmux_rl_commit(&p->resv, p->resv_tokens, now_ms(p));
   else llmux_rl_release(&p->resv, now_ms(p));
   llmux_buf_t advice = {0};
@@ -817,9 +945,12 @@ static void attempt_failed_http(proxy_t *p) {
   llmux_rl_key_t key = route_key(p->route);
   int status, upstream = p->ht.txn.status;
   llmux_outcome_t outcome = LLMUX_OUTCOME_FAILURE;
+  const char *words;
+  char what[LLMUX_ROUTE_ERROR_MAX];
   memset(&e, 0, sizeof e);
   p->prov->plugin->vt->classify_error(p->prov->instance, &p->ht.txn, p->err_body.base,
                                       p->err_body.len, &e);
+  attempt_end(p, class_outcome(e.cls, upstream));
   llmux_rl_commit(&p->resv, p->resv_tokens, now_ms(p));
   if (e.cls == LLMUX_FAIL_RATE_LIMITED) {
     /* Rest the route until the provider's retry-after (headers synced in
@@ -837,7 +968,10 @@ static void attempt_failed_http(proxy_t *p) {
              e.cls == LLMUX_FAIL_CONTENT_FILTER) {
     outcome = LLMUX_OUTCOME_NEUTRAL;
   }
-  llmux_router_report(p->gen->router, p->route->index, outcome, 0, now_ms(p));
+  if ((words = route_error_words(e.cls)) != NULL)
+    snprintf(what, sizeof what, "%d %s", upstream, words);
+  llmux_router_report_error(p->gen->router, p->route->index, outcome, now_ms(p),
+                            words ? what : NULL, wall_ms());
   if (e.cls == LLMUX_FAIL_CONTEXT_LENGTH)
     p->min_context = p->route->model->context_window ? p->route->model->context_window
                                                      : UINT64_MAX;
@@ -867,8 +1001,11 @@ static void on_up_done(llmux_upstream_req_t *up, int status) {
   }
   if (status < 0 && p->started) {
     char msg[300];
+    attempt_end(p, LLMUX_ATTEMPT_BROKEN);
     llmux_rl_commit(&p->resv, p->resv_tokens, now_ms(p));
-    llmux_router_report(p->gen->router, p->route->index, LLMUX_OUTCOME_FAILURE, 0, now_ms(p));
+    snprintf(msg, sizeof msg, "stream broke: %s", llmux_strerror(status));
+    llmux_router_report_error(p->gen->router, p->route->index, LLMUX_OUTCOME_FAILURE, now_ms(p),
+                              msg, wall_ms());
     snprintf(msg, sizeof msg, "The stream from provider '%s' broke: %s.",
              p->route->provider->name, llmux_strerror(status));
     llmux_warn("%s: %s/%s: stream broke: %s", p->rid, p->route->provider->name, p->route->id,
@@ -883,6 +1020,7 @@ static void on_up_done(llmux_upstream_req_t *up, int status) {
   p->prov->plugin->vt->parse_response(p->prov->instance, &p->ht.txn, NULL, 0, 1);
   llmux_rl_commit(&p->resv, answer_tokens(p), now_ms(p));
   if (p->started) {
+    attempt_end(p, p->emit_failed == 2 ? LLMUX_ATTEMPT_GARBAGE : LLMUX_ATTEMPT_OK);
     if (p->emit_failed == 2)
       end_stream_with_error(p, "upstream_garbage", "The provider's stream was malformed.");
     else
@@ -892,15 +1030,18 @@ static void on_up_done(llmux_upstream_req_t *up, int status) {
   /* The body passed through untouched, so check it once: a 200 whose body
    * is not JSON is the provider's fault, and another route may do better. */
   if (p->emit_failed == 2 || !looks_like_object(&p->out)) {
+    attempt_end(p, LLMUX_ATTEMPT_GARBAGE);
     p->elsewhere_us += now - p->t_up_start;
     p->t_up_start = p->t_up_head = 0;
-    llmux_router_report(p->gen->router, p->route->index, LLMUX_OUTCOME_FAILURE, 0, now_ms(p));
+    llmux_router_report_error(p->gen->router, p->route->index, LLMUX_OUTCOME_FAILURE, now_ms(p),
+                              "200 not a JSON object", wall_ms());
     note_failure(p, 502, "upstream_error", "upstream_garbage", 0,
                  "Provider '%s' answered 200 with a body that is not a JSON object",
                  p->route->provider->name);
     failover(p, 0);
     return;
   }
+  attempt_end(p, LLMUX_ATTEMPT_OK);
   finish_ok(p);
 }
 
@@ -922,6 +1063,7 @@ static void build_upstream(proxy_t *p) {
   llmux_buf_appends(&p->up_headers, "X-Request-Id: ");
   llmux_buf_appends(&p->up_headers, p->rid);
   llmux_buf_appends(&p->up_headers, "\r\n");
+  llmux_trace_headers(&p->rec, p->span_id, p->client, &p->up_headers);
   llmux_buf_append(&p->up_headers, t->headers.base, t->headers.len);
   for (i = 0; i < pc->nheaders; i++)
     llmux_buf_printf(&p->up_headers, "%s: %s\r\n", pc->headers[i].key, pc->headers[i].value);
@@ -965,11 +1107,13 @@ static void respond_locally(proxy_t *p, const llmux_route_conf_t *r, llmux_provi
       !looks_like_object(&p->out))
     rc = LLMUX_EUPSTREAM;
   if (rc != 0 && p->started) {
+    attempt_end(p, LLMUX_ATTEMPT_BROKEN);
     llmux_rl_release(&p->resv, now_ms(p));
     end_stream_with_error(p, "local_provider_failed", "The local provider failed mid-answer.");
     return;
   }
   if (rc != 0) {
+    attempt_end(p, rc == LLMUX_EINVAL ? LLMUX_ATTEMPT_CLIENT_ERROR : LLMUX_ATTEMPT_SERVER_ERROR);
     llmux_rl_release(&p->resv, now_ms(p));
     if (rc == LLMUX_EINVAL)
       note_failure(p, 400, "invalid_request_error", "unsupported_request", 0,
@@ -981,9 +1125,18 @@ static void respond_locally(proxy_t *p, const llmux_route_conf_t *r, llmux_provi
     try_next(p);
     return;
   }
+  attempt_end(p, LLMUX_ATTEMPT_OK);
   llmux_rl_commit(&p->resv, answer_tokens(p), now_ms(p));
   llmux_router_report(p->gen->router, r->index, LLMUX_OUTCOME_SUCCESS, 0, now_ms(p));
   finish_ok(p);
+}
+
+/* A new attempt's CLIENT span (zero when the request is not traced), kept
+ * in its record slot too. */
+static void trace_attempt(proxy_t *p) {
+  llmux_trace_attempt(p->gw, &p->rec, p->span_id);
+  if (p->rec.nattempts <= LLMUX_REQLOG_MAX_ATTEMPTS)
+    memcpy(p->rec.attempts[p->rec.nattempts - 1].span_id, p->span_id, sizeof p->span_id);
 }
 
 /* Sends the request to one route. On a local failure notes it and moves
@@ -996,6 +1149,12 @@ static void attempt(proxy_t *p, const llmux_route_conf_t *r, llmux_provider_rt_t
   p->route = r;
   p->prov = rt;
   p->attempts++;
+  p->rec.provider = r->provider->name;
+  p->rec.provider_model = r->id;
+  p->rec.canonical_model = r->model->id;
+  llmux_reqlog_attempt_begin(&p->rec, r->provider->name, r->id, p->retry_next);
+  trace_attempt(p);
+  p->retry_next = 0;
   p->resv_tokens = tokens;
   memset(&p->resv, 0, sizeof p->resv);
   llmux_rl_reserve(p->gw->rl, &key, tokens, now_ms(p), &p->resv);
@@ -1025,6 +1184,8 @@ static void attempt(proxy_t *p, const llmux_route_conf_t *r, llmux_provider_rt_t
   }
   rc = rt->plugin->vt->translate_request(rt->instance, t);
   if (rc != 0 || t->nbody_parts == 0 || t->nbody_parts > LLMUX_TXN_MAX_BODY_PARTS) {
+    attempt_end(p, rc == LLMUX_EINVAL || rc == 0 ? LLMUX_ATTEMPT_CLIENT_ERROR
+                                                 : LLMUX_ATTEMPT_SERVER_ERROR);
     llmux_rl_release(&p->resv, now_ms(p));
     /* EINVAL: the request holds something this provider cannot take (an
      * audio part for Anthropic, say): another route may; if none can, it
@@ -1046,10 +1207,12 @@ static void attempt(proxy_t *p, const llmux_route_conf_t *r, llmux_provider_rt_t
   llmux_router_inflight(p->gen->router, r->index, +1);
   rc = llmux_upstream_start(p->gw->up, &p->up);
   if (rc != 0) {
+    attempt_end(p, net_outcome(rc));
     llmux_router_inflight(p->gen->router, r->index, -1);
     p->t_up_start = 0;
     llmux_rl_release(&p->resv, now_ms(p));
-    llmux_router_report(p->gen->router, r->index, LLMUX_OUTCOME_FAILURE, 0, now_ms(p));
+    llmux_router_report_error(p->gen->router, r->index, LLMUX_OUTCOME_FAILURE, now_ms(p),
+                              llmux_strerror(rc), wall_ms());
     note_net_failure(p, 502, "upstream_error", llmux_err_code(rc), llmux_strerror(rc));
     try_next(p);
     return;
@@ -1162,8 +1325,7 @@ static int tenant_admit(proxy_t *p) {
                          : llmux_tenant_may_use(p->tenant, &p->res, NULL);
   if (!allowed && !p->agent) {
     /* The same answer as for a name that does not exist. */
-    llmux_respond_model_not_found(p->client, p->gen->cfg, p->tenant, p->model_name);
-    proxy_finish(p);
+    model_not_found(p);
     return -1;
   }
   if (!allowed) {
@@ -1186,7 +1348,7 @@ static int tenant_admit(proxy_t *p) {
 }
 
 void llmux_proxy_handle(llmux_gateway_t *gw, llmux_http_req_t *req, int endpoint) {
-  llmux_proxy_opts_t o = {endpoint, NULL, 0, NULL};
+  llmux_proxy_opts_t o = {endpoint, NULL, 0, NULL, NULL};
   llmux_proxy_handle_opts(gw, req, &o);
 }
 
@@ -1196,6 +1358,12 @@ void llmux_proxy_handle_opts(llmux_gateway_t *gw, llmux_http_req_t *req,
   if (p != NULL) memset(p, 0, offsetof(proxy_t, cands));
   if (p == NULL) {
     llmux_http_send_error(req, 503, "server_error", "out_of_memory", "Out of memory.", NULL);
+    if (opts->rec != NULL) {
+      llmux_reqlog_t rec = *opts->rec;
+      rec.status = 503;
+      rec.error_code = "out_of_memory";
+      llmux_reqlog_done(gw, &rec);
+    }
     return;
   }
   p->gw = gw;
@@ -1209,10 +1377,13 @@ void llmux_proxy_handle_opts(llmux_gateway_t *gw, llmux_http_req_t *req,
   req->data = p;
   req->on_abort = on_client_abort;
   req->on_drain = on_client_drain;
-  llmux_respond_request_id(gw, req, p->rid);
+  take_record(p, req, opts);
+  llmux_trace_begin(gw, &p->rec, req);
   llmux_http_req_take_body(req, &p->body);
   if (p->agent && agent_request(p) != 0) return;
   if (validate(p) != 0) return;
+  p->rec.model = p->model_name;
+  p->rec.stream = p->stream;
   if (llmux_resolve(p->gen->cfg, p->model_name, &p->res) != 0 ||
       (p->agent && p->res.profile != p->areq.profile)) {
     if (p->agent) {
@@ -1221,10 +1392,10 @@ void llmux_proxy_handle_opts(llmux_gateway_t *gw, llmux_http_req_t *req,
                   p->areq.agent->name);
       return;
     }
-    llmux_respond_model_not_found(req, p->gen->cfg, p->tenant, p->model_name);
-    proxy_finish(p);
+    model_not_found(p);
     return;
   }
+  if (p->res.model != NULL) p->rec.canonical_model = p->res.model->id;
   p->deadline_ms = now_ms(p) + p->gen->cfg->server.request_timeout_ms;
   if (p->tenant && tenant_admit(p) != 0) return;
   if (plan_routes(p) != 0) {

@@ -14,6 +14,10 @@ typedef struct llmux_proxy_opts_s {
   int agent;                     /* 1: ARES's POST /v1/chat (agent.h) */
   llmux_generation_t *gen;       /* the generation `tenant` belongs to, which
                                     the request pins; NULL: gw->current */
+  const struct llmux_reqlog_s *rec; /* the request's record, begun by the
+                                    caller (gateway/reqlog.h): the proxy takes
+                                    it over (a copy) and ends it; NULL: the
+                                    proxy begins its own */
 } llmux_proxy_opts_t;
 void llmux_proxy_handle_opts(llmux_gateway_t *gw, llmux_http_req_t *req,
                              const llmux_proxy_opts_t *opts);

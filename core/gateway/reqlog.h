@@ -13,6 +13,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "base/util.h"
+#include "gateway/obs.h"
 #include "gateway/otlp.h"
 
 #define LLMUX_REQLOG_MAX_ATTEMPTS 16
@@ -51,7 +53,9 @@ typedef struct llmux_reqlog_s {
   const char *request_id;
   const char *tenant;         /* NULL when llmux runs open */
   const char *endpoint;       /* "chat", "completions", "embeddings", "agent", ... */
-  const char *operation;      /* gen_ai.operation.name: chat, text_completion, embeddings */
+  const char *operation;      /* gen_ai.operation.name: chat, text_completion,
+                                 embeddings; NULL for a request the proxy did not
+                                 take (no GenAI metrics, no overhead) */
   const char *model;          /* as asked */
   const char *canonical_model;
   const char *provider;       /* the route that answered, else the last tried */
@@ -61,7 +65,7 @@ typedef struct llmux_reqlog_s {
   const char *error_code;     /* the error's code, NULL on success */
   int stream;
   int64_t prompt_tokens, completion_tokens; /* -1: unknown */
-  double cost_usd;
+  double cost_usd;            /* from the configured prices; -1: unknown */
   uint64_t start_ns;          /* Unix time the request's first byte was parsed */
   uint64_t ttft_ns;           /* time to first token (streams), 0 when none */
   uint64_t duration_ns;
@@ -75,6 +79,63 @@ typedef struct llmux_reqlog_s {
   llmux_reqlog_attempt_t attempts[LLMUX_REQLOG_MAX_ATTEMPTS];
   size_t nattempts;           /* attempts beyond the array are counted, not kept */
   unsigned failovers, retries;
+  /* private */
+  uint64_t mono_start_us;     /* llmux_now_us() at start_ns: durations are monotonic */
+  int attempt_open;           /* an attempt began and has not ended */
+  const char *cur_provider, *cur_model; /* its route, also past the array */
 } llmux_reqlog_t;
+
+struct llmux_gateway_s;
+struct llmux_http_req_s;
+
+/* The record's life, on the loop:
+ *
+ *   llmux_reqlog_begin              when the request is handed over
+ *   llmux_reqlog_attempt_begin/end  around each upstream attempt (the proxy)
+ *   llmux_reqlog_done               once, when the request ends
+ *
+ * begin counts the request in llmux_requests_in_flight and done takes it
+ * out again; each attempt's end counts llmux_upstream_attempts_total (the
+ * outcome is known there, and attempts beyond the array still count);
+ * done records everything else: llmux_requests_total, the GenAI
+ * histograms, overhead, failovers, retries, tenants' tokens and cost, and
+ * the access-log line. */
+
+/* Zeroes rec, marks tokens unknown, and sets the times from the front
+ * door's `start_us` (llmux_now_us() of the request's first byte). With an
+ * access log, also the client's address (one getpeername: done only when
+ * the line will be written). */
+void llmux_reqlog_begin(struct llmux_gateway_s *gw, llmux_reqlog_t *rec,
+                        const struct llmux_http_req_s *req, const char *request_id);
+
+/* The request goes on elsewhere after all (an operator's request checked
+ * at its head and handled later): takes it out of the in-flight gauge,
+ * records nothing. */
+void llmux_reqlog_cancel(struct llmux_gateway_s *gw, llmux_reqlog_t *rec);
+
+/* An attempt on (provider, its model id) starts now; `retry`: the same route
+ * again after a backoff. Counts it in nattempts; kept while there is room. */
+void llmux_reqlog_attempt_begin(llmux_reqlog_t *rec, const char *provider, const char *model,
+                                int retry);
+/* The attempt that began ends now with `outcome` (`status`: the provider's
+ * HTTP status, 0 when none). Does nothing when no attempt is open. */
+void llmux_reqlog_attempt_end(struct llmux_gateway_s *gw, llmux_reqlog_t *rec,
+                              llmux_attempt_outcome_t outcome, int status);
+
+/* The request ended: duration (when the caller left it 0), metrics, the
+ * access log. Call once per begin. Strings in rec may go after it returns. */
+void llmux_reqlog_done(struct llmux_gateway_s *gw, llmux_reqlog_t *rec);
+
+/* The parts of done that need no gateway, for tests. */
+/* Everything done records into o except in-flight and attempts. */
+void llmux_reqlog_metrics(llmux_obs_t *o, const llmux_reqlog_t *rec);
+/* The access-log line: one JSON object and '\n', appended to out. The
+ * fields, in this order: time (the request's end, RFC 3339 UTC with
+ * milliseconds), request_id, tenant, endpoint, model, canonical_model,
+ * provider, provider_model, status, error_code, attempts ([{provider,
+ * model, outcome, ms}]), stream, prompt_tokens, completion_tokens,
+ * cost_usd, ttft_ms, duration_ms, overhead_us, client_ip; null for what is
+ * unknown. Never a key, never a message's content. 0 or LLMUX_ENOMEM. */
+int llmux_reqlog_json(llmux_buf_t *out, const llmux_reqlog_t *rec);
 
 #endif

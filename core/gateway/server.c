@@ -11,6 +11,16 @@
 
 #include "base/log.h"
 #include "base/util.h"
+#include "gateway/scrape.h"
+#include "gateway/trace.h"
+#include "llmux/provider.h"
+
+#ifndef LLMUX_VERSION
+#define LLMUX_VERSION "0.0.0"
+#endif
+#define STR_(x) #x
+#define STR(x) STR_(x)
+#define ABI_STRING STR(LLMUX_PROVIDER_ABI_MAJOR) "." STR(LLMUX_PROVIDER_ABI_MINOR)
 
 /* ---- what outlives generations ------------------------------------------ */
 
@@ -23,6 +33,8 @@
 static int init_shared(llmux_gateway_t *gw) {
   int rc;
   llmux_provider_cache_init(&gw->cache);
+  if ((rc = llmux_obs_init(&gw->obs, LLMUX_VERSION, ABI_STRING)) != 0) return rc;
+  if ((rc = llmux_scrape_init(gw)) != 0) return rc;
   if ((rc = llmux_route_table_new(&gw->routes)) != 0) return rc;
   if ((rc = llmux_rl_memory_store_new(RL_KEYS, &gw->rl)) != 0) return rc;
   return llmux_rl_memory_store_new(TENANT_RL_KEYS, &gw->tenant_rl);
@@ -35,6 +47,8 @@ static void free_shared(llmux_gateway_t *gw) {
   if (gw->rl) llmux_rl_store_destroy(gw->rl);
   if (gw->tenant_rl) llmux_rl_store_destroy(gw->tenant_rl);
   llmux_provider_cache_free(&gw->cache);
+  llmux_obs_free(&gw->obs);
+  llmux_buf_free(&gw->log_line);
   free(gw->config_path);
   free(gw->plugin_dir);
   gw->routes = NULL;
@@ -79,6 +93,60 @@ static void drop_current(llmux_gateway_t *gw) {
   if (gen != NULL) llmux_generation_unref(gen);
 }
 
+/* ---- the access log ------------------------------------------------------- */
+
+/* The memory goes once the last line is written; `data` is the gateway
+ * when the close was one of its close steps. */
+static void on_log_closed(llmux_logfile_t *lf) {
+  llmux_gateway_t *gw = lf->data;
+  free(lf);
+  if (gw != NULL) close_step(gw);
+}
+
+/* `path` ("stdout" or a file) opened for the access log; NULL and an error
+ * logged when it cannot be. */
+static llmux_logfile_t *log_open(llmux_gateway_t *gw, const char *path) {
+  llmux_logfile_t *lf = llmux_xmalloc(sizeof *lf);
+  int rc = llmux_logfile_open(lf, gw->loop, path, 0, 0, 0);
+  if (rc != 0) {
+    llmux_error("cannot open the access log %s: %s", path, uv_strerror(rc)); /* libuv's */
+    free(lf);
+    return NULL;
+  }
+  return lf;
+}
+
+/* Writes what is pending, then closes; `step`: a step of the gateway's close. */
+static void log_close(llmux_gateway_t *gw, llmux_logfile_t *lf, int step) {
+  lf->data = step ? gw : NULL;
+  if (step) gw->close_pending++;
+  llmux_logfile_close(lf, on_log_closed);
+}
+
+/* After a reload: the same file is opened again (as on SIGUSR1: a rotated
+ * file is let go), another one replaces it, "off" closes it. A new file that
+ * cannot be opened leaves the old one in use. */
+static void log_reload(llmux_gateway_t *gw) {
+  const char *path = gw->cfg->server.access_log;
+  llmux_logfile_t *old = gw->access_log, *lf = NULL;
+  if (old != NULL && path != NULL && strcmp(old->path, path) == 0) {
+    llmux_logfile_reopen(old);
+    return;
+  }
+  if (path != NULL && (lf = log_open(gw, path)) == NULL) return;
+  gw->access_log = lf;
+  if (old != NULL) log_close(gw, old, 0);
+  if (lf != NULL) llmux_info("access log: %s", path);
+}
+
+static void on_sigusr1(uv_signal_t *h, int signum) {
+  llmux_gateway_t *gw = h->data;
+  (void)signum;
+  if (gw->access_log == NULL) return;
+  llmux_info("received SIGUSR1: reopening the access log %s", gw->access_log->path);
+  llmux_logfile_reopen(gw->access_log);
+}
+
 /* ---- start ---------------------------------------------------------------- */
 
 static void reset(llmux_gateway_t *gw, uv_loop_t *loop) {
@@ -96,8 +164,11 @@ static int init_front(llmux_gateway_t *gw) {
   const llmux_server_conf_t *s = &gw->cfg->server;
   llmux_http_options_t opts;
   char err[512];
-  int rc = llmux_usage_open(gw->loop, s->usage_db, llmux_usage_today(), &gw->usage, err,
-                            sizeof err);
+  int rc;
+  if (s->access_log != NULL && (gw->access_log = log_open(gw, s->access_log)) == NULL)
+    return LLMUX_EIO;
+  rc = llmux_usage_open(gw->loop, s->usage_db, llmux_usage_today(), &gw->usage, err,
+                        sizeof err);
   if (rc != 0) {
     llmux_error("%s", err);
     return rc;
@@ -111,6 +182,7 @@ static int init_front(llmux_gateway_t *gw) {
   opts.max_memory = (size_t)s->max_memory;
   opts.on_head = llmux_api_on_head;
   opts.on_request = llmux_api_on_request;
+  opts.on_status = llmux_api_on_status;
   rc = llmux_http_server_init(gw->loop, &gw->http, &opts);
   gw->http.data = gw;
   return rc;
@@ -125,10 +197,15 @@ static int start(llmux_gateway_t *gw, int rc) {
   memset(&uo, 0, sizeof uo);
   uo.data = gw;
   if (rc == 0) rc = llmux_upstream_new(gw->loop, &uo, &gw->up);
-  if (rc == 0) return 0;
+  if (rc == 0) {
+    llmux_trace_open(gw); /* best effort: a failure is logged, requests go on */
+    return 0;
+  }
   if (front) llmux_http_server_close(&gw->http, NULL);
   if (gw->usage) llmux_usage_close(gw->usage, NULL, NULL);
   gw->usage = NULL;
+  if (gw->access_log) log_close(gw, gw->access_log, 0);
+  gw->access_log = NULL;
   drop_current(gw);
   free_shared(gw);
   return rc;
@@ -212,14 +289,18 @@ int llmux_gateway_reload(llmux_gateway_t *gw, llmux_diag_t *diag) {
   if (gw->config_path == NULL || gw->stopping || gw->draining) return LLMUX_EINVAL;
   if (llmux_generation_load(shared_of(gw, &sh), gw->config_path, gw->plugin_dir,
                             gw->generations + 1, diag, &gen) != 0) {
+    llmux_series_add(llmux_metric_series3(gw->obs.reloads, "failure", NULL, NULL), 1);
     log_diag(diag, from);
     llmux_error("reload of %s failed: the configuration has errors; generation %llu still "
                 "serves", gw->config_path, (unsigned long long)gw->generations);
     return LLMUX_ECONFIG;
   }
   warn_restart_only(&gw->cfg->server, &gen->cfg->server);
+  llmux_trace_reload(gw, gen->cfg); /* compares with the current one: before set_current */
   set_current(gw, gen);
+  llmux_series_add(llmux_metric_series3(gw->obs.reloads, "success", NULL, NULL), 1);
   if (!gw->keep_log_level) llmux_log_level = gen->cfg->server.log_level;
+  log_reload(gw);
   log_diag(diag, from);
   llmux_log(LLMUX_LOG_INFO | LLMUX_LOG_ALWAYS,
             "reloaded %s: generation %llu (%zu files, %zu models, %zu routes)",
@@ -259,14 +340,31 @@ static void on_upstream_closed(llmux_upstream_t *up) {
   close_step(llmux_upstream_data(up));
 }
 
+static void close_upstream(llmux_gateway_t *gw) {
+  llmux_upstream_t *up = gw->up;
+  gw->up = NULL;
+  llmux_upstream_close(up, on_upstream_closed);
+}
+
+/* The trace exporter sent its last spans through the pool: now the pool. */
+static void on_trace_closed(void *arg) {
+  close_upstream(arg);
+}
+
 static void on_http_closed(llmux_http_server_t *srv) {
   llmux_gateway_t *gw = srv->data;
   /* The front door first: aborting client requests cancelled their upstream
    * requests, so the pool now closes with nothing running; its TLS sessions
-   * are gone when it calls back. */
+   * are gone when it calls back. Only the trace exporter may still send
+   * through it: its last batch goes first (2 s at most). */
   gw->close_pending++;
-  llmux_upstream_close(gw->up, on_upstream_closed);
-  gw->up = NULL;
+  if (!llmux_trace_close(gw, on_trace_closed, gw)) close_upstream(gw);
+  /* Every request is finished and logged: the access log's last lines go
+   * out before it closes. */
+  if (gw->access_log) {
+    log_close(gw, gw->access_log, 1);
+    gw->access_log = NULL;
+  }
   /* Every request is finished and counted: write the last usage now, on
    * this thread, so a clean stop loses nothing. */
   if (gw->usage) {
@@ -296,6 +394,7 @@ static void close_stop_handles(llmux_gateway_t *gw) {
     uv_close((uv_handle_t *)&gw->sigint, NULL);
     uv_close((uv_handle_t *)&gw->sigterm, NULL);
     uv_close((uv_handle_t *)&gw->sighup, NULL);
+    uv_close((uv_handle_t *)&gw->sigusr1, NULL);
   }
   if (gw->drain_timer_live) {
     gw->drain_timer_live = 0;
@@ -437,11 +536,13 @@ int llmux_serve(const char *config_path, const char *plugin_dir, int verbose) {
   uv_signal_init(&loop, &gw.sigint);
   uv_signal_init(&loop, &gw.sigterm);
   uv_signal_init(&loop, &gw.sighup);
-  gw.sigint.data = gw.sigterm.data = gw.sighup.data = &gw;
+  uv_signal_init(&loop, &gw.sigusr1);
+  gw.sigint.data = gw.sigterm.data = gw.sighup.data = gw.sigusr1.data = &gw;
   gw.signals_live = 1;
   uv_signal_start(&gw.sigint, on_signal, SIGINT);
   uv_signal_start(&gw.sigterm, on_signal, SIGTERM);
   uv_signal_start(&gw.sighup, on_sighup, SIGHUP);
+  uv_signal_start(&gw.sigusr1, on_sigusr1, SIGUSR1);
   log_start(&gw);
   uv_run(&loop, UV_RUN_DEFAULT);
   rc = uv_loop_close(&loop);

@@ -8,6 +8,9 @@
 
 #include "config/config.h"
 #include "gateway/generation.h"
+#include "gateway/logfile.h"
+#include "gateway/obs.h"
+#include "gateway/otlp.h"
 #include "http/http_server.h"
 #include "plugin/providers.h"
 #include "route/ratelimit.h"
@@ -39,6 +42,9 @@ typedef struct llmux_gateway_s {
   llmux_route_table_t *routes; /* breakers, latency, in flight */
   llmux_provider_cache_t cache; /* plugins and TLS contexts */
   llmux_usage_store_t *usage;  /* per-tenant usage, persisted to usage_db */
+  llmux_obs_t obs;             /* metrics (GET /metrics; gateway/reqlog.h) */
+  llmux_logfile_t *access_log; /* [server] access_log; NULL: off */
+  llmux_otlp_t *otlp;          /* [server] otlp_endpoint; NULL: off (gateway/trace.h) */
   uint64_t generations;        /* number of the newest generation built */
   uint64_t started_us;
   uint64_t requests;           /* requests handled */
@@ -51,6 +57,11 @@ typedef struct llmux_gateway_s {
   unsigned live_generations;   /* built and not yet freed: the close waits */
   int generations_closing;     /* the last one freed is a close step */
   uv_signal_t sighup;          /* reload (llmux_serve only, with sigint) */
+  uv_signal_t sigusr1;         /* reopen the access log (llmux_serve only) */
+  llmux_buf_t log_line;        /* each access-log line is built here */
+  int answered_status;         /* the status of the last response head the
+                                  front door sent (its on_status hook): what
+                                  an endpoint that answers at once answered */
   uv_signal_t sigint, sigterm;
   int signals_live;            /* sigint/sigterm are open (llmux_serve only) */
   uv_timer_t drain_timer;      /* drain_timeout, then a short grace */
@@ -64,7 +75,8 @@ typedef struct llmux_gateway_s {
 
 /* Loads `config_path` (plugins from its plugin_dir, else `plugin_dir`),
  * prints its `file:line` diagnostics to stderr, and serves until
- * SIGINT/SIGTERM; SIGHUP reloads (llmux_gateway_reload). `verbose`: keep
+ * SIGINT/SIGTERM; SIGHUP reloads (llmux_gateway_reload), SIGUSR1 reopens
+ * the access log (for rotation; a successful reload also does). `verbose`: keep
  * the log level the caller set rather than the configuration's. The first
  * stop signal drains: no new connection,
  * idle ones closed, requests in flight answered; after [server]

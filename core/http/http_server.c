@@ -1310,6 +1310,18 @@ void llmux_http_req_take_body(llmux_http_req_t *req, llmux_buf_t *out) {
   req->body = (llmux_str_t){"", 0};
 }
 
+void llmux_http_server_conn_stats(const llmux_http_server_t *srv,
+                                  llmux_http_conn_stats_t *out) {
+  const llmux__http_conn_t *c;
+  memset(out, 0, sizeof *out);
+  for (c = srv->conns; c != NULL; c = c->next) {
+    if (c->closed || c->phase == PH_CLOSING) out->closing++;
+    else if (c->phase == PH_HANDLING) out->active++;
+    else if (c->phase == PH_HEAD || c->phase == PH_BODY) out->reading++;
+    else out->idle++;
+  }
+}
+
 int llmux_http_req_peer(const llmux_http_req_t *req, struct sockaddr_storage *out) {
   const http_req_t *r = (const http_req_t *)req;
   int len = sizeof(*out);
@@ -1330,6 +1342,7 @@ static int respond(http_req_t *r, int status, const llmux_http_header_t *h, size
   uv_buf_t bufs[2];
 
   if (!req_usable(r) || r->started) { free(owned); return r->started ? LLMUX_EINVAL : LLMUX_ECANCELED; }
+  if (c->srv->opts.on_status != NULL) c->srv->opts.on_status(&r->pub, status);
   if (r->in_head) r->pub.keep_alive = 0; /* the body is left unread */
   if (need > sizeof(stack) && (head = malloc(need)) == NULL) {
     free(owned);
@@ -1388,6 +1401,7 @@ int llmux_http_start(llmux_http_req_t *req, int status, const llmux_http_header_
   if (!req_usable(r)) return LLMUX_ECANCELED;
   if (r->started) return LLMUX_EINVAL;
   r->started = 1;
+  if (c->srv->opts.on_status != NULL) c->srv->opts.on_status(req, status);
   if (r->in_head) req->keep_alive = 0; /* the body is left unread */
   if (no_body_status(status)) r->no_body = 1;
   r->chunked = req->version_minor >= 1 && !r->no_body;

@@ -146,6 +146,12 @@ typedef struct llmux_http_options_s {
   llmux_http_request_cb on_head; /* optional: see "Early answers" above */
   unsigned max_connections;   /* open connections; 0: 10000 */
   size_t max_memory;          /* read and body buffers, all connections; 0: 512 MiB */
+  /* optional: called with the status of each response to a request given
+   * to on_head or on_request, as its head is sent (llmux_http_respond*,
+   * llmux_http_send_error, llmux_http_start), before that call returns and
+   * while the request is still valid. For metrics and logs: it must not
+   * touch the response. Not called for the server's own answers. */
+  void (*on_status)(llmux_http_req_t *req, int status);
   void *reserved[1];
 } llmux_http_options_t;
 
@@ -221,6 +227,16 @@ void llmux_http_server_close(llmux_http_server_t *srv, llmux_http_close_cb cb);
  * inside it. 0, or LLMUX_EINVAL when the server is already draining or
  * closing (then cb is never called). */
 int llmux_http_server_drain(llmux_http_server_t *srv, llmux_http_drained_cb cb);
+
+/* Open connections by what they are doing, read at any time (metrics). */
+typedef struct llmux_http_conn_stats_s {
+  unsigned idle;      /* between requests, or connected and silent */
+  unsigned reading;   /* a request's head or body arriving */
+  unsigned active;    /* a request with the handler (a stream included) */
+  unsigned closing;   /* last response sent, lingering before the close */
+} llmux_http_conn_stats_t;
+void llmux_http_server_conn_stats(const llmux_http_server_t *srv,
+                                  llmux_http_conn_stats_t *out);
 
 /* Value of the first header called `name` (case-insensitive), or NULL. */
 const llmux_str_t *llmux_http_header(const llmux_http_req_t *req, const char *name);

@@ -136,6 +136,27 @@ static void test_many_series_keep_their_identity(void **state) {
   llmux_metrics_free(m);
 }
 
+/* Lookups remember series by the addresses of their values; an address
+ * that now holds other bytes (a configuration freed by a reload, its memory
+ * used again) finds the series of those bytes, never the old one. */
+static void test_the_same_address_with_other_bytes_is_another_series(void **state) {
+  static const char *const labels[] = {"provider", "model"};
+  llmux_metrics_t *m = llmux_metrics_new();
+  llmux_metric_t *f = llmux_metrics_declare(m, LLMUX_METRIC_COUNTER, "x_total", "x", labels, 2,
+                                            NULL, 0);
+  char prov[8] = "a", model[8] = "m";
+  llmux_series_t *a, *b;
+  a = llmux_metric_series3(f, prov, model, NULL);
+  assert_ptr_equal(llmux_metric_series3(f, prov, model, NULL), a);
+  assert_ptr_equal(llmux_metric_series3(f, "a", "m", NULL), a); /* other addresses, same bytes */
+  strcpy(prov, "b");
+  b = llmux_metric_series3(f, prov, model, NULL);
+  assert_ptr_not_equal(b, a);
+  strcpy(prov, "a");
+  assert_ptr_equal(llmux_metric_series3(f, prov, model, NULL), a);
+  llmux_metrics_free(m);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_counter_series_are_written_with_their_labels),
@@ -144,6 +165,7 @@ int main(void) {
       cmocka_unit_test(test_gauges_a_collector_no_longer_sets_disappear),
       cmocka_unit_test(test_bad_declarations_are_refused),
       cmocka_unit_test(test_many_series_keep_their_identity),
+      cmocka_unit_test(test_the_same_address_with_other_bytes_is_another_series),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

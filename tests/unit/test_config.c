@@ -690,6 +690,78 @@ static void diag_format_is_file_line_message(void **state) {
   llmux_diag_free(&d);
 }
 
+/* [server] otlp_endpoint: a collector's http:// base URL, kept without its
+ * trailing '/'; https and malformed URLs are errors at their line. */
+static void otlp_endpoint_is_an_http_collector_url(void **state) {
+  static const char *const bad[] = {
+    "https://collector:4318", "collector:4318", "http://", "http://:4318", "http://collector:",
+    "http://collector:0", "http://collector:65536", "http://collector:43x8",
+    "http://collector:4318/v1?x=1", "http://[::1/", "http://[]:4318"};
+  tree_t t;
+  llmux_diag_t d = {0};
+  llmux_config_t *cfg = NULL;
+  char text[256];
+  size_t i;
+  (void)state;
+  tree_init(&t, "[server]\notlp_endpoint = http://[::1]:4318/otel/\n");
+  cfg = load_ok(t.main_path, &d);
+  assert_string_equal(cfg->server.otlp_endpoint, "http://[::1]:4318/otel");
+  llmux_config_free(cfg);
+  llmux_diag_free(&d);
+  tree_free(&t);
+  tree_init(&t, "[server]\nlisten = 127.0.0.1:1\n");
+  cfg = load_ok(t.main_path, &d);
+  assert_null(cfg->server.otlp_endpoint); /* the default: no traces */
+  llmux_config_free(cfg);
+  llmux_diag_free(&d);
+  tree_free(&t);
+  for (i = 0; i < LLMUX_COUNTOF(bad); i++) {
+    snprintf(text, sizeof text, "[server]\notlp_endpoint = %s\n", bad[i]);
+    tree_init(&t, text);
+    assert_int_equal(llmux_config_load(t.main_path, &cfg, &d), LLMUX_ECONFIG);
+    assert_diag(&d, t.main_path, 2, LLMUX_DIAG_ERROR,
+                i == 0 ? "'otlp_endpoint' must be http://" : "bad value for 'otlp_endpoint'");
+    assert_int_equal(d.errors, 1);
+    llmux_diag_free(&d);
+    tree_free(&t);
+  }
+}
+
+/* [server] access_log: a file beside the main one, stdout, or off (the
+ * default). */
+static void access_log_is_a_path_stdout_or_off(void **state) {
+  static const struct { const char *value, *want; } cases[] = {
+    {"logs/access.log", "/logs/access.log"}, {"/var/log/llmux.log", "/var/log/llmux.log"},
+    {"stdout", "stdout"}, {"off", NULL}, {"OFF", NULL}, {"", NULL}};
+  tree_t t;
+  llmux_diag_t d = {0};
+  llmux_config_t *cfg;
+  char text[160], want[256];
+  size_t i;
+  (void)state;
+  tree_init(&t, "[server]\nlisten = 127.0.0.1:1\n");
+  cfg = load_ok(t.main_path, &d);
+  assert_null(cfg->server.access_log);
+  llmux_config_free(cfg);
+  llmux_diag_free(&d);
+  tree_free(&t);
+  for (i = 0; i < LLMUX_COUNTOF(cases); i++) {
+    snprintf(text, sizeof text, "[server]\naccess_log = %s\n", cases[i].value);
+    tree_init(&t, text);
+    cfg = load_ok(t.main_path, &d);
+    if (cases[i].want == NULL) {
+      assert_null(cfg->server.access_log);
+    } else {
+      snprintf(want, sizeof want, "%s%s", cases[i].want[0] == '/' && i == 0 ? t.dir : "",
+               cases[i].want);
+      assert_string_equal(cfg->server.access_log, want);
+    }
+    llmux_config_free(cfg);
+    llmux_diag_free(&d);
+    tree_free(&t);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
 #define T(fn) cmocka_unit_test_setup(fn, clean_env)
@@ -719,6 +791,8 @@ int main(void) {
     T(header_env_takes_a_header_value_from_the_environment),
     T(header_env_must_name_a_variable),
     T(diag_format_is_file_line_message),
+    T(otlp_endpoint_is_an_http_collector_url),
+    T(access_log_is_a_path_stdout_or_off),
 #undef T
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

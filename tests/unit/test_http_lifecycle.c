@@ -340,6 +340,43 @@ static void test_listen_on_a_taken_port_says_address_in_use(void **state) {
   assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/* on_status: each response's status, once, as its head goes out. */
+static int statuses[8];
+static size_t nstatuses;
+static llmux_http_conn_stats_t stats_in_handler;
+
+static void record_status(llmux_http_req_t *req, int status) {
+  if (nstatuses < LLMUX_COUNTOF(statuses)) statuses[nstatuses++] = status;
+}
+
+static void h_by_path(fixture_t *f, llmux_http_req_t *req) {
+  llmux_http_server_conn_stats(req->server, &stats_in_handler);
+  if (req->path.len == 2 && req->path.base[1] == 's') {
+    h_stream(f, req);
+    return;
+  }
+  llmux_http_send_error(req, 404, "invalid_request_error", "unknown_url", "no", NULL);
+}
+
+static void test_on_status_sees_each_response_status_once(void **state) {
+  fixture_t f;
+  llmux_http_options_t o = {0};
+  const char *pieces[] = {"GET /x HTTP/1.1\r\nHost: h\r\n\r\n"
+                          "GET /s HTTP/1.1\r\nHost: h\r\n\r\n"};
+  o.on_status = record_status;
+  nstatuses = 0;
+  fixture_init(&f, &o, h_by_path);
+  fixture_client(&f, pieces, 1, 0, "0\r\n\r\n");
+  fixture_run(&f);
+  assert_int_equal(nstatuses, 2);
+  assert_int_equal(statuses[0], 404);
+  assert_int_equal(statuses[1], 200);
+  /* the handler saw its own connection as the one active connection */
+  assert_int_equal(stats_in_handler.active, 1);
+  assert_int_equal(stats_in_handler.idle + stats_in_handler.reading + stats_in_handler.closing, 0);
+  fixture_finish(&f);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_client_disconnect_aborts_the_request_once),
@@ -358,6 +395,7 @@ int main(void) {
       cmocka_unit_test(test_silent_connection_closes_after_header_timeout),
       cmocka_unit_test(test_server_listens_on_ipv6_and_closes_cleanly),
       cmocka_unit_test(test_listen_on_a_taken_port_says_address_in_use),
+      cmocka_unit_test(test_on_status_sees_each_response_status_once),
   };
   signal(SIGPIPE, SIG_IGN);
   return cmocka_run_group_tests(tests, NULL, NULL);

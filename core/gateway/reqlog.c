@@ -1,0 +1,383 @@
+/* A finished request into metrics and the access log (see reqlog.h): the
+ * one place that turns a request's facts into observations. */
+#include "gateway/reqlog.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include "gateway/server.h"
+#include "gateway/trace.h"
+
+static const char *const outcome_names[LLMUX_ATTEMPT_COUNT] = {
+    "ok",          "rate_limited",    "server_error",   "timeout",
+    "connect_error", "client_error",  "auth_error",     "model_not_found",
+    "context_length", "garbage",      "broken",         "cancelled"};
+
+const char *llmux_attempt_outcome_name(llmux_attempt_outcome_t o) {
+  return (unsigned)o < LLMUX_ATTEMPT_COUNT ? outcome_names[o] : "unknown";
+}
+
+/* ---- times ---------------------------------------------------------------- */
+
+static uint64_t wall_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Unix time of a monotonic instant of this request. */
+static uint64_t unix_ns_at(const llmux_reqlog_t *rec, uint64_t mono_us) {
+  return rec->start_ns + (mono_us - rec->mono_start_us) * 1000u;
+}
+
+/* ---- the record's life ------------------------------------------------------ */
+
+/* The peer's address as text. IPv4 by hand: inet_ntop goes through
+ * sprintf, which would be most of what a log line costs. */
+static void peer_string(const llmux_http_req_t *req, char *out, size_t cap) {
+  struct sockaddr_storage ss;
+  if (llmux_http_req_peer(req, &ss) != 0) return;
+  if (ss.ss_family == AF_INET && cap >= 16) {
+    const unsigned char *a =
+        (const unsigned char *)&((const struct sockaddr_in *)&ss)->sin_addr.s_addr;
+    int i;
+    for (i = 0; i < 4; i++) {
+      out += llmux_u64_dec(out, a[i]);
+      *out++ = i < 3 ? '.' : '\0';
+    }
+  } else if (ss.ss_family == AF_INET6) {
+    if (inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)&ss)->sin6_addr, out,
+                  (socklen_t)cap) == NULL)
+      out[0] = '\0';
+  }
+}
+
+void llmux_reqlog_begin(llmux_gateway_t *gw, llmux_reqlog_t *rec, const llmux_http_req_t *req,
+                        const char *request_id) {
+  uint64_t now_us = llmux_now_us();
+  memset(rec, 0, sizeof *rec);
+  rec->request_id = request_id;
+  rec->prompt_tokens = rec->completion_tokens = -1;
+  rec->cost_usd = -1;
+  rec->mono_start_us = req->start_us <= now_us ? req->start_us : now_us;
+  rec->start_ns = wall_ns() - (now_us - rec->mono_start_us) * 1000u;
+  if (gw->access_log != NULL) peer_string(req, rec->client_ip, sizeof rec->client_ip);
+  llmux_series_add(gw->obs.in_flight_s, 1);
+}
+
+void llmux_reqlog_cancel(llmux_gateway_t *gw, llmux_reqlog_t *rec) {
+  (void)rec;
+  llmux_series_add(gw->obs.in_flight_s, -1);
+}
+
+void llmux_reqlog_attempt_begin(llmux_reqlog_t *rec, const char *provider, const char *model,
+                                int retry) {
+  size_t i = rec->nattempts++;
+  rec->attempt_open = 1;
+  rec->cur_provider = provider;
+  rec->cur_model = model;
+  if (i > 0) {
+    if (retry) rec->retries++;
+    else rec->failovers++;
+  }
+  if (i < LLMUX_REQLOG_MAX_ATTEMPTS) {
+    llmux_reqlog_attempt_t *a = &rec->attempts[i];
+    memset(a, 0, sizeof *a);
+    a->provider = provider;
+    a->model = model;
+    a->retry = retry;
+    a->start_ns = unix_ns_at(rec, llmux_now_us());
+  }
+}
+
+void llmux_reqlog_attempt_end(llmux_gateway_t *gw, llmux_reqlog_t *rec,
+                              llmux_attempt_outcome_t outcome, int status) {
+  size_t i = rec->nattempts - 1;
+  if (!rec->attempt_open) return;
+  rec->attempt_open = 0;
+  if (i < LLMUX_REQLOG_MAX_ATTEMPTS) {
+    rec->attempts[i].outcome = outcome;
+    rec->attempts[i].status = status;
+    rec->attempts[i].end_ns = unix_ns_at(rec, llmux_now_us());
+  }
+  llmux_series_add(llmux_metric_series3(gw->obs.attempts, rec->cur_provider, rec->cur_model,
+                                        llmux_attempt_outcome_name(outcome)),
+                   1);
+}
+
+void llmux_reqlog_done(llmux_gateway_t *gw, llmux_reqlog_t *rec) {
+  if (rec->attempt_open) llmux_reqlog_attempt_end(gw, rec, LLMUX_ATTEMPT_CANCELLED, 0);
+  if (rec->duration_ns == 0) rec->duration_ns = (llmux_now_us() - rec->mono_start_us) * 1000u;
+  llmux_series_add(gw->obs.in_flight_s, -1);
+  llmux_reqlog_metrics(&gw->obs, rec);
+  if (gw->access_log != NULL) {
+    gw->log_line.len = 0;
+    if (llmux_reqlog_json(&gw->log_line, rec) == 0)
+      llmux_logfile_append(gw->access_log, gw->log_line.base, gw->log_line.len);
+  }
+  llmux_trace_request_done(gw, rec); /* spans, when traced (gateway/trace.h) */
+}
+
+/* ---- metrics ---------------------------------------------------------------- */
+
+/* The GenAI label values: operation, provider, request model (canonical),
+ * response model, and a fifth (token type or error type). The response
+ * model is the route's configured id, not what the provider's answer said:
+ * labels stay bounded by configuration whatever a provider sends. */
+static void genai_labels(const llmux_reqlog_t *rec, const char *v[5]) {
+  v[0] = rec->operation;
+  v[1] = rec->provider ? rec->provider : "";
+  v[2] = rec->canonical_model ? rec->canonical_model : "unknown";
+  v[3] = rec->provider_model ? rec->provider_model : "";
+  v[4] = "";
+}
+
+/* Time per output token after the first: over the output tokens when the
+ * provider counted them, else over the stream's events. 0: not enough to
+ * say. */
+static double time_per_token(const llmux_reqlog_t *rec) {
+  uint64_t n = rec->completion_tokens > 1   ? (uint64_t)rec->completion_tokens - 1
+               : rec->completion_tokens < 0 && rec->output_chunks > 1 ? rec->output_chunks - 1
+                                                                      : 0;
+  if (n == 0 || rec->duration_ns <= rec->ttft_ns) return 0;
+  return (double)(rec->duration_ns - rec->ttft_ns) / 1e9 / (double)n;
+}
+
+static void record_genai(llmux_obs_t *o, const llmux_reqlog_t *rec, const char *status) {
+  const char *v[5];
+  int ok = rec->error_code == NULL && rec->status >= 200 && rec->status < 300;
+  double tpot;
+  genai_labels(rec, v);
+  v[4] = ok ? "" : rec->error_code ? rec->error_code : status;
+  llmux_series_observe(llmux_metric_series(o->op_duration, v), (double)rec->duration_ns / 1e9);
+  if (rec->prompt_tokens >= 0) {
+    v[4] = "input";
+    llmux_series_observe(llmux_metric_series(o->token_usage, v), (double)rec->prompt_tokens);
+  }
+  if (rec->completion_tokens >= 0 && strcmp(rec->operation, "embeddings") != 0) {
+    v[4] = "output";
+    llmux_series_observe(llmux_metric_series(o->token_usage, v), (double)rec->completion_tokens);
+  }
+  if (!ok || !rec->stream || rec->ttft_ns == 0) return;
+  llmux_series_observe(llmux_metric_series(o->ttft, v), (double)rec->ttft_ns / 1e9);
+  if ((tpot = time_per_token(rec)) > 0) llmux_series_observe(llmux_metric_series(o->tpot, v), tpot);
+}
+
+static void record_tenant(llmux_obs_t *o, const llmux_reqlog_t *rec) {
+  if (rec->tenant == NULL || rec->prompt_tokens < 0) return;
+  llmux_series_add(llmux_metric_series3(o->tenant_tokens, rec->tenant, "input", NULL),
+                   (double)rec->prompt_tokens);
+  llmux_series_add(llmux_metric_series3(o->tenant_tokens, rec->tenant, "output", NULL),
+                   rec->completion_tokens > 0 ? (double)rec->completion_tokens : 0);
+  llmux_series_add(llmux_metric_series3(o->tenant_cost, rec->tenant, NULL, NULL),
+                   rec->cost_usd > 0 ? rec->cost_usd : 0);
+}
+
+void llmux_reqlog_metrics(llmux_obs_t *o, const llmux_reqlog_t *rec) {
+  char status[24];
+  llmux_u64_dec(status, rec->status > 0 ? (uint64_t)rec->status : 0);
+  llmux_series_add(llmux_metric_series3(o->requests, rec->endpoint ? rec->endpoint : "unknown",
+                                        status, rec->tenant ? rec->tenant : ""),
+                   1);
+  if (rec->operation == NULL) return;
+  llmux_series_observe(o->overhead_s, (double)rec->overhead_us / 1e6);
+  if (rec->failovers) llmux_series_add(o->failovers_s, rec->failovers);
+  if (rec->retries) llmux_series_add(o->retries_s, rec->retries);
+  record_genai(o, rec, status);
+  record_tenant(o, rec);
+}
+
+/* ---- the access-log line ------------------------------------------------------ */
+
+/* A line is written through a cursor into room reserved up front for the
+ * longest it can be (line_room), so no piece checks for room: a request
+ * pays for a few copies, not a buffer call per field. */
+typedef struct line_s {
+  llmux_buf_t *b;
+  char *w;
+} line_t;
+
+#define LINE_FIXED 768 /* keys, punctuation and numbers of one line */
+#define ATTEMPT_FIXED 128
+
+static size_t str_room(const char *s) {
+  return s && *s ? 6 * strlen(s) + 2 : 4; /* a byte escapes to at most \uXXXX; null */
+}
+
+static size_t line_room(const llmux_reqlog_t *rec, size_t nattempts) {
+  size_t i, n = LINE_FIXED + str_room(rec->request_id) + str_room(rec->tenant) +
+                str_room(rec->endpoint) + str_room(rec->model) + str_room(rec->canonical_model) +
+                str_room(rec->provider) + str_room(rec->provider_model) +
+                str_room(rec->error_code) + str_room(rec->client_ip);
+  for (i = 0; i < nattempts; i++)
+    n += ATTEMPT_FIXED + str_room(rec->attempts[i].provider) + str_room(rec->attempts[i].model);
+  return n;
+}
+
+static void put(line_t *l, const char *s, size_t n) {
+  memcpy(l->w, s, n);
+  l->w += n;
+}
+#define PUT(l, lit) put((l), (lit), sizeof(lit) - 1)
+
+/* A JSON string (null for NULL or ""). Names from the configuration need
+ * no escape and are copied as they are; anything else goes through the
+ * shared escaper. */
+static void put_str(line_t *l, const char *s) {
+  const unsigned char *u = (const unsigned char *)s;
+  size_t n = 0;
+  if (s == NULL || *s == '\0') {
+    PUT(l, "null");
+    return;
+  }
+  while (u[n] >= 0x20 && u[n] < 0x80 && u[n] != '"' && u[n] != '\\') n++;
+  if (u[n] == '\0') {
+    *l->w++ = '"';
+    put(l, s, n);
+    *l->w++ = '"';
+    return;
+  }
+  l->b->len = (size_t)(l->w - l->b->base);
+  llmux_buf_append_json_str(l->b, s, n + strlen(s + n)); /* in reserved room: cannot fail */
+  l->w = l->b->base + l->b->len;
+}
+
+static void put_u64(line_t *l, uint64_t v) {
+  l->w += llmux_u64_dec(l->w, v);
+}
+
+static void put_int(line_t *l, int64_t v) {
+  if (v < 0) PUT(l, "null");
+  else put_u64(l, (uint64_t)v);
+}
+
+/* `digits` decimal digits of v, zero-padded. */
+static void put_frac(line_t *l, uint64_t v, int digits) {
+  int i;
+  for (i = digits - 1; i >= 0; i--, v /= 10) l->w[i] = (char)('0' + v % 10);
+  l->w += digits;
+}
+
+/* Nanoseconds as milliseconds with three decimals (12.345); null for 0
+ * when `zero_null`. */
+static void put_ms(line_t *l, uint64_t ns, int zero_null) {
+  uint64_t us = ns / 1000u;
+  if (ns == 0 && zero_null) {
+    PUT(l, "null");
+    return;
+  }
+  put_u64(l, us / 1000u);
+  PUT(l, ".");
+  put_frac(l, us % 1000u, 3);
+}
+
+/* USD to ten decimals, trailing zeros dropped (0.000022); null when
+ * unknown. */
+static void put_usd(line_t *l, double usd) {
+  uint64_t n;
+  int digits = 10;
+  if (!(usd >= 0) || usd >= 1e9) {
+    PUT(l, "null");
+    return;
+  }
+  n = (uint64_t)(usd * 1e10 + 0.5);
+  put_u64(l, n / 10000000000ull);
+  n %= 10000000000ull;
+  if (n == 0) return;
+  while (n % 10 == 0) {
+    n /= 10;
+    digits--;
+  }
+  PUT(l, ".");
+  put_frac(l, n, digits);
+}
+
+/* "YYYY-MM-DDTHH:MM:SS.mmmZ". The seconds part is formatted once per
+ * second: lines come in bursts. */
+static void put_time(line_t *l, uint64_t unix_ns) {
+  static time_t cached = (time_t)-1;
+  static char text[24];
+  time_t secs = (time_t)(unix_ns / 1000000000u);
+  if (secs != cached) {
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%S", &tm);
+    cached = secs;
+  }
+  put(l, text, strlen(text));
+  PUT(l, ".");
+  put_frac(l, unix_ns / 1000000u % 1000u, 3);
+  PUT(l, "Z");
+}
+
+static void put_attempts(line_t *l, const llmux_reqlog_attempt_t *a, size_t n) {
+  size_t i;
+  PUT(l, ",\"attempts\":[");
+  for (i = 0; i < n; i++, a++) {
+    if (i) PUT(l, ",");
+    PUT(l, "{\"provider\":");
+    put_str(l, a->provider);
+    PUT(l, ",\"model\":");
+    put_str(l, a->model);
+    PUT(l, ",\"outcome\":\"");
+    put(l, llmux_attempt_outcome_name(a->outcome), strlen(llmux_attempt_outcome_name(a->outcome)));
+    PUT(l, "\",\"ms\":");
+    put_ms(l, a->end_ns > a->start_ns ? a->end_ns - a->start_ns : 0, 0);
+    PUT(l, "}");
+  }
+  PUT(l, "]");
+}
+
+int llmux_reqlog_json(llmux_buf_t *out, const llmux_reqlog_t *rec) {
+  size_t n = rec->nattempts < LLMUX_REQLOG_MAX_ATTEMPTS ? rec->nattempts
+                                                         : LLMUX_REQLOG_MAX_ATTEMPTS;
+  line_t l;
+  if (llmux_buf_reserve(out, line_room(rec, n)) != 0) return LLMUX_ENOMEM;
+  l.b = out;
+  l.w = out->base + out->len;
+  PUT(&l, "{\"time\":\"");
+  put_time(&l, rec->start_ns + rec->duration_ns);
+  PUT(&l, "\",\"request_id\":");
+  put_str(&l, rec->request_id);
+  PUT(&l, ",\"tenant\":");
+  put_str(&l, rec->tenant);
+  PUT(&l, ",\"endpoint\":");
+  put_str(&l, rec->endpoint);
+  PUT(&l, ",\"model\":");
+  put_str(&l, rec->model);
+  PUT(&l, ",\"canonical_model\":");
+  put_str(&l, rec->canonical_model);
+  PUT(&l, ",\"provider\":");
+  put_str(&l, rec->provider);
+  PUT(&l, ",\"provider_model\":");
+  put_str(&l, rec->provider_model);
+  PUT(&l, ",\"status\":");
+  put_int(&l, rec->status);
+  PUT(&l, ",\"error_code\":");
+  put_str(&l, rec->error_code);
+  put_attempts(&l, rec->attempts, n);
+  if (rec->stream) PUT(&l, ",\"stream\":true");
+  else PUT(&l, ",\"stream\":false");
+  PUT(&l, ",\"prompt_tokens\":");
+  put_int(&l, rec->prompt_tokens);
+  PUT(&l, ",\"completion_tokens\":");
+  put_int(&l, rec->completion_tokens);
+  PUT(&l, ",\"cost_usd\":");
+  put_usd(&l, rec->cost_usd);
+  PUT(&l, ",\"ttft_ms\":");
+  put_ms(&l, rec->ttft_ns, 1);
+  PUT(&l, ",\"duration_ms\":");
+  put_ms(&l, rec->duration_ns, 0);
+  PUT(&l, ",\"overhead_us\":");
+  put_int(&l, rec->operation ? (int64_t)rec->overhead_us : -1);
+  PUT(&l, ",\"client_ip\":");
+  put_str(&l, rec->client_ip);
+  PUT(&l, "}\n");
+  out->len = (size_t)(l.w - out->base);
+  out->base[out->len] = '\0';
+  return 0;
+}
