@@ -182,7 +182,7 @@ enum {
 enum {
   K_STR, K_URL, K_ENVNAME, K_PATH, K_DURATION, K_SIZE, K_U64, K_INT, K_BOOL,
   K_TIER, K_PRICE, K_LIMIT, K_LIST, K_CAPS, K_STRATEGY, K_WEIGHTS,
-  K_LOGLEVEL, K_LISTEN, K_KEYHASH, K_USD, K_LOGDEST
+  K_LOGLEVEL, K_LISTEN, K_KEYHASH, K_USD, K_LOGDEST, K_REDIS, K_WORKERS, K_FAILMODE
 };
 
 /* K_KEYHASH is a list that may also be written on several lines. */
@@ -227,6 +227,11 @@ static const keydef_t server_keys[] = {
   {"drain_timeout", K_DURATION, SRV(drain_timeout_ms), 0},
   {"access_log", K_LOGDEST, SRV(access_log), 0},
   {"otlp_endpoint", K_URL, SRV(otlp_endpoint), 0},
+  {"workers", K_WORKERS, SRV(workers), 0},
+  {"shared_state", K_REDIS, SRV(shared_state), 0},
+  {"shared_state_password_env", K_ENVNAME, SRV(shared_state_password_env), 0},
+  {"shared_state_prefix", K_STR, SRV(shared_state_prefix), 0},
+  {"shared_state_fail", K_FAILMODE, SRV(shared_state_fail_closed), 0},
 };
 
 static const keydef_t model_keys[] = {
@@ -829,8 +834,8 @@ static void set_string(load_t *c, const keydef_t *k, const char *value, void *fi
   case K_ENVNAME:
     /* Never echo it: a user may have pasted the key itself here. */
     if (!valid_env_name(value)) {
-      err(c, "'api_key_env' must name an environment variable (letters, digits, "
-             "'_'), not hold the key itself");
+      err(c, "'%s' must name an environment variable (letters, digits, "
+             "'_'), not hold the key itself", k->name);
       return;
     }
     *f = sdup(c, value);
@@ -901,6 +906,77 @@ static int otlp_endpoint_ok(load_t *c, const char *value, void *field) {
 bad:
   bad_value(c, "otlp_endpoint", value, expect);
   return 0;
+}
+
+/* [server] shared_state: redis://HOST[:PORT][/DB], empty for none. The
+ * whole URL is parsed again when the gateway starts (shared/redis.h); here
+ * what a file must not hold (a password) and the shape, with the line. */
+static void shared_state_set(load_t *c, const char *value) {
+  static const char expect[] = "redis://HOST[:PORT][/DB]";
+  llmux_server_conf_t *s = &c->cfg->server;
+  const char *host = value + 8, *end, *p;
+  s->shared_state = NULL;
+  s->shared_state_line = c->lineno;
+  if (*value == '\0') return;
+  if (strncasecmp(value, "redis://", 8) != 0) {
+    if (strncasecmp(value, "rediss://", 9) == 0)
+      err(c, "'shared_state' must be redis://: llmux does not speak TLS to Redis (reach "
+             "it over a private network or a local TLS tunnel)");
+    else
+      bad_value(c, "shared_state", value, expect);
+    return;
+  }
+  end = host + strcspn(host, "/");
+  if (memchr(host, '@', (size_t)(end - host)) != NULL) {
+    err(c, "'shared_state' carries credentials (user:password@host): passwords never go "
+           "in a config file; set shared_state_password_env = VARIABLE and export it there");
+    return;
+  }
+  if (host == end || strpbrk(value, "?# \t") != NULL) goto bad;
+  if (*host == '[') {
+    p = memchr(host, ']', (size_t)(end - host));
+    if (p == NULL || p == host + 1) goto bad;
+    p++;
+  } else {
+    p = memchr(host, ':', (size_t)(end - host));
+    if (p == NULL) p = end;
+    if (p == host) goto bad;
+  }
+  if (p < end && (*p != ':' || !port_ok(p + 1, end))) goto bad;
+  if (*end == '/') { /* a database number, 0..65535 */
+    const char *d = end + 1;
+    unsigned long db = 0;
+    if (*d == '\0' || strlen(d) > 5) goto bad;
+    for (; *d; d++) {
+      if (*d < '0' || *d > '9') goto bad;
+      db = db * 10 + (unsigned long)(*d - '0');
+    }
+    if (db > 65535) goto bad;
+  }
+  s->shared_state = sdup(c, value);
+  return;
+bad:
+  bad_value(c, "shared_state", value, expect);
+}
+
+/* [server] workers: a number of processes (1 to 1024), or auto (one per
+ * CPU). */
+static void workers_set(load_t *c, const char *value) {
+  llmux_server_conf_t *s = &c->cfg->server;
+  uint64_t n;
+  s->workers_line = c->lineno;
+  if (strcasecmp(value, "auto") == 0) {
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    s->workers = cpus > 0 ? (uint64_t)cpus : 1;
+    s->workers_auto = 1;
+    return;
+  }
+  if (llmux_parse_u64(value, &n) != 0 || n < 1 || n > 1024) {
+    bad_value(c, "workers", value, "a number of processes from 1 to 1024, or auto");
+    return;
+  }
+  s->workers = n;
+  s->workers_auto = 0;
 }
 
 /* Parses a scalar into `field`; NULL on success, else what was expected. */
@@ -996,6 +1072,17 @@ static void set_value(load_t *c, const keydef_t *k, const char *value) {
     }
     bad_value(c, k->name, value,
               "priority, lowest-latency, least-loaded, cheapest or weighted");
+    return;
+  case K_REDIS:
+    shared_state_set(c, value);
+    return;
+  case K_WORKERS:
+    workers_set(c, value);
+    return;
+  case K_FAILMODE:
+    if (strcasecmp(value, "open") == 0) c->cfg->server.shared_state_fail_closed = 0;
+    else if (strcasecmp(value, "closed") == 0) c->cfg->server.shared_state_fail_closed = 1;
+    else bad_value(c, k->name, value, "open or closed");
     return;
   case K_LISTEN:
     if (parse_listen(c, value, &c->cfg->server.host, &c->cfg->server.port) == 0)
@@ -1605,6 +1692,23 @@ static void check_tenants(llmux_config_t *cfg, llmux_diag_t *d) {
   }
 }
 
+/* Several workers with nothing to share through each keep their own
+ * windows, quotas and breakers: every limit multiplied by the count. */
+static void check_fleet(llmux_config_t *cfg, llmux_diag_t *d) {
+  const llmux_server_conf_t *s = &cfg->server;
+  if (s->workers > 1 && s->shared_state == NULL)
+    llmux_diag_add(d, cfg->nfiles ? cfg->files[0] : "", s->workers_line, LLMUX_DIAG_WARNING,
+                   "workers = %llu without shared_state: each worker keeps its own "
+                   "rate-limit windows, tenant quotas, breakers and usage, so every limit "
+                   "is multiplied by %llu (set shared_state = redis://HOST:PORT)",
+                   (unsigned long long)s->workers, (unsigned long long)s->workers);
+  if (s->workers > 1 && s->usage_db != NULL && s->shared_state == NULL)
+    llmux_diag_add(d, cfg->nfiles ? cfg->files[0] : "", s->workers_line, LLMUX_DIAG_ERROR,
+                   "workers = %llu with usage_db and no shared_state: the workers would "
+                   "overwrite each other's usage rows (set shared_state, or workers = 1)",
+                   (unsigned long long)s->workers);
+}
+
 const llmux_tenant_conf_t *llmux_config_find_tenant(const llmux_config_t *cfg,
                                                     const char *name) {
   size_t i;
@@ -1657,6 +1761,8 @@ static void server_defaults(load_t *c) {
   s->cooldown_window_ms = 60000;
   s->cooldown_ms = 30000;
   s->drain_timeout_ms = 30000;
+  s->workers = 1;
+  s->shared_state_prefix = "llmux:";
 }
 
 /* Reads and checks the files into a config without its registry; the
@@ -1686,6 +1792,7 @@ llmux_config_t *llmux__config_parse(const char *main_path, llmux_diag_t *diag) {
   }
   apply_env(&c);
   check_tenants(cfg, diag);
+  check_fleet(cfg, diag);
   return cfg;
 }
 

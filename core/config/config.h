@@ -152,6 +152,19 @@ typedef struct llmux_server_conf_s {
                                   or NULL ("off", the default) */
   const char *otlp_endpoint;   /* a collector's http:// base URL: spans go to
                                   {it}/v1/traces (gateway/trace.h); NULL: off */
+  /* Fleets (issue 14). */
+  uint64_t workers;            /* worker processes; 1 (no master) by default */
+  int workers_auto;            /* `workers = auto`: workers is the CPU count */
+  int workers_line;            /* where workers was written; 0: not written */
+  const char *shared_state;    /* redis://HOST[:PORT][/DB]; NULL: each process
+                                  keeps its own state (the embedded default) */
+  int shared_state_line;
+  const char *shared_state_password_env; /* the variable holding Redis's
+                                            password; NULL: no AUTH */
+  const char *shared_state_prefix; /* keys and channels; "llmux:" */
+  int shared_state_fail_closed; /* shared_state_fail = closed: 503 while Redis
+                                   is unreachable; open (default): serve on
+                                   local state */
 } llmux_server_conf_t;
 
 typedef struct llmux_model_conf_s llmux_model_conf_t;

@@ -45,6 +45,10 @@ typedef struct llmux_gateway_s {
   llmux_obs_t obs;             /* metrics (GET /metrics; gateway/reqlog.h) */
   llmux_logfile_t *access_log; /* [server] access_log; NULL: off */
   llmux_otlp_t *otlp;          /* [server] otlp_endpoint; NULL: off (gateway/trace.h) */
+  /* [server] shared_state (gateway/fleet.h); NULL/0 without it: */
+  int shared;                  /* rl and tenant_rl are the shared store */
+  void *fleet_usage;           /* gateway/fleet_usage.c's state */
+  void *fleet_breakers;        /* gateway/fleet_breakers.c's state */
   uint64_t generations;        /* number of the newest generation built */
   uint64_t started_us;
   uint64_t requests;           /* requests handled */
