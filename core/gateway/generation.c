@@ -47,8 +47,12 @@ static int apply_limits(llmux_rl_store_t *rl, const llmux_config_t *cfg) {
 
 /* What is built over cfg and provs. The limits go last: they are the only
  * step that changes something in force (the shared stores). */
-static int build(llmux_generation_t *g, const llmux_gen_shared_t *sh, uint64_t number) {
+static int build(llmux_generation_t *g, const llmux_gen_shared_t *shared, uint64_t number) {
+  llmux_gen_shared_t own = *shared, *sh = &own;
   int rc;
+  if (sh->prepare != NULL && (rc = sh->prepare(sh->prepare_arg, g->cfg, &sh->rl,
+                                               &sh->tenant_rl)) != 0)
+    return rc;
   g->number = number;
   g->loaded_at_ms = wall_ms();
   g->refs = 1;

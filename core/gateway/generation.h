@@ -51,6 +51,14 @@ typedef struct llmux_gen_shared_s {
   llmux_rl_store_t *rl;           /* route and provider-wide limits */
   llmux_rl_store_t *tenant_rl;    /* tenants' minute windows */
   llmux_provider_cache_t *cache;  /* plugins, TLS contexts (llmux_generation_load) */
+  /* Called first when a generation is built over a loaded configuration,
+   * may be NULL: makes the stores that depend on it (the first
+   * generation's [server] shared_state chooses the rate-limit store) and
+   * fills *rl and *tenant_rl when they were NULL. 0, or LLMUX_E* (the
+   * generation is not built). */
+  int (*prepare)(void *arg, const llmux_config_t *cfg, llmux_rl_store_t **rl,
+                 llmux_rl_store_t **tenant_rl);
+  void *prepare_arg;
 } llmux_gen_shared_t;
 
 struct llmux_generation_s {

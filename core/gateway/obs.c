@@ -39,6 +39,7 @@ static const char *const tenant_labels[] = {"tenant", "token_type"};
 static const char *const build_labels[] = {"version", "abi"};
 static const char *const result_labels[] = {"result"};
 static const char *const state_labels[] = {"state"};
+static const char *const component_labels[] = {"component"};
 
 static long page_size(void) {
   long p = sysconf(_SC_PAGESIZE);
@@ -135,6 +136,13 @@ static int declare_process(llmux_obs_t *o) {
        "Configuration reloads by result.", result_labels, 1, NULL, 0);
   DECL(connections, LLMUX_METRIC_GAUGE, "llmux_connections",
        "Client connections by state.", state_labels, 1, NULL, 0);
+  DECL(shared_errors, LLMUX_METRIC_COUNTER, "llmux_shared_state_errors_total",
+       "Failures talking to the shared state (Redis): refused or lost connections, timeouts, "
+       "error replies; while they last each process decides on its own counts.",
+       component_labels, 1, NULL, 0);
+  DECL(shared_up, LLMUX_METRIC_GAUGE, "llmux_shared_state_up",
+       "1 while the component is connected to the shared state and in sync.",
+       component_labels, 1, NULL, 0);
   DECL(rss, LLMUX_METRIC_GAUGE, "process_resident_memory_bytes",
        "Resident memory size in bytes.", NULL, 0, NULL, 0);
   DECL(cpu, LLMUX_METRIC_COUNTER, "process_cpu_seconds_total",

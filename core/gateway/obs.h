@@ -38,6 +38,8 @@ typedef struct llmux_obs_s {
   llmux_metric_t *generation;
   llmux_metric_t *reloads;          /* result */
   llmux_metric_t *connections;      /* state */
+  llmux_metric_t *shared_errors;    /* component: [server] shared_state */
+  llmux_metric_t *shared_up;        /* component */
   llmux_metric_t *rss, *cpu, *fds;
   /* series every request touches, looked up once */
   llmux_series_t *in_flight_s, *overhead_s, *failovers_s, *retries_s;

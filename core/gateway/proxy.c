@@ -65,6 +65,8 @@ typedef struct proxy_s {
   llmux_buf_t skipped;            /* routes passed over, and why */
   uint64_t rl_wait_ms;            /* shortest wait of a rate-limited route */
   const char *rl_provider;        /* the first provider without headroom */
+  int shared_down;                /* a route was skipped because the shared
+                                     state is unreachable (fail closed) */
   size_t ncooling;
 
   /* the last failure, for the final answer */
@@ -797,6 +799,10 @@ static void give_up(proxy_t *p) {
     if (p->skipped.len) llmux_buf_printf(&msg, " (skipped: %s)", p->skipped.base);
     respond_error(p, p->fail_status, p->fail_type, p->fail_code, NULL, msg.base,
                   ares ? secs_up(p->fail_retry_after_ms) : 0, ares);
+  } else if (p->shared_down && p->rl_provider == NULL) {
+    respond_error(p, 503, "upstream_error", "shared_state_unavailable", NULL,
+                  "The gateway's shared state (Redis) is unreachable and shared_state_fail "
+                  "= closed: no request is admitted until it is back.", 1, 0);
   } else if (p->rl_provider != NULL) {
     llmux_buf_printf(&msg, "Rate limit exceeded for provider '%s'", p->rl_provider);
     respond_error(p, 429, "rate_limit_error", "RATE_LIMIT_EXCEEDED", NULL, msg.base,
@@ -1229,7 +1235,13 @@ static int has_headroom(proxy_t *p, const llmux_route_conf_t *r, llmux_provider_
   uint64_t wait = 0;
   *tokens = llmux_rl_tokens_to_reserve((llmux_rl_style_t)rt->rl_style, p->prompt_tokens,
                                        p->max_tokens, r->model->context_window);
-  if (llmux_rl_check(p->gw->rl, &key, *tokens, now_ms(p), &wait) == 0) return 1;
+  int rc = llmux_rl_check(p->gw->rl, &key, *tokens, now_ms(p), &wait);
+  if (rc == 0) return 1;
+  if (rc == LLMUX_RL_EUNAVAILABLE) {
+    p->shared_down = 1;
+    note_skip(p, r, "shared state unavailable");
+    return 0;
+  }
   if (p->rl_provider == NULL) p->rl_provider = r->provider->name;
   if (p->rl_wait_ms == 0 || wait < p->rl_wait_ms) p->rl_wait_ms = wait;
   {
@@ -1320,6 +1332,7 @@ static int agent_request(proxy_t *p) {
 static int tenant_admit(proxy_t *p) {
   llmux_tenant_verdict_t v;
   uint64_t tokens;
+  int rc;
   char msg[256];
   int allowed = p->agent ? llmux_tenant_may_use_agent(p->tenant, p->gen->cfg, p->areq.agent)
                          : llmux_tenant_may_use(p->tenant, &p->res, NULL);
@@ -1335,9 +1348,16 @@ static int tenant_admit(proxy_t *p) {
     return -1;
   }
   tokens = llmux_rl_tokens_to_reserve(LLMUX_RL_STYLE_GENERIC, p->prompt_tokens, p->max_tokens, 0);
-  if (llmux_tenant_admit(&p->gen->tenants, p->gw->usage, p->tenant, tokens, now_ms(p), wall_ms(),
-                         &p->tenant_resv, &v) == 0)
-    return 0;
+  rc = llmux_tenant_admit(&p->gen->tenants, p->gw->usage, p->tenant, tokens, now_ms(p),
+                          wall_ms(), &p->tenant_resv, &v);
+  if (rc == 0) return 0;
+  if (rc == LLMUX_RL_EUNAVAILABLE) {
+    respond_error(p, 503, "upstream_error", "shared_state_unavailable", NULL,
+                  "The gateway's shared state (Redis) is unreachable and shared_state_fail "
+                  "= closed: no request is admitted until it is back.", 1, 0);
+    proxy_finish(p);
+    return -1;
+  }
   snprintf(msg, sizeof msg, "%s exceeded for tenant '%s': %s", v.quota ? "Quota" : "Rate limit",
            p->tenant->conf->name, v.limit);
   respond_error(p, 429, v.quota ? "insufficient_quota" : "rate_limit_error",

@@ -5,6 +5,7 @@
 
 #include "base/util.h"
 #include "gateway/admin.h"
+#include "shared/rl_shared.h"
 
 static const char *const dimension_names[LLMUX_RL_NDIMS] = {
     [LLMUX_RL_REQ_MINUTE] = "requests_minute",
@@ -75,6 +76,17 @@ static void collect_front(llmux_gateway_t *gw) {
   llmux_series_set(llmux_metric_series3(o->connections, "closing", NULL, NULL), cs.closing);
 }
 
+/* Each part of the shared state counts its own failures. */
+static void collect_shared(llmux_gateway_t *gw) {
+  llmux_obs_t *o = &gw->obs;
+  llmux_rl_shared_stats_t st;
+  if (!gw->shared) return;
+  llmux_rl_shared_stats(gw->rl, &st);
+  llmux_series_set(llmux_metric_series3(o->shared_errors, "rate_limits", NULL, NULL),
+                   (double)st.errors);
+  llmux_series_set(llmux_metric_series3(o->shared_up, "rate_limits", NULL, NULL), st.up);
+}
+
 static void collect(llmux_metrics_t *m, void *arg) {
   llmux_gateway_t *gw = arg;
   (void)m;
@@ -83,6 +95,7 @@ static void collect(llmux_metrics_t *m, void *arg) {
   collect_routes(gw);
   collect_tenants(gw);
   collect_front(gw);
+  collect_shared(gw);
 }
 
 int llmux_scrape_init(llmux_gateway_t *gw) {

@@ -12,6 +12,7 @@
 #include "base/log.h"
 #include "base/util.h"
 #include "gateway/scrape.h"
+#include "shared/rl_shared.h"
 #include "gateway/trace.h"
 #include "llmux/provider.h"
 
@@ -35,17 +36,77 @@ static int init_shared(llmux_gateway_t *gw) {
   llmux_provider_cache_init(&gw->cache);
   if ((rc = llmux_obs_init(&gw->obs, LLMUX_VERSION, ABI_STRING)) != 0) return rc;
   if ((rc = llmux_scrape_init(gw)) != 0) return rc;
-  if ((rc = llmux_route_table_new(&gw->routes)) != 0) return rc;
-  if ((rc = llmux_rl_memory_store_new(RL_KEYS, &gw->rl)) != 0) return rc;
-  return llmux_rl_memory_store_new(TENANT_RL_KEYS, &gw->tenant_rl);
+  return llmux_route_table_new(&gw->routes);
+}
+
+/* The shared rate-limit store for [server] shared_state: one store, and
+ * so one pair of Redis connections, for routes and tenants (tenant keys
+ * are "tenant:NAME", which no provider name can be). It starts connecting
+ * at once; until it is up it decides on its own counts (or refuses, when
+ * failing closed). */
+static int open_shared_rl(llmux_gateway_t *gw, const llmux_server_conf_t *s) {
+  llmux_rl_shared_options_t o;
+  const char *password = NULL;
+  char err[300];
+  int rc;
+  if (s->shared_state_password_env != NULL) {
+    password = getenv(s->shared_state_password_env);
+    if (password == NULL || *password == '\0') {
+      llmux_error("shared_state_password_env names %s, which is not set: export Redis's "
+                  "password there, or remove the key for a Redis without AUTH",
+                  s->shared_state_password_env);
+      return LLMUX_EINVAL;
+    }
+  }
+  memset(&o, 0, sizeof o);
+  o.url = s->shared_state;
+  o.password = password;
+  o.prefix = s->shared_state_prefix;
+  o.max_keys = RL_KEYS + TENANT_RL_KEYS;
+  o.fail_closed = s->shared_state_fail_closed;
+  rc = llmux_rl_shared_new(gw->loop, &o, &gw->rl, err, sizeof err);
+  if (rc == 0) rc = llmux_rl_shared_start(gw->rl);
+  if (rc != 0) {
+    llmux_error("shared_state: %s", rc == LLMUX_EINVAL && *err ? err : llmux_strerror(rc));
+    if (gw->rl != NULL) llmux_rl_store_destroy(gw->rl);
+    gw->rl = NULL;
+    return rc;
+  }
+  gw->tenant_rl = gw->rl;
+  gw->shared = 1;
+  llmux_info("shared state: %s (prefix %s, fail %s)", s->shared_state, s->shared_state_prefix,
+             s->shared_state_fail_closed ? "closed" : "open");
+  return 0;
+}
+
+/* The generations' prepare hook: the first configuration chooses the
+ * limit stores, which then outlive every generation (a reload that
+ * changes shared_state warns: restart-only). */
+static int prepare_stores(void *arg, const llmux_config_t *cfg, llmux_rl_store_t **rl,
+                          llmux_rl_store_t **tenant_rl) {
+  llmux_gateway_t *gw = arg;
+  int rc = 0;
+  if (gw->rl == NULL) {
+    if (cfg->server.shared_state != NULL) {
+      rc = open_shared_rl(gw, &cfg->server);
+    } else {
+      rc = llmux_rl_memory_store_new(RL_KEYS, &gw->rl);
+      if (rc == 0) rc = llmux_rl_memory_store_new(TENANT_RL_KEYS, &gw->tenant_rl);
+    }
+    if (rc != 0) return rc;
+  }
+  *rl = gw->rl;
+  *tenant_rl = gw->tenant_rl;
+  return 0;
 }
 
 /* After the last generation and the upstream pool: plugins are closed
- * only once no instance is left, TLS contexts once no connection is. */
+ * only once no instance is left, TLS contexts once no connection is. (A
+ * shared store lets go of its connections here; the loop frees the rest.) */
 static void free_shared(llmux_gateway_t *gw) {
   llmux_route_table_free(gw->routes);
+  if (gw->tenant_rl && gw->tenant_rl != gw->rl) llmux_rl_store_destroy(gw->tenant_rl);
   if (gw->rl) llmux_rl_store_destroy(gw->rl);
-  if (gw->tenant_rl) llmux_rl_store_destroy(gw->tenant_rl);
   llmux_provider_cache_free(&gw->cache);
   llmux_obs_free(&gw->obs);
   llmux_buf_free(&gw->log_line);
@@ -61,6 +122,8 @@ static const llmux_gen_shared_t *shared_of(llmux_gateway_t *gw, llmux_gen_shared
   sh->rl = gw->rl;
   sh->tenant_rl = gw->tenant_rl;
   sh->cache = &gw->cache;
+  sh->prepare = prepare_stores;
+  sh->prepare_arg = gw;
   return sh;
 }
 
@@ -244,6 +307,10 @@ int llmux_gateway_listen(llmux_gateway_t *gw, const char *host, int port) {
 
 /* ---- reload --------------------------------------------------------------- */
 
+static int str_same(const char *a, const char *b) {
+  return a == b || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
+
 /* [server] keys read once, at start-up: a reload that changes one says so. */
 static void warn_restart_only(const llmux_server_conf_t *was, const llmux_server_conf_t *now) {
   static const struct { const char *key; size_t off; } nums[] = {
@@ -266,6 +333,14 @@ static void warn_restart_only(const llmux_server_conf_t *was, const llmux_server
   if ((was->usage_db == NULL) != (now->usage_db == NULL) ||
       (was->usage_db && strcmp(was->usage_db, now->usage_db) != 0))
     llmux_warn("reload: [server] usage_db changed: it takes effect at the next restart");
+  if (!str_same(was->shared_state, now->shared_state) ||
+      !str_same(was->shared_state_prefix, now->shared_state_prefix) ||
+      !str_same(was->shared_state_password_env, now->shared_state_password_env) ||
+      was->shared_state_fail_closed != now->shared_state_fail_closed)
+    llmux_warn("reload: [server] shared_state settings changed: they take effect at the next "
+               "restart");
+  if (was->workers != now->workers)
+    llmux_warn("reload: [server] workers changed: it takes effect at the next restart");
 }
 
 /* Logs the entries a reload added to diag, from `from` on: errors at

@@ -203,7 +203,10 @@ int llmux_rl_configure(llmux_rl_store_t *s, const llmux_config_t *cfg);
  * dimension of the route and of its provider-wide key has headroom
  * (*retry_after_ms = 0); LLMUX_EAGAIN otherwise, with *retry_after_ms the
  * time until all of them have (LLMUX_RL_FOREVER for an open-ended block).
- * A key the store has never seen has headroom. Changes nothing. */
+ * A key the store has never seen has headroom. Changes nothing. A shared
+ * store that cannot decide (its backend unreachable, and configured to
+ * fail closed) answers LLMUX_RL_EUNAVAILABLE: not a limit, an outage. */
+#define LLMUX_RL_EUNAVAILABLE LLMUX_ECONNREFUSED
 int llmux_rl_check(llmux_rl_store_t *s, const llmux_rl_key_t *key, uint64_t tokens,
                    uint64_t now_ms, uint64_t *retry_after_ms);
 /* Counts one request and `tokens` on the route and its provider-wide key

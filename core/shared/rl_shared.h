@@ -117,10 +117,6 @@
 
 #include "route/ratelimit.h"
 
-/* What check answers with fail_closed while Redis is down, for the gateway
- * to turn into a 503. (An alias until common.h gets an UNAVAILABLE code.) */
-#define LLMUX_RL_EUNAVAILABLE LLMUX_ECONNREFUSED
-
 /* clock_offset_ms value meaning "Unix time" (the default). */
 #define LLMUX_RL_SHARED_WALL_CLOCK INT64_MIN
 

@@ -181,6 +181,7 @@ int llmux_tenant_admit(llmux_tenants_t *ts, llmux_usage_store_t *usage,
   llmux_rl_key_t key = {t->rl_name, NULL};
   int today = (int)(wall_ms / 86400000);
   uint64_t wait = 0;
+  int rc;
   memset(v, 0, sizeof *v);
   if (usage != NULL && (c->has_budget || c->limits.tokens_per_day)) {
     llmux_usage_counts_t day, month;
@@ -192,7 +193,9 @@ int llmux_tenant_admit(llmux_tenants_t *ts, llmux_usage_store_t *usage,
         day.input_tokens + day.output_tokens >= c->limits.tokens_per_day)
       return refuse(v, "tokens_per_day", 0, ms_until_day(today + 1, wall_ms));
   }
-  if (llmux_rl_check(ts->rl, &key, tokens, now_ms, &wait) != 0) {
+  rc = llmux_rl_check(ts->rl, &key, tokens, now_ms, &wait);
+  if (rc == LLMUX_RL_EUNAVAILABLE) return rc;
+  if (rc != 0) {
     llmux_rl_snapshot_t snap;
     const char *which = "tokens_per_minute";
     if (llmux_rl_snapshot(ts->rl, &key, now_ms, &snap) == 0 &&

@@ -1,0 +1,181 @@
+// Two gateways on one real redis-server share their limits: a provider's
+// requests_per_minute holds exactly for sequential requests spread over
+// both and within the documented bound (one request per process) for 64
+// concurrent ones; Redis killed and restarted mid-run loses no request,
+// rebuilds the fleet's counts and shares again; with shared_state_fail =
+// closed an outage is a 503.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { startGateway, writeConfig } from "./lib/gateway.mjs";
+import { startMock } from "./lib/mock.mjs";
+import { startRedis } from "./lib/redis.mjs";
+
+const live = [];
+let redis, mk;
+before(async () => {
+  redis = await startRedis();
+  mk = await startMock({ args: ["--name", "mk", "--tokens", "3"] });
+  live.push(mk);
+});
+after(async () => {
+  for (const x of live.reverse()) await x.stop();
+  await redis.stop();
+});
+
+let prefixes = 0;
+// Two gateways (or `count`) on one prefix of the test's Redis.
+async function fleet({ route = "", server = "", tenants = "", count = 2, env = {} } = {}) {
+  const prefix = `t${++prefixes}:`;
+  const config = writeConfig({
+    "llmux.ini": "[server]\nlisten = 127.0.0.1:0\nlog_level = warn\nretry_backoff = 10ms\n" +
+      `shared_state = ${redis.url}\nshared_state_prefix = ${prefix}\n${server}\n` +
+      "[model m]\ntier = 3\nprice_in = 1\nprice_out = 1\n" + tenants,
+    "providers/mk.ini": `[provider mk]\nplugin = openai\nbase_url = ${mk.baseURL}\n` +
+      `[route mk m]\nid = mk-id\n${route}\n`,
+  });
+  const gws = [];
+  for (let i = 0; i < count; i++) {
+    const gw = await startGateway(config, env);
+    live.push(gw);
+    gws.push(gw);
+  }
+  for (const gw of gws) await waitUp(gw);
+  return { gws, prefix, config };
+}
+
+async function metric(gw, name, labels) {
+  const text = await (await fetch(gw.url + "/metrics")).text();
+  const re = new RegExp(`^${name}\\{${labels}\\} (\\S+)$`, "m");
+  const m = re.exec(text);
+  return m ? Number(m[1]) : undefined;
+}
+
+async function waitFor(what, fn, ms = 10000) {
+  const until = Date.now() + ms;
+  for (;;) {
+    if (await fn()) return;
+    if (Date.now() > until) assert.fail(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+const waitUp = (gw) => waitFor("the shared state to be up", async () =>
+  (await metric(gw, "llmux_shared_state_up", 'component="rate_limits"')) === 1);
+
+function chat(gw, headers = {}) {
+  return fetch(gw.url + "/v1/chat/completions", {
+    method: "POST",
+    headers: { "content-type": "application/json", ...headers },
+    body: JSON.stringify({ model: "m", messages: [{ role: "user", content: "hi" }] }),
+  });
+}
+
+async function statuses(gw, n) {
+  const out = [];
+  for (let i = 0; i < n; i++) {
+    const r = await chat(gw);
+    await r.arrayBuffer();
+    out.push(r.status);
+  }
+  return out;
+}
+
+test("a provider's requests_per_minute holds exactly for sequential requests over two gateways", async () => {
+  const { gws } = await fleet({ route: "requests_per_minute = 10" });
+  const got = [];
+  for (let i = 0; i < 16; i++) {
+    const r = await chat(gws[i % 2]);
+    const body = await r.json();
+    got.push(r.status);
+    if (r.status === 429) assert.equal(body.error.code, "RATE_LIMIT_EXCEEDED");
+  }
+  assert.deepEqual(got, [...Array(10).fill(200), ...Array(6).fill(429)]);
+  // Alone, each would have let 10 through: 20 in all.
+});
+
+test("64 concurrent requests over two gateways exceed the limit by at most one per gateway", async () => {
+  const limit = 20;
+  const { gws } = await fleet({ route: `requests_per_minute = ${limit}` });
+  const rs = await Promise.all(Array.from({ length: 64 }, async (_, i) => {
+    const r = await chat(gws[i % 2]);
+    await r.arrayBuffer();
+    return r.status;
+  }));
+  const ok = rs.filter((s) => s === 200).length;
+  assert.ok(rs.every((s) => s === 200 || s === 429), rs.join(","));
+  assert.ok(ok <= limit + gws.length, `${ok} answered for a limit of ${limit}`);
+  assert.ok(ok >= 1, "none answered");
+  console.log(`64 concurrent, limit ${limit}: ${ok} answered`);
+  // Once everything is confirmed, the fleet's count is what was let through:
+  // the next request is refused on either.
+  for (const gw of gws) {
+    const r = await chat(gw);
+    await r.arrayBuffer();
+    assert.equal(r.status, ok >= limit ? 429 : 200);
+  }
+});
+
+test("Redis killed and restarted mid-run: no request lost, counts rebuilt, sharing again", async () => {
+  const { gws } = await fleet({ route: "requests_per_minute = 40" });
+  const before = [...await statuses(gws[0], 10), ...await statuses(gws[1], 10)];
+  assert.ok(before.every((s) => s === 200), before.join(","));
+  const errorsBefore = await metric(gws[0], "llmux_shared_state_errors_total",
+                                    'component="rate_limits"');
+  await redis.kill();
+  // Fail-open: both keep serving on what they know.
+  const during = [...await statuses(gws[0], 10), ...await statuses(gws[1], 10)];
+  assert.ok(during.every((s) => s === 200), during.join(","));
+  await waitFor("the outage to be counted", async () =>
+    (await metric(gws[0], "llmux_shared_state_errors_total", 'component="rate_limits"')) >
+      errorsBefore);
+  assert.equal(await metric(gws[0], "llmux_shared_state_up", 'component="rate_limits"'), 0);
+  // Redis comes back empty: each adds back what it counted; 40 in all.
+  await redis.start();
+  for (const gw of gws) await waitUp(gw);
+  for (const gw of gws) {
+    const r = await chat(gw);
+    await r.arrayBuffer();
+    assert.equal(r.status, 429, "the fleet's 40 requests were not rebuilt");
+  }
+});
+
+test("shared_state_fail = closed: while Redis is down requests get 503 shared_state_unavailable", async () => {
+  const { gws } = await fleet({ server: "shared_state_fail = closed", count: 1 });
+  let r = await chat(gws[0]);
+  assert.equal(r.status, 200);
+  await r.arrayBuffer();
+  await redis.kill();
+  try {
+    await waitFor("the outage to be seen", async () =>
+      (await metric(gws[0], "llmux_shared_state_up", 'component="rate_limits"')) === 0);
+    r = await chat(gws[0]);
+    const body = await r.json();
+    assert.equal(r.status, 503);
+    assert.equal(body.error.code, "shared_state_unavailable");
+    assert.ok(r.headers.get("retry-after"));
+    assert.ok(!JSON.stringify(body).includes(String(redis.port)), "the address leaked");
+  } finally {
+    await redis.start();
+  }
+  await waitUp(gws[0]);
+  r = await chat(gws[0]);
+  assert.equal(r.status, 200);
+  await r.arrayBuffer();
+});
+
+test("a password comes from shared_state_password_env; one in the URL is refused with its line", async () => {
+  const config = writeConfig({
+    "llmux.ini": "[server]\nlisten = 127.0.0.1:0\n" +
+      `shared_state = redis://:hunter2@127.0.0.1:${redis.port}\n[model m]\ntier = 3\n`,
+  });
+  const { runLlmux } = await import("./lib/gateway.mjs");
+  const r = runLlmux(["check", "-c", config]);
+  assert.notEqual(r.status, 0);
+  assert.match(r.stderr, /llmux\.ini:3: .*shared_state.*credentials/);
+  assert.ok(!r.stderr.includes("hunter2"), "the password was echoed");
+  const unset = writeConfig({
+    "llmux.ini": "[server]\nlisten = 127.0.0.1:0\n" +
+      `shared_state = ${redis.url}\nshared_state_password_env = LLMUX_TEST_NOPE\n[model m]\ntier = 3\n`,
+  });
+  await assert.rejects(startGateway(unset), /LLMUX_TEST_NOPE, which is not set/);
+});
