@@ -727,6 +727,76 @@ static void otlp_endpoint_is_an_http_collector_url(void **state) {
   }
 }
 
+/* [server] shared_state and its companions, workers: defaults, good
+ * values, and each mistake at its line (a password in the URL never
+ * echoed). */
+static void shared_state_and_workers(void **state) {
+  static const struct { const char *line; const char *msg; } bad[] = {
+    {"shared_state = http://127.0.0.1:6379", "bad value for 'shared_state'"},
+    {"shared_state = rediss://cache:6380", "llmux does not speak TLS to Redis"},
+    {"shared_state = redis://:hunter2@cache", "carries credentials"},
+    {"shared_state = redis://cache:0", "bad value for 'shared_state'"},
+    {"shared_state = redis://cache/x", "bad value for 'shared_state'"},
+    {"shared_state = redis://cache/70000", "bad value for 'shared_state'"},
+    {"shared_state = redis://", "bad value for 'shared_state'"},
+    {"shared_state_fail = maybe", "open or closed"},
+    {"shared_state_password_env = p@ss word", "must name an environment variable"},
+    {"workers = 0", "from 1 to 1024, or auto"},
+    {"workers = many", "from 1 to 1024, or auto"},
+  };
+  tree_t t;
+  llmux_diag_t d = {0};
+  llmux_config_t *cfg = NULL;
+  char text[256];
+  size_t i;
+  (void)state;
+  tree_init(&t, "[server]\nlisten = 127.0.0.1:1\n");
+  cfg = load_ok(t.main_path, &d);
+  assert_null(cfg->server.shared_state);
+  assert_string_equal(cfg->server.shared_state_prefix, "llmux:");
+  assert_int_equal(cfg->server.shared_state_fail_closed, 0);
+  assert_int_equal(cfg->server.workers, 1);
+  llmux_config_free(cfg);
+  llmux_diag_free(&d);
+  tree_free(&t);
+  tree_init(&t, "[server]\nshared_state = redis://[::1]:7000/3\nshared_state_prefix = eu:\n"
+                "shared_state_fail = closed\nshared_state_password_env = REDIS_PW\n"
+                "workers = auto\n");
+  cfg = load_ok(t.main_path, &d);
+  assert_string_equal(cfg->server.shared_state, "redis://[::1]:7000/3");
+  assert_string_equal(cfg->server.shared_state_prefix, "eu:");
+  assert_string_equal(cfg->server.shared_state_password_env, "REDIS_PW");
+  assert_int_equal(cfg->server.shared_state_fail_closed, 1);
+  assert_int_equal(cfg->server.workers_auto, 1);
+  assert_true(cfg->server.workers >= 1);
+  assert_int_equal(d.len, 0);
+  llmux_config_free(cfg);
+  llmux_diag_free(&d);
+  tree_free(&t);
+  /* Several workers and nothing to share through: said, with the line. */
+  tree_init(&t, "[server]\nlisten = 127.0.0.1:1\nworkers = 3\n");
+  cfg = load_ok(t.main_path, &d);
+  assert_int_equal(cfg->server.workers, 3);
+  assert_diag(&d, t.main_path, 3, LLMUX_DIAG_WARNING, "workers = 3 without shared_state");
+  llmux_config_free(cfg);
+  llmux_diag_free(&d);
+  tree_free(&t);
+  tree_init(&t, "[server]\nusage_db = u.db\nworkers = 2\n");
+  assert_int_equal(llmux_config_load(t.main_path, &cfg, &d), LLMUX_ECONFIG);
+  assert_diag(&d, t.main_path, 3, LLMUX_DIAG_ERROR, "overwrite each other's usage rows");
+  llmux_diag_free(&d);
+  tree_free(&t);
+  for (i = 0; i < LLMUX_COUNTOF(bad); i++) {
+    snprintf(text, sizeof text, "[server]\n%s\n", bad[i].line);
+    tree_init(&t, text);
+    assert_int_equal(llmux_config_load(t.main_path, &cfg, &d), LLMUX_ECONFIG);
+    assert_diag(&d, t.main_path, 2, LLMUX_DIAG_ERROR, bad[i].msg);
+    for (size_t j = 0; j < d.len; j++) assert_null(strstr(d.items[j].message, "hunter2"));
+    llmux_diag_free(&d);
+    tree_free(&t);
+  }
+}
+
 /* [server] access_log: a file beside the main one, stdout, or off (the
  * default). */
 static void access_log_is_a_path_stdout_or_off(void **state) {
@@ -793,6 +863,7 @@ int main(void) {
     T(diag_format_is_file_line_message),
     T(otlp_endpoint_is_an_http_collector_url),
     T(access_log_is_a_path_stdout_or_off),
+    T(shared_state_and_workers),
 #undef T
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
