@@ -6,7 +6,7 @@
 // closed an outage is a 503.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { startGateway, writeConfig } from "./lib/gateway.mjs";
+import { runLlmux, startGateway, writeConfig } from "./lib/gateway.mjs";
 import { startMock } from "./lib/mock.mjs";
 import { startRedis } from "./lib/redis.mjs";
 
@@ -168,7 +168,6 @@ test("a password comes from shared_state_password_env; one in the URL is refused
     "llmux.ini": "[server]\nlisten = 127.0.0.1:0\n" +
       `shared_state = redis://:hunter2@127.0.0.1:${redis.port}\n[model m]\ntier = 3\n`,
   });
-  const { runLlmux } = await import("./lib/gateway.mjs");
   const r = runLlmux(["check", "-c", config]);
   assert.notEqual(r.status, 0);
   assert.match(r.stderr, /llmux\.ini:3: .*shared_state.*credentials/);
@@ -178,4 +177,25 @@ test("a password comes from shared_state_password_env; one in the URL is refused
       `shared_state = ${redis.url}\nshared_state_password_env = LLMUX_TEST_NOPE\n[model m]\ntier = 3\n`,
   });
   await assert.rejects(startGateway(unset), /LLMUX_TEST_NOPE, which is not set/);
+});
+
+function newKey(tenant) {
+  const r = runLlmux(["key", "new", tenant]);
+  assert.equal(r.status, 0, r.stderr);
+  return { key: r.stdout.split("\n")[0], hash: /^key_sha256 = ([0-9a-f]{64})$/m.exec(r.stdout)[1] };
+}
+
+test("a tenant's requests_per_minute holds across both gateways", async () => {
+  const k = newKey("acme");
+  const { gws } = await fleet({
+    tenants: `[tenant acme]\nkey_sha256 = ${k.hash}\nrequests_per_minute = 5\n`,
+  });
+  const got = [];
+  for (let i = 0; i < 8; i++) {
+    const r = await chat(gws[i % 2], { authorization: `Bearer ${k.key}` });
+    const body = await r.json();
+    got.push(r.status);
+    if (r.status === 429) assert.match(body.error.message, /tenant 'acme': requests_per_minute/);
+  }
+  assert.deepEqual(got, [200, 200, 200, 200, 200, 429, 429, 429]);
 });
