@@ -207,6 +207,10 @@ int llmux_rl_configure(llmux_rl_store_t *s, const llmux_config_t *cfg);
  * store that cannot decide (its backend unreachable, and configured to
  * fail closed) answers LLMUX_RL_EUNAVAILABLE: not a limit, an outage. */
 #define LLMUX_RL_EUNAVAILABLE LLMUX_ECONNREFUSED
+/* A shared store asked to (shared/rl_shared.h, Refreshing) answers this when
+ * it would admit on a mirror that may lack other processes' latest
+ * changes: refresh it, then check again. */
+#define LLMUX_RL_ESTALE LLMUX_ESTALE
 int llmux_rl_check(llmux_rl_store_t *s, const llmux_rl_key_t *key, uint64_t tokens,
                    uint64_t now_ms, uint64_t *retry_after_ms);
 /* Counts one request and `tokens` on the route and its provider-wide key

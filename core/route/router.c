@@ -24,6 +24,8 @@ typedef struct route_state_s {
   unsigned head;          /* next ring slot; the oldest when the ring is full */
   int open;               /* tripped: rests until until_ms, then half-open */
   uint64_t until_ms;
+  uint64_t opened_ms;     /* when the current opening began (its `since`) */
+  uint64_t closed_ms;     /* the latest close by a probe, here or elsewhere */
   int probe_out;          /* half-open probe granted and not yet reported */
   uint64_t probe_at_ms;
   unsigned inflight;
@@ -37,6 +39,8 @@ struct llmux_route_table_s {
   route_state_t **buckets;
   size_t nbuckets;        /* a power of two */
   size_t count;
+  llmux_route_change_cb on_change; /* NULL: nobody listens */
+  void *on_change_arg;
 };
 
 /* Ordering workspace entry. */
@@ -124,14 +128,25 @@ static void table_grow(llmux_route_table_t *t) {
   t->nbuckets = n;
 }
 
-/* The entry of (provider, model), made when missing; NULL when out of memory. */
-static route_state_t *table_get(llmux_route_table_t *t, const char *provider,
-                                const char *model) {
+/* The entry of (provider, model); NULL when there is none. */
+static route_state_t *table_find(const llmux_route_table_t *t, const char *provider,
+                                 const char *model) {
   size_t k = name_hash(provider, model) & (t->nbuckets - 1);
   route_state_t *s;
   for (s = t->buckets[k]; s != NULL; s = s->next) {
     if (strcmp(s->provider, provider) == 0 && strcmp(s->model, model) == 0) return s;
   }
+  return NULL;
+}
+
+/* The entry of (provider, model), made when missing; NULL when out of memory.
+ * A new entry has no failure ring: only a router counts failures, and it
+ * sizes the ring of every entry it maps (ring_fit). */
+static route_state_t *table_get(llmux_route_table_t *t, const char *provider,
+                                const char *model) {
+  size_t k = name_hash(provider, model) & (t->nbuckets - 1);
+  route_state_t *s = table_find(t, provider, model);
+  if (s != NULL) return s;
   s = calloc(1, sizeof *s);
   if (s == NULL) return NULL;
   s->provider = strdup(provider);
@@ -268,12 +283,40 @@ static int probe_blocks(const llmux_router_t *r, const route_state_t *s, uint64_
   return s->probe_out && now_ms - s->probe_at_ms < r->opts.probe_timeout_ms;
 }
 
-static void trip(const llmux_router_t *r, route_state_t *s, uint64_t now_ms) {
+static void notify(const llmux_route_table_t *t, const route_state_t *s,
+                   llmux_route_event_t event, uint64_t now_ms, unsigned failures) {
+  llmux_route_change_t c;
+  if (t->on_change == NULL) return;
+  memset(&c, 0, sizeof c);
+  c.event = event;
+  c.provider = s->provider;
+  c.model = s->model;
+  c.now_ms = now_ms;
+  if (event == LLMUX_ROUTE_OPENED) {
+    c.until_ms = s->until_ms;
+    c.failures = failures;
+    c.probe = failures == 0;
+    if (c.probe) c.failures = 1;
+  }
+  t->on_change(&c, t->on_change_arg);
+}
+
+/* Opens the breaker until `until_ms`: the rest starts over, and so does
+ * the failure count. */
+static void rest(route_state_t *s, uint64_t since_ms, uint64_t until_ms) {
   s->open = 1;
-  s->until_ms = now_ms + r->opts.cooldown_ms;
+  s->until_ms = until_ms;
+  s->opened_ms = since_ms;
   s->probe_out = 0;
   s->nfails = 0;
   s->head = 0;
+}
+
+/* `failures`: the count that tripped it; 0 for a failed probe. */
+static void trip(const llmux_router_t *r, route_state_t *s, uint64_t now_ms,
+                 unsigned failures) {
+  rest(s, now_ms, now_ms + r->opts.cooldown_ms);
+  notify(r->table, s, LLMUX_ROUTE_OPENED, now_ms, failures);
 }
 
 static void close_breaker(route_state_t *s) {
@@ -293,7 +336,7 @@ static void count_failure(const llmux_router_t *r, route_state_t *s, uint64_t no
   if (s->nfails < n) s->nfails++;
   if (s->nfails < n) return;
   oldest = s->ring[s->head]; /* full ring: head is the oldest of the last n */
-  if (now_ms < oldest || now_ms - oldest < r->opts.window_ms) trip(r, s, now_ms);
+  if (now_ms < oldest || now_ms - oldest < r->opts.window_ms) trip(r, s, now_ms, n);
 }
 
 llmux_router_verdict_t llmux_router_allow(llmux_router_t *r, size_t route_index,
@@ -327,13 +370,18 @@ void llmux_router_report(llmux_router_t *r, size_t route_index, llmux_outcome_t 
   switch (outcome) {
   case LLMUX_OUTCOME_SUCCESS:
     observe_latency(r, s, latency_ms);
-    if (st != LLMUX_BREAKER_OPEN) close_breaker(s);
+    if (st == LLMUX_BREAKER_OPEN) break;
+    close_breaker(s);
+    if (st == LLMUX_BREAKER_HALF_OPEN) {
+      s->closed_ms = now_ms;
+      notify(r->table, s, LLMUX_ROUTE_CLOSED, now_ms, 0);
+    }
     break;
   case LLMUX_OUTCOME_FAILURE:
     if (st == LLMUX_BREAKER_CLOSED)
       count_failure(r, s, now_ms);
     else if (st == LLMUX_BREAKER_HALF_OPEN)
-      trip(r, s, now_ms);
+      trip(r, s, now_ms, 0);
     break;
   case LLMUX_OUTCOME_NEUTRAL:
     if (st == LLMUX_BREAKER_HALF_OPEN) s->probe_out = 0;
@@ -386,6 +434,37 @@ void llmux_router_stats(const llmux_router_t *r, size_t route_index, uint64_t no
   out->samples = s->samples;
   memcpy(out->last_error, s->last_error, sizeof out->last_error);
   out->last_error_ms = s->last_error_ms;
+}
+
+/* ---- Sharing breakers --------------------------------------------------- */
+
+void llmux_route_table_on_change(llmux_route_table_t *t, llmux_route_change_cb cb, void *arg) {
+  t->on_change = cb;
+  t->on_change_arg = cb ? arg : NULL;
+}
+
+int llmux_route_table_open(llmux_route_table_t *t, const char *provider, const char *model,
+                           uint64_t since_ms, uint64_t until_ms, uint64_t now_ms) {
+  route_state_t *s;
+  if (t == NULL || provider == NULL || model == NULL) return LLMUX_EINVAL;
+  if (until_ms <= now_ms) return 0;
+  if ((s = table_get(t, provider, model)) == NULL) return LLMUX_ENOMEM;
+  if (since_ms < s->closed_ms) return 0; /* a success came after those failures */
+  if (s->open && s->until_ms >= until_ms) return 0;
+  /* Extending an opening: the later start is the one a close must follow. */
+  rest(s, s->open && s->opened_ms > since_ms ? s->opened_ms : since_ms, until_ms);
+  return 1;
+}
+
+int llmux_route_table_close_remote(llmux_route_table_t *t, const char *provider,
+                                   const char *model, uint64_t at_ms) {
+  route_state_t *s;
+  if (t == NULL || provider == NULL || model == NULL) return LLMUX_EINVAL;
+  if ((s = table_find(t, provider, model)) == NULL) return 0;
+  if (at_ms > s->closed_ms) s->closed_ms = at_ms;
+  if (!s->open || s->opened_ms > at_ms) return 0;
+  close_breaker(s);
+  return 1;
 }
 
 /* ---- Filters ----------------------------------------------------------- */

@@ -80,10 +80,11 @@ extern "C" {
 typedef struct llmux_router_s llmux_router_t;
 
 /* Route state by name, shared by every router built over it. An entry is
- * made the first time a router maps a route to it and stays (its address
- * too) until the table is freed, so a route removed by a reload and added
- * back later finds its state again; entries number the distinct routes
- * ever configured. Free the table after every router built over it. */
+ * made the first time a router maps a route to it (or another process
+ * opens its breaker: llmux_route_table_open) and stays (its address too)
+ * until the table is freed, so a route removed by a reload and added back
+ * later finds its state again; entries number the distinct routes ever
+ * configured or opened. Free the table after every router built over it. */
 typedef struct llmux_route_table_s llmux_route_table_t;
 int llmux_route_table_new(llmux_route_table_t **out);  /* 0 or LLMUX_ENOMEM */
 void llmux_route_table_free(llmux_route_table_t *t);
@@ -247,6 +248,70 @@ typedef struct llmux_route_stats_s {
 
 void llmux_router_stats(const llmux_router_t *r, size_t route_index, uint64_t now_ms,
                         llmux_route_stats_t *out);
+
+/* ---- Sharing breakers --------------------------------------------------- */
+
+/* For a fleet of processes whose breakers rest a route everywhere once it
+ * tripped anywhere (gateway/fleet_breakers.c carries these through Redis).
+ * The table tells an observer when one of its breakers opens or closes, and
+ * takes openings and closes decided elsewhere. Still pure: the observer is
+ * called in line, and every time is the caller's now_ms clock (the caller
+ * maps other processes' times onto it).
+ *
+ * Order. Messages between processes can cross, so each opening carries
+ * when it began (`since`) and each close when its probe succeeded (`at`):
+ * a close ends only an opening that began at or before it, and an opening
+ * that began before the last close this table knows of (a successful probe
+ * here, or a close taken from elsewhere) is stale and ignored. Whatever the
+ * order messages arrive in, a route ends up resting only if it failed after
+ * the last success anyone saw (to within the processes' clock skew). */
+
+typedef enum {
+  LLMUX_ROUTE_OPENED = 1, /* tripped here: failures in the window, or a
+                             failed probe */
+  LLMUX_ROUTE_CLOSED      /* a probe (any success while half-open) closed it */
+} llmux_route_event_t;
+
+typedef struct llmux_route_change_s {
+  llmux_route_event_t event;
+  const char *provider;   /* the route's names; valid during the call */
+  const char *model;      /* the provider's model id */
+  uint64_t now_ms;        /* when: the opening's start (its `since`), or the
+                             success that closed it (its `at`) */
+  uint64_t until_ms;      /* OPENED: end of the rest; 0 for CLOSED */
+  unsigned failures;      /* OPENED: the failures that tripped it (1 for a
+                             failed probe) */
+  int probe;              /* OPENED: a half-open probe failed */
+} llmux_route_change_t;
+
+/* Called in line from llmux_router_report*() when one of the table's
+ * breakers opens or closes there, never for llmux_route_table_open() or
+ * llmux_route_table_close_remote() (so what comes from elsewhere is not
+ * sent back). It must not change the table. */
+typedef void (*llmux_route_change_cb)(const llmux_route_change_t *change, void *arg);
+
+/* Sets the table's one observer; cb NULL removes it. */
+void llmux_route_table_on_change(llmux_route_table_t *t, llmux_route_change_cb cb, void *arg);
+
+/* Opens the breaker of (provider, model) as another process did: the route
+ * rests until `until_ms`, then is half-open with one probe as usual; its
+ * failure count starts again. `since_ms` is when that opening began. Does
+ * nothing (returns 0) when the rest is already over (until_ms <= now_ms),
+ * when the route already rests at least as long, or when the opening is
+ * stale (since_ms before the last close known here). A route this table has
+ * no entry for yet gets one, as a router would make it, so a reload that
+ * configures it later finds it resting. Returns 1 when the breaker changed,
+ * 0 when not, LLMUX_EINVAL or LLMUX_ENOMEM. Does not call the observer. */
+int llmux_route_table_open(llmux_route_table_t *t, const char *provider, const char *model,
+                           uint64_t since_ms, uint64_t until_ms, uint64_t now_ms);
+
+/* Closes the breaker of (provider, model) as another process's successful
+ * probe did at `at_ms`: an open or half-open breaker whose opening began at
+ * or before at_ms closes (failure count cleared, no probe needed); a later
+ * opening stands. Routes without an entry are ignored. Returns 1 when the
+ * breaker closed, 0 when not, LLMUX_EINVAL. Does not call the observer. */
+int llmux_route_table_close_remote(llmux_route_table_t *t, const char *provider,
+                                   const char *model, uint64_t at_ms);
 
 /* ---- Retry helpers ----------------------------------------------------- */
 

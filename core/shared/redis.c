@@ -36,6 +36,7 @@ struct llmux__redis_cmd_s {
   int status;         /* what it hears if its context is dropped */
   int script;         /* -1: not an EVALSHA */
   int retried;        /* NOSCRIPT already answered once */
+  int counted;        /* a caller's command: counted in queued/answered */
   int argc;           /* an EVALSHA's whole argv, kept for the retry */
   const char **argv;
   size_t *lens;
@@ -253,8 +254,11 @@ void llmux_redis_reset(llmux_redis_t *r, const char *why) {
 
 static void finish(llmux__redis_cmd_t *c, int status, redisReply *reply) {
   llmux_redis_t *r = c->r;
+  int counted = c->counted;
+  if (counted) r->answered++;
   c->cb(r, status, reply, c->arg);
   free(c);
+  if (counted && r->on_answered) r->on_answered(r);
 }
 
 static int send_cmd(llmux_redis_t *r, llmux__redis_cmd_t *c, int argc, const char **argv,
@@ -335,8 +339,13 @@ int llmux_redis_command(llmux_redis_t *r, llmux_redis_cb cb, void *arg, int argc
   if (rc != 0) return rc;
   assert(cb != NULL && argc > 0);
   c = new_cmd(r, cb, arg, 0);
-  if ((rc = send_cmd(r, c, argc, (const char **)argv, lens)) != 0) free(c);
-  return rc;
+  if ((rc = send_cmd(r, c, argc, (const char **)argv, lens)) != 0) {
+    free(c);
+    return rc;
+  }
+  c->counted = 1;
+  r->queued++;
+  return 0;
 }
 
 int llmux_redis_evalsha(llmux_redis_t *r, size_t script, llmux_redis_cb cb, void *arg,
@@ -364,8 +373,13 @@ int llmux_redis_evalsha(llmux_redis_t *r, size_t script, llmux_redis_cb cb, void
     off += lens[i];
   }
   for (i = 0; i < (size_t)c->argc; i++) c->lens[i] = i < 3 ? strlen(c->argv[i]) : lens[i - 3];
-  if ((rc = send_cmd(r, c, c->argc, c->argv, c->lens)) != 0) free(c);
-  return rc;
+  if ((rc = send_cmd(r, c, c->argc, c->argv, c->lens)) != 0) {
+    free(c);
+    return rc;
+  }
+  c->counted = 1;
+  r->queued++;
+  return 0;
 }
 
 /* ---- Deadlines ----------------------------------------------------------- */
@@ -665,6 +679,7 @@ int llmux_redis_init(uv_loop_t *loop, llmux_redis_t *r, const llmux_redis_option
   r->backoff_ms = r->backoff_min_ms;
   r->on_message = opt->on_message;
   r->on_state = opt->on_state;
+  r->on_answered = opt->on_answered;
   r->rand = uv_hrtime() ^ (uint64_t)(uintptr_t)r ^ 0x9e3779b97f4a7c15u;
   if (r->rand == 0) r->rand = 1;
   uv_timer_init(loop, &r->timer);

@@ -113,6 +113,9 @@ typedef struct llmux_redis_options_s {
   const char *subscribe;
   llmux_redis_message_cb on_message;
   llmux_redis_state_cb on_state; /* may be NULL */
+  /* Called after each command's callback (answered or failed), when the
+   * command's count is in `answered`; may be NULL. */
+  void (*on_answered)(llmux_redis_t *r);
 } llmux_redis_options_t;
 
 /* Private: a command in flight (redis.c). */
@@ -127,6 +130,11 @@ struct llmux_redis_s {
   llmux_redis_state_t state;
   uint64_t errors;          /* failed attempts, lost connections, timeouts */
   uint64_t connects;        /* times READY was reached */
+  /* Commands queued (llmux_redis_command, llmux_redis_evalsha) and
+   * finished (answered, or failed with the connection). Answers come in
+   * order, so answered >= n means every command queued before queued
+   * reached n has been answered (or has failed). */
+  uint64_t queued, answered;
   char last_error[256];     /* why the last attempt or connection failed */
   /* private */
   llmux_redis_url_t url;
@@ -141,6 +149,7 @@ struct llmux_redis_s {
   unsigned backoff_ms;      /* the next wait's base */
   llmux_redis_message_cb on_message;
   llmux_redis_state_cb on_state;
+  void (*on_answered)(llmux_redis_t *r);
   llmux_redis_close_cb close_cb;
   struct redisAsyncContext *ac;                     /* the live context */
   struct redisAsyncContext *dead[LLMUX_REDIS_MAX_DEAD]; /* dropped, to free */

@@ -18,6 +18,7 @@
 #include <assert.h>
 #include <inttypes.h>
 #include <stdio.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -67,6 +68,7 @@ typedef struct entry_s {
   /* glob: Redis's state */
   uint64_t ver;
   int stale;              /* take the next state whatever its version */
+  int reading;            /* a read of the whole key is in flight */
   llmux_win_t glob[2];
   synced_t sync[NDIMS];
   uint64_t gen;
@@ -108,6 +110,10 @@ typedef struct shared_s {
   int wall;           /* offset makes the shared clock Unix time */
   uint64_t last_now;  /* the latest shared time a call brought */
   int fail_closed;
+  int refresh, fresh;  /* Refreshing (rl_shared.h) */
+  int want_full;       /* replies carry whole states (joins, a new epoch) */
+  uint64_t change_mark; /* cmd.queued once the latest change was queued */
+  uint64_t touched_ms; /* when a script last touched the instances set */
   unsigned timeout_ms;
   /* state */
   int up, joining, warned;
@@ -118,6 +124,7 @@ typedef struct shared_s {
   uint64_t outages;
   uint64_t npending;
   waiter_t *waiters;
+  llmux_rl_settle_t *settle_head, *settle_tail; /* by mark, ascending */
   llmux_rl_shared_cb close_cb;
   void *close_arg;
   /* keys */
@@ -346,6 +353,22 @@ static int gated(const shared_t *st, const entry_t *e, uint64_t tokens, uint64_t
   return 0;
 }
 
+/* Would this request take the process past its partition of a limit? */
+static int beyond_partition(const shared_t *st, const entry_t *e, uint64_t tokens,
+                            uint64_t now) {
+  uint64_t n = st->instances;
+  int d;
+  for (d = 0; d < NDIMS; d++) {
+    uint64_t cost = d / 2 ? tokens : 1, lim = e->limits[d];
+    int64_t mine;
+    if (lim == 0) continue;
+    mine = signed_sum(&e->own[d % 2], d % 2, d / 2, now);
+    if (cost > lim) cost = lim;
+    if (n == 0 || mine < 0 || (uint64_t)mine + cost > lim / n) return 1;
+  }
+  return 0;
+}
+
 static void legs(shared_t *st, const llmux_rl_key_t *key, entry_t *out[2]) {
   llmux_rl_key_t pk = {key->provider, NULL};
   out[0] = lookup(st, key, 0);
@@ -384,10 +407,19 @@ static void arg_i64(args_t *a, int64_t v) {
 }
 
 /* KEYS and the common ARGV of every call. */
+/* Scripts touch the instances set this often (and at every join). */
+#define TOUCH_MS 5000
+
 static args_t *args_begin(shared_t *st, int extra, entry_t *const *keys, int nkeys,
                           const char *op, uint64_t now, uint64_t seq) {
-  args_t *a = args_new(2 + nkeys + 5 + extra);
-  int i;
+  args_t *a = args_new(2 + nkeys + 6 + extra);
+  uint64_t t = uv_now(st->loop);
+  int i, flags = 0;
+  if (st->joining || st->touched_ms == 0 || t - st->touched_ms >= TOUCH_MS) {
+    flags |= 1;
+    st->touched_ms = t ? t : 1;
+  }
+  if (st->joining || st->want_full) flags |= 2;
   arg_str(a, st->epoch_key, strlen(st->epoch_key));
   arg_str(a, st->inst_key, strlen(st->inst_key));
   for (i = 0; i < nkeys; i++) arg_str(a, keys[i]->rkey, keys[i]->rkey_len);
@@ -396,6 +428,7 @@ static args_t *args_begin(shared_t *st, int extra, entry_t *const *keys, int nke
   arg_str(a, st->origin, 16);
   arg_i64(a, (int64_t)seq);
   arg_str(a, st->channel, strlen(st->channel));
+  arg_i64(a, flags);
   return a;
 }
 
@@ -406,7 +439,10 @@ typedef struct state_s {
   char origin[17];
   int64_t rb, sb;
   synced_t sync[NDIMS];
-  llmux_win_t win[2];
+  llmux_win_t win[2];     /* S: the whole windows */
+  int delta;              /* D: only the slots in sets[] changed */
+  size_t nsets;
+  struct { int w, kind; uint64_t slot; int64_t count; } sets[4 * LLMUX_WIN_RING];
   const char *key;
   size_t key_len;
 } state_t;
@@ -461,16 +497,28 @@ static int parse_slot(const char **p, const char *end, state_t *st) {
   if (next_u64(p, end, &w) || w > 1 || next_word(p, end, &kind, 1) ||
       (*kind != 'r' && *kind != 't') || next_u64(p, end, &slot) || next_i64(p, end, &c))
     return -1;
+  if (st->delta) {
+    if (st->nsets == LLMUX_COUNTOF(st->sets)) return -1;
+    st->sets[st->nsets].w = (int)w;
+    st->sets[st->nsets].kind = *kind == 't';
+    st->sets[st->nsets].slot = slot;
+    st->sets[st->nsets++].count = c;
+    return 0;
+  }
   llmux_win_add(&st->win[w], *kind == 't', slot, c);
   return 0;
 }
 
-/* A state line of rl_shared.lua (see its header). 0, or -1 if malformed. */
+/* A state or delta line of rl_shared.lua (see its header). 0, or -1 if
+ * malformed. */
 static int parse_state(const char *s, size_t len, state_t *st) {
   const char *p = s + 1, *nl = memchr(s, '\n', len), *origin;
   uint64_t ns, nw, i;
-  if (len < 2 || s[0] != 'S' || nl == NULL) return -1;
-  memset(st, 0, sizeof(*st));
+  if (len < 2 || (s[0] != 'S' && s[0] != 'D') || nl == NULL) return -1;
+  memset(st, 0, offsetof(state_t, win));
+  if (s[0] == 'S') memset(st->win, 0, sizeof(st->win));
+  st->delta = s[0] == 'D';
+  st->nsets = 0;
   if (next_u64(&p, nl, &st->v) || next_u64(&p, nl, &st->epoch) || next_u64(&p, nl, &st->n) ||
       next_word(&p, nl, &origin, 16) || next_u64(&p, nl, &st->seq) ||
       next_u64(&p, nl, &st->g) || next_i64(&p, nl, &st->rb) || next_i64(&p, nl, &st->sb) ||
@@ -531,11 +579,19 @@ static void mark_epoch_change(shared_t *st, uint64_t epoch);
 static size_t push_entry(shared_t *st, entry_t *e, uint64_t now, llmux_redis_cb cb,
                          void *arg);
 
+/* The whole key again: after a missed version, or a state taken as stale. */
+static void read_whole(shared_t *st, entry_t *e) {
+  if (e->reading || !st->up) return;
+  e->reading = 1;
+  read_key(st, e);
+}
+
 static void take_state(shared_t *st, const char *text, size_t len) {
   state_t *s = llmux_xmalloc(sizeof(*s));
   llmux_str_t p, m;
   entry_t *e;
   rec_t *r;
+  size_t i;
   if (parse_state(text, len, s) != 0 || parse_rkey(st, s->key, s->key_len, &p, &m) != 0) {
     llmux_debug("shared state: ignored a malformed state");
     goto done;
@@ -549,19 +605,49 @@ static void take_state(shared_t *st, const char *text, size_t len) {
     for (r = e->recs; r; r = r->next)
       if (r->seq == s->seq && r->ver == 0) r->ver = s->v;
   }
-  if (s->v > e->ver || e->stale) {
-    e->ver = s->v;
+  if (s->delta) {
+    /* Deltas arrive in Redis's order on the subscription: each applies on
+     * top of the version before it; a gap means one was missed. */
+    if (s->v <= e->ver && !e->stale) goto confirm;
+    if (s->v != e->ver + 1 || e->stale) {
+      read_whole(st, e);
+      goto confirm;
+    }
+    for (i = 0; i < s->nsets; i++)
+      llmux_win_set(&e->glob[s->sets[i].w], s->sets[i].kind, s->sets[i].slot,
+                    s->sets[i].count);
+  } else {
+    e->reading = 0;
+    if (!(s->v > e->ver || e->stale)) goto confirm;
     e->stale = 0;
     e->glob[0] = s->win[0];
     e->glob[1] = s->win[1];
-    memcpy(e->sync, s->sync, sizeof(e->sync));
-    e->gen = s->g;
-    e->retry_until = s->rb ? until_of(s->rb) : 0;
-    e->spend_until = s->sb ? until_of(s->sb) : 0;
   }
+  e->ver = s->v;
+  memcpy(e->sync, s->sync, sizeof(e->sync));
+  e->gen = s->g;
+  e->retry_until = s->rb ? until_of(s->rb) : 0;
+  e->spend_until = s->sb ? until_of(s->sb) : 0;
+confirm:
   pop_confirmed(st, e);
 done:
   free(s);
+}
+
+/* A reply line "V v seq\nkey": the version that holds one of our changes. */
+static void take_version(shared_t *st, const char *text, size_t len) {
+  const char *p = text + 1, *nl = memchr(text, '\n', len);
+  llmux_str_t prov, model;
+  uint64_t v, seq;
+  entry_t *e;
+  rec_t *r;
+  if (nl == NULL || next_u64(&p, nl, &v) || next_u64(&p, nl, &seq) ||
+      parse_rkey(st, nl + 1, len - (size_t)(nl + 1 - text), &prov, &model) != 0)
+    return;
+  if ((e = find(st, prov.base, prov.len, model.base, model.len, 0)) == NULL) return;
+  for (r = e->recs; r; r = r->next)
+    if (r->seq == seq && r->ver == 0) r->ver = v;
+  pop_confirmed(st, e);
 }
 
 /* A script's reply: {epoch, n, state...}. 0, or -1 when it is not one. */
@@ -570,9 +656,12 @@ static int take_reply(shared_t *st, redisReply *reply) {
   if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 2 ||
       reply->element[0]->type != REDIS_REPLY_STRING)
     return -1;
-  for (i = 2; i < reply->elements; i++)
-    if (reply->element[i]->type == REDIS_REPLY_STRING)
-      take_state(st, reply->element[i]->str, reply->element[i]->len);
+  for (i = 2; i < reply->elements; i++) {
+    const redisReply *x = reply->element[i];
+    if (x->type != REDIS_REPLY_STRING || x->len < 2) continue;
+    if (x->str[0] == 'V') take_version(st, x->str, x->len);
+    else take_state(st, x->str, x->len);
+  }
   return 0;
 }
 
@@ -617,7 +706,10 @@ static int send_args(shared_t *st, args_t *a, entry_t *const *keys, int nkeys,
                      llmux_redis_cb cb, void *arg) {
   int rc = llmux_redis_evalsha(&st->cmd, 0, cb, arg, nkeys + 2, a->n, a->v, a->len), i;
   free(a);
-  if (rc == 0) return 0;
+  if (rc == 0) {
+    st->change_mark = st->cmd.queued;
+    return 0;
+  }
   llmux_redis_reset(&st->cmd, "could not queue a script");
   for (i = 0; i < nkeys; i++) unsend(st, keys[i]);
   return rc;
@@ -628,6 +720,13 @@ static llmux_win_t *unsent_of(entry_t *e) {
   return e->unsent;
 }
 
+/* Does any decision on e depend on tokens? */
+static int counts_tokens(const entry_t *e) {
+  return e->limits[LLMUX_RL_TOK_MINUTE] || e->limits[LLMUX_RL_TOK_DAY] ||
+         e->sync[LLMUX_RL_TOK_MINUTE].valid || e->sync[LLMUX_RL_TOK_DAY].valid ||
+         e->loc_sync[LLMUX_RL_TOK_MINUTE].valid || e->loc_sync[LLMUX_RL_TOK_DAY].valid;
+}
+
 /* Counts items (and headroom deltas) on the legs: in own, and in pend with
  * a script when up, else in unsent. gens[i] < 0: whatever generation. */
 static void count(shared_t *st, entry_t *const *es, const int64_t *gens, int n,
@@ -635,8 +734,11 @@ static void count(shared_t *st, entry_t *const *es, const int64_t *gens, int n,
                   uint64_t now) {
   uint64_t seq = ++st->seq;
   entry_t *keys[2];
-  int nk = 0, i;
+  int64_t key_gens[2];
+  int nk = 0, i, tok_only = sreq == 0;
   size_t j;
+  for (j = 0; j < nitems; j++)
+    if (items[j].req != 0) tok_only = 0;
   for (i = 0; i < n; i++) {
     entry_t *e = es[i];
     int synced;
@@ -646,6 +748,11 @@ static void count(shared_t *st, entry_t *const *es, const int64_t *gens, int n,
       llmux_win_add(&e->own[items[j].which], 0, items[j].slot, items[j].req);
       llmux_win_add(&e->own[items[j].which], 1, items[j].slot, items[j].tok);
     }
+    /* A token correction (a commit) on a key that neither limits tokens
+     * nor holds token headroom changes no decision anywhere: it stays
+     * local, which saves a script per request on such keys. */
+    if (tok_only && !counts_tokens(e)) continue;
+    key_gens[nk] = gens[i];
     if (st->up) {
       rec_t *r = rec_new(nitems);
       r->seq = seq;
@@ -671,8 +778,7 @@ static void count(shared_t *st, entry_t *const *es, const int64_t *gens, int n,
   if (!st->up || nk == 0) return;
   {
     args_t *a = args_begin(st, nk + 2 + 4 * (int)nitems, keys, nk, "count", now, seq);
-    for (i = 0; i < n; i++)
-      if (es[i]) arg_i64(a, gens[i]);
+    for (i = 0; i < nk; i++) arg_i64(a, key_gens[i]);
     arg_i64(a, sreq);
     arg_i64(a, stok);
     for (j = 0; j < nitems; j++) {
@@ -739,7 +845,10 @@ static void send_unblock(shared_t *st, entry_t *e, uint64_t now, llmux_redis_cb 
 }
 
 static void read_key(shared_t *st, entry_t *e) {
-  args_t *a = args_begin(st, 3, &e, 1, "count", st_now(st), ++st->seq);
+  args_t *a;
+  st->want_full++;
+  a = args_begin(st, 3, &e, 1, "count", st_now(st), ++st->seq);
+  st->want_full--;
   arg_i64(a, -1);
   arg_i64(a, 0);
   arg_i64(a, 0);
@@ -778,6 +887,14 @@ static int sh_check(llmux_rl_store_t *s, const llmux_rl_key_t *key, uint64_t tok
   if (wait == 0 && st->up) {
     for (i = 0; i < 2; i++)
       if (e[i] && gated(st, e[i], tokens, now)) wait = st->timeout_ms;
+    if (wait == 0 && st->refresh && !st->fresh) {
+      for (i = 0; i < 2; i++) {
+        if (e[i] && beyond_partition(st, e[i], tokens, now)) {
+          *retry_after_ms = 0;
+          return LLMUX_RL_ESTALE;
+        }
+      }
+    }
   }
   *retry_after_ms = wait;
   return wait ? LLMUX_EAGAIN : 0;
@@ -994,6 +1111,98 @@ static void unsend(shared_t *st, entry_t *e) {
   e->recs_tail = NULL;
 }
 
+/* ---- Settling: changes answered before a request's answer goes out ------ */
+
+/* Runs the waiters whose mark the command connection has reached, or all
+ * of them (`all`: the store went down or closes; nothing to wait for). A
+ * callback may add or cancel waiters. */
+static void fire_settled(shared_t *st, int all) {
+  llmux_rl_settle_t *w;
+  while ((w = st->settle_head) != NULL && (all || w->mark <= st->cmd.answered)) {
+    st->settle_head = w->next;
+    if (st->settle_head == NULL) st->settle_tail = NULL;
+    else st->settle_head->prev = NULL;
+    w->next = w->prev = NULL;
+    w->store = NULL;
+    w->cb(w);
+  }
+}
+
+static void on_answered(llmux_redis_t *r) {
+  shared_t *st = r->data;
+  if (st->settle_head) fire_settled(st, 0);
+}
+
+uint64_t llmux_rl_shared_mark(llmux_rl_store_t *s) {
+  return shared_of(s)->change_mark;
+}
+
+int llmux_rl_shared_settled(llmux_rl_store_t *s, uint64_t mark) {
+  shared_t *st = shared_of(s);
+  return !st->up || st->cmd.answered >= mark;
+}
+
+void llmux_rl_shared_settle(llmux_rl_store_t *s, uint64_t mark, llmux_rl_settle_t *w,
+                            llmux_rl_settle_cb cb) {
+  shared_t *st = shared_of(s);
+  w->mark = mark;
+  w->cb = cb;
+  w->store = s;
+  w->next = NULL;
+  /* Marks only grow, so the list stays sorted by appending; an older mark
+   * (a request that waited long to ask) goes in its place. */
+  w->prev = st->settle_tail;
+  while (w->prev && w->prev->mark > mark) w->prev = w->prev->prev;
+  w->next = w->prev ? w->prev->next : st->settle_head;
+  if (w->next) w->next->prev = w;
+  else st->settle_tail = w;
+  if (w->prev) w->prev->next = w;
+  else st->settle_head = w;
+}
+
+static void refresh_done(llmux_rl_store_t *s, int status, void *arg) {
+  llmux_rl_settle_t *w = arg;
+  (void)s;
+  (void)status;
+  if (w == NULL) return; /* cancelled */
+  w->store = NULL;
+  w->refreshing = 0;
+  w->cb(w);
+}
+
+int llmux_rl_shared_refresh(llmux_rl_store_t *s, llmux_rl_settle_t *w, llmux_rl_settle_cb cb) {
+  w->cb = cb;
+  w->next = w->prev = NULL;
+  if (llmux_rl_shared_sync(s, refresh_done, w) != 0) return LLMUX_ECONNREFUSED;
+  w->store = s;
+  w->refreshing = 1;
+  return 0;
+}
+
+void llmux_rl_shared_assume_fresh(llmux_rl_store_t *s, int on) {
+  shared_of(s)->fresh = on;
+}
+
+void llmux_rl_shared_settle_cancel(llmux_rl_settle_t *w) {
+  shared_t *st;
+  if (w->store == NULL) return;
+  st = shared_of(w->store);
+  if (w->refreshing) { /* its sync waiter stays, pointing at nothing */
+    waiter_t *x;
+    for (x = st->waiters; x; x = x->next)
+      if (x->arg == w) x->arg = NULL;
+    w->store = NULL;
+    w->refreshing = 0;
+    return;
+  }
+  if (w->prev) w->prev->next = w->next;
+  else st->settle_head = w->next;
+  if (w->next) w->next->prev = w->prev;
+  else st->settle_tail = w->prev;
+  w->next = w->prev = NULL;
+  w->store = NULL;
+}
+
 static void went_down(shared_t *st, const llmux_redis_t *r) {
   size_t i;
   const char *why = r->last_error;
@@ -1007,9 +1216,14 @@ static void went_down(shared_t *st, const llmux_redis_t *r) {
   st->up = 0;
   st->joining = 0;
   st->join_id++;
-  for (i = 0; i < st->cap; i++)
-    if (st->table[i]) unsend(st, st->table[i]);
+  for (i = 0; i < st->cap; i++) {
+    if (st->table[i] == NULL) continue;
+    unsend(st, st->table[i]);
+    st->table[i]->reading = 0;
+  }
+  st->touched_ms = 0; /* the join touches the set again */
   fire_waiters(st, LLMUX_ECONNRESET);
+  fire_settled(st, 1);
 }
 
 /* Redis lost its data (restarted empty, or flushed): what this process
@@ -1041,8 +1255,10 @@ static void mark_epoch_change(shared_t *st, uint64_t epoch) {
     e->dirty |= DIRTY_SYNC | DIRTY_BLOCK;
   }
   if (!st->up) return; /* the join sends it */
+  st->want_full++; /* the replies replace the stale mirrors */
   for (i = 0; i < st->cap; i++)
     if (st->table[i]) push_entry(st, st->table[i], st_now(st), op_cb, NULL);
+  st->want_full--;
 }
 
 /* Sends what an entry owes Redis: unblock, headroom, blocks, then what was
@@ -1185,7 +1401,7 @@ static void fire_waiters(shared_t *st, int status) {
 static void on_message(llmux_redis_t *r, const char *msg, size_t len) {
   shared_t *st = r->data;
   waiter_t *w;
-  if (len > 2 && msg[0] == 'S' && msg[1] == ' ') {
+  if (len > 2 && (msg[0] == 'D' || msg[0] == 'S') && msg[1] == ' ') {
     take_state(st, msg, len);
   } else if (len > 2 && msg[0] == 'N' && msg[1] == ' ') {
     st->instances = strtoull(msg + 2, NULL, 10); /* a process joined */
@@ -1281,6 +1497,7 @@ static int conn_init(shared_t *st, llmux_redis_t *r, const llmux_rl_shared_optio
     ro.nscripts = 1;
   }
   ro.on_state = on_conn_state;
+  if (!subscriber) ro.on_answered = on_answered;
   if ((rc = llmux_redis_init(st->loop, r, &ro, err, errlen)) != 0) return rc;
   r->data = st;
   return 0;
@@ -1336,6 +1553,7 @@ int llmux_rl_shared_new(uv_loop_t *loop, const llmux_rl_shared_options_t *o,
   st->epoch_key = joined(prefix, "rl:epoch");
   st->inst_key = joined(prefix, "rl:inst");
   st->fail_closed = o->fail_closed;
+  st->refresh = o->refresh;
   st->timeout_ms = o->timeout_ms ? o->timeout_ms : 50;
   st->wall = !o->has_clock_offset || o->clock_offset_ms == LLMUX_RL_SHARED_WALL_CLOCK;
   st->offset = st->wall ? wall_offset() : o->clock_offset_ms;
@@ -1374,6 +1592,7 @@ void llmux_rl_shared_close(llmux_rl_store_t *s, llmux_rl_shared_cb cb, void *arg
   st->close_arg = arg;
   st->up = 0;
   fire_waiters(st, LLMUX_ECANCELED);
+  fire_settled(st, 1);
   llmux_redis_close(&st->sub, conn_closed);
   llmux_redis_close(&st->cmd, conn_closed);
 }

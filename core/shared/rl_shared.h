@@ -133,6 +133,7 @@ typedef struct llmux_rl_shared_options_s {
   unsigned backoff_max_ms;  /* 0: 5000 */
   int64_t clock_offset_ms;  /* 0 with has_clock_offset: now_ms is shared */
   int has_clock_offset;     /* 0: LLMUX_RL_SHARED_WALL_CLOCK */
+  int refresh;              /* 1: see Refreshing below (the gateway's choice) */
 } llmux_rl_shared_options_t;
 
 /* The store's health, for metrics and tests. */
@@ -171,5 +172,63 @@ void llmux_rl_shared_stats(llmux_rl_store_t *s, llmux_rl_shared_stats_t *out);
  * called); cb(s, LLMUX_ECONNRESET) if the store goes down first. For tests
  * and orderly hand-overs; the hot path never needs it. */
 int llmux_rl_shared_sync(llmux_rl_store_t *s, llmux_rl_shared_cb cb, void *arg);
+
+/* Settling. A process that answers its client before Redis has taken the
+ * request's reservation lets the client's next request, sent to another
+ * process, be decided on a mirror that lacks it: the race the "sequential
+ * requests" promise above rules out. So the gateway takes a mark after
+ * reserving and, before the answer's last byte goes out, waits until the
+ * command connection has answered every command queued up to the mark
+ * (Redis publishes a change before it replies to it, so by then every
+ * other process's subscription has it, ahead of anything the client sends
+ * next). With a provider slower than one Redis round trip, which is every
+ * real one, the wait is nothing. While the store is down there is nothing
+ * to wait for. (A command retried after NOSCRIPT is answered out of order:
+ * a waiter may then go one command early.) */
+typedef struct llmux_rl_settle_s llmux_rl_settle_t;
+typedef void (*llmux_rl_settle_cb)(llmux_rl_settle_t *w);
+struct llmux_rl_settle_s {
+  void *data;            /* public */
+  /* private */
+  llmux_rl_settle_t *next, *prev;
+  llmux_rl_store_t *store; /* NULL when not waiting */
+  uint64_t mark;
+  llmux_rl_settle_cb cb;
+  int refreshing;        /* waiting for a refresh rather than a mark */
+};
+
+/* Refreshing. Settling makes a process's change reach Redis before its
+ * answer does; but the other process still reads its subscription and its
+ * client's socket in whatever order the kernel hands them over, so it may
+ * decide a client's next request before it has read the state published
+ * just before. Within its partition that cannot matter (partitions add up
+ * to the limit). Beyond it, with `refresh` set, check answers
+ * LLMUX_RL_ESTALE instead of admitting: the caller refreshes the mirror
+ * (llmux_rl_shared_refresh: a marker published on the channel and read
+ * back, so every state published before the request arrived is in) and
+ * checks again with llmux_rl_shared_assume_fresh(s, 1) around the call.
+ * A mirror fresh for a request stays so: it only ever moves forward. The
+ * cost is one Redis round trip for a request beyond its process's
+ * partition, none within it. */
+
+/* Refreshes the mirror; cb(w) once done (or the store went down: then
+ * the mirror is all there is). 0, or LLMUX_ECONNREFUSED when not up (cb
+ * not called: decide now). Cancel with llmux_rl_shared_settle_cancel. */
+int llmux_rl_shared_refresh(llmux_rl_store_t *s, llmux_rl_settle_t *w, llmux_rl_settle_cb cb);
+/* While on, check takes the mirror as fresh (never answers ESTALE). */
+void llmux_rl_shared_assume_fresh(llmux_rl_store_t *s, int on);
+
+/* The mark of every change made so far (of the latest script sent: a
+ * request whose reservation sent nothing, on keys without limits, finds
+ * it settled at once unless a change of its own is still out). */
+uint64_t llmux_rl_shared_mark(llmux_rl_store_t *s);
+/* 1 when the changes up to `mark` are answered, or the store is down. */
+int llmux_rl_shared_settled(llmux_rl_store_t *s, uint64_t mark);
+/* Calls cb(w) once they are (or the store goes down or closes); never
+ * inside this call. w is the caller's until then, or until cancelled. */
+void llmux_rl_shared_settle(llmux_rl_store_t *s, uint64_t mark, llmux_rl_settle_t *w,
+                            llmux_rl_settle_cb cb);
+/* A waiter that has not run yet never will; a no-op otherwise. */
+void llmux_rl_shared_settle_cancel(llmux_rl_settle_t *w);
 
 #endif /* LLMUX_SHARED_RL_SHARED_H */

@@ -33,6 +33,11 @@ void llmux_win_add(llmux_win_t *w, int kind, uint64_t slot, int64_t n) {
   if (in_ring(w->head, slot)) w->count[kind][slot % RING] += n;
 }
 
+void llmux_win_set(llmux_win_t *w, int kind, uint64_t slot, int64_t n) {
+  llmux_win_advance(w, slot);
+  if (in_ring(w->head, slot)) w->count[kind][slot % RING] = n;
+}
+
 int64_t llmux_win_get(const llmux_win_t *w, int kind, uint64_t slot) {
   return in_ring(w->head, slot) ? w->count[kind][slot % RING] : 0;
 }

@@ -47,6 +47,9 @@ void llmux_win_advance(llmux_win_t *w, uint64_t slot);
 /* Adds n to `slot` (advancing head if it is newer); dropped when the slot
  * is older than the ring. */
 void llmux_win_add(llmux_win_t *w, int kind, uint64_t slot, int64_t n);
+/* Sets `slot` to n (advancing head if it is newer); dropped when the slot
+ * is older than the ring. */
+void llmux_win_set(llmux_win_t *w, int kind, uint64_t slot, int64_t n);
 /* The count of `slot`, 0 outside the ring. */
 int64_t llmux_win_get(const llmux_win_t *w, int kind, uint64_t slot);
 /* Sets every count to 0 and head to `slot`. */

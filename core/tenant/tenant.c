@@ -194,7 +194,7 @@ int llmux_tenant_admit(llmux_tenants_t *ts, llmux_usage_store_t *usage,
       return refuse(v, "tokens_per_day", 0, ms_until_day(today + 1, wall_ms));
   }
   rc = llmux_rl_check(ts->rl, &key, tokens, now_ms, &wait);
-  if (rc == LLMUX_RL_EUNAVAILABLE) return rc;
+  if (rc == LLMUX_RL_EUNAVAILABLE || rc == LLMUX_RL_ESTALE) return rc;
   if (rc != 0) {
     llmux_rl_snapshot_t snap;
     const char *which = "tokens_per_minute";

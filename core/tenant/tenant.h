@@ -109,7 +109,8 @@ typedef struct llmux_tenant_verdict_s {
  * they allow it, reserves it in the per-minute windows (*res, to end with
  * llmux_rl_commit). `today` is llmux_usage_today(), `wall_ms` Unix time in
  * ms, `now_ms` monotonic. Returns 0 (admitted), LLMUX_EAGAIN with *v, or
- * LLMUX_RL_EUNAVAILABLE when a shared store failing closed cannot decide. */
+ * LLMUX_RL_EUNAVAILABLE when a shared store failing closed cannot decide,
+ * or LLMUX_RL_ESTALE when it asks for a refresh first (nothing reserved). */
 int llmux_tenant_admit(llmux_tenants_t *ts, llmux_usage_store_t *usage,
                        const llmux_tenant_t *t, uint64_t tokens, uint64_t now_ms,
                        int64_t wall_ms, llmux_rl_reservation_t *res,

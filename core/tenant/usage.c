@@ -50,6 +50,7 @@ struct llmux_usage_store_s {
   table_t rows;
   table_t aggs;
   size_t ndirty;
+  int persist;        /* write the database (llmux_usage_set_persist) */
   /* writer thread; everything below mu is shared with it */
   int threaded;
   uv_thread_t thread;
@@ -267,14 +268,43 @@ static void agg_add(agg_t *a, int day, const llmux_usage_counts_t *d) {
   if (month == a->month) counts_add(&a->month_c, d);
 }
 
+static void mark_dirty(llmux_usage_store_t *s, row_t *r) {
+  if (!r->dirty) s->ndirty++;
+  r->dirty = 1;
+}
+
 void llmux_usage_add(llmux_usage_store_t *s, const char *tenant, const char *model, int day,
                      uint64_t input_tokens, uint64_t output_tokens, double cost_usd) {
   llmux_usage_counts_t d = {1, input_tokens, output_tokens, cost_usd};
   row_t *r = get_row(s, tenant, model, day);
   counts_add(&r->c, &d);
-  if (!r->dirty) s->ndirty++;
-  r->dirty = 1;
+  mark_dirty(s, r);
   agg_add(get_agg(s, tenant, 1), day, &d);
+}
+
+void llmux_usage_set(llmux_usage_store_t *s, const char *tenant, const char *model, int day,
+                     const llmux_usage_counts_t *c) {
+  row_t *r = get_row(s, tenant, model, day);
+  llmux_usage_counts_t d;
+  if (r->c.requests == c->requests && r->c.input_tokens == c->input_tokens &&
+      r->c.output_tokens == c->output_tokens && r->c.cost_usd == c->cost_usd)
+    return;
+  /* Unsigned wrap-around: adding the difference lands on the new totals. */
+  d.requests = c->requests - r->c.requests;
+  d.input_tokens = c->input_tokens - r->c.input_tokens;
+  d.output_tokens = c->output_tokens - r->c.output_tokens;
+  d.cost_usd = c->cost_usd - r->c.cost_usd;
+  r->c = *c;
+  mark_dirty(s, r);
+  agg_add(get_agg(s, tenant, 1), day, &d);
+}
+
+void llmux_usage_set_persist(llmux_usage_store_t *s, int on) {
+  size_t i;
+  if (on && !s->persist)
+    for (i = 0; i < s->rows.cap; i++)
+      if (s->rows.slots[i]) mark_dirty(s, s->rows.slots[i]);
+  s->persist = on != 0;
 }
 
 void llmux_usage_tenant_totals(llmux_usage_store_t *s, const char *tenant, int day,
@@ -388,7 +418,7 @@ static int write_snap(sqlite3 *db, const snap_t *sn, char *err, size_t errlen) {
 static snap_t *take_snapshot(llmux_usage_store_t *s) {
   snap_t *sn;
   size_t i, n = 0, bytes = 0, off = 0;
-  if (s->ndirty == 0) return NULL;
+  if (s->ndirty == 0 || !s->persist) return NULL;
   for (i = 0; i < s->rows.cap; i++) {
     row_t *r = s->rows.slots[i];
     if (r && r->dirty) bytes += strlen(r->tenant) + strlen(r->model) + 2;
@@ -595,6 +625,7 @@ int llmux_usage_open(uv_loop_t *loop, const char *db_path, int today,
                      llmux_usage_store_t **out, char *err, size_t errlen) {
   llmux_usage_store_t *s = llmux_xcalloc(1, sizeof *s);
   s->loop = loop;
+  s->persist = 1;
   *out = NULL;
   if (db_path != NULL && open_db(s, db_path, today, err, errlen) != 0) goto fail;
   if (db_path != NULL && loop != NULL) start_thread(s);

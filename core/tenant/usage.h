@@ -64,6 +64,21 @@ int llmux_usage_open(uv_loop_t *loop, const char *db_path, int today,
 void llmux_usage_add(llmux_usage_store_t *s, const char *tenant, const char *model, int day,
                      uint64_t input_tokens, uint64_t output_tokens, double cost_usd);
 
+/* Sets a row to absolute counts learnt elsewhere (the fleet's totals, from
+ * shared state): the tenant's day and month totals move by the difference,
+ * which may be negative. A change marks the row for writing, as an add
+ * does (a store that is its fleet's writer persists the fleet's values);
+ * setting the values it already holds does nothing. Allocates only for a
+ * row it has not seen. */
+void llmux_usage_set(llmux_usage_store_t *s, const char *tenant, const char *model, int day,
+                     const llmux_usage_counts_t *counts);
+
+/* Whether the store writes its database (1 when opened). Off: changes are
+ * kept in memory only, and neither the timer, llmux_usage_flush nor close
+ * writes (a fleet process that is not the elected writer). Turned on: every
+ * row is marked changed, so the database gets everything the store holds. */
+void llmux_usage_set_persist(llmux_usage_store_t *s, int on);
+
 /* A tenant's totals for `day` and for the month that holds it. */
 void llmux_usage_tenant_totals(llmux_usage_store_t *s, const char *tenant, int day,
                                llmux_usage_counts_t *today, llmux_usage_counts_t *month);

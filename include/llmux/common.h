@@ -36,6 +36,7 @@ extern "C" {
   XX(ADDRINUSE,   -19, "address_in_use",     "address already in use")       \
   XX(ACCES,       -20, "permission_denied",  "permission denied")            \
   XX(ADDRNOTAVAIL, -21, "address_not_available", "address not available")   \
+  XX(STALE,       -22, "stale_state",        "state must be refreshed first") \
 
 typedef enum {
 #define LLMUX__ERR_ENUM(name, val, code, msg) LLMUX_E##name = (val),

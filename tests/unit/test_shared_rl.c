@@ -33,6 +33,7 @@ typedef struct {
   unsigned timeout_ms;
   uint64_t rpm, tpm;
   int no_limits; /* leave the route unknown until the test configures it */
+  int refresh;
 } opts_t;
 
 static llmux_rl_store_t *new_store(fix_t *f, const opts_t *o) {
@@ -45,6 +46,7 @@ static llmux_rl_store_t *new_store(fix_t *f, const opts_t *o) {
   so.password = o->password;
   so.prefix = o->prefix;
   so.fail_closed = o->fail_closed;
+  so.refresh = o->refresh;
   so.timeout_ms = o->timeout_ms ? o->timeout_ms : 2000; /* ASan on a busy CI box */
   so.backoff_min_ms = 20;
   so.backoff_max_ms = 200;
@@ -194,6 +196,67 @@ static void sequential_requests_over_two_processes_hold_the_limit_exactly(void *
   assert_int_equal(used(f->s[1], LLMUX_RL_REQ_MINUTE), 10);
   assert_int_equal(redis_requests(f, "llmux:"), 10);
   assert_int_equal(stats(f->s[0]).instances, 2);
+  teardown_fix(f);
+}
+
+static void on_settle_cb(llmux_rl_settle_t *w) {
+  ((fix_t *)w->data)->synced++;
+}
+
+/* The race Refreshing closes: B's change is in Redis (B's answer could have
+ * gone out) but not yet in A's mirror. Beyond its partition A asks for a
+ * refresh instead of admitting on the stale mirror, and after it refuses.
+ * Settling: a mark is settled once Redis answered what came before it. */
+static void beyond_its_partition_a_process_refreshes_before_admitting(void **state) {
+  opts_t o = {.rpm = 2, .refresh = 1};
+  llmux_rl_settle_t w;
+  uint64_t ra = 0, mark;
+  fix_t *f;
+  (void)state;
+  SKIP_WITHOUT_REDIS();
+  f = setup_fix(NULL);
+  f->s[0] = new_store(f, &o);
+  f->s[1] = new_store(f, &o);
+  run_until(&f->loop, both_up, f);
+  settle(f);
+  assert_int_equal(stats(f->s[0]).instances, 2); /* partitions of 1 */
+  assert_int_equal(check(f->s[0], &route, 1, &ra), 0); /* within A's partition */
+  reserve_commit(f->s[0], &route, 1);
+  settle(f);
+  reserve_commit(f->s[1], &route, 1); /* queued, not yet run: A cannot know */
+  mark = llmux_rl_shared_mark(f->s[1]);
+  assert_false(llmux_rl_shared_settled(f->s[1], mark));
+  /* The stale mirror would admit a third request... */
+  llmux_rl_shared_assume_fresh(f->s[0], 1);
+  assert_int_equal(check(f->s[0], &route, 1, &ra), 0);
+  llmux_rl_shared_assume_fresh(f->s[0], 0);
+  /* ...so A asks for a refresh first. */
+  assert_int_equal(check(f->s[0], &route, 1, &ra), LLMUX_RL_ESTALE);
+  memset(&w, 0, sizeof(w));
+  w.data = f;
+  f->synced = 0;
+  assert_int_equal(llmux_rl_shared_refresh(f->s[0], &w, on_settle_cb), 0);
+  run_until(&f->loop, synced_one, f);
+  assert_true(llmux_rl_shared_settled(f->s[1], mark)); /* B's change was answered */
+  llmux_rl_shared_assume_fresh(f->s[0], 1);
+  assert_int_equal(check(f->s[0], &route, 1, &ra), LLMUX_EAGAIN);
+  llmux_rl_shared_assume_fresh(f->s[0], 0);
+  /* Settling waits for the mark, and a cancelled waiter never runs. */
+  reserve_commit(f->s[1], &route, 0);
+  mark = llmux_rl_shared_mark(f->s[1]);
+  f->synced = 0;
+  llmux_rl_shared_settle(f->s[1], mark, &w, on_settle_cb);
+  {
+    llmux_rl_settle_t gone;
+    memset(&gone, 0, sizeof(gone));
+    gone.data = f;
+    llmux_rl_shared_settle(f->s[1], mark, &gone, on_settle_cb);
+    llmux_rl_shared_settle_cancel(&gone);
+  }
+  assert_int_equal(f->synced, 0);
+  run_until(&f->loop, synced_one, f);
+  run_for_ms(&f->loop, 20);
+  assert_int_equal(f->synced, 1);
   teardown_fix(f);
 }
 
@@ -498,6 +561,47 @@ static void fail_closed_answers_unavailable_while_redis_is_down(void **state) {
   teardown_fix(f);
 }
 
+/* Changes travel as deltas applied on top of the version before them. A
+ * delta that skips versions (one was missed) is not applied: the store reads
+ * the whole key instead, so a forged or out-of-order delta never counts. */
+static void a_delta_after_a_gap_makes_the_store_read_the_whole_key(void **state) {
+  opts_t o = {.rpm = 100};
+  char msg[256], key[160];
+  fix_t *f;
+  int i;
+  (void)state;
+  SKIP_WITHOUT_REDIS();
+  f = setup_fix(NULL);
+  f->s[0] = new_store(f, &o);
+  f->s[1] = new_store(f, &o);
+  run_until(&f->loop, both_up, f);
+  for (i = 0; i < 3; i++) reserve_commit(f->s[i % 2], &route, 1);
+  settle(f);
+  assert_int_equal(used(f->s[0], LLMUX_RL_REQ_MINUTE), 3);
+  snprintf(key, sizeof(key), "llmux:rl:r:%zu:%s:%s", strlen(route.provider), route.provider,
+           route.model);
+  /* version 1000 of the key (in Redis's epoch), claiming 90 requests in
+   * this second's slot */
+  {
+    redisReply *ep = redis_admin(&f->srv, "GET llmux:rl:epoch");
+    assert_int_equal(ep->type, REDIS_REPLY_STRING);
+    snprintf(msg, sizeof(msg), "D 1000 %s 2 %s 1 0 0 0 0 1 0 r %llu 90\n%s", ep->str,
+             "ffffffffffffffff", (unsigned long long)(NOW / 1000), key);
+    freeReplyObject(ep);
+  }
+  freeReplyObject(redis_admin(&f->srv, "PUBLISH llmux:rl %s", msg));
+  run_for_ms(&f->loop, 50);
+  settle(f);
+  assert_int_equal(used(f->s[0], LLMUX_RL_REQ_MINUTE), 3);
+  assert_int_equal(used(f->s[1], LLMUX_RL_REQ_MINUTE), 3);
+  /* and deltas keep flowing after the read */
+  reserve_commit(f->s[1], &route, 1);
+  settle(f);
+  assert_int_equal(used(f->s[0], LLMUX_RL_REQ_MINUTE), 4);
+  assert_int_equal(redis_requests(f, "llmux:"), 4);
+  teardown_fix(f);
+}
+
 /* ---- Several fleets on one Redis ------------------------------------------------- */
 
 static void two_prefixes_do_not_see_each_other(void **state) {
@@ -566,6 +670,7 @@ static void a_bad_url_is_refused_with_a_reason(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(sequential_requests_over_two_processes_hold_the_limit_exactly),
+    cmocka_unit_test(beyond_its_partition_a_process_refreshes_before_admitting),
     cmocka_unit_test(a_route_configured_later_starts_from_the_fleet_count),
     cmocka_unit_test(concurrent_requests_overshoot_by_at_most_one_per_process),
     cmocka_unit_test(a_commit_below_the_estimate_gives_tokens_back_to_the_fleet),
@@ -575,6 +680,7 @@ int main(void) {
     cmocka_unit_test(redis_killed_and_restarted_keeps_serving_and_merges_the_counts),
     cmocka_unit_test(a_slow_redis_counts_as_down_and_the_meanwhile_counts_are_added),
     cmocka_unit_test(fail_closed_answers_unavailable_while_redis_is_down),
+    cmocka_unit_test(a_delta_after_a_gap_makes_the_store_read_the_whole_key),
     cmocka_unit_test(two_prefixes_do_not_see_each_other),
     cmocka_unit_test(the_store_authenticates_and_a_wrong_password_is_a_clear_error),
     cmocka_unit_test(a_bad_url_is_refused_with_a_reason),
