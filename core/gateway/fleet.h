@@ -40,11 +40,31 @@ typedef void (*llmux_fleet_close_cb)(struct llmux_gateway_s *gw);
 int llmux_fleet_usage_start(struct llmux_gateway_s *gw, const llmux_fleet_conf_t *fc);
 void llmux_fleet_usage_close(struct llmux_gateway_s *gw, llmux_fleet_close_cb cb);
 uint64_t llmux_fleet_usage_errors(const struct llmux_gateway_s *gw);
+/* One answered request, for the fleet: call it next to llmux_usage_add
+ * (same arguments; the local store is still counted there, so this
+ * process's next decision sees it at once). Queues the delta for Redis;
+ * does nothing without shared state or once closing. Hot path: a hash
+ * lookup and additions. */
+void llmux_fleet_usage_count(struct llmux_gateway_s *gw, const char *tenant, const char *model,
+                             int day, uint64_t input_tokens, uint64_t output_tokens,
+                             double cost_usd);
+/* Whether this process holds the usage_db writer lease (0 without shared
+ * state: then the store writes its database as always). */
+int llmux_fleet_usage_is_writer(const struct llmux_gateway_s *gw);
 
 /* Breakers: a breaker opened in any process opens in every one for the
  * same time (gw->routes). Same contract as usage. */
 int llmux_fleet_breakers_start(struct llmux_gateway_s *gw, const llmux_fleet_conf_t *fc);
 void llmux_fleet_breakers_close(struct llmux_gateway_s *gw, llmux_fleet_close_cb cb);
 uint64_t llmux_fleet_breakers_errors(const struct llmux_gateway_s *gw);
+/* Breakers, when: start once gw->routes exists, before or after the first
+ * generation (a route opened elsewhere that no generation configures yet
+ * rests once one does). Close before llmux_route_table_free(gw->routes):
+ * the close unhooks the table's observer at once, and the Redis
+ * connections go later. Calling close without a start still runs cb (on a
+ * later loop iteration). Times cross processes as Unix ms, mapped onto the
+ * loop's clock (uv_now, which the routers count in) at each use; see
+ * shared/breaker_shared.h for the layout, the delay and what an outage
+ * does. */
 
 #endif /* LLMUX_GATEWAY_FLEET_H */

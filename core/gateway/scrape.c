@@ -5,6 +5,7 @@
 
 #include "base/util.h"
 #include "gateway/admin.h"
+#include "gateway/fleet.h"
 #include "shared/rl_shared.h"
 
 static const char *const dimension_names[LLMUX_RL_NDIMS] = {
@@ -85,6 +86,10 @@ static void collect_shared(llmux_gateway_t *gw) {
   llmux_series_set(llmux_metric_series3(o->shared_errors, "rate_limits", NULL, NULL),
                    (double)st.errors);
   llmux_series_set(llmux_metric_series3(o->shared_up, "rate_limits", NULL, NULL), st.up);
+  llmux_series_set(llmux_metric_series3(o->shared_errors, "usage", NULL, NULL),
+                   (double)llmux_fleet_usage_errors(gw));
+  llmux_series_set(llmux_metric_series3(o->shared_errors, "breakers", NULL, NULL),
+                   (double)llmux_fleet_breakers_errors(gw));
 }
 
 static void collect(llmux_metrics_t *m, void *arg) {

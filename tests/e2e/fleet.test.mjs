@@ -154,10 +154,14 @@ test("shared_state_fail = closed: while Redis is down requests get 503 shared_st
     assert.equal(body.error.code, "shared_state_unavailable");
     assert.ok(r.headers.get("retry-after"));
     assert.ok(!JSON.stringify(body).includes(String(redis.port)), "the address leaked");
+    const ready = await fetch(gws[0].url + "/health/ready");
+    assert.equal(ready.status, 503);
+    assert.equal((await ready.json()).status, "shared_state_unavailable");
   } finally {
     await redis.start();
   }
   await waitUp(gws[0]);
+  assert.equal((await fetch(gws[0].url + "/health/ready")).status, 200);
   r = await chat(gws[0]);
   assert.equal(r.status, 200);
   await r.arrayBuffer();
@@ -198,4 +202,130 @@ test("a tenant's requests_per_minute holds across both gateways", async () => {
     if (r.status === 429) assert.match(body.error.message, /tenant 'acme': requests_per_minute/);
   }
   assert.deepEqual(got, [200, 200, 200, 200, 200, 429, 429, 429]);
+});
+
+async function mockRequests() {
+  return (await (await fetch(mk.baseURL.replace(/\/v1$/, "") + "/mock/stats")).json()).requests;
+}
+
+test("a provider's Retry-After seen by one gateway blocks the route on the other", async () => {
+  const { gws } = await fleet({ route: "requests_per_minute = 1000" });
+  let r = await fetch(gws[0].url + "/v1/chat/completions", {
+    method: "POST", headers: { "content-type": "application/json" },
+    body: JSON.stringify({ model: "m", messages: [{ role: "user", content: "hi" }],
+                           mock: { fault: "429", "retry-after": "30" } }),
+  });
+  await r.arrayBuffer();
+  assert.equal(r.status, 429);
+  const seen = await mockRequests();
+  // A block is learnt from the provider's answer, after which A answers its
+  // client at once: it reaches B within one publish (B's view, polled).
+  await waitFor("the block to reach the other gateway", async () => {
+    const routes = await (await fetch(gws[1].url + "/admin/routes")).json();
+    return routes.routes?.[0]?.blocked?.reason === "retry_after";
+  });
+  r = await chat(gws[1]);
+  const body = await r.json();
+  assert.equal(r.status, 429);
+  assert.equal(body.error.code, "RATE_LIMIT_EXCEEDED");
+  assert.match(body.error.message, /provider 'mk'/);
+  assert.ok(Number(r.headers.get("retry-after")) >= 25, r.headers.get("retry-after"));
+  assert.equal(await mockRequests(), seen, "the blocked route was tried");
+});
+
+async function usageToday(gw, key) {
+  const r = await fetch(gw.url + "/v1/usage", { headers: { authorization: `Bearer ${key}` } });
+  assert.equal(r.status, 200);
+  return (await r.json()).today;
+}
+
+test("usage through either gateway is the fleet's sum, and tokens_per_day holds across both", async () => {
+  const k = newKey("daily");
+  const { gws } = await fleet({
+    tenants: `[tenant daily]\nkey_sha256 = ${k.hash}\ntokens_per_day = 60\n`,
+  });
+  const auth = { authorization: `Bearer ${k.key}` };
+  let r = await chat(gws[0], auth);
+  const first = await r.json();
+  assert.equal(r.status, 200);
+  const per = first.usage.prompt_tokens + first.usage.completion_tokens;
+  for (let i = 1; i < 3; i++) {
+    r = await chat(gws[i % 2], auth);
+    await r.arrayBuffer();
+    assert.equal(r.status, 200);
+  }
+  // Three requests, through both: each gateway reports all three.
+  for (const gw of gws)
+    await waitFor("usage to reach every gateway", async () =>
+      (await usageToday(gw, k.key)).requests === 3);
+  const t = await usageToday(gws[1], k.key);
+  assert.equal(t.input_tokens + t.output_tokens, 3 * per);
+  // Spend the day through the first gateway only...
+  let spent = 3 * per, refused = null;
+  for (let i = 0; i < 20 && !refused; i++) {
+    r = await chat(gws[0], auth);
+    const body = await r.json();
+    if (r.status === 429) refused = body;
+    else spent += per;
+  }
+  assert.ok(refused, "the first gateway never refused");
+  assert.match(refused.error.message, /tenant 'daily': tokens_per_day/);
+  assert.ok(spent >= 60, `refused at ${spent} tokens`);
+  // ...and the second refuses too, once the day's total reached it.
+  await waitFor("the day's total to reach the other gateway", async () => {
+    const u = await usageToday(gws[1], k.key);
+    return u.input_tokens + u.output_tokens === spent;
+  });
+  r = await chat(gws[1], auth);
+  const body = await r.json();
+  assert.equal(r.status, 429);
+  assert.match(body.error.message, /tenant 'daily': tokens_per_day/);
+});
+
+test("a route cooled down on one gateway is skipped by the other", async () => {
+  const { gws } = await fleet({
+    route: "requests_per_minute = 1000",
+    server: "cooldown_failures = 1\ncooldown = 30s\nmax_attempts = 1",
+  });
+  let r = await fetch(gws[0].url + "/v1/chat/completions", {
+    method: "POST", headers: { "content-type": "application/json" },
+    body: JSON.stringify({ model: "m", messages: [{ role: "user", content: "hi" }],
+                           mock: { fault: "500" } }),
+  });
+  await r.arrayBuffer();
+  assert.ok(r.status >= 500, String(r.status));
+  const seen = await mockRequests();
+  await waitFor("the cooldown to reach the other gateway", async () => {
+    const routes = await (await fetch(gws[1].url + "/admin/routes")).json();
+    return routes.routes?.[0]?.breaker?.state === "open";
+  });
+  r = await chat(gws[1]);
+  const body = await r.json();
+  assert.equal(r.status, 503);
+  assert.equal(body.error.code, "all_routes_cooling_down");
+  assert.equal(await mockRequests(), seen, "the cooled-down route was tried");
+});
+
+test("usage counted while Redis was down is neither lost nor doubled once it is back", async () => {
+  const k = newKey("outage");
+  const { gws } = await fleet({ tenants: `[tenant outage]\nkey_sha256 = ${k.hash}\n` });
+  const auth = { authorization: `Bearer ${k.key}` };
+  const send = async (gw) => {
+    const r = await chat(gw, auth);
+    await r.arrayBuffer();
+    assert.equal(r.status, 200);
+  };
+  for (const gw of [...gws, ...gws]) await send(gw);
+  for (const gw of gws)
+    await waitFor("usage to be shared", async () => (await usageToday(gw, k.key)).requests === 4);
+  await redis.kill();
+  for (const gw of [...gws, gws[0]]) await send(gw);
+  await redis.start();
+  for (const gw of gws) await waitUp(gw);
+  for (const gw of gws)
+    await waitFor("the outage's usage to be merged", async () =>
+      (await usageToday(gw, k.key)).requests === 7);
+  // And it stays 7: nothing counted twice on the way.
+  await new Promise((res) => setTimeout(res, 300));
+  for (const gw of gws) assert.equal((await usageToday(gw, k.key)).requests, 7);
 });
