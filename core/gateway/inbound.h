@@ -1,0 +1,95 @@
+/* Inbound formats: APIs other than OpenAI's chat that clients speak to the
+ * gateway (issue 15: Anthropic's Messages API, POST /v1/messages).
+ *
+ * The proxy works in OpenAI chat from end to end: resolution, tenants,
+ * limits, failover and every provider plugin see a chat request and answer
+ * in chat. An inbound format is a translator around that path, in the shape
+ * of Envoy AI Gateway's (STYLE.md): the client's body becomes an equivalent
+ * chat body once, up front; the chat answer becomes the client's format on
+ * the way out (the whole body, or a stream event by event); errors are
+ * written in the client's shape. The proxy holds a `const llmux_inbound_t *`
+ * (NULL on the chat endpoints, which pay nothing for this) and calls it at
+ * four points: request conversion, emit, finish and error.
+ *
+ * Per-request state (a stream's state machine) is the format's, created by
+ * `request` and released by `state_free`. Everything here is pure: no
+ * gateway, no loop, so each conversion is unit-tested on its own. */
+#ifndef LLMUX_GATEWAY_INBOUND_H
+#define LLMUX_GATEWAY_INBOUND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "llmux/common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Why a client's body cannot be converted: a 400 in the format's shape. */
+typedef struct llmux_inbound_err_s {
+  int status;        /* 400 (413 for a body the format deems too large) */
+  char message[300]; /* for the client */
+} llmux_inbound_err_t;
+
+/* request() flags: the body asks for a token count, not an answer, so the
+ * fields only an answer needs (Anthropic's max_tokens) are not required. */
+#define LLMUX_INBOUND_COUNT_ONLY 1u
+
+/* What the proxy knows that the answer needs. */
+typedef struct llmux_inbound_ctx_s {
+  const char *request_id;  /* the request's id, for ids the answer lacks */
+  uint64_t prompt_tokens;  /* the gateway's estimate, until the provider says */
+} llmux_inbound_ctx_t;
+
+typedef struct llmux_inbound_s {
+  const char *name;   /* "anthropic" */
+  /* The response header that carries the request id, on top of
+   * x-request-id ("request-id" for Anthropic's clients); NULL: none. */
+  const char *request_id_header;
+
+  /* The client's body -> an OpenAI chat body appended to *chat, and the
+   * request's state in *state (NULL allowed; freed with state_free even on
+   * failure). `flags`: LLMUX_INBOUND_*. 0; LLMUX_EINVAL with *err set (the
+   * client's fault); LLMUX_ENOMEM. */
+  int (*request)(const char *body, size_t len, unsigned flags, llmux_buf_t *chat,
+                 void **state, llmux_inbound_err_t *err);
+
+  /* A whole chat.completion -> the client's answer, appended to *out.
+   * 0, or LLMUX_EUPSTREAM (the chat answer makes no sense: the client gets
+   * a 502), LLMUX_ENOMEM. */
+  int (*answer)(void *state, const llmux_inbound_ctx_t *ctx, const char *chat, size_t len,
+                llmux_buf_t *out);
+
+  /* Streams: chat SSE bytes, cut anywhere, -> the client's events appended
+   * to *out. A chat error event ({"error":{...}}) becomes the client's
+   * in-band error, and nothing follows it. 0 or LLMUX_ENOMEM. */
+  int (*stream_feed)(void *state, const llmux_inbound_ctx_t *ctx, const char *data,
+                     size_t len, llmux_buf_t *out);
+  /* The stream ended well: the closing events. */
+  int (*stream_end)(void *state, const llmux_inbound_ctx_t *ctx, llmux_buf_t *out);
+  /* The stream broke after the client had our head: the in-band error
+   * event, `type` and `code` being the gateway's OpenAI-style ones. */
+  int (*stream_error)(void *state, const char *type, const char *code, const char *msg,
+                      llmux_buf_t *out);
+
+  /* An error answer's body (before any byte of an answer went out): the
+   * HTTP status and the gateway's OpenAI-style type and code decide the
+   * format's own error type. `request_id` may be NULL. */
+  int (*error_body)(llmux_buf_t *out, int status, const char *type, const char *code,
+                    const char *msg, const char *request_id);
+
+  void (*state_free)(void *state);
+} llmux_inbound_t;
+
+/* inbound_anthropic.c: Anthropic's Messages API (POST /v1/messages). */
+extern const llmux_inbound_t llmux_inbound_anthropic;
+
+/* Anthropic's error type for one of the gateway's answers: by our code
+ * first (shutting_down, overloaded ...), else by the HTTP status. */
+const char *llmux_inbound_anthropic_error_type(int status, const char *type, const char *code);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* LLMUX_GATEWAY_INBOUND_H */
