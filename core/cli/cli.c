@@ -13,6 +13,7 @@
 #include "cli/chat.h"
 #include "cli/cli_routes.h"
 #include "cli/cli_tenant.h"
+#include "cli/master.h"
 #include "config/config.h"
 #include "base/log.h"
 #include "plugin/providers.h"
@@ -30,7 +31,10 @@ static const char usage_text[] =
   "Usage: llmux [COMMAND] [OPTIONS]\n"
   "\n"
   "Commands:\n"
-  "  serve           start the gateway (the default)\n"
+  "  serve           start the gateway (the default); with [server] workers = N\n"
+  "                  (or auto: one per CPU), a master process that holds the port\n"
+  "                  and runs N gateway processes, restarts one that dies, and\n"
+  "                  passes SIGHUP, SIGUSR1 and SIGTERM on to them\n"
   "  check           validate the configuration and print the routing table;\n"
   "                  exits 1 with `file:line: message` lines on errors\n"
   "  models          list models, aliases, generic names, profiles, agents and routes\n"
@@ -67,6 +71,7 @@ typedef struct {
   const char *config_path;
   const char *arg;
   int verbose;
+  char *const *argv;  /* main's, untouched: a master gives it to its workers */
 } cli_opts_t;
 
 static int parse_args(int argc, char **argv, cli_opts_t *o) {
@@ -87,7 +92,9 @@ static int parse_args(int argc, char **argv, cli_opts_t *o) {
   while ((c = getopt_long(argc, argv, "c:l:vh", longopts, NULL)) != -1) {
     switch (c) {
       case 'c': o->config_path = optarg; break;
-      case 'l': setenv("LLMUX_LISTEN", optarg, 1); break;
+      /* A master's worker listens where its master bound (port 0 resolved),
+       * which its LLMUX_LISTEN says: -l, given again to it, must not win. */
+      case 'l': setenv("LLMUX_LISTEN", optarg, getenv("LLMUX_WORKER") == NULL); break;
       case 'v': o->verbose++; break;
       case 'h': fputs(usage_text, stdout); exit(0);
       case 'V': printf("llmux %s\n", LLMUX_VERSION); exit(0);
@@ -199,29 +206,50 @@ done:
   return rc;
 }
 
-/* The gateway loads the files itself: it loads them again on a reload. */
+/* The gateway loads the files itself: it loads them again on a reload.
+ * With [server] workers > 1 this process becomes their master, and each
+ * worker (LLMUX_WORKER) comes back here to serve (cli/master.h). */
 static int cmd_serve(const cli_opts_t *o) {
-  char *plugin_dir = llmux_cli_plugin_dir(NULL);
-  int rc = llmux_serve(o->config_path, plugin_dir, o->verbose);
+  char *plugin_dir;
+  int rc, worker = llmux_worker_index();
+  if (worker == LLMUX_EINVAL) {
+    fprintf(stderr, "llmux: LLMUX_WORKER='%s' is not a worker index\n", getenv("LLMUX_WORKER"));
+    return 2;
+  }
+  if (worker < 0 && llmux_master_wanted(o->config_path))
+    return llmux_master_run(o->config_path, o->verbose, o->argv);
+  plugin_dir = llmux_cli_plugin_dir(NULL);
+  if (worker >= 0) rc = llmux_worker_run(o->config_path, plugin_dir, o->verbose, worker);
+  else rc = llmux_serve(o->config_path, plugin_dir, o->verbose) == 0 ? 0 : 1;
   free(plugin_dir);
-  return rc == 0 ? 0 : 1;
+  return rc;
+}
+
+static int run(const cli_opts_t *o) {
+  if (o->verbose) llmux_log_level = LLMUX_LOG_DEBUG;
+  if (strcmp(o->command, "serve") == 0) return cmd_serve(o);
+  if (strcmp(o->command, "check") == 0) return cmd_dump(o, 1);
+  if (strcmp(o->command, "models") == 0) return cmd_dump(o, 0);
+  if (strcmp(o->command, "resolve") == 0) return cmd_resolve(o);
+  if (strcmp(o->command, "usage") == 0) return llmux_cli_usage(o->config_path);
+  if (strcmp(o->command, "help") == 0) { fputs(usage_text, stdout); return 0; }
+  fprintf(stderr, "llmux: unknown command '%s'\nTry 'llmux --help'.\n", o->command);
+  return 2;
 }
 
 int llmux_cli_main(int argc, char **argv) {
   cli_opts_t o;
+  char **args;
   int rc;
   if (argc > 1 && strcmp(argv[1], "chat") == 0) return llmux_chat_main(argc - 1, argv + 1);
   if (argc > 1 && strcmp(argv[1], "key") == 0) return llmux_cli_key(argc - 1, argv + 1);
   if (argc > 1 && strcmp(argv[1], "routes") == 0) return llmux_cli_routes(argc - 1, argv + 1);
-  rc = parse_args(argc, argv, &o);
-  if (rc != 0) return rc;
-  if (o.verbose) llmux_log_level = LLMUX_LOG_DEBUG;
-  if (strcmp(o.command, "serve") == 0) return cmd_serve(&o);
-  if (strcmp(o.command, "check") == 0) return cmd_dump(&o, 1);
-  if (strcmp(o.command, "models") == 0) return cmd_dump(&o, 0);
-  if (strcmp(o.command, "resolve") == 0) return cmd_resolve(&o);
-  if (strcmp(o.command, "usage") == 0) return llmux_cli_usage(o.config_path);
-  if (strcmp(o.command, "help") == 0) { fputs(usage_text, stdout); return 0; }
-  fprintf(stderr, "llmux: unknown command '%s'\nTry 'llmux --help'.\n", o.command);
-  return 2;
+  /* getopt reorders what it parses: it parses a copy. */
+  args = llmux_xcalloc((size_t)argc + 1, sizeof *args);
+  memcpy(args, argv, (size_t)argc * sizeof *args);
+  rc = parse_args(argc, args, &o);
+  o.argv = argv;
+  if (rc == 0) rc = run(&o);
+  free(args);
+  return rc;
 }

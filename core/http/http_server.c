@@ -20,11 +20,14 @@
 
 #include <assert.h>
 #include <ctype.h>
+#include <errno.h>
 #include <llhttp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "base/log.h"
 #include "base/util.h"
@@ -1230,7 +1233,28 @@ int llmux_http_server_init(uv_loop_t *loop, llmux_http_server_t *srv,
   return 0;
 }
 
+/* libuv (1.44) sets no SO_REUSEPORT on a TCP socket it makes: the socket
+ * is made here, with the option, and handed to the listener unbound, so
+ * that uv_tcp_bind binds it as it would its own. */
+static int open_reuseport(llmux_http_server_t *srv, int family) {
+  int one = 1, rc, fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return map_uv(-errno);
+  if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
+    rc = -errno;
+    close(fd);
+    return map_uv(rc);
+  }
+  rc = uv_tcp_open(&srv->listener, fd); /* the handle owns fd from here */
+  if (rc != 0) close(fd);
+  return map_uv(rc);
+}
+
 int llmux_http_server_listen(llmux_http_server_t *srv, const char *host, int port) {
+  return llmux_http_server_listen_ex(srv, host, port, 0);
+}
+
+int llmux_http_server_listen_ex(llmux_http_server_t *srv, const char *host, int port,
+                                unsigned flags) {
   struct sockaddr_storage ss;
   int len = sizeof(ss), rc;
   if (strchr(host, ':') != NULL)
@@ -1238,6 +1262,8 @@ int llmux_http_server_listen(llmux_http_server_t *srv, const char *host, int por
   else
     rc = uv_ip4_addr(host, port, (struct sockaddr_in *)&ss);
   if (rc != 0) return map_uv(rc);
+  if ((flags & LLMUX_HTTP_REUSEPORT) && (rc = open_reuseport(srv, ss.ss_family)) != 0)
+    return rc;
   rc = uv_tcp_bind(&srv->listener, (const struct sockaddr *)&ss, 0);
   if (rc == 0) rc = uv_listen((uv_stream_t *)&srv->listener, BACKLOG, on_connection);
   if (rc == 0) rc = uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&ss, &len);

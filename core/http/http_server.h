@@ -216,6 +216,16 @@ int llmux_http_server_init(uv_loop_t *loop, llmux_http_server_t *srv,
  * (not an address of this host, or no IPv6), LLMUX_EINVAL (not an address
  * literal) or LLMUX_EIO. */
 int llmux_http_server_listen(llmux_http_server_t *srv, const char *host, int port);
+/* Flags for llmux_http_server_listen_ex. */
+enum {
+  /* SO_REUSEPORT: processes of the same user may listen on the same address
+   * and the kernel spreads new connections among them (a master's workers,
+   * cli/master.h). Linux. */
+  LLMUX_HTTP_REUSEPORT = 1u << 0
+};
+/* The same, with LLMUX_HTTP_* flags; call it once, instead of listen. */
+int llmux_http_server_listen_ex(llmux_http_server_t *srv, const char *host, int port,
+                                unsigned flags);
 /* Stops listening and closes every connection now, aborting requests in
  * flight (their on_abort runs synchronously inside this call, so do not call
  * it from a handler that still holds its own request: finish it first). cb
