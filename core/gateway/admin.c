@@ -180,6 +180,7 @@ static void handle_reload(llmux_gateway_t *gw, llmux_http_req_t *req, const char
     diag_lines(&b, "warnings", &diag, LLMUX_DIAG_WARNING);
     llmux_buf_appends(&b, "}");
     send_json(req, 200, &b, rid);
+    if (gw->on_admin_reload != NULL) gw->on_admin_reload(gw); /* the other workers */
   }
   llmux_diag_free(&diag);
 }

@@ -11,10 +11,14 @@
 #include "base/log.h"
 #include "config/registry.h"
 #include "gateway/api.h"
+#include "gateway/inbound.h"
 #include "gateway/proxy.h"
 #include "gateway/reqlog.h"
 #include "gateway/respond.h"
 #include "gateway/scrape.h"
+#include "base/json_scan.h"
+#include "route/ratelimit.h"
+#include "shared/rl_shared.h"
 #include "base/util.h"
 
 #define JSON_CT LLMUX_HTTP_HEADER_LIT("Content-Type", "application/json")
@@ -242,17 +246,21 @@ static llmux_str_t request_key(const llmux_http_req_t *req) {
   return k;
 }
 
-static void unauthorized(llmux_http_req_t *req, int agent, int missing, const char *rid) {
-  llmux_http_header_t h[3] = {JSON_CT, LLMUX_HTTP_HEADER_LIT("x-request-id", ""),
-                              LLMUX_HTTP_HEADER_LIT("WWW-Authenticate", "Bearer")};
+static void unauthorized(llmux_http_req_t *req, const llmux_proxy_opts_t *po, int missing,
+                         const char *rid) {
+  llmux_http_header_t h[4] = {JSON_CT, LLMUX_HTTP_HEADER_LIT("x-request-id", ""),
+                              LLMUX_HTTP_HEADER_LIT("WWW-Authenticate", "Bearer"),
+                              LLMUX_HTTP_HEADER_LIT("request-id", "")};
   llmux_buf_t body = {0};
   const char *msg = missing ? "You didn't provide an API key: send it as 'Authorization: "
                               "Bearer KEY' (or 'x-api-key: KEY')."
                             : "Incorrect API key provided.";
-  h[1].value = (llmux_str_t){rid, strlen(rid)};
-  if (agent) llmux_agent_error_json(&body, msg, "INVALID_API_KEY", 0);
+  h[1].value = h[3].value = (llmux_str_t){rid, strlen(rid)};
+  if (po->inbound != NULL)
+    po->inbound->error_body(&body, 401, "invalid_request_error", "invalid_api_key", msg, rid);
+  else if (po->agent) llmux_agent_error_json(&body, msg, "INVALID_API_KEY", 0);
   else llmux_http_error_json(&body, "invalid_request_error", "invalid_api_key", msg, NULL);
-  llmux_http_respond_buf(req, 401, h, 3, &body);
+  llmux_http_respond_buf(req, 401, h, po->inbound != NULL ? 4 : 3, &body);
 }
 
 /* The operator's endpoints, /admin/... and /metrics, take the admin key
@@ -278,11 +286,15 @@ static const llmux_tenant_t *key_tenant(llmux_gateway_t *gw, const llmux_http_re
 }
 
 /* The same, answering 401 when there is none. */
+static const char *classify(llmux_str_t p, llmux_proxy_opts_t *po);
+
 static const llmux_tenant_t *authenticate(llmux_gateway_t *gw, llmux_http_req_t *req,
                                           const char *rid) {
   int missing;
+  llmux_proxy_opts_t po = {0};
   const llmux_tenant_t *t = key_tenant(gw, req, &missing);
-  if (t == NULL) unauthorized(req, str_eq(req->path, "/v1/chat"), missing, rid);
+  classify(req->path, &po);
+  if (t == NULL) unauthorized(req, &po, missing, rid);
   return t;
 }
 
@@ -292,22 +304,26 @@ static const char *classify(llmux_str_t p, llmux_proxy_opts_t *po) {
   static const struct {
     const char *path, *name;
     int endpoint, agent;
+    const llmux_inbound_t *inbound;
   } paths[] = {
-      {"/v1/chat/completions", "chat", LLMUX_ENDPOINT_CHAT, 0},
-      {"/v1/completions", "completions", LLMUX_ENDPOINT_COMPLETIONS, 0},
-      {"/v1/embeddings", "embeddings", LLMUX_ENDPOINT_EMBEDDINGS, 0},
-      {"/v1/chat", "agent", LLMUX_ENDPOINT_CHAT, 1},
-      {"/v1/models", "models", 0, 0},
-      {"/v1/usage", "usage", 0, 0},
-      {"/health", "health", 0, 0},
-      {"/health/ready", "ready", 0, 0},
-      {"/metrics", "metrics", 0, 0},
+      {"/v1/chat/completions", "chat", LLMUX_ENDPOINT_CHAT, 0, NULL},
+      {"/v1/completions", "completions", LLMUX_ENDPOINT_COMPLETIONS, 0, NULL},
+      {"/v1/embeddings", "embeddings", LLMUX_ENDPOINT_EMBEDDINGS, 0, NULL},
+      {"/v1/chat", "agent", LLMUX_ENDPOINT_CHAT, 1, NULL},
+      {"/v1/messages", "messages", LLMUX_ENDPOINT_CHAT, 0, &llmux_inbound_anthropic},
+      {"/v1/messages/count_tokens", "count_tokens", 0, 0, &llmux_inbound_anthropic},
+      {"/v1/models", "models", 0, 0, NULL},
+      {"/v1/usage", "usage", 0, 0, NULL},
+      {"/health", "health", 0, 0, NULL},
+      {"/health/ready", "ready", 0, 0, NULL},
+      {"/metrics", "metrics", 0, 0, NULL},
   };
   size_t i;
   for (i = 0; i < LLMUX_COUNTOF(paths); i++) {
     if (!str_eq(p, paths[i].path)) continue;
     po->endpoint = paths[i].endpoint;
     po->agent = paths[i].agent;
+    po->inbound = paths[i].inbound;
     return paths[i].name;
   }
   if (p.len > 11 && memcmp(p.base, "/v1/models/", 11) == 0) return "model";
@@ -372,7 +388,7 @@ void llmux_api_on_head(llmux_http_req_t *req) {
     return;
   }
   if (!operator) {
-    unauthorized(req, po.agent, missing, rid);
+    unauthorized(req, &po, missing, rid);
     rec.error_code = "invalid_api_key";
   }
   gw->requests++; /* answered, and gone */
@@ -483,7 +499,8 @@ static void handle_health(llmux_gateway_t *gw, llmux_http_req_t *req, const char
 }
 
 /* Readiness, for a load balancer: 200 while the gateway takes traffic and
- * some provider is enabled; 503 while it drains (SIGTERM) or with none.
+ * some provider is enabled; 503 while it drains (SIGTERM) or with none, or
+ * while the shared state is away with shared_state_fail = closed.
  * /health stays the liveness answer, 200 as long as the process serves. */
 static void handle_ready(llmux_gateway_t *gw, llmux_http_req_t *req, const char *rid) {
   llmux_buf_t b = {0};
@@ -492,6 +509,11 @@ static void handle_ready(llmux_gateway_t *gw, llmux_http_req_t *req, const char 
   for (i = 0; i < gw->cfg->nproviders; i++) enabled += gw->cfg->providers[i]->enabled != 0;
   if (gw->draining) status = "draining";
   else if (enabled == 0) status = "no_provider";
+  else if (gw->shared && gw->cfg->server.shared_state_fail_closed) {
+    llmux_rl_shared_stats_t st;
+    llmux_rl_shared_stats(gw->rl, &st);
+    if (!st.up) status = "shared_state_unavailable"; /* it would refuse every request */
+  }
   llmux_buf_printf(&b, "{\"status\":\"%s\",\"providers\":{\"enabled\":%zu,\"total\":%zu}}",
                    status, enabled, gw->cfg->nproviders);
   send_json(req, strcmp(status, "ready") == 0 ? 200 : 503, &b, rid);
@@ -506,6 +528,21 @@ static void method_not_allowed(llmux_http_req_t *req, const char *allow) {
            (int)(req->path.len > 80 ? 80 : req->path.len), req->path.base, allow);
   llmux_http_error_json(&body, "invalid_request_error", "method_not_allowed", msg, NULL);
   llmux_http_respond_buf(req, 405, h, 2, &body);
+}
+
+/* The same 405 in an inbound format's shape. */
+static void inbound_method_not_allowed(llmux_http_req_t *req, const llmux_inbound_t *in,
+                                       const char *rid) {
+  char msg[160];
+  llmux_http_header_t h[4] = {JSON_CT, LLMUX_HTTP_HEADER_LIT("Allow", "POST"),
+                              LLMUX_HTTP_HEADER_LIT("x-request-id", ""),
+                              LLMUX_HTTP_HEADER_LIT("request-id", "")};
+  llmux_buf_t body = {0};
+  h[2].value = h[3].value = (llmux_str_t){rid, strlen(rid)};
+  snprintf(msg, sizeof msg, "Method %s is not allowed on %.*s: use POST.", req->method,
+           (int)(req->path.len > 80 ? 80 : req->path.len), req->path.base);
+  in->error_body(&body, 405, "invalid_request_error", "method_not_allowed", msg, rid);
+  llmux_http_respond_buf(req, 405, h, 4, &body);
 }
 
 static int is_get(const llmux_http_req_t *req) {
@@ -523,13 +560,66 @@ static int tenant_of(llmux_gateway_t *gw, llmux_http_req_t *req, const char *rid
   return *t != NULL ? 0 : -1;
 }
 
+/* ---- POST /v1/messages/count_tokens ---------------------------------------- */
+
+static void inbound_error(llmux_http_req_t *req, const llmux_inbound_t *in, int status,
+                          const char *code, const char *msg, const char *rid) {
+  llmux_http_header_t h[3] = {JSON_CT, LLMUX_HTTP_HEADER_LIT("x-request-id", ""),
+                              LLMUX_HTTP_HEADER_LIT("request-id", "")};
+  llmux_buf_t body = {0};
+  h[1].value = h[2].value = (llmux_str_t){rid, strlen(rid)};
+  in->error_body(&body, status, "invalid_request_error", code, msg, rid);
+  llmux_http_respond_buf(req, status, h, 3, &body);
+}
+
+/* The gateway's own estimate of a Messages request's input tokens (the
+ * one rate limits reserve by: about bytes/4 of the text), for a model the
+ * caller may use; nothing goes to a provider. {"input_tokens": N} */
+static void handle_count_tokens(llmux_gateway_t *gw, llmux_http_req_t *req, const char *rid,
+                                const llmux_proxy_opts_t *po) {
+  const llmux_inbound_t *in = po->inbound;
+  llmux_json_field_t f[] = {{"model"}, {"messages"}, {"tools"}};
+  llmux_buf_t body = {0}, chat = {0}, out = {0};
+  llmux_inbound_err_t err;
+  llmux_resolution_t res;
+  void *state = NULL;
+  char model[256];
+  int rc;
+  llmux_http_req_take_body(req, &body);
+  rc = in->request(body.base, body.len, LLMUX_INBOUND_COUNT_ONLY, &chat, &state, &err);
+  if (rc != 0) {
+    inbound_error(req, in, rc == LLMUX_EINVAL ? err.status : 500,
+                  rc == LLMUX_EINVAL ? "invalid_request" : "out_of_memory",
+                  rc == LLMUX_EINVAL ? err.message : "Out of memory.", rid);
+  } else if (llmux_json_scan(chat.base, chat.len, f, LLMUX_COUNTOF(f), NULL, NULL) != 0 ||
+             llmux_json_unquote(f[0].value, model, sizeof model) != 0) {
+    inbound_error(req, in, 500, "internal_error", "The request could not be estimated.", rid);
+  } else if (llmux_resolve(gw->cfg, model, &res) != 0 ||
+             (po->tenant != NULL && !llmux_tenant_may_use(po->tenant, &res, NULL))) {
+    char msg[320];
+    snprintf(msg, sizeof msg, "The model `%.200s` does not exist or you do not have access "
+             "to it.", model);
+    inbound_error(req, in, 404, "model_not_found", msg, rid);
+  } else {
+    llmux_buf_printf(&out, "{\"input_tokens\":%llu}",
+                     (unsigned long long)llmux_rl_estimate_fields(f, LLMUX_COUNTOF(f)));
+    send_json(req, 200, &out, rid);
+  }
+  in->state_free(state);
+  llmux_buf_free(&body);
+  llmux_buf_free(&chat);
+}
+
 /* What the gateway answers itself, at once (the proxy aside). */
 static void answer(llmux_gateway_t *gw, llmux_http_req_t *req, const char *rid,
                    const llmux_proxy_opts_t *po) {
   llmux_str_t p = req->path;
   if (llmux_admin_path(p)) return llmux_admin_handle(gw, req, rid);
   if (llmux_scrape_path(p)) return llmux_scrape_handle(gw, req, rid);
+  if (po->inbound != NULL && strcmp(req->method, "POST") != 0)
+    return inbound_method_not_allowed(req, po->inbound, rid);
   if (po->endpoint != 0) return method_not_allowed(req, "POST");
+  if (po->inbound != NULL) return handle_count_tokens(gw, req, rid, po);
   if (str_eq(p, "/v1/usage")) {
     if (!is_get(req)) return method_not_allowed(req, "GET, HEAD");
     return handle_usage(gw, req, rid, po->tenant);

@@ -20,13 +20,16 @@
 #include <time.h>
 
 #include "gateway/agent.h"
+#include "gateway/inbound.h"
 #include "base/json_scan.h"
 #include "base/log.h"
 #include "plugin/plugin.h"
 #include "route/ratelimit.h"
 #include "config/registry.h"
 #include "route/router.h"
+#include "gateway/fleet.h"
 #include "gateway/proxy.h"
+#include "shared/rl_shared.h"
 #include "gateway/reqlog.h"
 #include "gateway/trace.h"
 #include "gateway/respond.h"
@@ -65,6 +68,14 @@ typedef struct proxy_s {
   llmux_buf_t skipped;            /* routes passed over, and why */
   uint64_t rl_wait_ms;            /* shortest wait of a rate-limited route */
   const char *rl_provider;        /* the first provider without headroom */
+  uint64_t rl_mark;               /* shared store: its mark after reserving */
+  llmux_rl_settle_t settle;       /* waiting for it before the answer ends,
+                                     or for a refresh of the mirror */
+  int settling;
+  int stale;                      /* a check asked for a refresh first */
+  int fresh;                      /* the mirror holds every state published
+                                     before this request arrived */
+  void (*after_refresh)(struct proxy_s *p);
   int shared_down;                /* a route was skipped because the shared
                                      state is unreachable (fail closed) */
   size_t ncooling;
@@ -108,6 +119,8 @@ typedef struct proxy_s {
   int agent;                      /* 1: POST /v1/chat, answers in ARES's shapes */
   llmux_agent_req_t areq;
   llmux_agent_stream_t astream;
+  const llmux_inbound_t *in;      /* the client's API when not chat (inbound.h) */
+  void *in_state;                 /* its per-request state */
   llmux__proxy_link_t live;       /* in gw->proxies until proxy_free (drain, at the end) */
   llmux_reqlog_t rec;             /* what metrics and the access log see: filled as
                                      facts become known, ended in proxy_free */
@@ -162,6 +175,7 @@ static void record_end(proxy_t *p);
 
 static void proxy_free(proxy_t *p) {
   live_unlink(p);
+  if (p->gw->shared) llmux_rl_shared_settle_cancel(&p->settle);
   if (p->up_running) {
     llmux_upstream_cancel(&p->up);
     llmux_router_inflight(p->gen->router, p->route->index, -1);
@@ -173,6 +187,7 @@ static void proxy_free(proxy_t *p) {
    * tenant's requests_per_minute. */
   if (p->tenant_resv.held) llmux_rl_commit(&p->tenant_resv, p->tenant_tokens, now_ms(p));
   llmux_agent_stream_free(&p->astream);
+  if (p->in != NULL) p->in->state_free(p->in_state);
   free_txn(p);
   llmux_host_txn_free(&p->ht);
   llmux_buf_free(&p->body);
@@ -208,7 +223,7 @@ static void on_client_abort(llmux_http_req_t *req) {
   if (p->rec.error_code == NULL) p->rec.error_code = "client_closed";
   /* A stream the client left half-way was still served (and billed by the
    * provider): count what is known of it. */
-  if (p->started) account(p);
+  if (p->started || p->settling) account(p);
   proxy_finish(p);
 }
 
@@ -228,11 +243,15 @@ static uint64_t overhead_us(const proxy_t *p) {
   return total > upstream ? total - upstream : 0;
 }
 
-/* Our response headers into h[] (room for 8); num holds 2 x 24 bytes. */
+/* Our response headers into h[] (room for 10: at most 7 here); num holds
+ * 2 x 24 bytes. */
 static size_t our_headers(proxy_t *p, llmux_http_header_t *h, const char *ctype, char *num) {
   size_t n = 0;
   h[n++] = (llmux_http_header_t){{"Content-Type", 12}, {ctype, strlen(ctype)}};
   h[n++] = (llmux_http_header_t){{"x-request-id", 12}, {p->rid, strlen(p->rid)}};
+  if (p->in != NULL && p->in->request_id_header != NULL)
+    h[n++] = (llmux_http_header_t){{p->in->request_id_header, strlen(p->in->request_id_header)},
+                                   {p->rid, strlen(p->rid)}};
   if (p->route) {
     h[n++] = (llmux_http_header_t){{"x-llmux-provider", 16},
                                    {p->route->provider->name, strlen(p->route->provider->name)}};
@@ -259,7 +278,9 @@ static void respond_error(proxy_t *p, int status, const char *type, const char *
   if (p->client == NULL) return;
   p->rec.status = status;
   p->rec.error_code = code;
-  if (p->agent) {
+  if (p->in != NULL) {
+    p->in->error_body(&body, status, type, code, msg, p->rid);
+  } else if (p->agent) {
     llmux_agent_error_json(&body, msg, llmux_agent_error_code(status, code), retry_after_s);
   } else if (ares) {
     llmux_buf_appends(&body, "{\"error\":{\"message\":");
@@ -436,6 +457,10 @@ static int emit_to_client(void *owner, const char *data, size_t len) {
   p->rec.output_chunks++;
   if (p->agent) /* ARES events out of the provider's OpenAI events */
     return llmux_agent_stream_feed(&p->astream, data, len, &p->pending);
+  if (p->in != NULL) { /* the client's events out of the provider's chat events */
+    llmux_inbound_ctx_t ctx = {p->rid, p->prompt_tokens};
+    return p->in->stream_feed(p->in_state, &ctx, data, len, &p->pending);
+  }
   return llmux_buf_append(&p->pending, data, len);
 }
 
@@ -471,6 +496,13 @@ static void end_stream_as(proxy_t *p, const char *type, const char *code, const 
   llmux_buf_t ev = {0};
   p->rec.error_code = code;
   flush_pending(p);
+  if (p->in != NULL) {
+    p->in->stream_error(p->in_state, type, code, msg, &ev);
+    llmux_http_write_buf(p->client, &ev);
+    llmux_http_end(p->client);
+    proxy_finish(p);
+    return;
+  }
   llmux_buf_appends(&ev, "data: ");
   if (p->agent) {
     llmux_buf_appends(&ev, "{\"type\":\"error\",\"error\":");
@@ -527,6 +559,7 @@ static void account(proxy_t *p) {
   llmux_usage_t u;
   uint64_t in, out;
   double cost;
+  int day;
   if (m == NULL) return;
   u = plugin_usage(p);
   in = u.prompt_tokens >= 0 ? (uint64_t)u.prompt_tokens : p->prompt_tokens;
@@ -537,8 +570,10 @@ static void account(proxy_t *p) {
   p->rec.cost_usd = m->has_price ? cost : -1;
   if (p->tenant == NULL) return;
   p->tenant_tokens = in + out;
-  llmux_usage_add(p->gw->usage, p->tenant->conf->name, m->id, llmux_usage_today(), in, out,
-                  cost);
+  day = llmux_usage_today();
+  llmux_usage_add(p->gw->usage, p->tenant->conf->name, m->id, day, in, out, cost);
+  if (p->gw->fleet_usage)
+    llmux_fleet_usage_count(p->gw, p->tenant->conf->name, m->id, day, in, out, cost);
 }
 
 static llmux_agent_info_t agent_info(const proxy_t *p) {
@@ -558,6 +593,26 @@ static int agent_answer(proxy_t *p) {
     llmux_buf_free(&a);
     respond_error(p, 502, "upstream_error", "UPSTREAM_UNAVAILABLE", NULL,
                   "The provider's answer has no message.", 0, 0);
+    proxy_finish(p);
+    return -1;
+  }
+  llmux_buf_free(&p->out);
+  p->out = a;
+  return 0;
+}
+
+/* The client's answer from the buffered chat one; 0, or the client got a 502. */
+static int inbound_answer(proxy_t *p) {
+  llmux_inbound_ctx_t ctx = {p->rid, p->prompt_tokens};
+  llmux_buf_t a = {0};
+  int rc = p->in->answer(p->in_state, &ctx, p->out.base, p->out.len, &a);
+  if (rc != 0) {
+    llmux_buf_free(&a);
+    respond_error(p, rc == LLMUX_ENOMEM ? 500 : 502, "upstream_error",
+                  rc == LLMUX_ENOMEM ? "out_of_memory" : "upstream_garbage", NULL,
+                  rc == LLMUX_ENOMEM ? "Out of memory."
+                                     : "The provider's answer could not be translated.",
+                  0, 0);
     proxy_finish(p);
     return -1;
   }
@@ -589,11 +644,18 @@ static void finish_ok(proxy_t *p) {
       if (llmux_agent_stream_end(&p->astream, &info, &ev) == 0) llmux_http_write_buf(p->client, &ev);
       llmux_buf_free(&ev);
     }
+    if (p->in != NULL) {
+      llmux_inbound_ctx_t ctx = {p->rid, p->prompt_tokens};
+      llmux_buf_t ev = {0};
+      if (p->in->stream_end(p->in_state, &ctx, &ev) == 0) llmux_http_write_buf(p->client, &ev);
+      llmux_buf_free(&ev);
+    }
     llmux_http_end(p->client);
     proxy_finish(p);
     return;
   }
   if (p->agent && agent_answer(p) != 0) return;
+  if (p->in != NULL && inbound_answer(p) != 0) return;
   n = our_headers(p, h, "application/json", num);
   if (served_model_ok(&p->ht.txn.served_model))
     h[n++] = (llmux_http_header_t){{"x-llmux-served-model", 20},
@@ -601,6 +663,25 @@ static void finish_ok(proxy_t *p) {
   p->rec.status = 200;
   llmux_http_respond_buf(p->client, 200, h, n, &p->out);
   proxy_finish(p);
+}
+
+/* With shared limits, the answer ends once Redis has this request's
+ * reservation (rl_shared.h, Settling): then a client's next request, to any
+ * process, is decided on counts that include this one. */
+static void on_settled(llmux_rl_settle_t *w) {
+  proxy_t *p = w->data;
+  p->settling = 0;
+  finish_ok(p);
+}
+
+static void finish_settled(proxy_t *p) {
+  if (p->gw->shared && !llmux_rl_shared_settled(p->gw->rl, p->rl_mark)) {
+    p->settling = 1;
+    p->settle.data = p;
+    llmux_rl_shared_settle(p->gw->rl, p->rl_mark, &p->settle, on_settled);
+    return;
+  }
+  finish_ok(p);
 }
 
 /* ---- the record ---------------------------------------------------------- */
@@ -658,6 +739,14 @@ static void record_end(proxy_t *p) {
 
 /* The 404 for a model the caller cannot use (respond.h). */
 static void model_not_found(proxy_t *p) {
+  if (p->in != NULL) { /* the same words (tenant or not), in the client's shape */
+    char msg[320];
+    snprintf(msg, sizeof msg, "The model `%.200s` does not exist or you do not have access "
+             "to it.", p->model_name);
+    respond_error(p, 404, "invalid_request_error", "model_not_found", "model", msg, 0, 0);
+    proxy_finish(p);
+    return;
+  }
   p->rec.status = 404;
   p->rec.error_code = "model_not_found";
   p->rec.overhead_us = overhead_us(p);
@@ -1030,7 +1119,7 @@ static void on_up_done(llmux_upstream_req_t *up, int status) {
     if (p->emit_failed == 2)
       end_stream_with_error(p, "upstream_garbage", "The provider's stream was malformed.");
     else
-      finish_ok(p);
+      finish_settled(p);
     return;
   }
   /* The body passed through untouched, so check it once: a 200 whose body
@@ -1048,7 +1137,7 @@ static void on_up_done(llmux_upstream_req_t *up, int status) {
     return;
   }
   attempt_end(p, LLMUX_ATTEMPT_OK);
-  finish_ok(p);
+  finish_settled(p);
 }
 
 /* ---- attempts ------------------------------------------------------------ */
@@ -1164,6 +1253,7 @@ static void attempt(proxy_t *p, const llmux_route_conf_t *r, llmux_provider_rt_t
   p->resv_tokens = tokens;
   memset(&p->resv, 0, sizeof p->resv);
   llmux_rl_reserve(p->gw->rl, &key, tokens, now_ms(p), &p->resv);
+  if (p->gw->shared) p->rl_mark = llmux_rl_shared_mark(p->gw->rl);
   p->err_body.len = 0;
   p->out.len = 0;
   p->emit_failed = 0;
@@ -1229,14 +1319,46 @@ static void attempt(proxy_t *p, const llmux_route_conf_t *r, llmux_provider_rt_t
 }
 
 /* Is there headroom on route r for this request? Notes why not. */
+/* llmux_rl_check, telling a shared store when this request's view of it
+ * is fresh (rl_shared.h, Refreshing). */
+static int shared_check(proxy_t *p, llmux_rl_store_t *rl, const llmux_rl_key_t *key,
+                        uint64_t tokens, uint64_t *wait) {
+  int rc;
+  if (!p->fresh || !p->gw->shared) return llmux_rl_check(rl, key, tokens, now_ms(p), wait);
+  llmux_rl_shared_assume_fresh(rl, 1);
+  rc = llmux_rl_check(rl, key, tokens, now_ms(p), wait);
+  llmux_rl_shared_assume_fresh(rl, 0);
+  return rc;
+}
+
+static void on_refreshed(llmux_rl_settle_t *w) {
+  proxy_t *p = w->data;
+  p->fresh = 1;
+  p->after_refresh(p);
+}
+
+/* A limit is near: read every state published so far, then go on. */
+static void refresh(proxy_t *p, void (*then)(proxy_t *p)) {
+  p->stale = 0;
+  p->after_refresh = then;
+  p->settle.data = p;
+  if (llmux_rl_shared_refresh(p->gw->rl, &p->settle, on_refreshed) == 0) return;
+  p->fresh = 1; /* down: the mirror is all there is */
+  then(p);
+}
+
 static int has_headroom(proxy_t *p, const llmux_route_conf_t *r, llmux_provider_rt_t *rt,
                         uint64_t *tokens) {
   llmux_rl_key_t key = route_key(r);
   uint64_t wait = 0;
   *tokens = llmux_rl_tokens_to_reserve((llmux_rl_style_t)rt->rl_style, p->prompt_tokens,
                                        p->max_tokens, r->model->context_window);
-  int rc = llmux_rl_check(p->gw->rl, &key, *tokens, now_ms(p), &wait);
+  int rc = shared_check(p, p->gw->rl, &key, *tokens, &wait);
   if (rc == 0) return 1;
+  if (rc == LLMUX_RL_ESTALE) {
+    p->stale = 1;
+    return 0;
+  }
   if (rc == LLMUX_RL_EUNAVAILABLE) {
     p->shared_down = 1;
     note_skip(p, r, "shared state unavailable");
@@ -1268,7 +1390,14 @@ static void try_next(proxy_t *p) {
       note_skip(p, r, "context window not larger");
       continue;
     }
-    if (!has_headroom(p, r, rt, &tokens)) continue;
+    if (!has_headroom(p, r, rt, &tokens)) {
+      if (p->stale) { /* this route again, once the mirror is fresh */
+        p->next--;
+        refresh(p, try_next);
+        return;
+      }
+      continue;
+    }
     if (llmux_router_allow(p->gen->router, r->index, now_ms(p)) == LLMUX_ROUTER_DENY) {
       p->ncooling++;
       note_skip(p, r, "cooling down");
@@ -1327,8 +1456,29 @@ static int agent_request(proxy_t *p) {
   return 0;
 }
 
+/* The client's body (an inbound format's) -> an OpenAI chat body. */
+static int inbound_request(proxy_t *p) {
+  llmux_buf_t body = {0};
+  llmux_inbound_err_t err;
+  int rc = p->in->request(p->body.base, p->body.len, 0, &body, &p->in_state, &err);
+  if (rc != 0) {
+    llmux_buf_free(&body);
+    if (rc == LLMUX_EINVAL)
+      fail_client(p, err.status, "invalid_request_error", "invalid_request", NULL, "%s",
+                  err.message);
+    else
+      fail_client(p, 500, "server_error", "out_of_memory", NULL, "Out of memory.");
+    return -1;
+  }
+  llmux_buf_free(&p->body);
+  p->body = body;
+  return 0;
+}
+
 /* The tenant's say, before any provider's: may it use this, and has it
  * headroom? Reserves its per-minute share. */
+static void admit_and_route(proxy_t *p);
+
 static int tenant_admit(proxy_t *p) {
   llmux_tenant_verdict_t v;
   uint64_t tokens;
@@ -1348,9 +1498,15 @@ static int tenant_admit(proxy_t *p) {
     return -1;
   }
   tokens = llmux_rl_tokens_to_reserve(LLMUX_RL_STYLE_GENERIC, p->prompt_tokens, p->max_tokens, 0);
+  if (p->fresh && p->gw->shared) llmux_rl_shared_assume_fresh(p->gw->tenant_rl, 1);
   rc = llmux_tenant_admit(&p->gen->tenants, p->gw->usage, p->tenant, tokens, now_ms(p),
                           wall_ms(), &p->tenant_resv, &v);
+  if (p->fresh && p->gw->shared) llmux_rl_shared_assume_fresh(p->gw->tenant_rl, 0);
   if (rc == 0) return 0;
+  if (rc == LLMUX_RL_ESTALE) {
+    refresh(p, admit_and_route);
+    return -1;
+  }
   if (rc == LLMUX_RL_EUNAVAILABLE) {
     respond_error(p, 503, "upstream_error", "shared_state_unavailable", NULL,
                   "The gateway's shared state (Redis) is unreachable and shared_state_fail "
@@ -1377,7 +1533,14 @@ void llmux_proxy_handle_opts(llmux_gateway_t *gw, llmux_http_req_t *req,
   proxy_t *p = malloc(sizeof *p);
   if (p != NULL) memset(p, 0, offsetof(proxy_t, cands));
   if (p == NULL) {
-    llmux_http_send_error(req, 503, "server_error", "out_of_memory", "Out of memory.", NULL);
+    if (opts->inbound != NULL) {
+      llmux_http_header_t h[1] = {{{"Content-Type", 12}, {"application/json", 16}}};
+      llmux_buf_t b = {0};
+      opts->inbound->error_body(&b, 503, "server_error", "out_of_memory", "Out of memory.", NULL);
+      llmux_http_respond_buf(req, 503, h, 1, &b);
+    } else {
+      llmux_http_send_error(req, 503, "server_error", "out_of_memory", "Out of memory.", NULL);
+    }
     if (opts->rec != NULL) {
       llmux_reqlog_t rec = *opts->rec;
       rec.status = 503;
@@ -1393,6 +1556,7 @@ void llmux_proxy_handle_opts(llmux_gateway_t *gw, llmux_http_req_t *req,
   p->endpoint = opts->endpoint;
   p->tenant = opts->tenant;
   p->agent = opts->agent;
+  p->in = opts->inbound;
   p->t_start = req->start_us;
   req->data = p;
   req->on_abort = on_client_abort;
@@ -1401,6 +1565,7 @@ void llmux_proxy_handle_opts(llmux_gateway_t *gw, llmux_http_req_t *req,
   llmux_trace_begin(gw, &p->rec, req);
   llmux_http_req_take_body(req, &p->body);
   if (p->agent && agent_request(p) != 0) return;
+  if (p->in != NULL && inbound_request(p) != 0) return;
   if (validate(p) != 0) return;
   p->rec.model = p->model_name;
   p->rec.stream = p->stream;
@@ -1417,6 +1582,13 @@ void llmux_proxy_handle_opts(llmux_gateway_t *gw, llmux_http_req_t *req,
   }
   if (p->res.model != NULL) p->rec.canonical_model = p->res.model->id;
   p->deadline_ms = now_ms(p) + p->gen->cfg->server.request_timeout_ms;
+  admit_and_route(p);
+}
+
+/* The tenant's say, then the routes. Again after a refresh the tenant's
+ * windows asked for (tenant_admit). */
+static void admit_and_route(proxy_t *p) {
+  if (p->client == NULL) { proxy_free(p); return; }
   if (p->tenant && tenant_admit(p) != 0) return;
   if (plan_routes(p) != 0) {
     fail_client(p, 500, "server_error", "internal_error", NULL, "Routing failed.");

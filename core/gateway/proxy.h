@@ -4,7 +4,8 @@
 
 #include "gateway/server.h"
 
-/* proxy.c: POST /v1/chat/completions, /v1/completions, /v1/embeddings. */
+/* proxy.c: POST /v1/chat/completions, /v1/completions, /v1/embeddings (and
+ * POST /v1/messages, through an inbound format). */
 void llmux_proxy_handle(llmux_gateway_t *gw, llmux_http_req_t *req, int endpoint);
 
 /* How a request enters the proxy (issue 8). */
@@ -18,6 +19,10 @@ typedef struct llmux_proxy_opts_s {
                                     caller (gateway/reqlog.h): the proxy takes
                                     it over (a copy) and ends it; NULL: the
                                     proxy begins its own */
+  const struct llmux_inbound_s *inbound; /* the client's API when it is not
+                                    OpenAI's (gateway/inbound.h): its body is
+                                    converted to chat up front and the answer
+                                    and errors back; NULL: chat as it is */
 } llmux_proxy_opts_t;
 void llmux_proxy_handle_opts(llmux_gateway_t *gw, llmux_http_req_t *req,
                              const llmux_proxy_opts_t *opts);

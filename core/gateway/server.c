@@ -11,6 +11,7 @@
 
 #include "base/log.h"
 #include "base/util.h"
+#include "gateway/fleet.h"
 #include "gateway/scrape.h"
 #include "shared/rl_shared.h"
 #include "gateway/trace.h"
@@ -44,26 +45,37 @@ static int init_shared(llmux_gateway_t *gw) {
  * are "tenant:NAME", which no provider name can be). It starts connecting
  * at once; until it is up it decides on its own counts (or refuses, when
  * failing closed). */
+/* [server] shared_state's settings, the password read from the
+ * environment. 0, or LLMUX_EINVAL (logged) when the variable is unset. */
+static int fleet_conf(const llmux_server_conf_t *s, llmux_fleet_conf_t *fc) {
+  memset(fc, 0, sizeof *fc);
+  fc->url = s->shared_state;
+  fc->prefix = s->shared_state_prefix;
+  fc->fail_closed = s->shared_state_fail_closed;
+  if (s->shared_state_password_env == NULL) return 0;
+  fc->password = getenv(s->shared_state_password_env);
+  if (fc->password == NULL || *fc->password == '\0') {
+    llmux_error("shared_state_password_env names %s, which is not set: export Redis's "
+                "password there, or remove the key for a Redis without AUTH",
+                s->shared_state_password_env);
+    return LLMUX_EINVAL;
+  }
+  return 0;
+}
+
 static int open_shared_rl(llmux_gateway_t *gw, const llmux_server_conf_t *s) {
   llmux_rl_shared_options_t o;
-  const char *password = NULL;
+  llmux_fleet_conf_t fc;
   char err[300];
   int rc;
-  if (s->shared_state_password_env != NULL) {
-    password = getenv(s->shared_state_password_env);
-    if (password == NULL || *password == '\0') {
-      llmux_error("shared_state_password_env names %s, which is not set: export Redis's "
-                  "password there, or remove the key for a Redis without AUTH",
-                  s->shared_state_password_env);
-      return LLMUX_EINVAL;
-    }
-  }
+  if ((rc = fleet_conf(s, &fc)) != 0) return rc;
   memset(&o, 0, sizeof o);
   o.url = s->shared_state;
-  o.password = password;
+  o.password = fc.password;
   o.prefix = s->shared_state_prefix;
   o.max_keys = RL_KEYS + TENANT_RL_KEYS;
   o.fail_closed = s->shared_state_fail_closed;
+  o.refresh = 1; /* exact for sequential requests (rl_shared.h, Refreshing) */
   rc = llmux_rl_shared_new(gw->loop, &o, &gw->rl, err, sizeof err);
   if (rc == 0) rc = llmux_rl_shared_start(gw->rl);
   if (rc != 0) {
@@ -251,6 +263,17 @@ static int init_front(llmux_gateway_t *gw) {
   return rc;
 }
 
+/* Usage and breakers through the shared state, once the usage store and
+ * the route table exist (the rate-limit store came with the first
+ * generation). */
+static int start_fleet(llmux_gateway_t *gw) {
+  llmux_fleet_conf_t fc;
+  int rc = fleet_conf(&gw->cfg->server, &fc);
+  if (rc == 0) rc = llmux_fleet_usage_start(gw, &fc);
+  if (rc == 0) rc = llmux_fleet_breakers_start(gw, &fc);
+  return rc;
+}
+
 /* Everything after the first generation (rc: how making it went); on a
  * failure, undoes it all. The front door's listener handle closes on the
  * loop: the caller runs it once before closing the loop. */
@@ -260,10 +283,13 @@ static int start(llmux_gateway_t *gw, int rc) {
   memset(&uo, 0, sizeof uo);
   uo.data = gw;
   if (rc == 0) rc = llmux_upstream_new(gw->loop, &uo, &gw->up);
+  if (rc == 0 && gw->shared) rc = start_fleet(gw);
   if (rc == 0) {
     llmux_trace_open(gw); /* best effort: a failure is logged, requests go on */
     return 0;
   }
+  if (gw->fleet_usage) llmux_fleet_usage_close(gw, NULL);
+  if (gw->fleet_breakers) llmux_fleet_breakers_close(gw, NULL);
   if (front) llmux_http_server_close(&gw->http, NULL);
   if (gw->usage) llmux_usage_close(gw->usage, NULL, NULL);
   gw->usage = NULL;
@@ -411,6 +437,18 @@ static void on_usage_closed(llmux_usage_store_t *s, void *arg) {
   close_step(arg);
 }
 
+static void close_usage(llmux_gateway_t *gw) {
+  if (gw->usage == NULL) return;
+  gw->close_pending++;
+  llmux_usage_close(gw->usage, on_usage_closed, gw);
+  gw->usage = NULL;
+}
+
+static void on_fleet_usage_closed(llmux_gateway_t *gw) {
+  close_usage(gw);
+  close_step(gw);
+}
+
 static void on_upstream_closed(llmux_upstream_t *up) {
   close_step(llmux_upstream_data(up));
 }
@@ -440,12 +478,19 @@ static void on_http_closed(llmux_http_server_t *srv) {
     log_close(gw, gw->access_log, 1);
     gw->access_log = NULL;
   }
-  /* Every request is finished and counted: write the last usage now, on
-   * this thread, so a clean stop loses nothing. */
-  if (gw->usage) {
+  /* Every request is finished and counted: the fleet gets the last usage
+   * first (rows may still arrive from it until it is closed), then the
+   * store writes it, on this thread, so a clean stop loses nothing. */
+  if (gw->fleet_usage) {
     gw->close_pending++;
-    llmux_usage_close(gw->usage, on_usage_closed, gw);
-    gw->usage = NULL;
+    llmux_fleet_usage_close(gw, on_fleet_usage_closed);
+  } else {
+    close_usage(gw);
+  }
+  /* The breakers' fleet lets go of the route table before it is freed. */
+  if (gw->fleet_breakers) {
+    gw->close_pending++;
+    llmux_fleet_breakers_close(gw, close_step);
   }
   /* A request whose backoff timer is still closing holds its generation:
    * the shared state goes once the last generation has. */
@@ -563,15 +608,30 @@ static void log_start(const llmux_gateway_t *gw) {
                "(api_key_env), e.g. GROQ_API_KEY");
 }
 
+/* Errors only: a master's worker, whose master printed the warnings. */
+static void print_errors(const llmux_diag_t *diag) {
+  llmux_buf_t line = {0};
+  size_t i;
+  for (i = 0; i < diag->len; i++) {
+    line.len = 0;
+    if (diag->items[i].severity != LLMUX_DIAG_ERROR ||
+        llmux_diag_format(&diag->items[i], &line) != 0)
+      continue;
+    fprintf(stderr, "%s\n", line.base);
+  }
+  llmux_buf_free(&line);
+}
+
 /* The first load, as `llmux check` reports one: every diagnostic on
- * stderr, then how many errors. */
+ * stderr (`warnings` 0: the errors only), then how many errors. */
 static int open_reporting(llmux_gateway_t *gw, uv_loop_t *loop, const char *config_path,
-                          const char *plugin_dir) {
+                          const char *plugin_dir, int warnings) {
   llmux_diag_t diag;
   int rc;
   llmux_diag_init(&diag);
   rc = llmux_gateway_open(gw, loop, config_path, plugin_dir, &diag);
-  llmux_diag_print(&diag, stderr);
+  if (warnings) llmux_diag_print(&diag, stderr);
+  else print_errors(&diag);
   if (rc == LLMUX_ECONFIG)
     fprintf(stderr, "llmux: %zu error%s in the configuration (%s)\n", diag.errors,
             diag.errors == 1 ? "" : "s", config_path);
@@ -581,7 +641,9 @@ static int open_reporting(llmux_gateway_t *gw, uv_loop_t *loop, const char *conf
   return rc;
 }
 
-int llmux_serve(const char *config_path, const char *plugin_dir, int verbose) {
+/* llmux_serve; `worker`: as a master's worker (llmux_serve_worker). */
+static int serve(const char *config_path, const char *plugin_dir, int verbose, int worker,
+                 void (*on_admin_reload)(llmux_gateway_t *gw)) {
   const llmux_config_t *cfg;
   llmux_gateway_t gw;
   uv_loop_t loop;
@@ -591,16 +653,18 @@ int llmux_serve(const char *config_path, const char *plugin_dir, int verbose) {
     llmux_error("cannot start the event loop: %s", uv_strerror(rc)); /* libuv's code */
     return LLMUX_EIO;
   }
-  rc = open_reporting(&gw, &loop, config_path, plugin_dir);
+  rc = open_reporting(&gw, &loop, config_path, plugin_dir, !worker);
   if (rc != 0) {
     uv_run(&loop, UV_RUN_DEFAULT); /* what a failed start left closing */
     uv_loop_close(&loop);
     return rc;
   }
   gw.keep_log_level = verbose;
+  gw.on_admin_reload = on_admin_reload;
   if (!verbose) llmux_log_level = gw.cfg->server.log_level;
   cfg = gw.cfg;
-  rc = llmux_gateway_listen(&gw, cfg->server.host, cfg->server.port);
+  rc = llmux_http_server_listen_ex(&gw.http, cfg->server.host, cfg->server.port,
+                                   worker ? LLMUX_HTTP_REUSEPORT : 0);
   if (rc != 0) {
     llmux_error("cannot listen on %s: %s", cfg->server.listen, llmux_strerror(rc));
     llmux_gateway_close(&gw, NULL);
@@ -624,4 +688,13 @@ int llmux_serve(const char *config_path, const char *plugin_dir, int verbose) {
   if (rc != 0) llmux_warn("event loop closed with handles open: %s", uv_strerror(rc));
   llmux_info("stopped after %llu requests", (unsigned long long)gw.requests);
   return 0;
+}
+
+int llmux_serve(const char *config_path, const char *plugin_dir, int verbose) {
+  return serve(config_path, plugin_dir, verbose, 0, NULL);
+}
+
+int llmux_serve_worker(const char *config_path, const char *plugin_dir, int verbose,
+                       void (*on_admin_reload)(llmux_gateway_t *gw)) {
+  return serve(config_path, plugin_dir, verbose, 1, on_admin_reload);
 }

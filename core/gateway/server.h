@@ -27,6 +27,10 @@ typedef struct llmux__proxy_link_s {
 
 typedef struct llmux_gateway_s {
   void *data;
+  /* public: after each successful POST /admin/reload; NULL: nothing. A
+   * master's worker tells its master there, which has the other workers
+   * reload (llmux_serve_worker). */
+  void (*on_admin_reload)(struct llmux_gateway_s *gw);
   /* read-only */
   uv_loop_t *loop;
   llmux_generation_t *current; /* what new requests take (the gateway holds a
@@ -88,6 +92,13 @@ typedef struct llmux_gateway_s {
  * `shutting_down`, a request not yet answered with 503). A second signal
  * stops at once. Returns 0 on a clean stop. */
 int llmux_serve(const char *config_path, const char *plugin_dir, int verbose);
+/* llmux_serve, in one of the worker processes of a master (cli/master.h):
+ * the listener is bound with SO_REUSEPORT, beside the other workers' (the
+ * kernel spreads connections among them); the first load prints only its
+ * errors (the master printed the warnings once); `on_admin_reload` (may be
+ * NULL) becomes the gateway's. */
+int llmux_serve_worker(const char *config_path, const char *plugin_dir, int verbose,
+                       void (*on_admin_reload)(llmux_gateway_t *gw));
 
 /* Lower-level pieces, for tests that run a gateway on their own loop. */
 /* A gateway serving one snapshot the caller keeps (borrowed until the
