@@ -1,9 +1,12 @@
 #include "base/log.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "llmux/common.h"
 
@@ -11,22 +14,46 @@ int llmux_log_level = LLMUX_LOG_INFO;
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
 
+char llmux_log_tag[32];
+
+/* One write per line, so that the lines of several processes sharing a
+ * stderr (a master's workers) never mix; a line longer than the buffer is
+ * cut and ends with "...". */
 void llmux_log(int level, const char *fmt, ...) {
-  char ts[32];
+  char line[4096], ts[32];
   struct timespec now;
   struct tm tm;
   va_list ap;
+  size_t n;
+  int k;
   if (level & LLMUX_LOG_ALWAYS) level &= ~LLMUX_LOG_ALWAYS;
   else if (level > llmux_log_level) return;
   clock_gettime(CLOCK_REALTIME, &now);
   gmtime_r(&now.tv_sec, &tm);
   strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
-  fprintf(stderr, "%s.%03ldZ llmux %s: ", ts, now.tv_nsec / 1000000L,
-          level_names[level < 0 ? 0 : level > 3 ? 3 : level]);
+  k = snprintf(line, sizeof line, "%s.%03ldZ llmux%s%s %s: ", ts, now.tv_nsec / 1000000L,
+               llmux_log_tag[0] ? " " : "", llmux_log_tag,
+               level_names[level < 0 ? 0 : level > 3 ? 3 : level]);
+  n = k > 0 ? (size_t)k : 0;
   va_start(ap, fmt);
-  vfprintf(stderr, fmt, ap);
+  k = vsnprintf(line + n, sizeof line - n - 1, fmt, ap);
   va_end(ap);
-  fputc('\n', stderr);
+  if (k > 0 && (size_t)k >= sizeof line - n - 1) {
+    n = sizeof line - 5;
+    memcpy(line + n, "...", 3);
+    n += 3;
+  } else if (k > 0) {
+    n += (size_t)k;
+  }
+  line[n++] = '\n';
+  fflush(stderr); /* whatever a caller printed with stdio goes first */
+  while (n > 0) {
+    ssize_t w = write(2, line, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) break;
+    memmove(line, line + w, n - (size_t)w);
+    n -= (size_t)w;
+  }
 }
 
 int llmux_log_parse_level(const char *s, int *out) {

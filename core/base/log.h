@@ -14,6 +14,8 @@ enum {
 #define LLMUX_LOG_ALWAYS 0x100
 
 extern int llmux_log_level;
+/* Said after "llmux" on every line when set ("worker 2"); empty: nothing. */
+extern char llmux_log_tag[32];
 
 void llmux_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* "error", "warn", "info", "debug" -> level; LLMUX_EINVAL if unknown. */

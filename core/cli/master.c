@@ -579,6 +579,7 @@ int llmux_worker_run(const char *config_path, const char *plugin_dir, int verbos
   /* SIGTERM, as from an operator: a worker whose master died drains and
    * exits rather than serve on unwatched. */
   prctl(PR_SET_PDEATHSIG, SIGTERM);
+  snprintf(llmux_log_tag, sizeof llmux_log_tag, "worker %d", index);
   /* Until the gateway's handlers are in place, a SIGHUP or SIGUSR1 the
    * master passes on must not kill a worker still starting (which loads
    * the files as they are anyway). */

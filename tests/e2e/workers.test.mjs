@@ -142,6 +142,8 @@ test("SIGHUP and POST /admin/reload reload every worker once; SIGUSR1 reaches th
 
   gw.proc.kill("SIGHUP");
   await until(() => count(gw.stderr(), /reloaded \S+: generation 2 /) === 2, "both workers at generation 2");
+  // Each worker's lines say which worker wrote them, whole lines each.
+  assert.equal(count(gw.stderr(), /Z llmux worker [01] info: reloaded \S+: generation 2 /), 2);
   assert.match(gw.stderr(), /master: the configuration is valid: 2 workers reload it/);
 
   const r = await httpRequest(gw.url + "/admin/reload", { method: "POST", agent: false });
