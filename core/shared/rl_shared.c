@@ -69,6 +69,7 @@ typedef struct entry_s {
   uint64_t ver;
   int stale;              /* take the next state whatever its version */
   int reading;            /* a read of the whole key is in flight */
+  uint64_t heard;         /* the newest version any line told of */
   llmux_win_t glob[2];
   synced_t sync[NDIMS];
   uint64_t gen;
@@ -586,7 +587,7 @@ static void read_whole(shared_t *st, entry_t *e) {
   read_key(st, e);
 }
 
-static void take_state(shared_t *st, const char *text, size_t len) {
+static void take_state(shared_t *st, const char *text, size_t len, int from_sub) {
   state_t *s = llmux_xmalloc(sizeof(*s));
   llmux_str_t p, m;
   entry_t *e;
@@ -599,8 +600,11 @@ static void take_state(shared_t *st, const char *text, size_t len) {
   if (s->epoch < st->epoch) goto done; /* from before Redis lost its data */
   if (st->epoch == 0) st->epoch = s->epoch;
   else if (s->epoch > st->epoch) mark_epoch_change(st, s->epoch);
-  st->instances = s->n;
+  /* N as of the line's script. Only the subscription brings lines in
+   * Redis's order; a reply may be older than a message already taken. */
+  if (from_sub) st->instances = s->n;
   if ((e = find(st, p.base, p.len, m.base, m.len, 1)) == NULL) goto done;
+  if (s->v > e->heard) e->heard = s->v;
   if (memcmp(s->origin, st->origin, 16) == 0) {
     for (r = e->recs; r; r = r->next)
       if (r->seq == s->seq && r->ver == 0) r->ver = s->v;
@@ -629,6 +633,9 @@ static void take_state(shared_t *st, const char *text, size_t len) {
   e->retry_until = s->rb ? until_of(s->rb) : 0;
   e->spend_until = s->sb ? until_of(s->sb) : 0;
 confirm:
+  /* A version told of and not applied (a delta that came while the key
+   * was stale): the whole key again. */
+  if (e->heard > e->ver) read_whole(st, e);
   pop_confirmed(st, e);
 done:
   free(s);
@@ -660,7 +667,7 @@ static int take_reply(shared_t *st, redisReply *reply) {
     const redisReply *x = reply->element[i];
     if (x->type != REDIS_REPLY_STRING || x->len < 2) continue;
     if (x->str[0] == 'V') take_version(st, x->str, x->len);
-    else take_state(st, x->str, x->len);
+    else take_state(st, x->str, x->len, 0);
   }
   return 0;
 }
@@ -1215,6 +1222,7 @@ static void went_down(shared_t *st, const llmux_redis_t *r) {
   }
   st->up = 0;
   st->joining = 0;
+  st->instances = 0; /* the join learns it again */
   st->join_id++;
   for (i = 0; i < st->cap; i++) {
     if (st->table[i] == NULL) continue;
@@ -1241,6 +1249,7 @@ static void mark_epoch_change(shared_t *st, uint64_t epoch) {
     e->unsent_s[0] = e->unsent_s[1] = 0;
     e->stale = 1;
     e->ver = 0;
+    e->heard = 0; /* versions start again */
     if (!loc_sync_live(e)) {
       for (d = 0; d < NDIMS; d++) {
         e->loc_sync[d] = e->sync[d];
@@ -1330,10 +1339,12 @@ static void now_up(shared_t *st) {
   st->joining = 0;
   if (st->warned) llmux_info("shared state: Redis is back; shared limits resumed");
   st->warned = 0;
-  /* What was counted during the join goes now, as ordinary changes. */
+  /* What was counted during the join goes now, as ordinary changes; a key
+   * that heard of versions it could not apply meanwhile is read again. */
   for (i = 0; i < st->cap && st->up; i++) {
     entry_t *e = st->table[i];
     if (e && (e->unsent || e->dirty)) push_entry(st, e, st_now(st), op_cb, NULL);
+    if (e && st->up && e->heard > e->ver) read_whole(st, e);
   }
 }
 
@@ -1354,7 +1365,9 @@ static void hello_cb(llmux_redis_t *r, int status, redisReply *reply, void *arg)
     return;
   epoch = strtoull(reply->element[0]->str, NULL, 10);
   if (reply->element[1]->type == REDIS_REPLY_INTEGER)
-    st->instances = (uint64_t)reply->element[1]->integer;
+    /* A join published since (an "N" message) may already be in. */
+    if ((uint64_t)reply->element[1]->integer > st->instances)
+      st->instances = (uint64_t)reply->element[1]->integer;
   if (st->epoch == 0) st->epoch = epoch;
   else if (epoch > st->epoch) mark_epoch_change(st, epoch);
   st->join_left = 1;
@@ -1402,7 +1415,7 @@ static void on_message(llmux_redis_t *r, const char *msg, size_t len) {
   shared_t *st = r->data;
   waiter_t *w;
   if (len > 2 && (msg[0] == 'D' || msg[0] == 'S') && msg[1] == ' ') {
-    take_state(st, msg, len);
+    take_state(st, msg, len, 1);
   } else if (len > 2 && msg[0] == 'N' && msg[1] == ' ') {
     st->instances = strtoull(msg + 2, NULL, 10); /* a process joined */
   } else if (len > 19 && msg[0] == 'M' && msg[1] == ' ' && msg[18] == ' ' &&
