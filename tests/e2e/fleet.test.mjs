@@ -329,3 +329,31 @@ test("usage counted while Redis was down is neither lost nor doubled once it is 
   await new Promise((res) => setTimeout(res, 300));
   for (const gw of gws) assert.equal((await usageToday(gw, k.key)).requests, 7);
 });
+
+test("workers = 2 on one machine share a provider's limit through the shared state", async () => {
+  const { httpRequest } = await import("./lib/mock.mjs");
+  const prefix = `t${++prefixes}:`;
+  const config = writeConfig({
+    "llmux.ini": "[server]\nlisten = 127.0.0.1:0\nlog_level = info\nworkers = 2\n" +
+      `shared_state = ${redis.url}\nshared_state_prefix = ${prefix}\n[model m]\ntier = 3\n`,
+    "providers/mk.ini": `[provider mk]\nplugin = openai\nbase_url = ${mk.baseURL}\n` +
+      "[route mk m]\nid = mk-id\nrequests_per_minute = 6\n",
+  });
+  const gw = await startGateway(config);
+  live.push(gw);
+  await waitFor("both workers listening", async () =>
+    (gw.stderr().match(/llmux listening on http:\/\//g) ?? []).length >= 2);
+  await waitFor("both workers sharing", async () =>
+    (gw.stderr().match(/worker [01] info: shared state: redis/g) ?? []).length >= 2);
+  await waitUp(gw);
+  const got = [];
+  for (let i = 0; i < 10; i++) {
+    // A fresh connection each time: the kernel spreads them over the workers.
+    const r = await httpRequest(gw.url + "/v1/chat/completions", {
+      agent: false,
+      body: { model: "m", messages: [{ role: "user", content: "hi" }] },
+    });
+    got.push(r.status);
+  }
+  assert.deepEqual(got, [...Array(6).fill(200), ...Array(4).fill(429)]);
+});
