@@ -124,7 +124,8 @@ test("the shipped configuration serves embeddings offline through simple", async
 test("a chat request to the embedding-only simple provider is refused cleanly", async () => {
   await assert.rejects(
     client.chat.completions.create({ model: "vectors", messages: [{ role: "user", content: "hi" }] }),
-    (e) => e.status === 503 && /vectors/.test(e.message),
+    // No route of it could ever serve chat: the client's 400, not a 503 to retry.
+    (e) => e.status === 400 && e.code === "model_not_supported" && /vectors/.test(e.message),
   );
 });
 
