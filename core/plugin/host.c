@@ -178,12 +178,16 @@ void llmux_host_txn_clear_out(llmux_host_txn_t *ht) {
   t->nbody_parts = 0;
   t->usage.prompt_tokens = t->usage.completion_tokens = -1;
   t->served_model.len = 0;
+  t->adjusted.len = 0;
+  t->refusal.len = 0;
 }
 
 void llmux_host_txn_free(llmux_host_txn_t *ht) {
   llmux_buf_free(&ht->txn.path);
   llmux_buf_free(&ht->txn.headers);
   llmux_buf_free(&ht->txn.served_model);
+  llmux_buf_free(&ht->txn.adjusted);
+  llmux_buf_free(&ht->txn.refusal);
   if (ht->json) json_decref(ht->json);
   ht->json = NULL;
   ht->json_tried = 0;

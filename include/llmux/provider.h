@@ -35,7 +35,7 @@ extern "C" {
 #endif
 
 #define LLMUX_PROVIDER_ABI_MAJOR 1
-#define LLMUX_PROVIDER_ABI_MINOR 3
+#define LLMUX_PROVIDER_ABI_MINOR 4
 
 /* The symbol the gateway looks up with dlsym(). */
 #define LLMUX_PROVIDER_INIT_SYMBOL "llmux_provider_init"
@@ -164,7 +164,28 @@ typedef struct llmux_txn_s {
   llmux_buf_t served_model;
 
   void *reserved[8];
+
+  /* ---- ABI 1.4: appended; a plugin writes them only when
+   * LLMUX_TXN_HAS(txn, member) (an older host's txn is shorter) ---------- */
+
+  /* out, set by translate_request: the request fields the plugin changed so
+   * that this provider can serve the request ("temperature" clamped to
+   * Anthropic's 0-1), comma-separated without spaces. The host reports
+   * them to the client in the `x-llmux-adjusted` header (plain answers,
+   * stream heads and errors alike); printable ASCII, at most 256 bytes,
+   * anything else is not reported. */
+  llmux_buf_t adjusted;
+  /* out, set by translate_request when it returns LLMUX_EINVAL: why this
+   * provider cannot serve the request, in words for the client ("Provider
+   * 'anthropic' does not support logprobs"). The host tries the next
+   * route; when none serves, the client's 400 carries these words (else
+   * the host's generic "cannot accept this request"). */
+  llmux_buf_t refusal;
 } llmux_txn_t;
+
+/* Does the host's `txn` have `member` (ABI 1.4 and later)? */
+#define LLMUX_TXN_HAS(txn, member)                                              \
+  ((txn)->size >= offsetof(llmux_txn_t, member) + sizeof((txn)->member))
 
 /* What went wrong, for the router. */
 typedef enum {
@@ -404,8 +425,24 @@ typedef struct llmux_provider_s {
    * plugin that serves many providers, like openai, names the usual one). */
   const char *ratelimit_dialect;
 
-  void *reserved[3];
+  /* ---- ABI 1.4: optional ---------------------------------------------- */
+
+  /* What the provider's API offers beyond the basics: LLMUX_FEATURE_* bits,
+   * asked per instance (a plugin that serves many providers may answer by
+   * section). NULL: none. */
+  unsigned (*features)(void *instance);
+
+  void *reserved[2];
 } llmux_provider_t;
+
+/* Bits of features() (ABI 1.4). */
+enum {
+  /* The provider answers a chat or completions request with `n` > 1 with
+   * n choices in one response. Without it the host fans such a request out
+   * into n requests with n = 1 through the same route and merges their
+   * answers (or refuses it: `[server] fan_out = off`). */
+  LLMUX_FEATURE_N = 1u << 0
+};
 
 /* The ABI minor that added each optional slot (for LLMUX_PROVIDER_HAS). */
 #define LLMUX__SINCE_config 0
@@ -416,6 +453,7 @@ typedef struct llmux_provider_s {
 #define LLMUX__SINCE_parse_models 1
 #define LLMUX__SINCE_respond_local 2
 #define LLMUX__SINCE_ratelimit_dialect 3
+#define LLMUX__SINCE_features 4
 
 /* Does the plugin offer the optional `slot`? It does when it was built
  * with an ABI that has the slot (its abi_minor: a slot may be one of an

@@ -17,8 +17,25 @@
  *
  * Numbers from Anthropic are untrusted: a usage count that is not an
  * integer of 0 to USAGE_MAX reaches the host as unknown (-1) and is logged
- * once per answer; a block index must be an integer in range. */
+ * once per answer; a block index must be an integer in range.
+ *
+ * What Anthropic lacks is emulated or refused, never dropped in silence:
+ *  - response_format json_schema / json_object: Anthropic has no JSON mode,
+ *    so the answer is forced through one tool whose input_schema is the
+ *    schema ({"type":"object"} for json_object, with a system line asking
+ *    for JSON); that tool's input comes back as the message's content (a
+ *    JSON string, finish_reason "stop", no tool_calls), and in streams its
+ *    input_json_delta pieces become content deltas. Anthropic cannot force
+ *    two things at once, so response_format with the client's own tools is
+ *    refused (400), unless tool_choice is "none" (the tools are dropped).
+ *  - logprobs / top_logprobs: refused (400 "Provider 'NAME' does not
+ *    support logprobs"): the router tries a route that has them.
+ *  - temperature above Anthropic's 1: clamped to 1, and the host told
+ *    (x-llmux-adjusted: temperature).
+ * Refusals reach the client in the plugin's words through txn->refusal
+ * (ABI 1.4). */
 #include <jansson.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +58,14 @@ static const llmux_config_key_t anthropic_keys[] = {
 #define LINE_MAX_BYTES (16u << 20)
 /* Nor is a plain answer larger than this. */
 #define BODY_MAX_BYTES (64u << 20)
+/* The name of the tool that carries a JSON answer when the client's
+ * json_schema has no usable name (and always for json_object). */
+#define JSON_TOOL_DEFAULT "json_output"
+/* block_tool's marks for the content block of that tool: its input is the
+ * answer's content, not a tool call (a second such block, which Anthropic
+ * does not send with parallel use disabled, is ignored, as in plain answers). */
+#define JSON_BLOCK (-2)
+#define JSON_IGNORED (-3)
 /* The most tokens one request is believed to use; a larger count is a
  * fault, not usage. */
 #define USAGE_MAX 1000000000
@@ -71,6 +96,9 @@ typedef struct {
   int usage_logged;          /* a bad usage number was logged for this answer */
   int as_reals;              /* the document at hand was read with integers as reals */
   const char *provider;      /* the instance's name, for logs */
+  char json_tool[65];        /* response_format emulated through this tool; "" when not */
+  size_t json_sent;          /* stream: bytes of the JSON answer sent as content so far */
+  int json_seen;             /* stream: the JSON answer's block has started */
 } anthropic_txn_t;
 
 /* ---- small helpers ------------------------------------------------------- */
@@ -211,6 +239,31 @@ static void anthropic_destroy(void *instance) {
 static int bad_request(const char *why) {
   host->log(LLMUX_LOG_LEVEL_WARN, "anthropic: cannot translate the request: %s", why);
   return LLMUX_EINVAL;
+}
+
+/* A request this provider cannot serve as asked: LLMUX_EINVAL, with words
+ * for the client in txn->refusal when the host has it (ABI 1.4). */
+static int refuse(llmux_txn_t *txn, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static int refuse(llmux_txn_t *txn, const char *fmt, ...) {
+  char why[400];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(why, sizeof why, fmt, ap);
+  va_end(ap);
+  host->log(LLMUX_LOG_LEVEL_INFO, "anthropic: refused: %s", why);
+  if (LLMUX_TXN_HAS(txn, refusal)) {
+    txn->refusal.len = 0;
+    buf_puts(&txn->refusal, why);
+  }
+  return LLMUX_EINVAL;
+}
+
+/* Tells the host a request field was changed to fit (ABI 1.4). */
+static void note_adjusted(llmux_txn_t *txn, const char *field) {
+  if (!LLMUX_TXN_HAS(txn, adjusted)) return;
+  if (txn->adjusted.len) buf_puts(&txn->adjusted, ",");
+  buf_puts(&txn->adjusted, field);
 }
 
 /* An OpenAI image URL as an Anthropic image source: data URLs become base64
@@ -461,7 +514,7 @@ static int add_tools(json_t *out, json_t *req) {
   return 0;
 }
 
-static void add_options(json_t *out, json_t *req) {
+static void add_options(json_t *out, json_t *req, llmux_txn_t *txn) {
   json_t *stop = json_object_get(req, "stop"), *v;
   const char *user = str_at(req, "user");
   size_t i;
@@ -475,11 +528,96 @@ static void add_options(json_t *out, json_t *req) {
     if (json_array_size(seqs)) json_object_set(out, "stop_sequences", seqs);
     json_decref(seqs);
   }
-  if (json_is_number(v = json_object_get(req, "temperature")))
-    json_object_set(out, "temperature", v);
+  if (json_is_number(v = json_object_get(req, "temperature"))) {
+    /* OpenAI's range is 0-2, Anthropic's 0-1: clamped, and said so. */
+    if (json_number_value(v) > 1) {
+      json_object_set_new(out, "temperature", json_integer(1));
+      note_adjusted(txn, "temperature");
+    } else {
+      json_object_set(out, "temperature", v);
+    }
+  }
   if (json_is_number(v = json_object_get(req, "top_p"))) json_object_set(out, "top_p", v);
   if (user != NULL && *user != '\0')
     json_object_set_new(out, "metadata", json_pack("{s:s}", "user_id", user));
+}
+
+/* ---- request: what Anthropic lacks ---------------------------------------- */
+
+/* logprobs: true, or top_logprobs above 0: Anthropic returns none. */
+static int wants_logprobs(json_t *req) {
+  json_t *top = json_object_get(req, "top_logprobs");
+  return json_is_true(json_object_get(req, "logprobs")) ||
+         (json_is_integer(top) && json_integer_value(top) > 0);
+}
+
+/* A tool name Anthropic takes: [A-Za-z0-9_-]{1,64} (OpenAI's rule for a
+ * json_schema's name too). */
+static int tool_name_ok(const char *s) {
+  size_t i;
+  if (s == NULL || *s == '\0' || strlen(s) > 64) return 0;
+  for (i = 0; s[i]; i++) {
+    char c = s[i];
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+          c == '_' || c == '-'))
+      return 0;
+  }
+  return 1;
+}
+
+/* Is response_format one Anthropic must emulate? Its type, else NULL
+ * ("text", missing, or a type it does not know: left to Anthropic's
+ * default, plain text). */
+static const char *json_format(json_t *req) {
+  const char *type = str_at(json_object_get(req, "response_format"), "type");
+  if (type == NULL) return NULL;
+  if (strcmp(type, "json_schema") == 0 || strcmp(type, "json_object") == 0) return type;
+  return NULL;
+}
+
+static void append_system(json_t *out, const char *line) {
+  const char *sys = str_at(out, "system");
+  llmux_buf_t b = {0};
+  if (sys != NULL && *sys != '\0') {
+    buf_puts(&b, sys);
+    buf_puts(&b, "\n\n");
+  }
+  buf_puts(&b, line);
+  if (b.base != NULL) json_object_set_new(out, "system", json_stringn(b.base, b.len));
+  host->buf_free(&b);
+}
+
+/* response_format as one forced tool: its input is the answer. The tool's
+ * name is remembered in t->json_tool so the answer can be read back. */
+static int add_json_tool(anthropic_txn_t *t, llmux_txn_t *txn, json_t *out, json_t *req,
+                         const char *type) {
+  json_t *js = json_object_get(json_object_get(req, "response_format"), "json_schema");
+  json_t *schema = json_object_get(js, "schema"), *tool, *desc = json_object_get(js, "description");
+  const char *name = str_at(js, "name"), *choice = str_at(req, "tool_choice");
+  if (json_array_size(json_object_get(req, "tools")) > 0 &&
+      !(choice != NULL && strcmp(choice, "none") == 0))
+    return refuse(txn, "Provider '%s' cannot combine response_format %s with tools: Anthropic "
+                  "has no JSON mode, and llmux emulates it with a forced tool", t->provider, type);
+  if (strcmp(type, "json_object") == 0 || !tool_name_ok(name)) name = JSON_TOOL_DEFAULT;
+  if (strcmp(type, "json_schema") == 0 && !json_is_object(schema))
+    return refuse(txn, "Provider '%s': response_format json_schema needs a schema object",
+                  t->provider);
+  snprintf(t->json_tool, sizeof t->json_tool, "%s", name);
+  tool = json_pack("{s:s, s:s}", "name", name, "description",
+                   json_is_string(desc) ? json_string_value(desc)
+                                        : "Give your answer as this tool's input: it must match "
+                                          "the input schema.");
+  if (strcmp(type, "json_object") == 0) {
+    json_object_set_new(tool, "input_schema", json_pack("{s:s}", "type", "object"));
+    append_system(out, "Answer with a JSON object, given as the input of the " JSON_TOOL_DEFAULT
+                       " tool.");
+  } else {
+    json_object_set(tool, "input_schema", schema);
+  }
+  json_object_set_new(out, "tools", json_pack("[o]", tool));
+  json_object_set_new(out, "tool_choice", json_pack("{s:s, s:s, s:b}", "type", "tool", "name",
+                                                    name, "disable_parallel_tool_use", 1));
+  return 0;
 }
 
 static json_int_t max_tokens(const anthropic_t *p, json_t *req) {
@@ -491,19 +629,22 @@ static json_int_t max_tokens(const anthropic_t *p, json_t *req) {
 
 /* The Messages request for the client's chat request. */
 static int build_request(const anthropic_t *p, llmux_txn_t *txn, json_t *req, json_t **res) {
-  json_t *out = json_object(), *messages = json_object_get(req, "messages");
+  anthropic_txn_t *t = txn->data;
+  json_t *out, *messages = json_object_get(req, "messages");
+  const char *format = json_format(req);
   int rc;
-  if (!json_is_array(messages)) {
-    json_decref(out);
-    return bad_request("messages is not an array");
-  }
+  if (!json_is_array(messages)) return bad_request("messages is not an array");
+  if (wants_logprobs(req)) return refuse(txn, "Provider '%s' does not support logprobs", t->provider);
+  out = json_object();
   json_object_set_new(out, "model", json_string(txn->provider_model));
   json_object_set_new(out, "max_tokens", json_integer(max_tokens(p, req)));
-  if ((rc = add_messages(out, messages)) != 0 || (rc = add_tools(out, req)) != 0) {
+  rc = add_messages(out, messages);
+  if (rc == 0) rc = format ? add_json_tool(t, txn, out, req, format) : add_tools(out, req);
+  if (rc != 0) {
     json_decref(out);
     return rc;
   }
-  add_options(out, req);
+  add_options(out, req, txn);
   if (txn->stream) json_object_set_new(out, "stream", json_true());
   *res = out;
   return 0;
@@ -517,6 +658,9 @@ static void txn_reset(anthropic_txn_t *t) {
   t->prompt_tokens = t->completion_tokens = -1;
   t->cached_tokens = 0;
   t->usage_logged = 0;
+  t->json_tool[0] = '\0';
+  t->json_sent = 0;
+  t->json_seen = 0;
 }
 
 static int anthropic_translate_request(void *instance, llmux_txn_t *txn) {
@@ -532,7 +676,7 @@ static int anthropic_translate_request(void *instance, llmux_txn_t *txn) {
     txn->data = t;
   }
   txn_reset(t);
-  t->provider = p->name;
+  t->provider = p->name ? p->name : "anthropic";
   req = host->request_json(txn);
   if (!json_is_object(req)) return bad_request("the body is not a JSON object");
   t->include_usage = json_is_true(
@@ -558,6 +702,15 @@ static const char *finish_reason(const char *stop_reason) {
   if (strcmp(stop_reason, "tool_use") == 0) return "tool_calls";
   if (strcmp(stop_reason, "refusal") == 0) return "content_filter";
   return "stop"; /* end_turn, stop_sequence, pause_turn */
+}
+
+/* The same for an answer whose JSON was emulated with a forced tool: that
+ * tool's use is the answer itself, so it stops, unless a real call came
+ * too (then tool_calls). */
+static const char *finish_of(const anthropic_txn_t *t, const char *stop_reason) {
+  if (t->json_tool[0] && t->ntools == 0 && stop_reason && strcmp(stop_reason, "tool_use") == 0)
+    return "stop";
+  return finish_reason(stop_reason);
 }
 
 enum { COUNT_ABSENT = 0, COUNT_OK, COUNT_BAD };
@@ -648,20 +801,33 @@ static int tool_call_json(llmux_buf_t *b, llmux_buf_t *scratch, json_t *block) {
   return rc | buf_puts(b, "}}");
 }
 
-/* The message object of the choice: content text and tool calls. */
+static int is_json_tool(const anthropic_txn_t *t, json_t *block) {
+  const char *name = str_at(block, "name");
+  return t->json_tool[0] && name != NULL && strcmp(name, t->json_tool) == 0;
+}
+
+/* The message object of the choice: content text and tool calls. With
+ * response_format emulated, the forced tool's input is the content (any
+ * text beside it is dropped: the client parses the content as JSON). */
 static int message_json(llmux_buf_t *b, anthropic_txn_t *t, json_t *content) {
   llmux_buf_t text = {0}, calls = {0};
   json_t *block;
   size_t i;
-  int rc = 0, ncalls = 0;
+  int rc = 0, ncalls = 0, answered = 0;
   json_array_foreach(content, i, block) {
-    if (is_type(block, "text") && str_at(block, "text")) {
-      rc |= buf_puts(&text, str_at(block, "text"));
+    if (is_type(block, "tool_use") && is_json_tool(t, block) && !answered) {
+      json_t *input = json_object_get(block, "input");
+      answered = 1;
+      text.len = 0;
+      rc |= json_is_object(input) ? dump_json(&text, input) : buf_puts(&text, "{}");
+    } else if (is_type(block, "text") && str_at(block, "text")) {
+      if (!answered) rc |= buf_puts(&text, str_at(block, "text"));
     } else if (is_type(block, "tool_use")) {
       if (ncalls++) rc |= buf_puts(&calls, ",");
       rc |= tool_call_json(&calls, &t->scratch, block);
     } /* thinking and server-side blocks have no OpenAI counterpart */
   }
+  t->ntools = ncalls;
   rc |= buf_puts(b, "{\"role\":\"assistant\",\"content\":");
   if (text.len || ncalls == 0) rc |= host->buf_append_json_str(b, text.base ? text.base : "",
                                                                text.len);
@@ -700,7 +866,7 @@ static int emit_message(llmux_txn_t *txn, anthropic_txn_t *t) {
   rc |= buf_puts(b, ",\"choices\":[{\"index\":0,\"message\":");
   rc |= message_json(b, t, json_object_get(m, "content"));
   rc |= host->buf_printf(b, ",\"logprobs\":null,\"finish_reason\":\"%s\"}],\"usage\":",
-                         finish_reason(str_at(m, "stop_reason")));
+                         finish_of(t, str_at(m, "stop_reason")));
   rc |= usage_json(b, t);
   rc |= buf_puts(b, "}");
   json_decref(m);
@@ -775,7 +941,7 @@ static json_int_t block_index(const anthropic_txn_t *t, json_t *ev) {
   return int_in(json_object_get(ev, "index"), t->as_reals, 0, INT32_MAX, &i) ? i : -1;
 }
 
-/* The tool-call index of content block `index`, or -1. */
+/* The tool-call index of content block `index`, JSON_BLOCK, or -1. */
 static int block_tool(const anthropic_txn_t *t, json_int_t index) {
   const int *map = (const int *)(void *)t->block_tool.base;
   if (index < 0 || (size_t)index >= t->block_tool.len / sizeof(int)) return -1;
@@ -809,6 +975,11 @@ static int on_block_start(llmux_txn_t *txn, anthropic_txn_t *t, json_t *ev) {
   int rc, tool;
   if (is_type(block, "text")) return emit_text(txn, t, str_at(block, "text"));
   if (!is_type(block, "tool_use")) return 0; /* thinking, server tools: not OpenAI's */
+  if (is_json_tool(t, block)) { /* content follows */
+    rc = set_block_tool(t, index, t->json_seen ? JSON_IGNORED : JSON_BLOCK);
+    t->json_seen = 1;
+    return rc;
+  }
   tool = t->ntools++;
   if ((rc = set_block_tool(t, index, tool)) != 0) return rc;
   t->scratch.len = 0;
@@ -828,6 +999,11 @@ static int on_block_delta(llmux_txn_t *txn, anthropic_txn_t *t, json_t *ev) {
   if (!is_type(delta, "input_json_delta")) return 0; /* thinking, signatures, citations */
   part = str_at(delta, "partial_json");
   tool = block_tool(t, block_index(t, ev));
+  if (tool == JSON_BLOCK && part != NULL) { /* the emulated JSON answer, as content */
+    t->json_sent += strlen(part);
+    return emit_text(txn, t, part);
+  }
+  if (tool == JSON_IGNORED) return 0;
   if (tool < 0) return LLMUX_EUPSTREAM;
   if (part == NULL || *part == '\0') return 0;
   t->scratch.len = 0;
@@ -838,6 +1014,14 @@ static int on_block_delta(llmux_txn_t *txn, anthropic_txn_t *t, json_t *ev) {
   return rc ? LLMUX_ENOMEM : emit_chunk(txn, t, t->scratch.base, t->scratch.len, NULL);
 }
 
+/* The end of the emulated JSON answer's block: one that streamed no input
+ * at all was an empty object. */
+static int on_block_stop(llmux_txn_t *txn, anthropic_txn_t *t, json_t *ev) {
+  if (block_tool(t, block_index(t, ev)) != JSON_BLOCK || t->json_sent > 0) return 0;
+  t->json_sent = 2;
+  return emit_text(txn, t, "{}");
+}
+
 static int on_message_delta(llmux_txn_t *txn, anthropic_txn_t *t, json_t *ev) {
   json_t *stop = json_object_get(json_object_get(ev, "delta"), "stop_reason");
   read_usage(t, json_object_get(ev, "usage"));
@@ -845,7 +1029,7 @@ static int on_message_delta(llmux_txn_t *txn, anthropic_txn_t *t, json_t *ev) {
   txn->usage.completion_tokens = t->completion_tokens;
   if (!json_is_string(stop) || t->finish_sent) return 0;
   t->finish_sent = 1;
-  return emit_chunk(txn, t, "{}", 2, finish_reason(json_string_value(stop)));
+  return emit_chunk(txn, t, "{}", 2, finish_of(t, json_string_value(stop)));
 }
 
 static int on_message_stop(llmux_txn_t *txn, anthropic_txn_t *t) {
@@ -890,7 +1074,8 @@ static int on_event(llmux_txn_t *txn, anthropic_txn_t *t, llmux_str_t data) {
   else if (strcmp(type, "content_block_delta") == 0) rc = on_block_delta(txn, t, ev);
   else if (strcmp(type, "message_delta") == 0) rc = on_message_delta(txn, t, ev);
   else if (strcmp(type, "message_stop") == 0) rc = on_message_stop(txn, t);
-  /* content_block_stop and event types added later need nothing */
+  else if (strcmp(type, "content_block_stop") == 0) rc = on_block_stop(txn, t, ev);
+  /* event types added later need nothing */
   json_decref(ev);
   return rc;
 }

@@ -22,8 +22,24 @@
  * Numbers from Ollama are untrusted: a token count (prompt_eval_count,
  * eval_count) that is not an integer of 0 to USAGE_MAX reaches the host as
  * unknown (-1) and is logged once per answer; created_at is read digit by
- * digit. */
+ * digit; a logprobs entry without a string token and a number is skipped.
+ *
+ * OpenAI features Ollama lacks are emulated or refused, never dropped in
+ * silence:
+ *  - tool_choice: Ollama has no such field. A named function sends only
+ *    that tool, "required" sends them all, and both add a system line
+ *    saying a tool call is required (the model may still answer in text);
+ *    "none" sends no tools.
+ *  - image_url with an http(s) URL: refused (400): Ollama takes inline
+ *    images only, and the gateway does not fetch URLs for clients.
+ *  - logprobs / top_logprobs map to Ollama's own (top-level `logprobs`,
+ *    `top_logprobs` 0-20), and each line's `logprobs` entries come back as
+ *    OpenAI's choices[].logprobs.content[] (token, logprob, bytes,
+ *    top_logprobs), per chunk in streams.
+ * Refusals reach the client in the plugin's words through txn->refusal
+ * (ABI 1.4). */
 #include <jansson.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +54,11 @@ static const llmux_host_api_t *host;
 /* The most tokens one request is believed to use; a larger count is a
  * fault, not usage. */
 #define USAGE_MAX 1000000000
+#define TOP_LOGPROBS_MAX 20 /* OpenAI's and Ollama's limit */
+/* Log probabilities are printed with 15 significant digits: "-0.1", not
+ * jansson's default "-0.10000000000000001" (a log probability does not
+ * need the last ulp). */
+#define LOGPROB_PRECISION JSON_REAL_PRECISION(15)
 #define FNV_OFFSET 0xcbf29ce484222325ull
 #define FNV_PRIME 0x100000001b3ull
 
@@ -80,6 +101,10 @@ typedef struct {
   llmux_buf_t content;
   llmux_buf_t thinking;
   json_t *tool_calls;     /* OpenAI tool_calls array, or NULL */
+  /* logprobs, when the client asked: OpenAI entries not yet sent (a
+   * stream's next chunk carries them) or, plain, all of them */
+  int logprobs;
+  json_t *lp;             /* array, or NULL */
 } ollama_txn_t;
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -171,6 +196,24 @@ static void log_bad_counts(const ollama_txn_t *t, llmux_buf_t *why) {
   host->buf_free(why);
 }
 
+/* A request this provider cannot serve as asked: LLMUX_EINVAL, with words
+ * for the client in txn->refusal when the host has it (ABI 1.4). */
+static int refuse(llmux_txn_t *txn, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static int refuse(llmux_txn_t *txn, const char *fmt, ...) {
+  char why[400];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(why, sizeof why, fmt, ap);
+  va_end(ap);
+  host->log(LLMUX_LOG_LEVEL_INFO, "ollama: refused: %s", why);
+  if (LLMUX_TXN_HAS(txn, refusal)) {
+    txn->refusal.len = 0;
+    aps(&txn->refusal, why);
+  }
+  return LLMUX_EINVAL;
+}
+
 /* ---- instance ----------------------------------------------------------- */
 
 /* keep_alive as Ollama reads it: a number of seconds or a duration string. */
@@ -232,8 +275,16 @@ static const char *data_url_base64(const char *url) {
   return comma + 1;
 }
 
-/* OpenAI content (string, null or parts) -> msg's content and images. */
-static int convert_content(const json_t *content, json_t *msg) {
+static int is_web_url(const char *url) {
+  return url != NULL && (strncasecmp(url, "http://", 7) == 0 || strncasecmp(url, "https://", 8) == 0);
+}
+
+/* Why a request cannot go to Ollama, for the client (after "Provider 'NAME' "). */
+#define WHY_IMAGE_URL "takes only inline images (data: URLs); llmux does not fetch image URLs"
+
+/* OpenAI content (string, null or parts) -> msg's content and images. An
+ * image Ollama cannot take sets *why. */
+static int convert_content(const json_t *content, json_t *msg, const char **why) {
   llmux_buf_t text = {0};
   json_t *images = NULL, *part;
   size_t i;
@@ -251,10 +302,11 @@ static int convert_content(const json_t *content, json_t *msg) {
       nomem |= aps(&text, s);
     } else if (type && strcmp(type, "image_url") == 0) {
       const json_t *iu = json_object_get(part, "image_url");
-      const char *b64 = data_url_base64(json_is_string(iu) ? json_string_value(iu)
-                                                           : str_of(iu, "url"));
+      const char *url = json_is_string(iu) ? json_string_value(iu) : str_of(iu, "url");
+      const char *b64 = data_url_base64(url);
       if (b64 == NULL) {
         host->log(LLMUX_LOG_LEVEL_WARN, "ollama: images must be data: URLs with base64 data");
+        if (is_web_url(url)) *why = WHY_IMAGE_URL;
         rc = LLMUX_EINVAL;
         break;
       }
@@ -293,7 +345,7 @@ static int convert_tool_calls(const json_t *calls, json_t *msg, json_t *names) {
   return 0;
 }
 
-static int convert_message(const json_t *m, json_t *names, json_t *out) {
+static int convert_message(const json_t *m, json_t *names, json_t *out, const char **why) {
   const char *role = str_of(m, "role"), *id, *name;
   json_t *msg;
   int rc;
@@ -301,7 +353,7 @@ static int convert_message(const json_t *m, json_t *names, json_t *out) {
   if (strcmp(role, "developer") == 0) role = "system";
   if (strcmp(role, "function") == 0) role = "tool";
   msg = json_pack("{s:s}", "role", role);
-  rc = convert_content(json_object_get(m, "content"), msg);
+  rc = convert_content(json_object_get(m, "content"), msg, why);
   if (rc == 0 && strcmp(role, "assistant") == 0 &&
       json_array_size(json_object_get(m, "tool_calls")) > 0)
     rc = convert_tool_calls(json_object_get(m, "tool_calls"), msg, names);
@@ -315,12 +367,12 @@ static int convert_message(const json_t *m, json_t *names, json_t *out) {
   return rc;
 }
 
-static int convert_messages(const json_t *in, json_t *req) {
+static int convert_messages(const json_t *in, json_t *req, const char **why) {
   json_t *out = json_array(), *names = json_object(), *m;
   size_t i;
   int rc = 0;
   json_array_foreach(in, i, m) {
-    if ((rc = convert_message(m, names, out)) != 0) break;
+    if ((rc = convert_message(m, names, out, why)) != 0) break;
   }
   if (rc == 0) json_object_set(req, "messages", out);
   json_decref(out);
@@ -380,20 +432,85 @@ static json_t *convert_format(const json_t *rf) {
   return NULL;
 }
 
+/* A line for the model at the top of the conversation: appended to a
+ * leading system message, or as one. */
+static void add_system_line(json_t *req, const char *line) {
+  json_t *msgs = json_object_get(req, "messages"), *first = json_array_get(msgs, 0);
+  const char *role = str_of(first, "role"), *text = str_of(first, "content");
+  llmux_buf_t b = {0};
+  if (role != NULL && strcmp(role, "system") == 0 && text != NULL) {
+    if (*text) aps(&b, text), aps(&b, "\n\n");
+    aps(&b, line);
+    if (b.base) json_object_set_new(first, "content", json_stringn(b.base, b.len));
+    host->buf_free(&b);
+    return;
+  }
+  json_array_insert_new(msgs, 0, json_pack("{s:s,s:s}", "role", "system", "content", line));
+}
+
+/* The tool in `tools` named `name`, or NULL. */
+static const json_t *tool_named(const json_t *tools, const char *name) {
+  const json_t *t;
+  size_t i;
+  json_array_foreach(tools, i, t) {
+    const char *n = str_of(json_object_get(t, "function"), "name");
+    if (n != NULL && strcmp(n, name) == 0) return t;
+  }
+  return NULL;
+}
+
+/* tools and tool_choice: Ollama has no tool_choice, so a forced choice
+ * sends only what may be called, and says a call is required. */
+static int choose_tools(const ollama_t *p, llmux_txn_t *txn, const json_t *body, json_t *req) {
+  const json_t *tools = json_object_get(body, "tools"), *tc = json_object_get(body, "tool_choice");
+  const char *choice = json_string_value(tc);
+  const char *name = str_of(json_object_get(tc, "function"), "name");
+  const json_t *one;
+  json_t *list;
+  char line[160];
+  if (json_array_size(tools) == 0 || (choice && strcmp(choice, "none") == 0)) return 0;
+  if (name != NULL) {
+    if ((one = tool_named(tools, name)) == NULL)
+      return refuse(txn, "Provider '%s': tool_choice names the function '%.64s', which is not "
+                    "in tools", p->name ? p->name : "ollama", name);
+    list = json_pack("[O]", one);
+    json_object_set_new(req, "tools", convert_tools(list));
+    json_decref(list);
+    snprintf(line, sizeof line, "You must answer by calling the tool `%.64s`.", name);
+    add_system_line(req, line);
+    return 0;
+  }
+  json_object_set_new(req, "tools", convert_tools(tools));
+  if (choice && strcmp(choice, "required") == 0)
+    add_system_line(req, "You must answer by calling one or more of the provided tools.");
+  return 0;
+}
+
+/* logprobs: true (or top_logprobs above 0) -> Ollama's own fields. */
+static void ask_logprobs(ollama_txn_t *t, const json_t *body, json_t *req) {
+  const json_t *top = json_object_get(body, "top_logprobs");
+  json_int_t n = json_is_integer(top) ? json_integer_value(top) : 0;
+  if (!json_is_true(json_object_get(body, "logprobs")) && n <= 0) return;
+  t->logprobs = 1;
+  json_object_set_new(req, "logprobs", json_true());
+  if (n > 0) json_object_set_new(req, "top_logprobs",
+                                 json_integer(n > TOP_LOGPROBS_MAX ? TOP_LOGPROBS_MAX : n));
+}
+
 static int build_chat(const ollama_t *p, llmux_txn_t *txn, const json_t *body, json_t *req) {
-  const json_t *tools = json_object_get(body, "tools");
-  const char *choice = str_of(body, "tool_choice");
+  const char *why = NULL;
   json_t *options, *format;
-  int rc = convert_messages(json_object_get(body, "messages"), req);
+  int rc = convert_messages(json_object_get(body, "messages"), req, &why);
+  if (rc != 0 && why != NULL) return refuse(txn, "Provider '%s' %s", p->name ? p->name : "ollama", why);
   if (rc != 0) return rc;
   json_object_set_new(req, "stream", json_boolean(txn->stream));
   options = convert_options(p, body);
   if (json_object_size(options) > 0) json_object_set(req, "options", options);
   json_decref(options);
-  if (json_array_size(tools) > 0 && !(choice && strcmp(choice, "none") == 0))
-    json_object_set_new(req, "tools", convert_tools(tools));
+  if ((rc = choose_tools(p, txn, body, req)) != 0) return rc;
   if ((format = convert_format(json_object_get(body, "response_format"))) != NULL)
     json_object_set_new(req, "format", format);
+  ask_logprobs(txn->data, body, req);
   return 0;
 }
 
@@ -420,6 +537,9 @@ static void txn_reset(ollama_txn_t *t) {
   t->content.len = t->thinking.len = 0;
   json_decref(t->tool_calls);
   t->tool_calls = NULL;
+  json_decref(t->lp);
+  t->lp = NULL;
+  t->logprobs = 0;
   t->started = t->done = t->failed = t->errored = 0;
   t->ntools = 0;
   t->created = 0;
@@ -483,14 +603,23 @@ static int chunk_begin(ollama_txn_t *t, const llmux_txn_t *txn) {
   return rc ? LLMUX_ENOMEM : 0;
 }
 
-/* One chunk whose delta is t->delta; finish may be NULL. */
+/* One chunk whose delta is t->delta; finish may be NULL. The logprobs
+ * entries not sent yet go with it. */
 static int send_delta(ollama_txn_t *t, llmux_txn_t *txn, const char *finish) {
   int rc = chunk_begin(t, txn);
   rc |= aps(&t->out, "{\"index\":0,\"delta\":");
   rc |= host->buf_append(&t->out, t->delta.base, t->delta.len);
-  if (finish) rc |= host->buf_printf(&t->out, ",\"logprobs\":null,\"finish_reason\":\"%s\"}]}\n\n",
-                                     finish);
-  else rc |= aps(&t->out, ",\"logprobs\":null,\"finish_reason\":null}]}\n\n");
+  rc |= aps(&t->out, ",\"logprobs\":");
+  if (json_array_size(t->lp) > 0) {
+    rc |= aps(&t->out, "{\"content\":");
+    rc |= dump_json(&t->out, t->lp, LOGPROB_PRECISION);
+    rc |= aps(&t->out, "}");
+    json_array_clear(t->lp);
+  } else {
+    rc |= aps(&t->out, "null");
+  }
+  if (finish) rc |= host->buf_printf(&t->out, ",\"finish_reason\":\"%s\"}]}\n\n", finish);
+  else rc |= aps(&t->out, ",\"finish_reason\":null}]}\n\n");
   if (rc != 0) return LLMUX_ENOMEM;
   return host->emit(txn, t->out.base, t->out.len);
 }
@@ -671,12 +800,60 @@ static int on_error_line(ollama_txn_t *t, llmux_txn_t *txn, const char *msg) {
   return txn->stream ? send_error_event(t, txn, text) : 0;
 }
 
+/* Ollama's {"token","logprob","bytes"} as OpenAI's, bytes from the token's
+ * own when Ollama's are not a list of byte values; NULL when not a token. */
+static json_t *openai_token_logprob(const json_t *e) {
+  const json_t *lp = json_object_get(e, "logprob"), *bytes = json_object_get(e, "bytes"), *v;
+  const char *token = str_of(e, "token");
+  json_t *out, *list = json_array();
+  size_t i, n;
+  int ok = json_is_array(bytes);
+  if (token == NULL || !json_is_number(lp)) {
+    json_decref(list);
+    return NULL;
+  }
+  json_array_foreach(bytes, i, v) {
+    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 255) ok = 0;
+  }
+  if (ok) {
+    json_array_extend(list, (json_t *)bytes);
+  } else {
+    n = json_string_length(json_object_get(e, "token"));
+    for (i = 0; i < n; i++) json_array_append_new(list, json_integer((unsigned char)token[i]));
+  }
+  out = json_pack("{s:s%,s:f,s:o}", "token", token, json_string_length(json_object_get(e, "token")),
+                  "logprob", json_number_value(lp), "bytes", list);
+  return out;
+}
+
+/* A line's `logprobs` entries, as OpenAI's, onto t->lp (when asked). */
+static void read_logprobs(ollama_txn_t *t, const json_t *line) {
+  const json_t *entries = json_object_get(line, "logprobs"), *e, *alt;
+  size_t i, j;
+  if (!t->logprobs || !json_is_array(entries)) return;
+  if (t->lp == NULL && (t->lp = json_array()) == NULL) return;
+  json_array_foreach(entries, i, e) {
+    json_t *entry = openai_token_logprob(e), *top = json_array();
+    if (entry == NULL) {
+      json_decref(top);
+      continue;
+    }
+    json_array_foreach(json_object_get(e, "top_logprobs"), j, alt) {
+      json_t *a = openai_token_logprob(alt);
+      if (a != NULL) json_array_append_new(top, a);
+    }
+    json_object_set_new(entry, "top_logprobs", top);
+    json_array_append_new(t->lp, entry);
+  }
+}
+
 static int on_chat_line(ollama_txn_t *t, llmux_txn_t *txn, const json_t *line) {
   const json_t *msg = json_object_get(line, "message");
   int rc;
   if (json_is_string(json_object_get(line, "error")))
     return on_error_line(t, txn, str_of(line, "error"));
   if (!t->started && (rc = on_first(t, txn, line)) != 0) return rc;
+  read_logprobs(t, line); /* after the role chunk: they go with this line's content */
   if (json_is_object(msg) && (rc = on_message(t, txn, msg)) != 0) return rc;
   if (json_is_true(json_object_get(line, "done"))) {
     on_done(t, txn, line);
@@ -763,7 +940,7 @@ static int send_embeddings(ollama_txn_t *t, llmux_txn_t *txn, const json_t *root
 /* ---- responses: plain chat answer ---------------------------------------- */
 
 static int send_completion(ollama_txn_t *t, llmux_txn_t *txn) {
-  json_t *msg, *root;
+  json_t *msg, *root, *lp;
   long long pt = usage_or_zero(txn->usage.prompt_tokens);
   long long ct = usage_or_zero(txn->usage.completion_tokens);
   int rc;
@@ -776,17 +953,18 @@ static int send_completion(ollama_txn_t *t, llmux_txn_t *txn) {
     json_object_set_new(msg, "reasoning_content", json_stringn(t->thinking.base, t->thinking.len));
   if (t->tool_calls) json_object_set(msg, "tool_calls", t->tool_calls);
   json_object_set_new(msg, "refusal", json_null());
-  root = json_pack("{s:s,s:s,s:I,s:s%,s:s,s:[{s:i,s:o,s:n,s:s}],s:{s:I,s:I,s:I}}",
+  lp = json_array_size(t->lp) > 0 ? json_pack("{s:O}", "content", t->lp) : json_null();
+  root = json_pack("{s:s,s:s,s:I,s:s%,s:s,s:[{s:i,s:o,s:o,s:s}],s:{s:I,s:I,s:I}}",
                    "id", t->id, "object", "chat.completion", "created", (json_int_t)t->created,
                    "model", txn->served_model.len ? txn->served_model.base : txn->provider_model,
                    txn->served_model.len ? txn->served_model.len : strlen(txn->provider_model),
                    "system_fingerprint", "fp_ollama", "choices", "index", 0, "message", msg,
-                   "logprobs", "finish_reason", t->done_reason ? t->done_reason : "stop",
+                   "logprobs", lp, "finish_reason", t->done_reason ? t->done_reason : "stop",
                    "usage", "prompt_tokens", (json_int_t)pt, "completion_tokens", (json_int_t)ct,
                    "total_tokens", (json_int_t)(pt + ct));
   if (root == NULL) return LLMUX_ENOMEM;
   t->out.len = 0;
-  rc = dump_json(&t->out, root, 0);
+  rc = dump_json(&t->out, root, LOGPROB_PRECISION); /* its only reals */
   json_decref(root);
   if (rc == 0) rc = aps(&t->out, "\n") ? LLMUX_ENOMEM : 0;
   return rc ? rc : host->emit(txn, t->out.base, t->out.len);
@@ -977,6 +1155,7 @@ static void ollama_txn_free(void *instance, llmux_txn_t *txn) {
   host->buf_free(&t->content);
   host->buf_free(&t->thinking);
   json_decref(t->tool_calls);
+  json_decref(t->lp);
   host->free(t);
   txn->data = NULL;
 }

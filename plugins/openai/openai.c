@@ -26,12 +26,15 @@ static const llmux_config_key_t openai_keys[] = {
   {"auth_scheme", LLMUX_KEY_STRING, "Bearer",
    "prefix before the key in auth_header; empty for none"},
   {"organization", LLMUX_KEY_STRING, NULL, "sent as OpenAI-Organization"},
+  {"supports_n", LLMUX_KEY_BOOL, "true",
+   "the provider answers n > 1 itself; false (Groq): llmux fans the request out"},
   {NULL, 0, NULL, NULL}
 };
 
 typedef struct {
   llmux_buf_t auth_line; /* "Authorization: Bearer KEY\r\n...", pre-formatted once */
   const char *name;      /* the section's name, borrowed from cfg, for logs */
+  unsigned features;     /* LLMUX_FEATURE_* */
 } openai_t;
 
 /* Usage sits in the last event of a stream and at the end of a plain body;
@@ -56,6 +59,12 @@ typedef struct {
   char tail[TAIL_MAX];
 } openai_txn_t;
 
+/* A bool key's value as the host validated it (true/false, yes/no, on/off, 1/0). */
+static int is_false(const char *v) {
+  return v != NULL && (strcasecmp(v, "false") == 0 || strcasecmp(v, "no") == 0 ||
+                       strcasecmp(v, "off") == 0 || strcmp(v, "0") == 0);
+}
+
 static int openai_create(const llmux_provider_config_t *cfg, void **instance, char *err,
                          size_t errlen) {
   openai_t *p = host->malloc(sizeof *p);
@@ -64,6 +73,7 @@ static int openai_create(const llmux_provider_config_t *cfg, void **instance, ch
   if (p == NULL) return LLMUX_ENOMEM;
   memset(p, 0, sizeof *p);
   p->name = cfg->name;
+  p->features = is_false(cfg->get(cfg, "supports_n")) ? 0 : LLMUX_FEATURE_N;
   hdr = cfg->get(cfg, "auth_header");
   scheme = cfg->get(cfg, "auth_scheme");
   org = cfg->get(cfg, "organization");
@@ -333,6 +343,11 @@ static void openai_txn_free(void *instance, llmux_txn_t *txn) {
   txn->data = NULL;
 }
 
+/* OpenAI's API and most compatible ones answer `n` themselves. */
+static unsigned openai_features(void *instance) {
+  return ((const openai_t *)instance)->features;
+}
+
 static const llmux_provider_t openai_provider = {
   .abi_major = LLMUX_PROVIDER_ABI_MAJOR,
   .abi_minor = LLMUX_PROVIDER_ABI_MINOR,
@@ -349,6 +364,7 @@ static const llmux_provider_t openai_provider = {
   /* OpenAI's own headers; Groq, Cerebras and others served through this
    * plugin say theirs with `ratelimit_headers` in their section. */
   .ratelimit_dialect = "openai",
+  .features = openai_features,
 };
 
 /* Needs the host services of ABI 1.3 (classify_status, rate-limit headers). */

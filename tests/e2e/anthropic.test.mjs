@@ -247,10 +247,11 @@ test("529 overloaded_error is a 503; a 400 comes back as 400 with Anthropic's wo
   assert.equal(e.status, 400);
   assert.match(e.message, /mock fault 400/);
 
-  // A request Anthropic refuses on its own terms: temperature above 1.
-  e = await chatError("claude-model", { temperature: 1.5 });
+  // A request Anthropic refuses on its own terms: top_p above 1 (a
+  // temperature above 1 is clamped instead: fidelity.test.mjs).
+  e = await chatError("claude-model", { top_p: 1.5 });
   assert.equal(e.status, 400);
-  assert.match(e.message, /temperature: Input should be less than or equal to 1/);
+  assert.match(e.message, /top_p: Input should be less than or equal to 1/);
 });
 
 test("an error event mid-stream reaches the client as a stream error", async () => {

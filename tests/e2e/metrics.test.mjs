@@ -140,7 +140,7 @@ test("after a failover, a stream, a 404 and a 401, /metrics says so, and promtoo
   assert.ok(cost > 0);
   assert.ok(Math.abs(value(s, "llmux_tenant_budget_remaining_usd", { tenant: "acme" }) - (10 - cost)) < 1e-9);
   // the process
-  assert.equal(value(s, "llmux_build_info", { abi: "1.3" }), 1);
+  assert.equal(value(s, "llmux_build_info", { abi: "1.4" }), 1);
   assert.match(s.find((x) => x.name === "llmux_build_info").labels.version, /^\d+\.\d+\.\d+$/);
   assert.equal(value(s, "llmux_config_generation"), 1);
   assert.equal(value(s, "llmux_config_reload_total", { result: "success" }), 0);

@@ -10,7 +10,12 @@
  * " tok<i>"), cut by max_tokens or at a stop sequence; with tools it is one
  * tool_use block per tool (or the one tool_choice names) whose input is
  * {"input": "<content>"}, unless the last user turn carries tool results,
- * which is answered with text so a round trip ends.
+ * which is answered with text so a round trip ends. A tool forced by
+ * tool_choice {"type":"tool"} whose input_schema has properties gets an
+ * input built from that schema instead (what structured-output clients
+ * check): each property by its type, strings being the content, integers
+ * 42, numbers 4.5, booleans true, arrays one item, enums and consts their
+ * first value; streamed as partial_json pieces of 8 bytes.
  *
  * Faults (x-mock-fault): 429 rate_limit_error with anthropic-ratelimit-*
  * and retry-after, 503 as 529 overloaded_error, 500 api_error, 401
@@ -295,6 +300,7 @@ typedef struct {
   int64_t ntok;          /* tokens of text produced */
   const char *stop_reason;
   const char *stream_error;
+  json_t *schema;        /* the forced tool's input_schema, when it has properties */
 } plan_t;
 
 static void token_text(const mock_server_t *srv, int64_t i, llmux_buf_t *out) {
@@ -325,6 +331,12 @@ static void plan_tools(plan_t *p) {
   if (ct && strcmp(ct, "none") == 0) return;
   if (ct && strcmp(ct, "tool") == 0) {
     json_array_append(p->calls, json_object_get(choice, "name"));
+    json_array_foreach(tools, i, t) {
+      json_t *schema = json_object_get(t, "input_schema");
+      if (json_equal(json_object_get(t, "name"), json_object_get(choice, "name")) &&
+          json_object_size(json_object_get(schema, "properties")) > 0)
+        p->schema = schema;
+    }
     return;
   }
   json_array_foreach(tools, i, t) {
@@ -392,7 +404,38 @@ static int preface(plan_t *p) {
   return ct == NULL || strcmp(ct, "auto") == 0;
 }
 
+/* A value that matches `schema` (see the top of the file). */
+static json_t *sample(plan_t *p, json_t *schema, int depth) {
+  json_t *type = json_object_get(schema, "type"), *v, *sub;
+  const char *t = json_is_string(type) ? json_string_value(type)
+                                       : json_string_value(json_array_get(type, 0));
+  const char *key;
+  if ((v = json_object_get(schema, "const")) != NULL) return json_incref(v);
+  if (json_array_size(json_object_get(schema, "enum")) > 0)
+    return json_incref(json_array_get(json_object_get(schema, "enum"), 0));
+  if (json_array_size(json_object_get(schema, "anyOf")) > 0 && depth < 8)
+    return sample(p, json_array_get(json_object_get(schema, "anyOf"), 0), depth + 1);
+  if (t == NULL) t = json_object_get(schema, "properties") ? "object" : "string";
+  if (strcmp(t, "object") == 0) {
+    v = json_object();
+    if (depth < 8) {
+      json_object_foreach(json_object_get(schema, "properties"), key, sub)
+        json_object_set_new(v, key, sample(p, sub, depth + 1));
+    }
+    return v;
+  }
+  if (strcmp(t, "array") == 0)
+    return depth < 8 ? json_pack("[o]", sample(p, json_object_get(schema, "items"), depth + 1))
+                     : json_array();
+  if (strcmp(t, "integer") == 0) return json_integer(42);
+  if (strcmp(t, "number") == 0) return json_real(4.5);
+  if (strcmp(t, "boolean") == 0) return json_true();
+  if (strcmp(t, "null") == 0) return json_null();
+  return text_of(p, 0, p->c->call.tokens);
+}
+
 static json_t *tool_input(plan_t *p) {
+  if (p->schema != NULL) return sample(p, p->schema, 0);
   return json_pack("{s:o}", "input", text_of(p, 0, p->c->call.tokens));
 }
 
@@ -461,6 +504,19 @@ static void tool_block_events(plan_t *p, llmux_buf_t *out, size_t index, size_t 
                        "index", (json_int_t)index, "content_block", "type", "tool_use", "id", id,
                        "name", name, "input"));
   json_delta(out, index, json_string(""));
+  if (p->schema != NULL) { /* the schema's sample in pieces */
+    json_t *input = sample(p, p->schema, 0);
+    char *text = json_dumps(input, JSON_COMPACT | JSON_ENSURE_ASCII); /* cut anywhere */
+    size_t off, len;
+    if (text == NULL) abort();
+    len = strlen(text);
+    for (off = 0; off < len; off += 8)
+      json_delta(out, index, json_stringn(text + off, len - off < 8 ? len - off : 8));
+    free(text);
+    json_decref(input);
+    event(out, json_pack("{s:s, s:I}", "type", "content_block_stop", "index", (json_int_t)index));
+    return;
+  }
   json_delta(out, index, json_string("{\"input\": \""));
   for (i = 0; i < p->c->call.tokens; i++) {
     json_t *t = text_of(p, i, i + 1);

@@ -140,6 +140,8 @@ typedef struct mock_call_s {
   int ollama;                /* Ollama's native API (ollama.c answers); tools = count */
   int anthropic;             /* Anthropic's Messages API (anthropic.c answers) */
   int anthropic_status;      /* anthropic.c: status of the answer rendered in conn->body */
+  int logprobs;              /* ollama.c: "logprobs": true asked for them */
+  int64_t top_logprobs;      /* ollama.c: alternatives per token (0-20) */
 } mock_call_t;
 
 struct mock_conn_s {

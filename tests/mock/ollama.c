@@ -11,6 +11,12 @@
  * call so indexes must carry across lines. Every NDJSON line goes out as
  * two HTTP chunks split mid-line, so readers must join partial lines.
  *
+ * With "logprobs": true, each content line carries Ollama's top-level
+ * "logprobs" list (the plain answer one entry per token): token k is
+ * {"token","logprob":-(k+1)/8,"bytes":[...]} and, with "top_logprobs": N
+ * (at most 20), "top_logprobs" holds N entries: the token itself, then
+ * " alt<j>" at logprob -(k+1)/8 - j.
+ *
  * Knobs: x-mock-* headers as everywhere (fault, tokens, token-delay-ms,
  * fail-after, latency-ms). Ollama-only triggers by model name: "missing..."
  * answers 404 {"error":"model \"NAME\" not found, try pulling it first"};
@@ -121,6 +127,10 @@ static int on_member(void *ud, llmux_str_t key, llmux_str_t val) {
     s->call->dimensions = mock_json_int(val) > MAX_DIMENSIONS ? MAX_DIMENSIONS : mock_json_int(val);
   } else if (mock_json_is(key, "mock") && t == '{') {
     mock_json_object(val.base, val.len, on_knob, s);
+  } else if (mock_json_is(key, "logprobs")) {
+    s->call->logprobs = mock_json_is(val, "true");
+  } else if (mock_json_is(key, "top_logprobs") && mock_json_int(val) >= 0) {
+    s->call->top_logprobs = mock_json_int(val) > 20 ? 20 : mock_json_int(val);
   }
   return 0;
 }
@@ -271,6 +281,59 @@ static void ap_tool_call(llmux_buf_t *b, const mock_conn_t *c, int i) {
   AL(b, "}}}");
 }
 
+/* {"token":"T","logprob":L,"bytes":[...]} without its closing brace. */
+static void ap_token_logprob(llmux_buf_t *b, const char *tok, size_t n, double logprob) {
+  char num[40];
+  size_t i;
+  AL(b, "{\"token\":\"");
+  ap(b, tok, n); /* the mock's tokens need no escaping */
+  snprintf(num, sizeof(num), "%.6g", logprob);
+  AL(b, "\",\"logprob\":");
+  ap_s(b, num);
+  AL(b, ",\"bytes\":[");
+  for (i = 0; i < n; i++) {
+    if (i) AL(b, ",");
+    ap_u64(b, (unsigned char)tok[i]);
+  }
+  AL(b, "]");
+}
+
+/* Ollama's logprobs entry for token k (see the top of the file). */
+static void ap_logprob(llmux_buf_t *b, const mock_conn_t *c, int64_t k) {
+  llmux_buf_t tok = {0}, alt = {0};
+  double lp = -(double)(k + 1) / 8;
+  int64_t j;
+  mock_ap_token(&tok, c->srv, k);
+  ap_token_logprob(b, tok.base, tok.len, lp);
+  if (c->call.top_logprobs > 0) {
+    AL(b, ",\"top_logprobs\":[");
+    for (j = 0; j < c->call.top_logprobs; j++) {
+      if (j) AL(b, ",");
+      alt.len = 0;
+      if (j == 0) ap_buf(&alt, &tok);
+      else AL(&alt, " alt"), ap_u64(&alt, (uint64_t)j);
+      ap_token_logprob(b, alt.base, alt.len, lp - (double)j);
+      AL(b, "}");
+    }
+    AL(b, "]");
+  }
+  AL(b, "}");
+  llmux_buf_free(&tok);
+  llmux_buf_free(&alt);
+}
+
+/* ,"logprobs":[...] for tokens from..to-1, when asked. */
+static void ap_logprobs(llmux_buf_t *b, const mock_conn_t *c, int64_t from, int64_t to) {
+  int64_t k;
+  if (!c->call.logprobs || c->call.tools) return;
+  AL(b, ",\"logprobs\":[");
+  for (k = from; k < to; k++) {
+    if (k > from) AL(b, ",");
+    ap_logprob(b, c, k);
+  }
+  AL(b, "]");
+}
+
 /* The last line's tail: reason, counts and Ollama's nanosecond timings. */
 static void ap_done(llmux_buf_t *b, const mock_conn_t *c) {
   AL(b, "\"done_reason\":\"");
@@ -298,7 +361,9 @@ static void chat_body(mock_conn_t *c) {
     }
     AL(b, "]");
   }
-  AL(b, "},");
+  AL(b, "}");
+  ap_logprobs(b, c, 0, c->call.tokens);
+  AL(b, ",");
   ap_done(b, c);
 }
 
@@ -386,7 +451,9 @@ static void stream_line(mock_conn_t *c, int64_t k) {
       ap_tool_call(b, c, (int)k);
       AL(b, "]");
     }
-    AL(b, "},\"done\":false}");
+    AL(b, "}");
+    ap_logprobs(b, c, k, k + 1);
+    AL(b, ",\"done\":false}");
   } else {
     AL(b, "\"message\":{\"role\":\"assistant\",\"content\":\"\"},");
     ap_done(b, c);

@@ -668,6 +668,362 @@ static void errors_are_classified_for_the_router(void **state) {
   json_decref(cases);
 }
 
+/* ---- what Anthropic lacks: emulated, refused or adjusted ---- */
+
+#define PERSON_SCHEMA \
+  "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\"},\"age\":{\"type\":" \
+  "\"integer\"}},\"required\":[\"name\",\"age\"],\"additionalProperties\":false}"
+
+static json_t *translated(fixture_t *f, run_t *r, const char *body) {
+  run_start(r, body, 0);
+  assert_int_equal(translate(f, r), 0);
+  return sent_body(r);
+}
+
+static void json_schema_becomes_one_forced_tool_whose_schema_is_the_schema(void **state) {
+  fixture_t *f = *state;
+  run_t r;
+  json_t *got = translated(f, &r,
+      "{\"model\":\"x\",\"messages\":[{\"role\":\"user\",\"content\":\"Who?\"}],"
+      "\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"person\","
+      "\"description\":\"A person\",\"strict\":true,\"schema\":" PERSON_SCHEMA "}}}");
+  json_t *want = json_pack("[{s:s, s:s, s:o}]", "name", "person", "description", "A person",
+                           "input_schema", json_loads(PERSON_SCHEMA, 0, NULL));
+  json_t *choice = json_pack("{s:s, s:s, s:b}", "type", "tool", "name", "person",
+                             "disable_parallel_tool_use", 1);
+  assert_json_equal(json_object_get(got, "tools"), want);
+  assert_json_equal(json_object_get(got, "tool_choice"), choice);
+  assert_null(json_object_get(got, "response_format"));
+  assert_null(json_object_get(got, "system"));
+  json_decref(want);
+  json_decref(choice);
+  json_decref(got);
+  run_end(f, &r);
+}
+
+static void json_object_is_an_object_tool_and_a_system_line(void **state) {
+  fixture_t *f = *state;
+  run_t r;
+  json_t *got = translated(f, &r,
+      "{\"model\":\"x\",\"messages\":[{\"role\":\"system\",\"content\":\"Be brief.\"},"
+      "{\"role\":\"user\",\"content\":\"A city?\"}],\"response_format\":{\"type\":\"json_object\"}}");
+  json_t *tool = json_array_get(json_object_get(got, "tools"), 0);
+  json_t *object = json_pack("{s:s}", "type", "object");
+  assert_int_equal(json_array_size(json_object_get(got, "tools")), 1);
+  assert_string_equal(json_string_value(json_object_get(tool, "name")), "json_output");
+  assert_json_equal(json_object_get(tool, "input_schema"), object);
+  assert_string_equal(json_string_value(json_object_get(json_object_get(got, "tool_choice"),
+                                                        "name")), "json_output");
+  assert_string_equal(json_string_value(json_object_get(got, "system")),
+                      "Be brief.\n\nAnswer with a JSON object, given as the input of the "
+                      "json_output tool.");
+  json_decref(object);
+  json_decref(got);
+  run_end(f, &r);
+}
+
+static void json_schema_names_anthropic_cannot_take_become_json_output(void **state) {
+  static const char *const names[] = {"\"my schema!\"", "\"\"", "42",
+      "\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\""}; /* 65 */
+  fixture_t *f = *state;
+  char body[512];
+  size_t i;
+  run_t r;
+  for (i = 0; i < sizeof names / sizeof names[0]; i++) {
+    json_t *got;
+    snprintf(body, sizeof body, "{\"model\":\"x\",\"messages\":[{\"role\":\"user\",\"content\":"
+             "\"hi\"}],\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":%s,"
+             "\"schema\":{\"type\":\"object\"}}}}", names[i]);
+    got = translated(f, &r, body);
+    assert_string_equal(json_string_value(json_object_get(
+                            json_array_get(json_object_get(got, "tools"), 0), "name")),
+                        "json_output");
+    json_decref(got);
+    run_end(f, &r);
+  }
+}
+
+static void json_format_with_the_clients_tools_is_refused_unless_tool_choice_is_none(void **state) {
+  fixture_t *f = *state;
+  run_t r;
+  json_t *got;
+  static const char body[] =
+      "{\"model\":\"x\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],"
+      "\"response_format\":{\"type\":\"json_object\"},\"tools\":[{\"type\":\"function\","
+      "\"function\":{\"name\":\"get_time\"}}]%s}";
+  char text[512];
+  snprintf(text, sizeof text, body, "");
+  run_start(&r, text, 0);
+  assert_int_equal(translate(f, &r), LLMUX_EINVAL);
+  assert_true(contains(&r.ht.txn.refusal, "Provider 'anthropic' cannot combine response_format "
+                                          "json_object with tools"));
+  run_end(f, &r);
+  /* tool_choice none: the tools would not be called anyway. */
+  snprintf(text, sizeof text, body, ",\"tool_choice\":\"none\"");
+  got = translated(f, &r, text);
+  assert_int_equal(json_array_size(json_object_get(got, "tools")), 1);
+  assert_string_equal(json_string_value(json_object_get(
+                          json_array_get(json_object_get(got, "tools"), 0), "name")),
+                      "json_output");
+  json_decref(got);
+  run_end(f, &r);
+  /* json_schema without a schema object is the client's mistake. */
+  run_start(&r, "{\"model\":\"x\",\"messages\":[],\"response_format\":{\"type\":\"json_schema\","
+                "\"json_schema\":{\"name\":\"x\",\"schema\":\"no\"}}}", 0);
+  assert_int_equal(translate(f, &r), LLMUX_EINVAL);
+  assert_true(contains(&r.ht.txn.refusal, "needs a schema object"));
+  run_end(f, &r);
+  /* text, or a type nobody knows, is a plain answer. */
+  got = translated(f, &r, "{\"model\":\"x\",\"messages\":[],\"response_format\":{\"type\":"
+                          "\"text\"}}");
+  assert_null(json_object_get(got, "tools"));
+  json_decref(got);
+  run_end(f, &r);
+}
+
+/* Feeds an answer to a request with response_format json_schema. */
+static void json_answer(fixture_t *f, run_t *r, const char *answer, size_t step, int stream) {
+  size_t off = 0, len = strlen(answer);
+  int rc = 0;
+  run_start(r, stream ? "{\"model\":\"x\",\"stream\":true,\"messages\":[],\"response_format\":"
+                        "{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"person\","
+                        "\"schema\":" PERSON_SCHEMA "}}}"
+                      : "{\"model\":\"x\",\"messages\":[],\"response_format\":{\"type\":"
+                        "\"json_schema\",\"json_schema\":{\"name\":\"person\",\"schema\":"
+                        PERSON_SCHEMA "}}}", stream);
+  assert_int_equal(translate(f, r), 0);
+  r->ht.txn.status = 200;
+  while (off < len && rc == 0) {
+    size_t n = step == 0 || len - off < step ? len - off : step;
+    rc = f->vt->parse_response(f->inst, &r->ht.txn, answer + off, n, 0);
+    off += n;
+  }
+  assert_int_equal(rc, 0);
+  assert_int_equal(f->vt->parse_response(f->inst, &r->ht.txn, NULL, 0, 1), 0);
+}
+
+static json_t *plain_choice(run_t *r, json_t **root) {
+  *root = json_loadb(r->out.base, r->out.len, 0, NULL);
+  assert_non_null(*root);
+  return json_array_get(json_object_get(*root, "choices"), 0);
+}
+
+static void json_answer_is_the_forced_tools_input_as_content(void **state) {
+  static const char answer[] =
+      "{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"" PROVIDER_MODEL
+      "\",\"content\":[{\"type\":\"text\",\"text\":\"Here you go:\"},{\"type\":\"tool_use\","
+      "\"id\":\"toolu_1\",\"name\":\"person\",\"input\":{\"name\":\"Ada\",\"age\":36}}],"
+      "\"stop_reason\":\"tool_use\",\"usage\":{\"input_tokens\":10,\"output_tokens\":5}}";
+  fixture_t *f = *state;
+  json_t *root, *choice, *msg;
+  run_t r;
+  json_answer(f, &r, answer, 7, 0);
+  choice = plain_choice(&r, &root);
+  msg = json_object_get(choice, "message");
+  assert_string_equal(json_string_value(json_object_get(msg, "content")),
+                      "{\"name\":\"Ada\",\"age\":36}");
+  assert_null(json_object_get(msg, "tool_calls"));
+  assert_string_equal(json_string_value(json_object_get(choice, "finish_reason")), "stop");
+  json_decref(root);
+  run_end(f, &r);
+}
+
+static void json_answer_cut_by_max_tokens_or_without_the_tool_says_so(void **state) {
+  /* Cut short: the text there is (no tool use) and finish "length". */
+  static const char cut[] =
+      "{\"id\":\"m\",\"type\":\"message\",\"content\":[{\"type\":\"text\",\"text\":\"{\\\"na\"}],"
+      "\"stop_reason\":\"max_tokens\",\"usage\":{\"input_tokens\":1,\"output_tokens\":1}}";
+  /* A hostile input that is not an object is an empty one. */
+  static const char odd[] =
+      "{\"id\":\"m\",\"type\":\"message\",\"content\":[{\"type\":\"tool_use\",\"id\":\"t\","
+      "\"name\":\"person\",\"input\":[1,2]}],\"stop_reason\":\"tool_use\",\"usage\":{}}";
+  fixture_t *f = *state;
+  json_t *root, *choice;
+  run_t r;
+  json_answer(f, &r, cut, 0, 0);
+  choice = plain_choice(&r, &root);
+  assert_string_equal(json_string_value(json_object_get(json_object_get(choice, "message"),
+                                                        "content")), "{\"na");
+  assert_string_equal(json_string_value(json_object_get(choice, "finish_reason")), "length");
+  json_decref(root);
+  run_end(f, &r);
+  json_answer(f, &r, odd, 0, 0);
+  choice = plain_choice(&r, &root);
+  assert_string_equal(json_string_value(json_object_get(json_object_get(choice, "message"),
+                                                        "content")), "{}");
+  assert_string_equal(json_string_value(json_object_get(choice, "finish_reason")), "stop");
+  json_decref(root);
+  run_end(f, &r);
+}
+
+#define SSE(type, data) "event: " type "\ndata: " data "\n\n"
+static const char json_stream[] =
+    SSE("message_start", "{\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":"
+        "\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"" PROVIDER_MODEL "\","
+        "\"usage\":{\"input_tokens\":10,\"output_tokens\":1}}}")
+    SSE("content_block_start", "{\"type\":\"content_block_start\",\"index\":0,"
+        "\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_1\",\"name\":\"person\","
+        "\"input\":{}}}")
+    SSE("content_block_delta", "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":"
+        "{\"type\":\"input_json_delta\",\"partial_json\":\"\"}}")
+    SSE("content_block_delta", "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":"
+        "{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"name\\\": \\\"A\"}}")
+    SSE("content_block_delta", "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":"
+        "{\"type\":\"input_json_delta\",\"partial_json\":\"da\\\", \\\"age\\\": 36}\"}}")
+    SSE("content_block_stop", "{\"type\":\"content_block_stop\",\"index\":0}")
+    SSE("message_delta", "{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"},"
+        "\"usage\":{\"output_tokens\":9}}")
+    SSE("message_stop", "{\"type\":\"message_stop\"}");
+
+/* The content deltas of a stream, joined; its finish_reason in *finish. */
+static void stream_content(const llmux_buf_t *out, llmux_buf_t *content, char *finish,
+                           int *tool_calls) {
+  const char *p = out->base, *end = out->base + out->len;
+  *tool_calls = 0;
+  while (p < end) {
+    const char *sep = memmem(p, (size_t)(end - p), "\n\n", 2);
+    json_t *chunk, *choice;
+    assert_non_null(sep);
+    if (memcmp(p, "data: [DONE]", 12) != 0) {
+      chunk = json_loadb(p + 6, (size_t)(sep - p - 6), 0, NULL);
+      assert_non_null(chunk);
+      choice = json_array_get(json_object_get(chunk, "choices"), 0);
+      if (json_is_string(json_object_get(json_object_get(choice, "delta"), "content")))
+        llmux_buf_appends(content, json_string_value(json_object_get(
+                                       json_object_get(choice, "delta"), "content")));
+      if (json_object_get(json_object_get(choice, "delta"), "tool_calls")) (*tool_calls)++;
+      if (json_is_string(json_object_get(choice, "finish_reason")))
+        snprintf(finish, 16, "%s", json_string_value(json_object_get(choice, "finish_reason")));
+      json_decref(chunk);
+    }
+    p = sep + 2;
+  }
+}
+
+static void streamed_json_answer_is_content_deltas_whatever_the_byte_boundaries(void **state) {
+  static const size_t steps[] = {0, 1, 3, 17};
+  fixture_t *f = *state;
+  size_t i;
+  for (i = 0; i < sizeof steps / sizeof steps[0]; i++) {
+    llmux_buf_t content = {0};
+    char finish[16] = "";
+    int calls;
+    run_t r;
+    json_answer(f, &r, json_stream, steps[i], 1);
+    stream_content(&r.out, &content, finish, &calls);
+    assert_int_equal(content.len, strlen("{\"name\": \"Ada\", \"age\": 36}"));
+    assert_memory_equal(content.base, "{\"name\": \"Ada\", \"age\": 36}", content.len);
+    assert_string_equal(finish, "stop");
+    assert_int_equal(calls, 0);
+    assert_true(contains(&r.out, "data: [DONE]"));
+    llmux_buf_free(&content);
+    run_end(f, &r);
+  }
+}
+
+static void streamed_json_answer_without_input_is_an_empty_object(void **state) {
+  static const char sse[] =
+      SSE("message_start", "{\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":{}}}")
+      SSE("content_block_start", "{\"type\":\"content_block_start\",\"index\":0,"
+          "\"content_block\":{\"type\":\"tool_use\",\"id\":\"t\",\"name\":\"person\"}}")
+      SSE("content_block_stop", "{\"type\":\"content_block_stop\",\"index\":0}")
+      SSE("message_delta", "{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"}}")
+      SSE("message_stop", "{\"type\":\"message_stop\"}");
+  static const char second[] =
+      SSE("message_start", "{\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":{}}}")
+      SSE("content_block_start", "{\"type\":\"content_block_start\",\"index\":0,"
+          "\"content_block\":{\"type\":\"tool_use\",\"id\":\"t\",\"name\":\"person\"}}")
+      SSE("content_block_delta", "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":"
+          "{\"type\":\"input_json_delta\",\"partial_json\":\"{}\"}}")
+      SSE("content_block_start", "{\"type\":\"content_block_start\",\"index\":1,"
+          "\"content_block\":{\"type\":\"tool_use\",\"id\":\"u\",\"name\":\"person\"}}")
+      SSE("content_block_delta", "{\"type\":\"content_block_delta\",\"index\":1,\"delta\":"
+          "{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"x\\\":1}\"}}")
+      SSE("content_block_stop", "{\"type\":\"content_block_stop\",\"index\":1}")
+      SSE("message_delta", "{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"}}")
+      SSE("message_stop", "{\"type\":\"message_stop\"}");
+  fixture_t *f = *state;
+  llmux_buf_t content = {0};
+  char finish[16] = "";
+  int calls;
+  run_t r;
+  json_answer(f, &r, sse, 0, 1);
+  stream_content(&r.out, &content, finish, &calls);
+  assert_int_equal(content.len, 2);
+  assert_memory_equal(content.base, "{}", 2);
+  assert_string_equal(finish, "stop");
+  llmux_buf_free(&content);
+  run_end(f, &r);
+  /* A second block of the tool (hostile: parallel use was disabled) adds
+   * nothing to the answer, as in plain answers. */
+  json_answer(f, &r, second, 1, 1);
+  stream_content(&r.out, &content, finish, &calls);
+  assert_int_equal(content.len, 2);
+  assert_memory_equal(content.base, "{}", 2);
+  assert_string_equal(finish, "stop");
+  llmux_buf_free(&content);
+  run_end(f, &r);
+}
+
+static void logprobs_are_refused_in_words_naming_the_provider(void **state) {
+  static const char *const asks[] = {"\"logprobs\":true", "\"top_logprobs\":2",
+                                     "\"logprobs\":true,\"top_logprobs\":0"};
+  static const char *const fine[] = {"\"logprobs\":false", "\"top_logprobs\":0",
+                                     "\"logprobs\":null"};
+  fixture_t *f = *state;
+  char body[256];
+  size_t i;
+  run_t r;
+  for (i = 0; i < sizeof asks / sizeof asks[0]; i++) {
+    snprintf(body, sizeof body, "{\"model\":\"x\",\"messages\":[],%s}", asks[i]);
+    run_start(&r, body, 0);
+    assert_int_equal(translate(f, &r), LLMUX_EINVAL);
+    assert_int_equal(r.ht.txn.refusal.len, strlen("Provider 'anthropic' does not support logprobs"));
+    assert_true(contains(&r.ht.txn.refusal, "Provider 'anthropic' does not support logprobs"));
+    assert_int_equal(r.ht.txn.nbody_parts, 0);
+    /* An older host's txn has no refusal: the plugin refuses all the same. */
+    r.ht.txn.size = offsetof(llmux_txn_t, adjusted);
+    assert_int_equal(translate(f, &r), LLMUX_EINVAL);
+    assert_int_equal(r.ht.txn.refusal.len, 0);
+    run_end(f, &r);
+  }
+  for (i = 0; i < sizeof fine / sizeof fine[0]; i++) {
+    snprintf(body, sizeof body, "{\"model\":\"x\",\"messages\":[],%s}", fine[i]);
+    run_start(&r, body, 0);
+    assert_int_equal(translate(f, &r), 0);
+    assert_int_equal(r.ht.txn.refusal.len, 0);
+    run_end(f, &r);
+  }
+}
+
+static void temperature_above_one_is_clamped_and_said(void **state) {
+  fixture_t *f = *state;
+  run_t r;
+  json_t *got = translated(f, &r, "{\"model\":\"x\",\"messages\":[],\"temperature\":1.7}");
+  assert_true(json_number_value(json_object_get(got, "temperature")) == 1.0);
+  assert_int_equal(r.ht.txn.adjusted.len, strlen("temperature"));
+  assert_memory_equal(r.ht.txn.adjusted.base, "temperature", r.ht.txn.adjusted.len);
+  json_decref(got);
+  /* A retry starts afresh: still one name, not two. */
+  r.ht.txn.attempt = 1;
+  assert_int_equal(translate(f, &r), 0);
+  assert_int_equal(r.ht.txn.adjusted.len, strlen("temperature"));
+  /* An older host's txn: clamped all the same, nothing written beyond it. */
+  r.ht.txn.size = offsetof(llmux_txn_t, adjusted);
+  assert_int_equal(translate(f, &r), 0);
+  assert_int_equal(r.ht.txn.adjusted.len, 0);
+  got = sent_body(&r);
+  assert_true(json_number_value(json_object_get(got, "temperature")) == 1.0);
+  json_decref(got);
+  run_end(f, &r);
+
+  got = translated(f, &r, "{\"model\":\"x\",\"messages\":[],\"temperature\":1}");
+  assert_true(json_number_value(json_object_get(got, "temperature")) == 1.0);
+  assert_int_equal(r.ht.txn.adjusted.len, 0);
+  json_decref(got);
+  run_end(f, &r);
+}
+
 /* ---- models ---- */
 
 static void model_listing_reads_anthropic_models(void **state) {
@@ -716,6 +1072,16 @@ int main(void) {
     cmocka_unit_test(stream_block_index_that_is_not_an_integer_is_refused),
     cmocka_unit_test(errors_are_classified_for_the_router),
     cmocka_unit_test(model_listing_reads_anthropic_models),
+    cmocka_unit_test(json_schema_becomes_one_forced_tool_whose_schema_is_the_schema),
+    cmocka_unit_test(json_object_is_an_object_tool_and_a_system_line),
+    cmocka_unit_test(json_schema_names_anthropic_cannot_take_become_json_output),
+    cmocka_unit_test(json_format_with_the_clients_tools_is_refused_unless_tool_choice_is_none),
+    cmocka_unit_test(json_answer_is_the_forced_tools_input_as_content),
+    cmocka_unit_test(json_answer_cut_by_max_tokens_or_without_the_tool_says_so),
+    cmocka_unit_test(streamed_json_answer_is_content_deltas_whatever_the_byte_boundaries),
+    cmocka_unit_test(streamed_json_answer_without_input_is_an_empty_object),
+    cmocka_unit_test(logprobs_are_refused_in_words_naming_the_provider),
+    cmocka_unit_test(temperature_above_one_is_clamped_and_said),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

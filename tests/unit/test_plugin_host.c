@@ -28,7 +28,7 @@ static void the_table_is_this_abi_and_lends_every_1_3_service(void **state) {
   llmux_host_api_t older;
   (void)state;
   assert_int_equal(h->abi_major, LLMUX_PROVIDER_ABI_MAJOR);
-  assert_int_equal(h->abi_minor, 3);
+  assert_int_equal(h->abi_minor, 4);
   assert_int_equal(h->size, sizeof(llmux_host_api_t));
   assert_true(LLMUX_HOST_HAS(h, parse_ratelimit_headers));
   assert_true(LLMUX_HOST_HAS(h, classify_status));
@@ -176,6 +176,28 @@ static void the_splitter_is_lent_through_the_table(void **state) {
   h->split_free(NULL);
 }
 
+/* ABI 1.4 appended adjusted and refusal to the txn: a plugin writes them
+ * only when the host's txn is long enough, and the host clears and frees
+ * them with the other out fields. */
+static void the_txn_tells_which_members_the_host_has(void **state) {
+  llmux_host_txn_t ht;
+  (void)state;
+  memset(&ht, 0, sizeof ht);
+  ht.txn.size = sizeof ht.txn;
+  assert_true(LLMUX_TXN_HAS(&ht.txn, adjusted) && LLMUX_TXN_HAS(&ht.txn, refusal));
+  ht.txn.size = offsetof(llmux_txn_t, adjusted); /* a 1.3 host's */
+  assert_false(LLMUX_TXN_HAS(&ht.txn, adjusted));
+  assert_false(LLMUX_TXN_HAS(&ht.txn, refusal));
+  assert_true(LLMUX_TXN_HAS(&ht.txn, served_model));
+  ht.txn.size = sizeof ht.txn;
+  assert_int_equal(llmux_buf_appends(&ht.txn.adjusted, "temperature"), 0);
+  assert_int_equal(llmux_buf_appends(&ht.txn.refusal, "no"), 0);
+  llmux_host_txn_clear_out(&ht);
+  assert_int_equal(ht.txn.adjusted.len, 0);
+  assert_int_equal(ht.txn.refusal.len, 0);
+  llmux_host_txn_free(&ht); /* LeakSanitizer: both freed */
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(the_table_is_this_abi_and_lends_every_1_3_service),
@@ -184,6 +206,7 @@ int main(void) {
     cmocka_unit_test(rate_limit_headers_are_read_in_the_named_dialect),
     cmocka_unit_test(an_older_callers_smaller_result_gets_what_it_has_room_for),
     cmocka_unit_test(the_splitter_is_lent_through_the_table),
+    cmocka_unit_test(the_txn_tells_which_members_the_host_has),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

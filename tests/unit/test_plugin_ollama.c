@@ -269,6 +269,256 @@ static void image_urls_that_are_not_data_urls_are_refused(void **state) {
   llmux_host_txn_free(&ht);
 }
 
+/* ---- what Ollama lacks: emulated, refused or mapped ---------------------- */
+
+/* Translates an inline body; returns translate_request's result. */
+static int start_inline(attempt_t *a, const char *body, int stream) {
+  size_t len = strlen(body);
+  memset(a, 0, sizeof *a);
+  a->body = malloc(len + 1);
+  assert_non_null(a->body);
+  memcpy(a->body, body, len + 1);
+  a->ht.owner = a;
+  a->ht.emit = collect;
+  llmux_host_txn_clear_out(&a->ht);
+  a->ht.txn.size = sizeof a->ht.txn;
+  a->ht.txn.endpoint = LLMUX_ENDPOINT_CHAT;
+  a->ht.txn.body = (llmux_str_t){a->body, len};
+  a->ht.txn.stream = stream;
+  a->ht.txn.canonical_model = "llama-3.1-8b";
+  a->ht.txn.provider_model = "llama3.1";
+  a->ht.txn.status = 200;
+  return vt->translate_request(inst, &a->ht.txn);
+}
+
+static int refusal_is(const attempt_t *a, const char *want) {
+  const llmux_buf_t *r = &a->ht.txn.refusal;
+  return r->len == strlen(want) && memcmp(r->base, want, r->len) == 0;
+}
+
+#define TWO_TOOLS                                                                      \
+  "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"parameters\":" \
+  "{\"type\":\"object\",\"properties\":{\"city\":{\"type\":\"string\"}}}}},{\"type\":"       \
+  "\"function\",\"function\":{\"name\":\"get_time\"}}]"
+
+static const char *tool_name_at(const json_t *req, size_t i) {
+  return json_string_value(json_object_get(
+      json_object_get(json_array_get(json_object_get(req, "tools"), i), "function"), "name"));
+}
+
+static const char *message_text(const json_t *req, size_t i, const char *role) {
+  const json_t *m = json_array_get(json_object_get(req, "messages"), i);
+  assert_string_equal(json_string_value(json_object_get(m, "role")), role);
+  return json_string_value(json_object_get(m, "content"));
+}
+
+static void named_tool_choice_sends_only_that_tool_and_says_so(void **state) {
+  attempt_t a;
+  json_t *req;
+  (void)state;
+  assert_int_equal(start_inline(&a, "{\"model\":\"m\",\"messages\":[{\"role\":\"system\",\"content\":"
+                                    "\"Be brief.\"},{\"role\":\"user\",\"content\":\"Time?\"}],"
+                                    TWO_TOOLS ",\"tool_choice\":{\"type\":\"function\","
+                                    "\"function\":{\"name\":\"get_time\"}}}", 0), 0);
+  req = upstream_json(&a);
+  assert_int_equal(json_array_size(json_object_get(req, "tools")), 1);
+  assert_string_equal(tool_name_at(req, 0), "get_time");
+  assert_int_equal(json_array_size(json_object_get(req, "messages")), 2);
+  assert_string_equal(message_text(req, 0, "system"),
+                      "Be brief.\n\nYou must answer by calling the tool `get_time`.");
+  assert_null(json_object_get(req, "tool_choice")); /* Ollama has no such field */
+  json_decref(req);
+  attempt_end(&a);
+}
+
+static void required_tool_choice_sends_every_tool_and_a_system_line(void **state) {
+  attempt_t a;
+  json_t *req;
+  (void)state;
+  assert_int_equal(start_inline(&a, "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":"
+                                    "\"Hi\"}]," TWO_TOOLS ",\"tool_choice\":\"required\"}", 1), 0);
+  req = upstream_json(&a);
+  assert_int_equal(json_array_size(json_object_get(req, "tools")), 2);
+  assert_string_equal(tool_name_at(req, 0), "get_weather");
+  assert_string_equal(message_text(req, 0, "system"),
+                      "You must answer by calling one or more of the provided tools.");
+  assert_string_equal(message_text(req, 1, "user"), "Hi");
+  json_decref(req);
+  attempt_end(&a);
+  /* auto (or none given): every tool, nothing said */
+  assert_int_equal(start_inline(&a, "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":"
+                                    "\"Hi\"}]," TWO_TOOLS ",\"tool_choice\":\"auto\"}", 0), 0);
+  req = upstream_json(&a);
+  assert_int_equal(json_array_size(json_object_get(req, "tools")), 2);
+  assert_int_equal(json_array_size(json_object_get(req, "messages")), 1);
+  json_decref(req);
+  attempt_end(&a);
+  /* a forced choice without tools is nothing to force */
+  assert_int_equal(start_inline(&a, "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":"
+                                    "\"Hi\"}],\"tool_choice\":\"required\"}", 0), 0);
+  req = upstream_json(&a);
+  assert_null(json_object_get(req, "tools"));
+  assert_int_equal(json_array_size(json_object_get(req, "messages")), 1);
+  json_decref(req);
+  attempt_end(&a);
+}
+
+static void tool_choice_naming_a_missing_tool_is_refused_in_words(void **state) {
+  attempt_t a;
+  (void)state;
+  assert_int_equal(start_inline(&a, "{\"model\":\"m\",\"messages\":[]," TWO_TOOLS
+                                    ",\"tool_choice\":{\"type\":\"function\",\"function\":"
+                                    "{\"name\":\"nope\"}}}", 0), LLMUX_EINVAL);
+  assert_true(refusal_is(&a, "Provider 'ollama': tool_choice names the function 'nope', which "
+                             "is not in tools"));
+  attempt_end(&a);
+}
+
+static void web_image_urls_are_refused_in_words(void **state) {
+  static const char *const urls[] = {"https://example.com/cat.png", "http://x/y.jpg",
+                                     "HTTPS://EXAMPLE.COM/A.PNG"};
+  char body[512];
+  attempt_t a;
+  size_t i;
+  (void)state;
+  for (i = 0; i < sizeof urls / sizeof urls[0]; i++) {
+    snprintf(body, sizeof body, "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":"
+             "[{\"type\":\"text\",\"text\":\"What is it?\"},{\"type\":\"image_url\",\"image_url\":"
+             "{\"url\":\"%s\"}}]}]}", urls[i]);
+    assert_int_equal(start_inline(&a, body, 0), LLMUX_EINVAL);
+    assert_true(refusal_is(&a, "Provider 'ollama' takes only inline images (data: URLs); llmux "
+                               "does not fetch image URLs"));
+    attempt_end(&a);
+  }
+  /* Not a URL at all: refused, without a claim about fetching. */
+  assert_int_equal(start_inline(&a, "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":"
+                                    "[{\"type\":\"image_url\",\"image_url\":{\"url\":\"ftp://x\"}}]}]}",
+                                0), LLMUX_EINVAL);
+  assert_int_equal(a.ht.txn.refusal.len, 0);
+  attempt_end(&a);
+}
+
+static void logprobs_map_to_ollamas_fields(void **state) {
+  static const struct { const char *ask; int logprobs; json_int_t top; } t[] = {
+    {"\"logprobs\":true", 1, -1},
+    {"\"logprobs\":true,\"top_logprobs\":3", 1, 3},
+    {"\"logprobs\":true,\"top_logprobs\":99", 1, 20},
+    {"\"top_logprobs\":2", 1, 2},
+    {"\"logprobs\":false", 0, -1},
+    {"\"logprobs\":false,\"top_logprobs\":0", 0, -1},
+    {"\"logprobs\":\"yes\",\"top_logprobs\":-4", 0, -1},
+  };
+  char body[256];
+  attempt_t a;
+  size_t i;
+  (void)state;
+  for (i = 0; i < sizeof t / sizeof t[0]; i++) {
+    json_t *req;
+    snprintf(body, sizeof body, "{\"model\":\"m\",\"messages\":[],%s}", t[i].ask);
+    assert_int_equal(start_inline(&a, body, 0), 0);
+    req = upstream_json(&a);
+    assert_int_equal(json_is_true(json_object_get(req, "logprobs")), t[i].logprobs);
+    if (t[i].top < 0) assert_null(json_object_get(req, "top_logprobs"));
+    else assert_int_equal(json_integer_value(json_object_get(req, "top_logprobs")), t[i].top);
+    json_decref(req);
+    attempt_end(&a);
+  }
+}
+
+/* Two tokens as Ollama reports them: the first with bytes and an
+ * alternative, the second without bytes (llmux adds its own) and with a
+ * garbage alternative; then an entry that is not a token (skipped). */
+#define OLLAMA_LOGPROBS                                                                      \
+  "\"logprobs\":[{\"token\":\"Hel\",\"logprob\":-0.25,\"bytes\":[72,101,108],\"top_logprobs\":" \
+  "[{\"token\":\"Hel\",\"logprob\":-0.25,\"bytes\":[72,101,108]},{\"token\":\"Hi\","          \
+  "\"logprob\":-1.5}]},{\"token\":\"lo\",\"logprob\":0,\"bytes\":[300],\"top_logprobs\":"     \
+  "[{\"token\":7}]},{\"token\":null,\"logprob\":-1}]"
+
+static void assert_openai_logprobs(const json_t *lp) {
+  const json_t *content = json_object_get(lp, "content"), *e0, *e1, *top;
+  json_t *bytes0 = json_pack("[iii]", 72, 101, 108), *bytes1 = json_pack("[ii]", 108, 111);
+  assert_int_equal(json_array_size(content), 2);
+  e0 = json_array_get(content, 0);
+  e1 = json_array_get(content, 1);
+  assert_string_equal(json_string_value(json_object_get(e0, "token")), "Hel");
+  assert_true(json_real_value(json_object_get(e0, "logprob")) == -0.25);
+  assert_true(json_equal(json_object_get(e0, "bytes"), bytes0));
+  top = json_object_get(e0, "top_logprobs");
+  assert_int_equal(json_array_size(top), 2);
+  assert_string_equal(json_string_value(json_object_get(json_array_get(top, 1), "token")), "Hi");
+  assert_true(json_number_value(json_object_get(json_array_get(top, 1), "logprob")) == -1.5);
+  assert_true(json_is_array(json_object_get(json_array_get(top, 1), "bytes")));
+  assert_string_equal(json_string_value(json_object_get(e1, "token")), "lo");
+  assert_true(json_number_value(json_object_get(e1, "logprob")) == 0);
+  assert_true(json_equal(json_object_get(e1, "bytes"), bytes1)); /* 300 is no byte */
+  assert_int_equal(json_array_size(json_object_get(e1, "top_logprobs")), 0);
+  json_decref(bytes0);
+  json_decref(bytes1);
+}
+
+static void plain_answer_logprobs_become_openais_content_list(void **state) {
+  static const char answer[] =
+      "{\"model\":\"llama3.1\",\"created_at\":\"2024-08-07T03:57:33Z\",\"message\":{\"role\":"
+      "\"assistant\",\"content\":\"Hello\"}," OLLAMA_LOGPROBS ",\"done\":true,\"done_reason\":"
+      "\"stop\",\"prompt_eval_count\":3,\"eval_count\":2}";
+  attempt_t a;
+  json_t *root;
+  (void)state;
+  assert_int_equal(start_inline(&a, "{\"model\":\"m\",\"messages\":[],\"logprobs\":true,"
+                                    "\"top_logprobs\":2}", 0), 0);
+  assert_int_equal(feed_text(&a, answer, sizeof answer - 1), 0);
+  root = json_loadb(a.client.base, a.client.len, 0, NULL);
+  assert_non_null(root);
+  assert_openai_logprobs(json_object_get(json_array_get(json_object_get(root, "choices"), 0),
+                                         "logprobs"));
+  assert_non_null(strstr(a.client.base, "\"logprob\":-0.25,")); /* not -0.25000000000000000 */
+  json_decref(root);
+  attempt_end(&a);
+  /* Not asked for: null, whatever Ollama sends. */
+  assert_int_equal(start_inline(&a, "{\"model\":\"m\",\"messages\":[]}", 0), 0);
+  assert_int_equal(feed_text(&a, answer, sizeof answer - 1), 0);
+  root = json_loadb(a.client.base, a.client.len, 0, NULL);
+  assert_true(json_is_null(json_object_get(
+      json_array_get(json_object_get(root, "choices"), 0), "logprobs")));
+  json_decref(root);
+  attempt_end(&a);
+}
+
+static void streamed_logprobs_go_with_the_chunk_of_their_line(void **state) {
+  static const char lines[] =
+      "{\"model\":\"llama3.1\",\"created_at\":\"2024-08-07T03:57:33Z\",\"message\":{\"role\":"
+      "\"assistant\",\"content\":\"Hello\"}," OLLAMA_LOGPROBS ",\"done\":false}\n"
+      "{\"model\":\"llama3.1\",\"created_at\":\"2024-08-07T03:57:33Z\",\"message\":{\"role\":"
+      "\"assistant\",\"content\":\"\"},\"logprobs\":\"garbage\",\"done\":true,\"done_reason\":"
+      "\"stop\",\"prompt_eval_count\":3,\"eval_count\":2}\n";
+  size_t step;
+  (void)state;
+  for (step = 1; step <= sizeof lines; step += 37) {
+    json_t *frames[16];
+    size_t n, off, i;
+    attempt_t a;
+    int rc = 0;
+    assert_int_equal(start_inline(&a, "{\"model\":\"m\",\"stream\":true,\"messages\":[],"
+                                      "\"logprobs\":true,\"top_logprobs\":2}", 1), 0);
+    for (off = 0; off < sizeof lines - 1 && rc == 0; off += step)
+      rc = vt->parse_response(inst, &a.ht.txn, lines + off,
+                              sizeof lines - 1 - off < step ? sizeof lines - 1 - off : step, 0);
+    assert_int_equal(rc, 0);
+    assert_int_equal(vt->parse_response(inst, &a.ht.txn, NULL, 0, 1), 0);
+    n = sse_frames(&a.client, frames, 16);
+    assert_int_equal(n, 4); /* role, content, finish, [DONE] */
+    for (i = 0; i < 3; i++) {
+      const json_t *lp = json_object_get(json_array_get(json_object_get(frames[i], "choices"), 0),
+                                         "logprobs");
+      if (i == 1) assert_openai_logprobs(lp);
+      else assert_true(json_is_null(lp));
+    }
+    assert_string_equal(json_string_value(json_object_get(delta_of(frames[1]), "content")), "Hello");
+    free_frames(frames, n);
+    attempt_end(&a);
+  }
+}
+
 /* ---- streamed chat -------------------------------------------------------- */
 
 static void stream_fed_one_byte_at_a_time_becomes_chunks_then_done(void **state) {
@@ -747,6 +997,13 @@ int main(void) {
     cmocka_unit_test(other_errors_are_classified_for_the_router),
     cmocka_unit_test(connection_refused_says_to_start_ollama),
     cmocka_unit_test(models_are_listed_from_api_tags),
+    cmocka_unit_test(named_tool_choice_sends_only_that_tool_and_says_so),
+    cmocka_unit_test(required_tool_choice_sends_every_tool_and_a_system_line),
+    cmocka_unit_test(tool_choice_naming_a_missing_tool_is_refused_in_words),
+    cmocka_unit_test(web_image_urls_are_refused_in_words),
+    cmocka_unit_test(logprobs_map_to_ollamas_fields),
+    cmocka_unit_test(plain_answer_logprobs_become_openais_content_list),
+    cmocka_unit_test(streamed_logprobs_go_with_the_chunk_of_their_line),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
