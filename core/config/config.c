@@ -232,6 +232,11 @@ static const keydef_t server_keys[] = {
   {"shared_state_password_env", K_ENVNAME, SRV(shared_state_password_env), 0},
   {"shared_state_prefix", K_STR, SRV(shared_state_prefix), 0},
   {"shared_state_fail", K_FAILMODE, SRV(shared_state_fail_closed), 0},
+  {"shared_state_timeout", K_DURATION, SRV(shared_state_timeout_ms), 0},
+  {"responses_db", K_PATH, SRV(responses_db), 0},
+  {"responses_ttl", K_DURATION, SRV(responses_ttl_ms), 0},
+  {"responses_max_memory", K_SIZE, SRV(responses_max_memory), 0},
+  {"fan_out", K_BOOL, SRV(fan_out), 0},
 };
 
 static const keydef_t model_keys[] = {
@@ -1763,6 +1768,10 @@ static void server_defaults(load_t *c) {
   s->drain_timeout_ms = 30000;
   s->workers = 1;
   s->shared_state_prefix = "llmux:";
+  s->shared_state_timeout_ms = 50;
+  s->responses_ttl_ms = 86400000;
+  s->responses_max_memory = 64u << 20;
+  s->fan_out = 1;
 }
 
 /* Reads and checks the files into a config without its registry; the

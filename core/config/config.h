@@ -165,6 +165,18 @@ typedef struct llmux_server_conf_s {
   int shared_state_fail_closed; /* shared_state_fail = closed: 503 while Redis
                                    is unreachable; open (default): serve on
                                    local state */
+  uint64_t shared_state_timeout_ms; /* a command slower than this is an outage;
+                                       50ms */
+  /* POST /v1/responses (issue 15; gateway/responses_store.h). */
+  const char *responses_db;    /* SQLite file of stored responses; NULL:
+                                  usage_db's path + ".responses" when
+                                  usage_db is set, else memory only */
+  uint64_t responses_ttl_ms;   /* how long a stored response is kept; 1d */
+  uint64_t responses_max_memory; /* bytes of responses kept in memory; 64m */
+  /* `n` > 1 to a provider without it (issue 15; gateway/fanout.h). */
+  int fan_out;                 /* 1 (default): n requests, answers merged;
+                                  0 (`fan_out = off`): such a route is not
+                                  used, and a 400 when none other is */
 } llmux_server_conf_t;
 
 typedef struct llmux_model_conf_s llmux_model_conf_t;

@@ -22,6 +22,8 @@
 #include "base/util.h"
 
 #define JSON_CT LLMUX_HTTP_HEADER_LIT("Content-Type", "application/json")
+#define RESP_PREFIX "/v1/responses/"
+#define RESP_PREFIX_LEN 14
 
 static int str_eq(llmux_str_t s, const char *lit) {
   size_t n = strlen(lit);
@@ -312,6 +314,7 @@ static const char *classify(llmux_str_t p, llmux_proxy_opts_t *po) {
       {"/v1/chat", "agent", LLMUX_ENDPOINT_CHAT, 1, NULL},
       {"/v1/messages", "messages", LLMUX_ENDPOINT_CHAT, 0, &llmux_inbound_anthropic},
       {"/v1/messages/count_tokens", "count_tokens", 0, 0, &llmux_inbound_anthropic},
+      {"/v1/responses", "responses", LLMUX_ENDPOINT_CHAT, 0, &llmux_inbound_responses},
       {"/v1/models", "models", 0, 0, NULL},
       {"/v1/usage", "usage", 0, 0, NULL},
       {"/health", "health", 0, 0, NULL},
@@ -327,6 +330,10 @@ static const char *classify(llmux_str_t p, llmux_proxy_opts_t *po) {
     return paths[i].name;
   }
   if (p.len > 11 && memcmp(p.base, "/v1/models/", 11) == 0) return "model";
+  if (p.len > RESP_PREFIX_LEN && memcmp(p.base, RESP_PREFIX, RESP_PREFIX_LEN) == 0) {
+    po->inbound = &llmux_inbound_responses;
+    return "response";
+  }
   if (llmux_admin_path(p)) return "admin";
   return "unknown";
 }
@@ -672,6 +679,9 @@ void llmux_api_on_request(llmux_http_req_t *req) {
   gw->answered_status = 0;
   if (tenant_of(gw, req, rid, &po.tenant) == 0) {
     if (po.tenant != NULL) rec.tenant = po.tenant->conf->name;
+    if (po.inbound == &llmux_inbound_responses &&
+        llmux_api_responses(gw, req, rid, &po, &rec) == 0)
+      return; /* taken over, record and all (api_responses.c) */
     if (po.endpoint != 0 && strcmp(req->method, "POST") == 0) {
       po.gen = gw->current; /* the tenant's: the proxy pins it */
       po.rec = &rec;

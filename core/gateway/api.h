@@ -17,4 +17,14 @@ int llmux_api_build_models(const llmux_config_t *cfg, llmux_buf_t *out);
 int llmux_api_build_tenant_models(const llmux_config_t *cfg, const llmux_tenant_t *t,
                                   llmux_buf_t *out);
 
+/* api_responses.c: POST /v1/responses (through the proxy, with the stored
+ * response previous_response_id names), GET and DELETE
+ * /v1/responses/{id}, each tenant seeing its own. 0: taken over, the
+ * record `rec` included (its copy is ended there or by the proxy); -1: not
+ * its method on POST's path (the caller answers, 405). */
+struct llmux_proxy_opts_s;
+struct llmux_reqlog_s;
+int llmux_api_responses(llmux_gateway_t *gw, llmux_http_req_t *req, const char *rid,
+                        const struct llmux_proxy_opts_s *po, struct llmux_reqlog_s *rec);
+
 #endif

@@ -28,6 +28,7 @@ typedef struct llmux_fleet_conf_s {
   const char *password;  /* from shared_state_password_env; NULL: none */
   const char *prefix;    /* "llmux:" by default */
   int fail_closed;       /* shared_state_fail = closed */
+  unsigned timeout_ms;   /* shared_state_timeout */
 } llmux_fleet_conf_t;
 
 typedef void (*llmux_fleet_close_cb)(struct llmux_gateway_s *gw);

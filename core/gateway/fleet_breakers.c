@@ -92,6 +92,7 @@ int llmux_fleet_breakers_start(struct llmux_gateway_s *gw, const llmux_fleet_con
   o.url = fc->url;
   o.password = fc->password;
   o.prefix = fc->prefix;
+  o.timeout_ms = fc->timeout_ms;
   o.on_open = on_open;
   o.on_close = on_close;
   o.arg = fb;

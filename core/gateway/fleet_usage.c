@@ -70,6 +70,7 @@ int llmux_fleet_usage_start(struct llmux_gateway_s *gw, const llmux_fleet_conf_t
   o.url = fc->url;
   o.password = fc->password;
   o.prefix = fc->prefix;
+  o.timeout_ms = fc->timeout_ms;
   o.candidate = gw->cfg != NULL && gw->cfg->server.usage_db != NULL;
   o.on_row = on_row;
   o.on_writer = on_writer;

@@ -80,6 +80,13 @@ typedef struct llmux_inbound_s {
                     const char *msg, const char *request_id);
 
   void (*state_free)(void *state);
+
+  /* Optional (NULL: `request` is used). `request` with the caller's
+   * argument (llmux_proxy_opts_t.inbound_arg, format-specific, may be
+   * NULL), which the state owns from the call on, failure or not. Added
+   * at the end: the table only grows. */
+  int (*request_arg)(void *arg, const char *body, size_t len, unsigned flags, llmux_buf_t *chat,
+                     void **state, llmux_inbound_err_t *err);
 } llmux_inbound_t;
 
 /* inbound_anthropic.c: Anthropic's Messages API (POST /v1/messages). */
@@ -88,6 +95,31 @@ extern const llmux_inbound_t llmux_inbound_anthropic;
 /* Anthropic's error type for one of the gateway's answers: by our code
  * first (shutting_down, overloaded ...), else by the HTTP status. */
 const char *llmux_inbound_anthropic_error_type(int status, const char *type, const char *code);
+
+/* inbound_responses.c: OpenAI's Responses API (POST /v1/responses).
+ *
+ * Its argument (request_arg) carries what only the gateway knows: the id
+ * the response gets, the stored record previous_response_id names, and
+ * where a finished response is kept. A record is
+ * {"response":{the response object},"input":[the input items it answered,
+ * previous ones included]}: a chain replays record.input + output. */
+typedef struct llmux_inbound_responses_arg_s {
+  char id[64];          /* "resp_..."; "" : made from the request id */
+  char *prior;          /* the record of previous_response_id, or NULL
+                           (then previous_response_id is refused, 400) */
+  size_t prior_len;
+  /* A finished response whose request did not say store: false (status
+   * completed or incomplete); NULL: nothing is kept. */
+  void (*save)(struct llmux_inbound_responses_arg_s *a, const char *id, const char *record,
+               size_t len);
+  /* Frees the argument (state_free calls it); NULL: nothing to free. */
+  void (*release)(struct llmux_inbound_responses_arg_s *a);
+} llmux_inbound_responses_arg_t;
+
+extern const llmux_inbound_t llmux_inbound_responses;
+
+/* OpenAI's error code for an unknown or foreign previous_response_id. */
+#define LLMUX_RESPONSES_PREV_NOT_FOUND "previous_response_not_found"
 
 #ifdef __cplusplus
 }

@@ -33,6 +33,8 @@
 #include "gateway/reqlog.h"
 #include "gateway/trace.h"
 #include "gateway/respond.h"
+#include "gateway/unsupported.h"
+#include "gateway/fanout.h"
 #include "base/util.h"
 
 /* Stop reading from the provider while this much is queued for the client. */
@@ -121,10 +123,17 @@ typedef struct proxy_s {
   llmux_agent_stream_t astream;
   const llmux_inbound_t *in;      /* the client's API when not chat (inbound.h) */
   void *in_state;                 /* its per-request state */
+  void *in_arg;                   /* opts->inbound_arg until request_arg takes it */
   llmux__proxy_link_t live;       /* in gw->proxies until proxy_free (drain, at the end) */
   llmux_reqlog_t rec;             /* what metrics and the access log see: filled as
                                      facts become known, ended in proxy_free */
   int retry_next;                 /* the next attempt is the same route after a backoff */
+  /* n > 1 to a provider without it (gateway/fanout.h) */
+  unsigned n;                     /* the request's "n" (read_n); 0 or 1: one choice */
+  llmux_str_t n_value;            /* its value inside body */
+  int fan;                        /* the route being tried fans the request out */
+  llmux_fanout_t *fanout;         /* the fanned-out attempt, while it lives */
+  const char *n_refused;          /* a provider passed over for lacking n */
   /* Scratch arrays, last: each is written before it is read, so a new
    * proxy zeroes only what comes before them (they are most of its size). */
   const llmux_route_conf_t *cands[MAX_CANDIDATES];
@@ -181,6 +190,8 @@ static void proxy_free(proxy_t *p) {
     llmux_router_inflight(p->gen->router, p->route->index, -1);
     llmux_router_report(p->gen->router, p->route->index, LLMUX_OUTCOME_NEUTRAL, 0, now_ms(p));
   }
+  llmux_fanout_free(p->fanout); /* its copies cancelled likewise */
+  p->fanout = NULL;
   record_end(p); /* before anything it points into goes */
   if (p->resv.held) llmux_rl_commit(&p->resv, p->resv_tokens, now_ms(p));
   /* A request that got no answer counts, without tokens, against the
@@ -243,7 +254,9 @@ static uint64_t overhead_us(const proxy_t *p) {
   return total > upstream ? total - upstream : 0;
 }
 
-/* Our response headers into h[] (room for 10: at most 7 here); num holds
+static int served_model_ok(const llmux_buf_t *m);
+
+/* Our response headers into h[] (room for 10: at most 8 here); num holds
  * 2 x 24 bytes. */
 static size_t our_headers(proxy_t *p, llmux_http_header_t *h, const char *ctype, char *num) {
   size_t n = 0;
@@ -262,6 +275,10 @@ static size_t our_headers(proxy_t *p, llmux_http_header_t *h, const char *ctype,
   h[n++] = (llmux_http_header_t){{"x-llmux-overhead-us", 19}, {num, strlen(num)}};
   llmux_u64_dec(num + 24, p->attempts);
   h[n++] = (llmux_http_header_t){{"x-llmux-attempts", 16}, {num + 24, strlen(num + 24)}};
+  /* ABI 1.4: what the plugin of the last attempt changed to serve it. */
+  if (served_model_ok(&p->ht.txn.adjusted))
+    h[n++] = (llmux_http_header_t){{"x-llmux-adjusted", 16},
+                                   {p->ht.txn.adjusted.base, p->ht.txn.adjusted.len}};
   return n;
 }
 
@@ -321,12 +338,12 @@ static void fail_client(proxy_t *p, int status, const char *type, const char *co
  * then those plugins translate or that change what a request costs. */
 static const char *const body_keys[] = {
     "model", "stream", "messages", "prompt", "input", "tools", "response_format",
-    "max_completion_tokens", "max_tokens",
-    "stream_options", "n", "best_of", "tool_choice", "parallel_tool_calls", "functions",
+    "max_completion_tokens", "max_tokens", "n",
+    "stream_options", "best_of", "tool_choice", "parallel_tool_calls", "functions",
     "function_call", "temperature", "top_p", "seed", "stop", "user", "presence_penalty",
     "frequency_penalty", "dimensions", "encoding_format"};
 enum { F_MODEL, F_STREAM, F_MESSAGES, F_PROMPT, F_INPUT, F_TOOLS, F_FORMAT, F_MAX_COMPLETION,
-       F_MAX_TOKENS, F_COUNT = LLMUX_COUNTOF(body_keys) };
+       F_MAX_TOKENS, F_N, F_COUNT = LLMUX_COUNTOF(body_keys) };
 
 static int validate_fields(proxy_t *p, llmux_json_field_t *f) {
   if (f[F_MODEL].type == LLMUX_JSON_NONE) {
@@ -394,6 +411,23 @@ static unsigned needed_caps(const proxy_t *p, const llmux_json_field_t *f, int i
   return caps;
 }
 
+/* The request's "n" when it may fan out (gateway/fanout.h): a whole number,
+ * on chat or completions as the client sent them (an inbound format or
+ * ARES's endpoint has none to honour). Anything else is the provider's. */
+static void read_n(proxy_t *p, const llmux_json_field_t *f) {
+  llmux_str_t v = f[F_N].value;
+  unsigned n = 0;
+  size_t i;
+  if (f[F_N].type != LLMUX_JSON_NUMBER || p->agent || p->in != NULL ||
+      p->endpoint == LLMUX_ENDPOINT_EMBEDDINGS)
+    return;
+  for (i = 0; i < v.len && v.base[i] >= '0' && v.base[i] <= '9' && n < 100000; i++)
+    n = n * 10 + (unsigned)(v.base[i] - '0');
+  if (i != v.len) return;
+  p->n = n;
+  p->n_value = v;
+}
+
 /* Token estimates for rate limits and the context-window filter, from the
  * one scan validation already made (the estimator is ratelimit's). */
 static void estimate_tokens(proxy_t *p, const llmux_json_field_t *f) {
@@ -429,6 +463,7 @@ static int validate(proxy_t *p) {
   p->stream = f[F_STREAM].type == LLMUX_JSON_TRUE;
   p->model_value = f[F_MODEL].value;
   p->caps = needed_caps(p, f, images);
+  read_n(p, f);
   estimate_tokens(p, f);
   return 0;
 }
@@ -902,6 +937,19 @@ static void give_up(proxy_t *p) {
                      "failures: %s.", p->model_name, p->skipped.base);
     respond_error(p, 503, "upstream_error", "all_routes_cooling_down", NULL, msg.base,
                   secs_up(wait), 0);
+  } else if (p->n_refused != NULL) {
+    if (p->gen->cfg->server.fan_out)
+      llmux_buf_printf(&msg, "Provider '%s' does not support n > 1, and n = %u is more than "
+                       "llmux fans out (at most %d requests).", p->n_refused, p->n,
+                       LLMUX_FANOUT_MAX);
+    else
+      llmux_buf_printf(&msg, "Provider '%s' does not support n > 1, and [server] fan_out = "
+                       "off: ask for one choice at a time.", p->n_refused);
+    respond_error(p, 400, "invalid_request_error", "n_not_supported", "n", msg.base, 0, 0);
+  } else if (llmux_unsupported_message(&p->plan, p->endpoint, p->model_name, &msg)) {
+    /* No route of this model could ever take it: the client's 400. */
+    respond_error(p, 400, "invalid_request_error", "model_not_supported", "model", msg.base, 0,
+                  0);
   } else {
     llmux_buf_printf(&msg, "No provider can serve model '%s' now: %s.", p->model_name,
                      p->skipped.len ? p->skipped.base : "no route is configured for it");
@@ -1034,8 +1082,9 @@ static void attempt_failed_net(proxy_t *p, int status) {
   failover(p, status == LLMUX_ETIMEOUT || status == LLMUX_ECONNRESET || status == LLMUX_EEOF);
 }
 
-/* The provider answered with an error status. */
-static void attempt_failed_http(proxy_t *p) {
+/* The provider answered with an error status; `given`: already classified
+ * (a fanned-out copy's, gateway/fanout.h), else the plugin classifies it. */
+static void attempt_failed_http(proxy_t *p, llmux_error_info_t *given) {
   llmux_error_info_t e;
   llmux_rl_key_t key = route_key(p->route);
   int status, upstream = p->ht.txn.status;
@@ -1043,8 +1092,11 @@ static void attempt_failed_http(proxy_t *p) {
   const char *words;
   char what[LLMUX_ROUTE_ERROR_MAX];
   memset(&e, 0, sizeof e);
-  p->prov->plugin->vt->classify_error(p->prov->instance, &p->ht.txn, p->err_body.base,
-                                      p->err_body.len, &e);
+  if (given != NULL)
+    e = *given;
+  else
+    p->prov->plugin->vt->classify_error(p->prov->instance, &p->ht.txn, p->err_body.base,
+                                        p->err_body.len, &e);
   attempt_end(p, class_outcome(e.cls, upstream));
   llmux_rl_commit(&p->resv, p->resv_tokens, now_ms(p));
   if (e.cls == LLMUX_FAIL_RATE_LIMITED) {
@@ -1110,7 +1162,7 @@ static void on_up_done(llmux_upstream_req_t *up, int status) {
     return;
   }
   if (status < 0) { attempt_failed_net(p, status); return; }
-  if (status < 200 || status >= 300) { attempt_failed_http(p); return; }
+  if (status < 200 || status >= 300) { attempt_failed_http(p, NULL); return; }
 
   p->prov->plugin->vt->parse_response(p->prov->instance, &p->ht.txn, NULL, 0, 1);
   llmux_rl_commit(&p->resv, answer_tokens(p), now_ms(p));
@@ -1142,6 +1194,18 @@ static void on_up_done(llmux_upstream_req_t *up, int status) {
 
 /* ---- attempts ------------------------------------------------------------ */
 
+/* The lines the host sends upstream before the plugin's, into up_headers. */
+static void host_headers(proxy_t *p) {
+  p->up_headers.len = 0;
+  llmux_buf_appends(&p->up_headers, "Content-Type: application/json\r\n");
+  llmux_buf_appends(&p->up_headers,
+                    p->stream ? "Accept: text/event-stream\r\n" : "Accept: application/json\r\n");
+  llmux_buf_appends(&p->up_headers, "X-Request-Id: ");
+  llmux_buf_appends(&p->up_headers, p->rid);
+  llmux_buf_appends(&p->up_headers, "\r\n");
+  llmux_trace_headers(&p->rec, p->span_id, p->client, &p->up_headers);
+}
+
 static void build_upstream(proxy_t *p) {
   const llmux_provider_conf_t *pc = p->prov->conf;
   llmux_txn_t *t = &p->ht.txn;
@@ -1151,14 +1215,7 @@ static void build_upstream(proxy_t *p) {
   llmux_buf_reserve(&p->up_headers, 512);
   llmux_buf_appends(&p->up_path, p->prov->base_path);
   llmux_buf_append(&p->up_path, t->path.base, t->path.len);
-  p->up_headers.len = 0;
-  llmux_buf_appends(&p->up_headers, "Content-Type: application/json\r\n");
-  llmux_buf_appends(&p->up_headers,
-                    p->stream ? "Accept: text/event-stream\r\n" : "Accept: application/json\r\n");
-  llmux_buf_appends(&p->up_headers, "X-Request-Id: ");
-  llmux_buf_appends(&p->up_headers, p->rid);
-  llmux_buf_appends(&p->up_headers, "\r\n");
-  llmux_trace_headers(&p->rec, p->span_id, p->client, &p->up_headers);
+  host_headers(p);
   llmux_buf_append(&p->up_headers, t->headers.base, t->headers.len);
   for (i = 0; i < pc->nheaders; i++)
     llmux_buf_printf(&p->up_headers, "%s: %s\r\n", pc->headers[i].key, pc->headers[i].value);
@@ -1187,6 +1244,175 @@ static void build_upstream(proxy_t *p) {
   p->up.on_body = on_up_body;
   p->up.on_done = on_up_done;
   p->up.on_read_end = on_up_read_end;
+}
+
+/* ---- n > 1 to a provider without it (gateway/fanout.h) ------------------- */
+
+/* Does rt need the request fanned out? 1 yes, 0 no, -1 rt cannot serve it
+ * (fan_out = off, or n beyond LLMUX_FANOUT_MAX). */
+static int fan_needed(const proxy_t *p, const llmux_provider_rt_t *rt) {
+  const llmux_provider_t *vt = rt->plugin->vt;
+  if (p->n < 2 || rt->host == NULL) return 0; /* a local plugin answers as it can */
+  if (LLMUX_PROVIDER_HAS(vt, features) && (vt->features(rt->instance) & LLMUX_FEATURE_N))
+    return 0;
+  return p->gen->cfg->server.fan_out && p->n <= LLMUX_FANOUT_MAX ? 1 : -1;
+}
+
+/* Headroom for n requests on r, where has_headroom admitted one: n
+ * requests and n times the tokens count against its limits. (A token
+ * window that is empty still lets a request through, as for one.) */
+static int fan_headroom(proxy_t *p, const llmux_route_conf_t *r, uint64_t tokens) {
+  llmux_rl_key_t key = route_key(r);
+  llmux_rl_left_t left[LLMUX_RL_NDIMS];
+  uint64_t wait = 0;
+  char why[64];
+  int d, ok = 1;
+  if (llmux_rl_left(p->gw->rl, &key, now_ms(p), left) != 0) return 1;
+  for (d = 0; d < LLMUX_RL_NDIMS; d++) {
+    int requests = d == LLMUX_RL_REQ_MINUTE || d == LLMUX_RL_REQ_DAY;
+    uint64_t need = requests ? p->n : p->n * tokens;
+    if (!left[d].limited || left[d].remaining >= need) continue;
+    if (!requests && left[d].remaining == left[d].limit) continue;
+    ok = 0;
+    if (left[d].reset_in_ms > wait) wait = left[d].reset_in_ms;
+  }
+  if (ok) return 1;
+  if (p->rl_provider == NULL) p->rl_provider = r->provider->name;
+  if (p->rl_wait_ms == 0 || wait < p->rl_wait_ms) p->rl_wait_ms = wait;
+  snprintf(why, sizeof why, "no rate-limit headroom for n = %u", p->n);
+  note_skip(p, r, why);
+  return 0;
+}
+
+static void on_fan_head(void *owner) {
+  proxy_t *p = owner;
+  const llmux_txn_t *t0 = llmux_fanout_txn(p->fanout, 0);
+  p->t_up_head = llmux_now_us();
+  p->ht.txn.status = 200;
+  p->ht.txn.adjusted.len = 0; /* what copy 0's plugin changed: the same in all */
+  llmux_buf_append(&p->ht.txn.adjusted, t0->adjusted.base, t0->adjusted.len);
+  if (p->stream && p->client) start_stream(p);
+}
+
+static void on_fan_read_end(void *owner) {
+  flush_pending(owner);
+}
+
+/* A fanned-out stream failed after the client got our head. */
+static void fan_broken(proxy_t *p, int status) {
+  char msg[300];
+  const char *why = status == LLMUX_EUPSTREAM ? "malformed" : llmux_strerror(status);
+  attempt_end(p, status == LLMUX_EUPSTREAM ? LLMUX_ATTEMPT_GARBAGE : LLMUX_ATTEMPT_BROKEN);
+  llmux_rl_commit(&p->resv, p->resv_tokens, now_ms(p));
+  snprintf(msg, sizeof msg, "stream broke: %s", why);
+  llmux_router_report_error(p->gen->router, p->route->index, LLMUX_OUTCOME_FAILURE, now_ms(p),
+                            msg, wall_ms());
+  snprintf(msg, sizeof msg, "The stream from provider '%s' broke: %s.",
+           p->route->provider->name, why);
+  end_stream_with_error(p, status == LLMUX_ETIMEOUT ? "upstream_timeout" : "upstream_error", msg);
+}
+
+/* Every copy answered (the merged answer is emitted), or the first failed:
+ * then the attempt failed as that copy did, and failover goes on. */
+static void on_fan_done(void *owner, int status) {
+  proxy_t *p = owner;
+  llmux_fanout_t *f = p->fanout;
+  llmux_error_info_t e;
+  memset(&e, 0, sizeof e);
+  if (status >= 200 && status < 300) {
+    const llmux_txn_t *t0 = llmux_fanout_txn(f, 0);
+    p->ht.txn.usage = llmux_fanout_usage(f);
+    llmux_buf_append(&p->ht.txn.served_model, t0->served_model.base, t0->served_model.len);
+    p->fanout = NULL;
+    llmux_fanout_free(f);
+    llmux_rl_commit(&p->resv, answer_tokens(p), now_ms(p));
+    attempt_end(p, LLMUX_ATTEMPT_OK);
+    finish_settled(p);
+    return;
+  }
+  p->elsewhere_us += llmux_now_us() - p->t_up_start;
+  p->t_up_start = p->t_up_head = 0;
+  if (status >= 300) llmux_fanout_error(f, &e);
+  p->ht.txn.status = status >= 300 ? status : 0;
+  snprintf(p->up.error, sizeof p->up.error, "%s", llmux_fanout_error_detail(f));
+  p->fanout = NULL; /* before failover may fan out again */
+  llmux_fanout_free(f);
+  if (p->started) {
+    llmux_buf_free(&e.message);
+    fan_broken(p, status);
+  } else if (status == LLMUX_EUPSTREAM) {
+    attempt_end(p, LLMUX_ATTEMPT_GARBAGE);
+    llmux_rl_commit(&p->resv, p->resv_tokens, now_ms(p));
+    llmux_router_report_error(p->gen->router, p->route->index, LLMUX_OUTCOME_FAILURE, now_ms(p),
+                              "garbage", wall_ms());
+    note_failure(p, 502, "upstream_error", "upstream_garbage", 0,
+                 "Provider '%s' answered 200 with a body that could not be read",
+                 p->route->provider->name);
+    failover(p, 0);
+  } else if (status < 0) {
+    attempt_failed_net(p, status);
+  } else {
+    attempt_failed_http(p, &e);
+  }
+}
+
+/* attempt()'s translation for a fanned-out route: n copies' (the request
+ * fields of p->ht.txn are set). The plugin's refusal lands where
+ * attempt() reads it. */
+static int fan_translate(proxy_t *p, const llmux_route_conf_t *r, llmux_provider_rt_t *rt,
+                         uint64_t tokens) {
+  llmux_fanout_conf_t c;
+  int rc;
+  host_headers(p);
+  memset(&c, 0, sizeof c);
+  c.owner = p;
+  c.gw = p->gw;
+  c.router = p->gen->router;
+  c.route = r;
+  c.prov = rt;
+  c.n = p->n;
+  c.request = &p->ht.txn;
+  c.n_value = p->n_value;
+  c.headers = p->up_headers.base;
+  c.headers_len = p->up_headers.len;
+  c.tokens = tokens;
+  c.total_timeout_ms = p->deadline_ms > now_ms(p) ? p->deadline_ms - now_ms(p) : 1;
+  c.emit = emit_to_client;
+  c.on_head = on_fan_head;
+  c.on_read_end = on_fan_read_end;
+  c.on_done = on_fan_done;
+  rc = llmux_fanout_new(&c, &p->fanout, &p->ht.txn.refusal);
+  if (rc != 0) {
+    llmux_fanout_free(p->fanout);
+    p->fanout = NULL;
+  }
+  return rc;
+}
+
+/* attempt()'s sending for a fanned-out route; a copy that cannot start is
+ * the attempt's failure, as for one request. */
+static void fan_send(proxy_t *p, const llmux_route_conf_t *r) {
+  char why[256];
+  int rc;
+  p->t_up_start = llmux_now_us();
+  p->t_up_head = 0;
+  rc = llmux_fanout_send(p->fanout, why, sizeof why);
+  if (rc == 0) {
+    if (p->gw->shared) p->rl_mark = llmux_rl_shared_mark(p->gw->rl); /* the copies' too */
+    llmux_debug("%s: attempt %u: %s -> %s/%s, fanned out to %u requests", p->rid, p->attempts,
+                p->model_name, r->provider->name, r->id, p->n);
+    return;
+  }
+  llmux_fanout_free(p->fanout);
+  p->fanout = NULL;
+  attempt_end(p, net_outcome(rc));
+  p->t_up_start = 0;
+  llmux_rl_release(&p->resv, now_ms(p));
+  llmux_router_report_error(p->gen->router, r->index, LLMUX_OUTCOME_FAILURE, now_ms(p),
+                            llmux_strerror(rc), wall_ms());
+  snprintf(p->up.error, sizeof p->up.error, "%s", why);
+  note_net_failure(p, 502, "upstream_error", llmux_err_code(rc), llmux_strerror(rc));
+  try_next(p);
 }
 
 /* ABI 1.2: a provider without base_url (rt->host == NULL) is answered by
@@ -1278,15 +1504,19 @@ static void attempt(proxy_t *p, const llmux_route_conf_t *r, llmux_provider_rt_t
     respond_locally(p, r, rt);
     return;
   }
-  rc = rt->plugin->vt->translate_request(rt->instance, t);
-  if (rc != 0 || t->nbody_parts == 0 || t->nbody_parts > LLMUX_TXN_MAX_BODY_PARTS) {
+  rc = p->fan ? fan_translate(p, r, rt, tokens) : rt->plugin->vt->translate_request(rt->instance, t);
+  if (rc != 0 ||
+      (!p->fan && (t->nbody_parts == 0 || t->nbody_parts > LLMUX_TXN_MAX_BODY_PARTS))) {
     attempt_end(p, rc == LLMUX_EINVAL || rc == 0 ? LLMUX_ATTEMPT_CLIENT_ERROR
                                                  : LLMUX_ATTEMPT_SERVER_ERROR);
     llmux_rl_release(&p->resv, now_ms(p));
     /* EINVAL: the request holds something this provider cannot take (an
      * audio part for Anthropic, say): another route may; if none can, it
      * is the client's 400. Anything else is the plugin's failure. */
-    if (rc == LLMUX_EINVAL || rc == 0)
+    if ((rc == LLMUX_EINVAL || rc == 0) && t->refusal.len) /* ABI 1.4: the plugin's words */
+      note_failure(p, 400, "invalid_request_error", "unsupported_by_provider", 0, "%.*s",
+                   (int)(t->refusal.len > 400 ? 400 : t->refusal.len), t->refusal.base);
+    else if (rc == LLMUX_EINVAL || rc == 0)
       note_failure(p, 400, "invalid_request_error", "unsupported_by_provider", 0,
                    "provider '%s' (plugin '%s') cannot accept this request", r->provider->name,
                    rt->plugin->name);
@@ -1295,6 +1525,10 @@ static void attempt(proxy_t *p, const llmux_route_conf_t *r, llmux_provider_rt_t
                    "plugin '%s' could not translate the request: %s", rt->plugin->name,
                    llmux_strerror(rc));
     try_next(p);
+    return;
+  }
+  if (p->fan) {
+    fan_send(p, r);
     return;
   }
   build_upstream(p);
@@ -1390,6 +1624,11 @@ static void try_next(proxy_t *p) {
       note_skip(p, r, "context window not larger");
       continue;
     }
+    if ((p->fan = fan_needed(p, rt)) < 0) {
+      note_skip(p, r, p->gen->cfg->server.fan_out ? "n beyond fan-out" : "no n > 1, fan_out off");
+      if (p->n_refused == NULL) p->n_refused = r->provider->name;
+      continue;
+    }
     if (!has_headroom(p, r, rt, &tokens)) {
       if (p->stale) { /* this route again, once the mirror is fresh */
         p->next--;
@@ -1398,6 +1637,7 @@ static void try_next(proxy_t *p) {
       }
       continue;
     }
+    if (p->fan && !fan_headroom(p, r, tokens)) continue;
     if (llmux_router_allow(p->gen->router, r->index, now_ms(p)) == LLMUX_ROUTER_DENY) {
       p->ncooling++;
       note_skip(p, r, "cooling down");
@@ -1460,7 +1700,12 @@ static int agent_request(proxy_t *p) {
 static int inbound_request(proxy_t *p) {
   llmux_buf_t body = {0};
   llmux_inbound_err_t err;
-  int rc = p->in->request(p->body.base, p->body.len, 0, &body, &p->in_state, &err);
+  void *arg = p->in_arg;
+  int rc;
+  p->in_arg = NULL; /* the state's from here */
+  rc = p->in->request_arg != NULL
+           ? p->in->request_arg(arg, p->body.base, p->body.len, 0, &body, &p->in_state, &err)
+           : p->in->request(p->body.base, p->body.len, 0, &body, &p->in_state, &err);
   if (rc != 0) {
     llmux_buf_free(&body);
     if (rc == LLMUX_EINVAL)
@@ -1538,6 +1783,14 @@ void llmux_proxy_handle_opts(llmux_gateway_t *gw, llmux_http_req_t *req,
       llmux_buf_t b = {0};
       opts->inbound->error_body(&b, 503, "server_error", "out_of_memory", "Out of memory.", NULL);
       llmux_http_respond_buf(req, 503, h, 1, &b);
+      if (opts->inbound_arg != NULL && opts->inbound->request_arg != NULL) {
+        /* The argument is the state's, failure or not: a failing call frees it. */
+        llmux_inbound_err_t e;
+        void *st = NULL;
+        opts->inbound->request_arg(opts->inbound_arg, NULL, 0, 0, &b, &st, &e);
+        opts->inbound->state_free(st);
+        llmux_buf_free(&b);
+      }
     } else {
       llmux_http_send_error(req, 503, "server_error", "out_of_memory", "Out of memory.", NULL);
     }
@@ -1557,6 +1810,7 @@ void llmux_proxy_handle_opts(llmux_gateway_t *gw, llmux_http_req_t *req,
   p->tenant = opts->tenant;
   p->agent = opts->agent;
   p->in = opts->inbound;
+  p->in_arg = opts->inbound_arg;
   p->t_start = req->start_us;
   req->data = p;
   req->on_abort = on_client_abort;

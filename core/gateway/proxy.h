@@ -23,6 +23,9 @@ typedef struct llmux_proxy_opts_s {
                                     OpenAI's (gateway/inbound.h): its body is
                                     converted to chat up front and the answer
                                     and errors back; NULL: chat as it is */
+  void *inbound_arg;             /* the format's argument (inbound.h,
+                                    request_arg), owned by the proxy from
+                                    the call on; NULL: none */
 } llmux_proxy_opts_t;
 void llmux_proxy_handle_opts(llmux_gateway_t *gw, llmux_http_req_t *req,
                              const llmux_proxy_opts_t *opts);

@@ -12,6 +12,7 @@
 #include "base/log.h"
 #include "base/util.h"
 #include "gateway/fleet.h"
+#include "gateway/responses_store.h"
 #include "gateway/scrape.h"
 #include "shared/rl_shared.h"
 #include "gateway/trace.h"
@@ -52,6 +53,8 @@ static int fleet_conf(const llmux_server_conf_t *s, llmux_fleet_conf_t *fc) {
   fc->url = s->shared_state;
   fc->prefix = s->shared_state_prefix;
   fc->fail_closed = s->shared_state_fail_closed;
+  fc->timeout_ms = s->shared_state_timeout_ms > 60000 ? 60000
+                   : s->shared_state_timeout_ms ? (unsigned)s->shared_state_timeout_ms : 1;
   if (s->shared_state_password_env == NULL) return 0;
   fc->password = getenv(s->shared_state_password_env);
   if (fc->password == NULL || *fc->password == '\0') {
@@ -76,6 +79,7 @@ static int open_shared_rl(llmux_gateway_t *gw, const llmux_server_conf_t *s) {
   o.max_keys = RL_KEYS + TENANT_RL_KEYS;
   o.fail_closed = s->shared_state_fail_closed;
   o.refresh = 1; /* exact for sequential requests (rl_shared.h, Refreshing) */
+  o.timeout_ms = fc.timeout_ms;
   rc = llmux_rl_shared_new(gw->loop, &o, &gw->rl, err, sizeof err);
   if (rc == 0) rc = llmux_rl_shared_start(gw->rl);
   if (rc != 0) {
@@ -231,6 +235,23 @@ static void reset(llmux_gateway_t *gw, uv_loop_t *loop) {
   gw->id_state = gw->started_us ^ ((uint64_t)getpid() << 32) ^ 0x9e3779b97f4a7c15ull;
 }
 
+/* Stored responses (POST /v1/responses): responses_db, else beside usage_db,
+ * else in memory only. */
+static int open_responses(llmux_gateway_t *gw, const llmux_server_conf_t *s, char *err,
+                          size_t errlen) {
+  llmux_responses_opts_t o;
+  char path[4096];
+  memset(&o, 0, sizeof o);
+  o.ttl_ms = s->responses_ttl_ms;
+  o.max_memory = s->responses_max_memory;
+  o.db_path = s->responses_db;
+  if (o.db_path == NULL && s->usage_db != NULL) {
+    snprintf(path, sizeof path, "%s.responses", s->usage_db);
+    o.db_path = path;
+  }
+  return llmux_responses_open(gw->loop, &o, &gw->responses, err, errlen);
+}
+
 /* The front door and usage, from the first generation's [server]: a reload
  * does not change them (see warn_restart_only). The database is opened
  * (and this month's rows loaded) before the gateway listens: a blocking
@@ -244,6 +265,7 @@ static int init_front(llmux_gateway_t *gw) {
     return LLMUX_EIO;
   rc = llmux_usage_open(gw->loop, s->usage_db, llmux_usage_today(), &gw->usage, err,
                         sizeof err);
+  if (rc == 0) rc = open_responses(gw, s, err, sizeof err);
   if (rc != 0) {
     llmux_error("%s", err);
     return rc;
@@ -293,6 +315,8 @@ static int start(llmux_gateway_t *gw, int rc) {
   if (front) llmux_http_server_close(&gw->http, NULL);
   if (gw->usage) llmux_usage_close(gw->usage, NULL, NULL);
   gw->usage = NULL;
+  llmux_responses_close(gw->responses);
+  gw->responses = NULL;
   if (gw->access_log) log_close(gw, gw->access_log, 0);
   gw->access_log = NULL;
   drop_current(gw);
@@ -362,7 +386,8 @@ static void warn_restart_only(const llmux_server_conf_t *was, const llmux_server
   if (!str_same(was->shared_state, now->shared_state) ||
       !str_same(was->shared_state_prefix, now->shared_state_prefix) ||
       !str_same(was->shared_state_password_env, now->shared_state_password_env) ||
-      was->shared_state_fail_closed != now->shared_state_fail_closed)
+      was->shared_state_fail_closed != now->shared_state_fail_closed ||
+      was->shared_state_timeout_ms != now->shared_state_timeout_ms)
     llmux_warn("reload: [server] shared_state settings changed: they take effect at the next "
                "restart");
   if (was->workers != now->workers)
@@ -487,6 +512,9 @@ static void on_http_closed(llmux_http_server_t *srv) {
   } else {
     close_usage(gw);
   }
+  /* Every request is finished: what they stored goes to disk. */
+  llmux_responses_close(gw->responses);
+  gw->responses = NULL;
   /* The breakers' fleet lets go of the route table before it is freed. */
   if (gw->fleet_breakers) {
     gw->close_pending++;

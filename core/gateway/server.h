@@ -46,6 +46,8 @@ typedef struct llmux_gateway_s {
   llmux_route_table_t *routes; /* breakers, latency, in flight */
   llmux_provider_cache_t cache; /* plugins and TLS contexts */
   llmux_usage_store_t *usage;  /* per-tenant usage, persisted to usage_db */
+  struct llmux_responses_store_s *responses; /* POST /v1/responses' records
+                                  (gateway/responses_store.h) */
   llmux_obs_t obs;             /* metrics (GET /metrics; gateway/reqlog.h) */
   llmux_logfile_t *access_log; /* [server] access_log; NULL: off */
   llmux_otlp_t *otlp;          /* [server] otlp_endpoint; NULL: off (gateway/trace.h) */

@@ -755,6 +755,7 @@ static void shared_state_and_workers(void **state) {
   assert_null(cfg->server.shared_state);
   assert_string_equal(cfg->server.shared_state_prefix, "llmux:");
   assert_int_equal(cfg->server.shared_state_fail_closed, 0);
+  assert_int_equal(cfg->server.shared_state_timeout_ms, 50);
   assert_int_equal(cfg->server.workers, 1);
   llmux_config_free(cfg);
   llmux_diag_free(&d);
