@@ -9,7 +9,9 @@
  *   - tenant usage, hence daily and monthly quotas and budgets
  *     (llmux_fleet_usage_*, gateway/fleet_usage.c);
  *   - breaker state: a route cooled down anywhere rests everywhere
- *     (llmux_fleet_breakers_*, gateway/fleet_breakers.c).
+ *     (llmux_fleet_breakers_*, gateway/fleet_breakers.c);
+ *   - stored responses: a previous_response_id made anywhere continues
+ *     anywhere (llmux_fleet_responses_*, gateway/fleet_responses.c).
  * Each piece owns its Redis connections; each counts its failures for
  * llmux_shared_state_errors_total.
  *
@@ -67,5 +69,19 @@ uint64_t llmux_fleet_breakers_errors(const struct llmux_gateway_s *gw);
  * loop's clock (uv_now, which the routers count in) at each use; see
  * shared/breaker_shared.h for the layout, the delay and what an outage
  * does. */
+
+/* Stored responses: gw->responses gets Redis in front of its database
+ * (gateway/responses_store.h, "A remote"): records at `<prefix>resp:<id>`
+ * with PX = responses_ttl, one command connection of its own. Starts after
+ * gw->responses is open; close before llmux_responses_close: it detaches
+ * from the store at once, lets the writes already queued be answered, then
+ * cb runs once its connection is gone (never inside the call; also without
+ * a start). */
+int llmux_fleet_responses_start(struct llmux_gateway_s *gw, const llmux_fleet_conf_t *fc);
+void llmux_fleet_responses_close(struct llmux_gateway_s *gw, llmux_fleet_close_cb cb);
+/* The connection's failures plus the operations that fell back. */
+uint64_t llmux_fleet_responses_errors(const struct llmux_gateway_s *gw);
+/* 1 while its connection is up. */
+int llmux_fleet_responses_up(const struct llmux_gateway_s *gw);
 
 #endif /* LLMUX_GATEWAY_FLEET_H */

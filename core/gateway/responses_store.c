@@ -1,6 +1,8 @@
-/* Stored responses: an LRU table in memory, SQLite behind it on a thread. */
+/* Stored responses: an LRU table in memory, SQLite behind it on a thread,
+ * and a remote (Redis) in front of SQLite when a fleet shares them. */
 #include "gateway/responses_store.h"
 
+#include <assert.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,8 +47,22 @@ typedef struct op_s {
   size_t found_len;
 } op_t;
 
+/* A lookup the remote owes; `s` is NULL once the store closed (and
+ * answered it): then the remote's answer only frees it. */
+typedef struct rget_s {
+  struct rget_s *prev, *next;
+  llmux_responses_store_t *s;
+  llmux_responses_get_cb cb;
+  void *arg;
+  int64_t now_ms;
+  char *tenant, *id;            /* one block with this */
+} rget_t;
+
 struct llmux_responses_store_s {
   uv_loop_t *loop;
+  llmux_responses_remote_t remote;
+  int has_remote;
+  rget_t *rgets;                /* owed by the remote */
   sqlite3 *db;
   uint64_t ttl_ms, max_memory;
   int64_t (*now_ms)(void *arg);
@@ -358,6 +374,73 @@ static int run_or_queue(llmux_responses_store_t *s, op_t *op) {
   return rc;
 }
 
+/* ---- the remote ----------------------------------------------------------- */
+
+static void rget_unlink(llmux_responses_store_t *s, rget_t *g) {
+  if (g->prev) g->prev->next = g->next;
+  else s->rgets = g->next;
+  if (g->next) g->next->prev = g->prev;
+  g->prev = g->next = NULL;
+}
+
+/* The remote's answer. A miss (or a remote that could not answer) asks the
+ * database, which may hold what was put while the remote was away. */
+static void on_remote_get(void *arg, int rc, const char *record, size_t len) {
+  rget_t *g = arg;
+  llmux_responses_store_t *s = g->s;
+  op_t *op;
+  if (s == NULL) { /* the store closed and answered it */
+    free(g);
+    return;
+  }
+  rget_unlink(s, g);
+  if (rc == 0) {
+    table_put(s, g->tenant, g->id, record, len, now_ms(s) + (int64_t)s->ttl_ms);
+    g->cb(g->arg, 0, record, len);
+  } else if (s->db != NULL && s->threaded &&
+             (op = op_new(OP_GET, g->tenant, g->id, NULL, 0)) != NULL) {
+    op->now_ms = g->now_ms;
+    op->cb = g->cb;
+    op->arg = g->arg;
+    enqueue(s, op); /* answered through on_async */
+  } else {
+    g->cb(g->arg, s->db != NULL && s->threaded ? LLMUX_ENOMEM : LLMUX_ENOTFOUND, NULL, 0);
+  }
+  free(g);
+}
+
+/* 0: the remote answers later; else it cannot be asked now. */
+static int remote_get(llmux_responses_store_t *s, const char *tenant, const char *id,
+                      int64_t now, llmux_responses_get_cb cb, void *arg) {
+  size_t lt = strlen(tenant) + 1, li = strlen(id) + 1;
+  rget_t *g = calloc(1, sizeof *g + lt + li);
+  if (g == NULL) return LLMUX_ENOMEM;
+  g->s = s;
+  g->cb = cb;
+  g->arg = arg;
+  g->now_ms = now;
+  g->tenant = memcpy((char *)(g + 1), tenant, lt);
+  g->id = memcpy(g->tenant + lt, id, li);
+  g->next = s->rgets;
+  if (s->rgets) s->rgets->prev = g;
+  s->rgets = g;
+  if (s->remote.get(s->remote.data, tenant, id, on_remote_get, g) == 0) return 0;
+  rget_unlink(s, g);
+  free(g);
+  return LLMUX_ECONNREFUSED;
+}
+
+void llmux_responses_set_remote(llmux_responses_store_t *s, const llmux_responses_remote_t *r) {
+  assert(r == NULL || s->loop != NULL);
+  s->has_remote = r != NULL;
+  if (r != NULL) s->remote = *r;
+  else memset(&s->remote, 0, sizeof s->remote);
+}
+
+const llmux_responses_remote_t *llmux_responses_remote(const llmux_responses_store_t *s) {
+  return s->has_remote ? &s->remote : NULL;
+}
+
 /* ---- API ----------------------------------------------------------------- */
 
 int llmux_responses_put(llmux_responses_store_t *s, const char *tenant, const char *id,
@@ -365,7 +448,11 @@ int llmux_responses_put(llmux_responses_store_t *s, const char *tenant, const ch
   int64_t expires = now_ms(s) + (int64_t)s->ttl_ms;
   int rc = table_put(s, tenant, id, record, len, expires);
   op_t *op;
-  if (s->db == NULL || rc == LLMUX_ENOMEM) return rc;
+  if (rc == LLMUX_ENOMEM) return rc;
+  if (s->has_remote &&
+      s->remote.put(s->remote.data, tenant, id, record, len, s->ttl_ms) == 0)
+    return 0; /* the fleet's: the database is for when the remote is away */
+  if (s->db == NULL) return rc;
   if ((op = op_new(OP_PUT, tenant, id, record, len)) == NULL) return LLMUX_ENOMEM;
   op->expires_ms = expires;
   run_or_queue(s, op);
@@ -388,6 +475,7 @@ int llmux_responses_get(llmux_responses_store_t *s, const char *tenant, const ch
     lru_push(s, e);
     return llmux_buf_append(out, e->record, e->len) ? LLMUX_ENOMEM : 0;
   }
+  if (s->has_remote && remote_get(s, tenant, id, now, cb, arg) == 0) return LLMUX_EAGAIN;
   if (s->db == NULL) return LLMUX_ENOTFOUND;
   if ((op = op_new(OP_GET, tenant, id, NULL, 0)) == NULL) return LLMUX_ENOMEM;
   op->now_ms = now;
@@ -410,6 +498,7 @@ void llmux_responses_delete(llmux_responses_store_t *s, const char *tenant, cons
   entry_t **pp = find_slot(s, key_hash(tenant, id), tenant, id);
   op_t *op;
   if (pp != NULL && *pp != NULL) drop(s, pp);
+  if (s->has_remote) s->remote.del(s->remote.data, tenant, id);
   if (s->db != NULL && (op = op_new(OP_DELETE, tenant, id, NULL, 0)) != NULL)
     run_or_queue(s, op);
 }
@@ -497,9 +586,21 @@ static void on_closed(uv_handle_t *h) {
   if (--s->handles_open == 0) store_free(s);
 }
 
+/* Lookups the remote still owes: answered now; its answers free them. */
+static void cancel_rgets(llmux_responses_store_t *s) {
+  rget_t *g;
+  while ((g = s->rgets) != NULL) {
+    rget_unlink(s, g);
+    g->s = NULL;
+    g->cb(g->arg, LLMUX_ECANCELED, NULL, 0);
+  }
+  s->has_remote = 0;
+}
+
 void llmux_responses_close(llmux_responses_store_t *s) {
   op_t *op, *next;
   if (s == NULL) return;
+  cancel_rgets(s);
   if (s->threaded) {
     uv_mutex_lock(&s->mu);
     s->stop = 1;

@@ -19,6 +19,14 @@
  * Without a database the table is all there is: a record evicted for room,
  * or kept past a restart, is gone.
  *
+ * A remote (llmux_responses_set_remote: Redis, for a fleet, in
+ * gateway/fleet_responses.c) stands in front of the database: a put goes
+ * to it (and memory), not to the database; a lookup memory misses asks it
+ * first, then the database (what was written there while the remote was
+ * away), then answers "not found". A put the remote cannot take at once
+ * goes to the database as without a remote. The table stays in front as a
+ * cache of this process's records and those it read.
+ *
  * Times are wall-clock milliseconds (records outlive the process). */
 #ifndef LLMUX_GATEWAY_RESPONSES_STORE_H
 #define LLMUX_GATEWAY_RESPONSES_STORE_H
@@ -49,6 +57,23 @@ typedef struct llmux_responses_opts_s {
   void *now_arg;
 } llmux_responses_opts_t;
 
+/* A shared store in front of the database. Every call is on the loop. */
+typedef struct llmux_responses_remote_s {
+  void *data;
+  /* Keeps a copy of the record for ttl_ms. 0: queued (whatever happens to
+   * it then is the remote's to count); else it cannot now: the database
+   * keeps it instead. */
+  int (*put)(void *data, const char *tenant, const char *id, const char *record, size_t len,
+             uint64_t ttl_ms);
+  /* 0: cb(arg, ...) runs later, exactly once, never inside this call: rc 0
+   * with the record (borrowed), LLMUX_ENOTFOUND (none, or another
+   * tenant's), or another error (unreachable). Else unreachable now, and cb
+   * never runs. */
+  int (*get)(void *data, const char *tenant, const char *id, llmux_responses_get_cb cb,
+             void *arg);
+  void (*del)(void *data, const char *tenant, const char *id);
+} llmux_responses_remote_t;
+
 /* Opens a store; with `loop` and a db_path, the database thread starts
  * (without a loop, the database is used on the caller's thread: tests and
  * the command line). Creates the table when missing. 0 and *out, or
@@ -71,11 +96,18 @@ int llmux_responses_get(llmux_responses_store_t *s, const char *tenant, const ch
 /* Forgets a record, in memory and in the database. */
 void llmux_responses_delete(llmux_responses_store_t *s, const char *tenant, const char *id);
 
+/* Puts a remote in front of the database (copied), or removes it (NULL):
+ * then lookups it still owes are answered as it answers them. Needs a
+ * loop. The remote in place, or NULL. */
+void llmux_responses_set_remote(llmux_responses_store_t *s, const llmux_responses_remote_t *r);
+const llmux_responses_remote_t *llmux_responses_remote(const llmux_responses_store_t *s);
+
 /* Bytes held in memory, and records. */
 void llmux_responses_stats(const llmux_responses_store_t *s, size_t *bytes, size_t *count);
 
 /* Writes what is queued and stops the thread (waiting for it: the gateway
- * stops), answers lookups still queued with LLMUX_ECANCELED, and frees
+ * stops), answers lookups still queued (with the database or the remote)
+ * with LLMUX_ECANCELED, and frees
  * everything once the loop handles are closed (at once without a loop). */
 void llmux_responses_close(llmux_responses_store_t *s);
 

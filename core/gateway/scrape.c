@@ -90,6 +90,10 @@ static void collect_shared(llmux_gateway_t *gw) {
                    (double)llmux_fleet_usage_errors(gw));
   llmux_series_set(llmux_metric_series3(o->shared_errors, "breakers", NULL, NULL),
                    (double)llmux_fleet_breakers_errors(gw));
+  llmux_series_set(llmux_metric_series3(o->shared_errors, "responses", NULL, NULL),
+                   (double)llmux_fleet_responses_errors(gw));
+  llmux_series_set(llmux_metric_series3(o->shared_up, "responses", NULL, NULL),
+                   llmux_fleet_responses_up(gw));
 }
 
 static void collect(llmux_metrics_t *m, void *arg) {

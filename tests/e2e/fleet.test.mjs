@@ -361,3 +361,42 @@ test("workers = 2 on one machine share a provider's limit through the shared sta
   }
   assert.deepEqual(got, [...Array(6).fill(200), ...Array(4).fill(429)]);
 });
+
+test("a response created through one gateway continues through the other (stored in Redis)", async () => {
+  const { default: OpenAI } = await import("openai");
+  const { redisCommand } = await import("./lib/redis.mjs");
+  const { gws, prefix } = await fleet({ server: "responses_ttl = 1h" });
+  for (const gw of gws)
+    await waitFor("the responses store to be up", async () =>
+      (await metric(gw, "llmux_shared_state_up", 'component="responses"')) === 1);
+  const [a, b] = gws.map((gw) =>
+    new OpenAI({ baseURL: gw.url + "/v1", apiKey: "none", maxRetries: 0, timeout: 10000 }));
+  const first = await a.responses.create({ model: "m", input: "My name is Ada." });
+  // In Redis under the prefix, with the ttl.
+  let pttl;
+  await waitFor("the response in Redis", async () => {
+    pttl = Number(/^:(-?\d+)/.exec(await redisCommand(redis.port, "PTTL",
+      `${prefix}resp:${first.id}`))[1]);
+    return pttl > 0;
+  });
+  assert.ok(pttl <= 3600000, `PTTL ${pttl}`);
+  const second = await b.responses.create({
+    model: "m", input: "What is my name?", previous_response_id: first.id });
+  assert.equal(second.previous_response_id, first.id);
+  const log = await mk.requests();
+  const body = log[log.length - 1].body;
+  assert.ok(body.includes("My name is Ada.") && body.includes(first.output_text),
+    "gateway B replays the turn made through gateway A");
+  assert.ok(body.includes("What is my name?"));
+  // B's response chains on A, and A reads B's.
+  const items = await a.responses.inputItems.list(second.id, { order: "asc" });
+  assert.deepEqual(items.data.map((i) => i.content[0].text),
+    ["My name is Ada.", first.output_text, "What is my name?"]);
+  const viaB = await b.responses.inputItems.list(first.id);
+  assert.equal(viaB.data[0].content[0].text, "My name is Ada.");
+  assert.equal((await b.responses.retrieve(first.id)).output_text, first.output_text);
+  for (const gw of gws)
+    assert.equal(await metric(gw, "llmux_shared_state_errors_total", 'component="responses"'), 0);
+  // A clean stop (the sanitizers find nothing left behind).
+  for (const gw of gws) assert.equal(await gw.stop(), 0, gw.stderr());
+});

@@ -442,3 +442,58 @@ describe("errors in OpenAI's shape", () => {
     assert.equal(r.status, 405);
   });
 });
+
+describe("input items", () => {
+  test("GET /v1/responses/{id}/input_items lists what the response answered, in OpenAI's shape", async () => {
+    const first = await client.responses.create({ model: "oa-chat", input: "One." });
+    const second = await client.responses.create({ model: "oa-chat",
+      input: [{ role: "user", content: "Two." }], previous_response_id: first.id });
+    const asc = await client.responses.inputItems.list(second.id, { order: "asc" });
+    assert.equal(asc.data.length, 3);
+    for (const it of asc.data) {
+      assert.equal(it.type, "message");
+      assert.equal(typeof it.id, "string");
+    }
+    assert.deepEqual(asc.data.map((i) => i.role), ["user", "assistant", "user"]);
+    assert.deepEqual(asc.data[0].content, [{ type: "input_text", text: "One." }]);
+    assert.equal(asc.data[1].content[0].type, "output_text");
+    assert.equal(asc.data[1].content[0].text, first.output_text);
+    assert.equal(asc.data[2].content[0].text, "Two.");
+    // The default order is desc; limit and after page through it.
+    const get = async (q, key = KEY) => {
+      const r = await httpRequest(`${gw.url}/v1/responses/${second.id}/input_items${q}`, {
+        method: "GET", headers: { authorization: `Bearer ${key}` }, agent: false });
+      return { status: r.status, json: JSON.parse(r.body) };
+    };
+    const all = (await get("")).json;
+    assert.equal(all.object, "list");
+    assert.deepEqual(all.data.map((i) => i.id), asc.data.map((i) => i.id).reverse());
+    assert.equal(all.first_id, all.data[0].id);
+    assert.equal(all.last_id, all.data[2].id);
+    assert.equal(all.has_more, false);
+    const p1 = (await get("?limit=2")).json;
+    assert.equal(p1.data.length, 2);
+    assert.equal(p1.has_more, true);
+    const p2 = (await get(`?limit=2&after=${encodeURIComponent(p1.last_id)}`)).json;
+    assert.deepEqual(p2.data.map((i) => i.id), [all.data[2].id]);
+    assert.equal(p2.has_more, false);
+    // The same ids at every listing.
+    assert.deepEqual((await get("?order=asc")).json.data.map((i) => i.id), asc.data.map((i) => i.id));
+    // Errors: bad parameters, someone else's or an unknown id, another method.
+    let r = await get("?limit=0");
+    assert.equal(r.status, 400);
+    assert.equal(r.json.error.param, "limit");
+    r = await get("?order=up");
+    assert.equal(r.status, 400);
+    assert.equal(r.json.error.param, "order");
+    assert.equal((await get("", OTHER_KEY)).status, 404);
+    const e = await rejection(client.responses.inputItems.list("resp_nope"));
+    assert.ok(e instanceof OpenAI.NotFoundError, e.constructor.name);
+    const post = await httpRequest(`${gw.url}/v1/responses/${second.id}/input_items`, {
+      headers: { authorization: `Bearer ${KEY}` }, agent: false, body: {} });
+    assert.equal(post.status, 405);
+    // store: false keeps no items either.
+    const gone = await client.responses.create({ model: "oa-chat", input: "x", store: false });
+    assert.ok((await rejection(client.responses.inputItems.list(gone.id))) instanceof OpenAI.NotFoundError);
+  });
+});

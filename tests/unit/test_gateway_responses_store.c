@@ -198,6 +198,116 @@ static void test_a_miss_is_read_on_the_thread_and_answered_on_the_loop(void **st
   rmdir(path);
 }
 
+/* A remote the test answers by hand: what was put, and one lookup owed. */
+typedef struct fake_remote_s {
+  int up, puts, dels;
+  char rec[64];
+  llmux_responses_get_cb cb;
+  void *arg;
+} fake_remote_t;
+
+static int fake_put(void *data, const char *tenant, const char *id, const char *record,
+                    size_t len, uint64_t ttl_ms) {
+  fake_remote_t *f = data;
+  (void)tenant, (void)id, (void)ttl_ms;
+  if (!f->up) return LLMUX_ECONNREFUSED;
+  f->puts++;
+  snprintf(f->rec, sizeof f->rec, "%.*s", (int)len, record);
+  return 0;
+}
+
+static int fake_get(void *data, const char *tenant, const char *id, llmux_responses_get_cb cb,
+                    void *arg) {
+  fake_remote_t *f = data;
+  (void)tenant, (void)id;
+  if (!f->up) return LLMUX_ECONNREFUSED;
+  f->cb = cb;
+  f->arg = arg;
+  return 0;
+}
+
+static void fake_del(void *data, const char *tenant, const char *id) {
+  (void)tenant, (void)id;
+  ((fake_remote_t *)data)->dels++;
+}
+
+static void run_until_answered(uv_loop_t *loop, answer_t *a) {
+  uv_timer_t keepalive;
+  uv_timer_init(loop, &keepalive);
+  uv_timer_start(&keepalive, on_tick, 5, 5);
+  while (a->calls == 0) uv_run(loop, UV_RUN_ONCE);
+  uv_close((uv_handle_t *)&keepalive, NULL);
+  uv_run(loop, UV_RUN_NOWAIT);
+}
+
+static void test_a_remote_stands_in_front_of_the_database(void **st) {
+  char path[] = "/tmp/llmux-resp-test-XXXXXX", db[64], got[64];
+  fake_remote_t f = {0};
+  llmux_responses_remote_t rm = {&f, fake_put, fake_get, fake_del};
+  llmux_responses_store_t *s;
+  llmux_buf_t b = {0};
+  answer_t a = {0};
+  uv_loop_t loop;
+  (void)st;
+  assert_non_null(mkdtemp(path));
+  snprintf(db, sizeof db, "%s/r.db", path);
+  uv_loop_init(&loop);
+  s = open_store(&loop, db, 0);
+  llmux_responses_set_remote(s, &rm);
+  assert_ptr_equal(llmux_responses_remote(s)->data, &f);
+  /* Up: a put goes to the remote, not the database. */
+  f.up = 1;
+  assert_int_equal(llmux_responses_put(s, "a", "resp_r", "remote", 6), 0);
+  assert_int_equal(f.puts, 1);
+  /* Down: the database keeps it. */
+  f.up = 0;
+  assert_int_equal(llmux_responses_put(s, "a", "resp_d", "disk", 4), 0);
+  llmux_responses_close(s);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  /* Another process: memory misses, the remote is asked first. */
+  s = open_store(&loop, db, 0);
+  llmux_responses_set_remote(s, &rm);
+  f.up = 1;
+  assert_int_equal(llmux_responses_get(s, "a", "resp_r", &b, on_answer, &a), LLMUX_EAGAIN);
+  f.cb(f.arg, 0, f.rec, strlen(f.rec));
+  assert_int_equal(a.calls, 1);
+  assert_string_equal(a.rec, "remote");
+  assert_int_equal(get(s, "a", "resp_r", got), 0); /* cached */
+  /* The remote has none: the database may (stored while it was away). */
+  memset(&a, 0, sizeof a);
+  assert_int_equal(llmux_responses_get(s, "a", "resp_d", &b, on_answer, &a), LLMUX_EAGAIN);
+  f.cb(f.arg, LLMUX_ENOTFOUND, NULL, 0);
+  run_until_answered(&loop, &a);
+  assert_int_equal(a.rc, 0);
+  assert_string_equal(a.rec, "disk");
+  /* Unreachable at once: the database answers. */
+  f.up = 0;
+  memset(&a, 0, sizeof a);
+  assert_int_equal(llmux_responses_get(s, "a", "resp_r2", &b, on_answer, &a), LLMUX_EAGAIN);
+  run_until_answered(&loop, &a);
+  assert_int_equal(a.rc, LLMUX_ENOTFOUND);
+  llmux_responses_delete(s, "a", "resp_r");
+  assert_int_equal(f.dels, 1);
+  /* Owed at close: answered once, by the store; the remote's late answer only frees. */
+  f.up = 1;
+  memset(&a, 0, sizeof a);
+  assert_int_equal(llmux_responses_get(s, "a", "resp_q", &b, on_answer, &a), LLMUX_EAGAIN);
+  llmux_responses_close(s);
+  assert_int_equal(a.calls, 1);
+  assert_int_equal(a.rc, LLMUX_ECANCELED);
+  f.cb(f.arg, LLMUX_ECANCELED, NULL, 0);
+  assert_int_equal(a.calls, 1);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  assert_int_equal(uv_loop_close(&loop), 0);
+  llmux_buf_free(&b);
+  unlink(db);
+  snprintf(got, sizeof got, "%s/r.db-wal", path);
+  unlink(got);
+  snprintf(got, sizeof got, "%s/r.db-shm", path);
+  unlink(got);
+  rmdir(path);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_a_record_is_found_by_its_tenant_only),
@@ -205,6 +315,7 @@ int main(void) {
       cmocka_unit_test(test_memory_is_bounded_least_recently_used_first),
       cmocka_unit_test(test_the_database_outlives_the_store),
       cmocka_unit_test(test_a_miss_is_read_on_the_thread_and_answered_on_the_loop),
+      cmocka_unit_test(test_a_remote_stands_in_front_of_the_database),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
