@@ -696,7 +696,7 @@ static void add_list_item(load_t *c, const keydef_t *k, char *item) {
 }
 
 static void add_cap(load_t *c, const keydef_t *k, char *item) {
-  static const char *const names[] = {"tools", "vision", "json", "embeddings"};
+  static const char *const names[] = {"tools", "vision", "json", "embeddings", "responses"};
   unsigned *caps = (unsigned *)((char *)c->sec + k->off);
   llmux_buf_t msg = {0};
   size_t i;
@@ -1855,7 +1855,7 @@ const char *llmux_strategy_name(llmux_strategy_t s) {
 }
 
 int llmux_caps_format(unsigned caps, llmux_buf_t *out) {
-  static const char *const names[] = {"tools", "vision", "json", "embeddings"};
+  static const char *const names[] = {"tools", "vision", "json", "embeddings", "responses"};
   size_t i;
   int first = 1, r = llmux_buf_append(out, "", 0);
   for (i = 0; i < LLMUX_COUNTOF(names) && r == 0; i++) {

@@ -61,12 +61,18 @@ void llmux_diag_print(const llmux_diag_t *d, FILE *fp);
 
 /* ---- The snapshot ------------------------------------------------------ */
 
-/* Model capabilities (`capabilities = tools, vision, json, embeddings`). */
+/* Model capabilities (`capabilities = tools, vision, json, embeddings,
+ * responses`). */
 enum {
   LLMUX_CAP_TOOLS = 1u << 0,
   LLMUX_CAP_VISION = 1u << 1,
   LLMUX_CAP_JSON = 1u << 2,
-  LLMUX_CAP_EMBEDDINGS = 1u << 3
+  LLMUX_CAP_EMBEDDINGS = 1u << 3,
+  /* The model's provider serves OpenAI's Responses API for it: POST
+   * /v1/responses passes through untranslated on its routes whose plugin
+   * can (LLMUX_FEATURE_RESPONSES_BY_MODEL, the openai plugin). It never
+   * filters routes: no request needs it. */
+  LLMUX_CAP_RESPONSES = 1u << 4
 };
 
 /* Bits of llmux_limits_t.set. */

@@ -47,7 +47,7 @@ static void append_model_list(llmux_buf_t *b, llmux_model_conf_t *const *models,
 }
 
 static void append_caps(llmux_buf_t *b, unsigned caps) {
-  static const char *names[] = {"tools", "vision", "json", "embeddings"};
+  static const char *names[] = {"tools", "vision", "json", "embeddings", "responses"};
   size_t i, n = 0;
   llmux_buf_appends(b, "[");
   for (i = 0; i < LLMUX_COUNTOF(names); i++) {

@@ -87,7 +87,29 @@ typedef struct llmux_inbound_s {
    * at the end: the table only grows. */
   int (*request_arg)(void *arg, const char *body, size_t len, unsigned flags, llmux_buf_t *chat,
                      void **state, llmux_inbound_err_t *err);
+
+  /* Native passthrough (issue 15; llmux/provider.h, LLMUX_FEATURE_MESSAGES
+   * and _RESPONSES). On a route whose provider speaks this format itself,
+   * the proxy skips every conversion above: the client's own body goes
+   * upstream with only its model replaced, and the answer comes back byte
+   * for byte. `native_endpoint` is the LLMUX_ENDPOINT_* the plugin is asked
+   * for, `native_feature` the LLMUX_FEATURE_* bit a provider declares; 0
+   * for both: the format always translates. */
+  int native_endpoint;
+  unsigned native_feature;
+  /* The token usage in one JSON document of a native answer: the whole
+   * body, or one stream event's data. Counts it holds go to *in / *out
+   * (-1 for one that is not a whole number of 0 to 10^9); those it lacks
+   * are left as they are, so a stream's events are fed in order and the
+   * last word stands. No tree is built: a scan, skipped at once for a
+   * document without a "usage" key. */
+  void (*native_usage)(const char *json, size_t len, int64_t *in, int64_t *out);
 } llmux_inbound_t;
+
+/* A usage count inside a native answer, as native_usage reads it: a JSON
+ * number that is a whole number of 0 to LLMUX_INBOUND_USAGE_MAX, else -1. */
+#define LLMUX_INBOUND_USAGE_MAX 1000000000
+int64_t llmux_inbound_count(const char *num, size_t len);
 
 /* inbound_anthropic.c: Anthropic's Messages API (POST /v1/messages). */
 extern const llmux_inbound_t llmux_inbound_anthropic;

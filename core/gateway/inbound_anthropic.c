@@ -1,3 +1,4 @@
+#define _GNU_SOURCE
 /* Anthropic's Messages API in front of the chat path (inbound.h, issue 15).
  *
  * Request: the Messages body is checked the way Anthropic checks it (a 400
@@ -29,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/json_scan.h"
 #include "base/split.h"
 #include "base/util.h"
 #include "gateway/inbound.h"
@@ -866,8 +868,61 @@ static void anth_state_free(void *state) {
   free(st);
 }
 
+/* ---- native passthrough: usage of Anthropic's own answer ----------------- */
+
+int64_t llmux_inbound_count(const char *num, size_t len) {
+  int64_t x = 0;
+  size_t i;
+  for (i = 0; i < len; i++) {
+    if (num[i] < '0' || num[i] > '9' || x > LLMUX_INBOUND_USAGE_MAX) return -1;
+    x = x * 10 + (num[i] - '0');
+  }
+  return len > 0 && x <= LLMUX_INBOUND_USAGE_MAX ? x : -1;
+}
+
+static int64_t count_of(const llmux_json_field_t *f) {
+  return f->type == LLMUX_JSON_NUMBER ? llmux_inbound_count(f->value.base, f->value.len) : -1;
+}
+
+static int has_value(const llmux_json_field_t *f) {
+  return f->type != LLMUX_JSON_NONE && f->type != LLMUX_JSON_NULL;
+}
+
+/* A Message's usage (the plain answer, or message_start's "message"), or
+ * message_delta's. Input counts cache reads and writes too, as the plugin
+ * reports it (OpenAI's prompt_tokens includes them). */
+static void anth_native_usage(const char *json, size_t len, int64_t *in, int64_t *out) {
+  llmux_json_field_t top[] = {{"usage"}, {"message"}};
+  llmux_json_field_t msg[] = {{"usage"}};
+  llmux_json_field_t u[] = {{"input_tokens"}, {"cache_read_input_tokens"},
+                            {"cache_creation_input_tokens"}, {"output_tokens"}};
+  llmux_str_t usage;
+  int64_t n, k;
+  int i;
+  if (memmem(json, len, "\"usage\"", 7) == NULL ||
+      llmux_json_scan(json, len, top, 2, NULL, NULL) != 0)
+    return;
+  usage = top[0].value;
+  if (top[0].type != LLMUX_JSON_OBJECT) {
+    if (top[1].type != LLMUX_JSON_OBJECT ||
+        llmux_json_scan(top[1].value.base, top[1].value.len, msg, 1, NULL, NULL) != 0 ||
+        msg[0].type != LLMUX_JSON_OBJECT)
+      return;
+    usage = msg[0].value;
+  }
+  if (llmux_json_scan(usage.base, usage.len, u, 4, NULL, NULL) != 0) return;
+  if (has_value(&u[0])) {
+    n = count_of(&u[0]);
+    for (i = 1; i <= 2 && n >= 0; i++)
+      if (has_value(&u[i])) n = (k = count_of(&u[i])) < 0 ? -1 : n + k;
+    *in = n > LLMUX_INBOUND_USAGE_MAX ? -1 : n;
+  }
+  if (has_value(&u[3])) *out = count_of(&u[3]);
+}
+
 const llmux_inbound_t llmux_inbound_anthropic = {
     "anthropic",       "request-id",      anth_request,      anth_answer,
     anth_stream_feed,  anth_stream_end,   anth_stream_error, anth_error_body,
-    anth_state_free,
+    anth_state_free,   NULL,
+    LLMUX_ENDPOINT_MESSAGES, LLMUX_FEATURE_MESSAGES, anth_native_usage,
 };

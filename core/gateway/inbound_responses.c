@@ -1,3 +1,4 @@
+#define _GNU_SOURCE
 /* OpenAI's Responses API in front of the chat path (inbound.h, issue 15).
  *
  * Request: the body is checked as OpenAI checks it (a 400 names the param)
@@ -40,6 +41,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "base/json_scan.h"
 #include "base/split.h"
 #include "base/util.h"
 #include "gateway/inbound.h"
@@ -1034,8 +1036,38 @@ static void resp_state_free(void *state) {
   free(st);
 }
 
+/* ---- native passthrough: usage of a provider's own Responses answer ------ */
+
+static int64_t resp_count_of(const llmux_json_field_t *f) {
+  return f->type == LLMUX_JSON_NUMBER ? llmux_inbound_count(f->value.base, f->value.len) : -1;
+}
+
+/* A Response's usage: the plain answer's, or the "response" of a stream's
+ * response.completed (earlier events carry "usage": null, left alone). */
+static void resp_native_usage(const char *json, size_t len, int64_t *in, int64_t *out) {
+  llmux_json_field_t top[] = {{"usage"}, {"response"}};
+  llmux_json_field_t inner[] = {{"usage"}};
+  llmux_json_field_t u[] = {{"input_tokens"}, {"output_tokens"}};
+  llmux_str_t usage;
+  if (memmem(json, len, "\"usage\"", 7) == NULL ||
+      llmux_json_scan(json, len, top, 2, NULL, NULL) != 0)
+    return;
+  usage = top[0].value;
+  if (top[0].type != LLMUX_JSON_OBJECT) {
+    if (top[1].type != LLMUX_JSON_OBJECT ||
+        llmux_json_scan(top[1].value.base, top[1].value.len, inner, 1, NULL, NULL) != 0 ||
+        inner[0].type != LLMUX_JSON_OBJECT)
+      return;
+    usage = inner[0].value;
+  }
+  if (llmux_json_scan(usage.base, usage.len, u, 2, NULL, NULL) != 0) return;
+  if (u[0].type != LLMUX_JSON_NONE && u[0].type != LLMUX_JSON_NULL) *in = resp_count_of(&u[0]);
+  if (u[1].type != LLMUX_JSON_NONE && u[1].type != LLMUX_JSON_NULL) *out = resp_count_of(&u[1]);
+}
+
 const llmux_inbound_t llmux_inbound_responses = {
     "responses",       NULL,              resp_request,      resp_answer,
     resp_stream_feed,  resp_stream_end,   resp_stream_error, resp_error_body,
     resp_state_free,   resp_request_arg,
+    LLMUX_ENDPOINT_RESPONSES, LLMUX_FEATURE_RESPONSES, resp_native_usage,
 };

@@ -22,6 +22,7 @@
 #include "gateway/agent.h"
 #include "gateway/inbound.h"
 #include "base/json_scan.h"
+#include "base/split.h"
 #include "base/log.h"
 #include "plugin/plugin.h"
 #include "route/ratelimit.h"
@@ -134,6 +135,16 @@ typedef struct proxy_s {
   int fan;                        /* the route being tried fans the request out */
   llmux_fanout_t *fanout;         /* the fanned-out attempt, while it lives */
   const char *n_refused;          /* a provider passed over for lacking n */
+  /* Native passthrough (issue 15; inbound.h, native_endpoint): on a route
+   * whose provider speaks the client's format, its own body goes upstream
+   * (only the model replaced) and the answer back byte for byte. */
+  llmux_buf_t in_body;            /* the client's body, beside the chat body it became */
+  llmux_str_t in_model;           /* its "model" value, quotes included; NULL: none */
+  int native;                     /* the attempt in flight passes through */
+  llmux_split_t *native_sse;      /* a native stream's events, read for usage */
+  llmux_buf_t fail_native;        /* the last failure's own body, already in the
+                                     client's format (a native provider's) */
+  char native_ctype[128];         /* the provider's content-type, for the client */
   /* Scratch arrays, last: each is written before it is read, so a new
    * proxy zeroes only what comes before them (they are most of its size). */
   const llmux_route_conf_t *cands[MAX_CANDIDATES];
@@ -211,6 +222,9 @@ static void proxy_free(proxy_t *p) {
   llmux_buf_free(&p->pending);
   llmux_buf_free(&p->err_body);
   llmux_buf_free(&p->resp_hdr_store);
+  llmux_buf_free(&p->in_body);
+  llmux_buf_free(&p->fail_native);
+  llmux_split_free(p->native_sse);
   if (p->timer_live) {
     uv_timer_stop(&p->timer);
     p->timer.data = p;
@@ -515,10 +529,25 @@ static void on_up_read_end(llmux_upstream_req_t *up) {
   flush_pending(up->data);
 }
 
+/* The content-type of our answer: a native one's is the provider's (when
+ * it is a plain header value), else `dflt`. */
+static const char *answer_ctype(proxy_t *p, const char *dflt) {
+  const llmux_str_t *v;
+  size_t i;
+  if (!p->native) return dflt;
+  v = llmux_host_api()->header_get(p->resp_headers, p->ht.txn.nresp_headers, "content-type");
+  if (v == NULL || v->len == 0 || v->len >= sizeof p->native_ctype) return dflt;
+  for (i = 0; i < v->len; i++)
+    if ((unsigned char)v->base[i] < 0x20 || (unsigned char)v->base[i] >= 0x7f) return dflt;
+  memcpy(p->native_ctype, v->base, v->len);
+  p->native_ctype[v->len] = '\0';
+  return p->native_ctype;
+}
+
 static void start_stream(proxy_t *p) {
   llmux_http_header_t h[10];
   char num[48];
-  size_t n = our_headers(p, h, "text/event-stream", num);
+  size_t n = our_headers(p, h, answer_ctype(p, "text/event-stream"), num);
   h[n++] = (llmux_http_header_t){{"Cache-Control", 13}, {"no-cache", 8}};
   p->rec.status = 200;
   llmux_http_start(p->client, 200, h, n);
@@ -679,7 +708,7 @@ static void finish_ok(proxy_t *p) {
       if (llmux_agent_stream_end(&p->astream, &info, &ev) == 0) llmux_http_write_buf(p->client, &ev);
       llmux_buf_free(&ev);
     }
-    if (p->in != NULL) {
+    if (p->in != NULL && !p->native) {
       llmux_inbound_ctx_t ctx = {p->rid, p->prompt_tokens};
       llmux_buf_t ev = {0};
       if (p->in->stream_end(p->in_state, &ctx, &ev) == 0) llmux_http_write_buf(p->client, &ev);
@@ -690,8 +719,8 @@ static void finish_ok(proxy_t *p) {
     return;
   }
   if (p->agent && agent_answer(p) != 0) return;
-  if (p->in != NULL && inbound_answer(p) != 0) return;
-  n = our_headers(p, h, "application/json", num);
+  if (p->in != NULL && !p->native && inbound_answer(p) != 0) return;
+  n = our_headers(p, h, answer_ctype(p, "application/json"), num);
   if (served_model_ok(&p->ht.txn.served_model))
     h[n++] = (llmux_http_header_t){{"x-llmux-served-model", 20},
                                    {p->ht.txn.served_model.base, p->ht.txn.served_model.len}};
@@ -873,6 +902,7 @@ static void record_failure(proxy_t *p, int status, const char *type, const char 
   p->fail_code = code;
   p->fail_retry_after_ms = retry_after_ms;
   p->fail_msg.len = 0;
+  p->fail_native.len = 0; /* a native body is kept by its caller, after this */
   llmux_buf_appends(&p->fail_msg, msg);
   llmux_buf_printf(&p->tried, "%s%s/%s: %s", p->tried.len ? "; " : "",
                    p->route->provider->name, p->route->id, msg);
@@ -913,10 +943,29 @@ static uint64_t secs_up(uint64_t ms) {
   return ms == 0 ? 1 : (ms + 999) / 1000;
 }
 
+/* The last failure was a native provider's error answer: its body, in the
+ * client's format already, goes as it is (with our status and headers). */
+static void native_error(proxy_t *p) {
+  llmux_http_header_t h[10];
+  char num[48], ra[24];
+  size_t n;
+  uint64_t secs = p->fail_status == 429 ? secs_up(p->fail_retry_after_ms) : 0;
+  p->rec.status = p->fail_status;
+  p->rec.error_code = p->fail_code;
+  n = our_headers(p, h, "application/json", num);
+  if (secs > 0) {
+    snprintf(ra, sizeof ra, "%llu", (unsigned long long)secs);
+    h[n++] = (llmux_http_header_t){{"Retry-After", 11}, {ra, strlen(ra)}};
+  }
+  llmux_http_respond_buf(p->client, p->fail_status, h, n, &p->fail_native);
+}
+
 /* No candidate is left: the last failure, or why nothing could be tried. */
 static void give_up(proxy_t *p) {
   llmux_buf_t msg = {0};
-  if (p->have_failure) {
+  if (p->have_failure && p->fail_native.len > 0) {
+    native_error(p);
+  } else if (p->have_failure) {
     int ares = p->fail_status == 429;
     llmux_buf_append(&msg, p->fail_msg.base, p->fail_msg.len);
     if (p->attempts > 1) llmux_buf_printf(&msg, " (tried: %s)", p->tried.base);
@@ -1043,6 +1092,36 @@ static void on_up_head(llmux_upstream_req_t *up, int status, const llmux_str_t *
   }
 }
 
+/* A native stream's usage, read event by event as it passes (`eof`: the
+ * end, an unfinished last event included). */
+static void native_stream_usage(proxy_t *p, const char *data, size_t len, int eof) {
+  llmux_usage_t *u = &p->ht.txn.usage;
+  llmux_str_t ev;
+  if (p->native_sse == NULL && (p->native_sse = llmux_split_new(LLMUX_SPLIT_SSE, 0)) == NULL)
+    return;
+  while (llmux_split_next(p->native_sse, &data, &len, eof, &ev) == 1)
+    p->in->native_usage(ev.base, ev.len, &u->prompt_tokens, &u->completion_tokens);
+}
+
+/* A native answer's bytes go to the client as they are: a stream's with
+ * each read, a plain body whole at the end (finish_ok). */
+static void native_body(proxy_t *p, const char *data, size_t len) {
+  if (!p->stream) {
+    if (llmux_buf_append(&p->out, data, len) != 0) p->emit_failed = 2;
+    return;
+  }
+  native_stream_usage(p, data, len, 0);
+  p->rec.output_chunks++;
+  if (llmux_buf_append(&p->pending, data, len) != 0) p->emit_failed = 2;
+}
+
+/* The end of a native answer: the usage it told. */
+static void native_end(proxy_t *p) {
+  llmux_usage_t *u = &p->ht.txn.usage;
+  if (p->stream) native_stream_usage(p, NULL, 0, 1);
+  else p->in->native_usage(p->out.base, p->out.len, &u->prompt_tokens, &u->completion_tokens);
+}
+
 static void on_up_body(llmux_upstream_req_t *up, const char *data, size_t len) {
   proxy_t *p = up->data;
   int status = p->ht.txn.status;
@@ -1051,6 +1130,10 @@ static void on_up_body(llmux_upstream_req_t *up, const char *data, size_t len) {
     return;
   }
   if (p->emit_failed) return;
+  if (p->native) {
+    native_body(p, data, len);
+    return;
+  }
   if (p->prov->plugin->vt->parse_response(p->prov->instance, &p->ht.txn, data, len, 0) != 0 &&
       !p->emit_failed)
     p->emit_failed = 2;
@@ -1130,6 +1213,10 @@ static void attempt_failed_http(proxy_t *p, llmux_error_info_t *given) {
                code_for(e.cls), e.retry_after_ms, "Provider '%s' answered %d: %s",
                p->route->provider->name, upstream, e.message.len ? e.message.base : "no details");
   llmux_buf_free(&e.message);
+  /* A native provider's error is in the client's format: it is the answer
+   * if no other route serves (not a refused key: that one is ours). */
+  if (p->native && given == NULL && e.cls != LLMUX_FAIL_AUTH && looks_like_object(&p->err_body))
+    llmux_buf_append(&p->fail_native, p->err_body.base, p->err_body.len);
   if (!e.retry_elsewhere) {
     give_up(p);
     return;
@@ -1164,7 +1251,8 @@ static void on_up_done(llmux_upstream_req_t *up, int status) {
   if (status < 0) { attempt_failed_net(p, status); return; }
   if (status < 200 || status >= 300) { attempt_failed_http(p, NULL); return; }
 
-  p->prov->plugin->vt->parse_response(p->prov->instance, &p->ht.txn, NULL, 0, 1);
+  if (p->native) native_end(p);
+  else p->prov->plugin->vt->parse_response(p->prov->instance, &p->ht.txn, NULL, 0, 1);
   llmux_rl_commit(&p->resv, answer_tokens(p), now_ms(p));
   if (p->started) {
     attempt_end(p, p->emit_failed == 2 ? LLMUX_ATTEMPT_GARBAGE : LLMUX_ATTEMPT_OK);
@@ -1460,6 +1548,30 @@ static void trace_attempt(proxy_t *p) {
     memcpy(p->rec.attempts[p->rec.nattempts - 1].span_id, p->span_id, sizeof p->span_id);
 }
 
+/* Does route r pass the client's body through: its provider speaks the
+ * inbound format (llmux/provider.h, LLMUX_FEATURE_MESSAGES, _RESPONSES),
+ * or has the Responses API for this model (`capabilities = responses`)? */
+static int native_route(const proxy_t *p, const llmux_route_conf_t *r,
+                        const llmux_provider_rt_t *rt) {
+  const llmux_provider_t *vt = rt->plugin->vt;
+  unsigned f;
+  if (p->in == NULL || p->in->native_feature == 0 || p->in_model.base == NULL ||
+      rt->host == NULL || !LLMUX_PROVIDER_HAS(vt, features))
+    return 0;
+  f = vt->features(rt->instance);
+  if (f & p->in->native_feature) return 1;
+  return p->in->native_feature == LLMUX_FEATURE_RESPONSES &&
+         (f & LLMUX_FEATURE_RESPONSES_BY_MODEL) && (r->model->capabilities & LLMUX_CAP_RESPONSES);
+}
+
+/* The host's parse of txn.body (request_json) belongs to one body: a switch
+ * between the chat body and the native one drops it. */
+static void forget_json(proxy_t *p) {
+  if (p->ht.json != NULL) json_decref(p->ht.json);
+  p->ht.json = NULL;
+  p->ht.json_tried = 0;
+}
+
 /* Sends the request to one route. On a local failure notes it and moves
  * on to the next candidate. */
 static void attempt(proxy_t *p, const llmux_route_conf_t *r, llmux_provider_rt_t *rt,
@@ -1497,6 +1609,13 @@ static void attempt(proxy_t *p, const llmux_route_conf_t *r, llmux_provider_rt_t
   t->provider_model = r->id;
   t->status = 0;
   t->nresp_headers = 0;
+  if (native_route(p, r, rt) != p->native) forget_json(p);
+  if ((p->native = native_route(p, r, rt))) { /* the client's own body, only its model replaced */
+    t->endpoint = (llmux_endpoint_t)p->in->native_endpoint;
+    t->body = (llmux_str_t){p->in_body.base, p->in_body.len};
+    t->model_value = p->in_model;
+    llmux_split_reset(p->native_sse);
+  }
   p->ht.owner = p;
   p->ht.emit = emit_to_client;
   p->txn_prov = rt;
@@ -1696,6 +1815,17 @@ static int agent_request(proxy_t *p) {
   return 0;
 }
 
+/* The client's body, kept for routes that pass it through, and where its
+ * model is (the format checked the body: a model that is not a string
+ * only means no route passes it through). */
+static void keep_native(proxy_t *p) {
+  llmux_json_field_t f[] = {{"model"}};
+  p->in_body = p->body;
+  if (llmux_json_scan(p->in_body.base, p->in_body.len, f, 1, NULL, NULL) == 0 &&
+      f[0].type == LLMUX_JSON_STRING)
+    p->in_model = f[0].value;
+}
+
 /* The client's body (an inbound format's) -> an OpenAI chat body. */
 static int inbound_request(proxy_t *p) {
   llmux_buf_t body = {0};
@@ -1715,7 +1845,8 @@ static int inbound_request(proxy_t *p) {
       fail_client(p, 500, "server_error", "out_of_memory", NULL, "Out of memory.");
     return -1;
   }
-  llmux_buf_free(&p->body);
+  if (p->in->native_endpoint != 0) keep_native(p);
+  else llmux_buf_free(&p->body);
   p->body = body;
   return 0;
 }

@@ -293,6 +293,7 @@ static int start_fleet(llmux_gateway_t *gw) {
   int rc = fleet_conf(&gw->cfg->server, &fc);
   if (rc == 0) rc = llmux_fleet_usage_start(gw, &fc);
   if (rc == 0) rc = llmux_fleet_breakers_start(gw, &fc);
+  if (rc == 0) rc = llmux_fleet_responses_start(gw, &fc);
   return rc;
 }
 
@@ -312,6 +313,8 @@ static int start(llmux_gateway_t *gw, int rc) {
   }
   if (gw->fleet_usage) llmux_fleet_usage_close(gw, NULL);
   if (gw->fleet_breakers) llmux_fleet_breakers_close(gw, NULL);
+  if (gw->responses && llmux_responses_remote(gw->responses))
+    llmux_fleet_responses_close(gw, NULL);
   if (front) llmux_http_server_close(&gw->http, NULL);
   if (gw->usage) llmux_usage_close(gw->usage, NULL, NULL);
   gw->usage = NULL;
@@ -512,7 +515,11 @@ static void on_http_closed(llmux_http_server_t *srv) {
   } else {
     close_usage(gw);
   }
-  /* Every request is finished: what they stored goes to disk. */
+  /* Every request is finished: what they stored goes to Redis and disk. */
+  if (gw->shared) {
+    gw->close_pending++;
+    llmux_fleet_responses_close(gw, close_step);
+  }
   llmux_responses_close(gw->responses);
   gw->responses = NULL;
   /* The breakers' fleet lets go of the route table before it is freed. */

@@ -99,7 +99,13 @@ typedef struct llmux_provider_config_s {
 typedef enum {
   LLMUX_ENDPOINT_CHAT = 1,        /* POST /v1/chat/completions */
   LLMUX_ENDPOINT_COMPLETIONS = 2, /* POST /v1/completions */
-  LLMUX_ENDPOINT_EMBEDDINGS = 3   /* POST /v1/embeddings */
+  LLMUX_ENDPOINT_EMBEDDINGS = 3,  /* POST /v1/embeddings */
+  /* ABI 1.4, native passthrough: the client spoke the provider's own API,
+   * and the host asks for the request as it is, untranslated. A plugin
+   * sees these only when its features() declares the format
+   * (LLMUX_FEATURE_MESSAGES, LLMUX_FEATURE_RESPONSES, see there). */
+  LLMUX_ENDPOINT_MESSAGES = 4,    /* Anthropic's POST /v1/messages */
+  LLMUX_ENDPOINT_RESPONSES = 5    /* OpenAI's POST /v1/responses */
 } llmux_endpoint_t;
 
 typedef struct llmux_usage_s {
@@ -441,7 +447,27 @@ enum {
    * n choices in one response. Without it the host fans such a request out
    * into n requests with n = 1 through the same route and merges their
    * answers (or refuses it: `[server] fan_out = off`). */
-  LLMUX_FEATURE_N = 1u << 0
+  LLMUX_FEATURE_N = 1u << 0,
+
+  /* Native passthrough. The provider speaks a client-facing API itself, so
+   * a client of that API is served untranslated: the host calls
+   * translate_request with txn->endpoint LLMUX_ENDPOINT_MESSAGES (or
+   * _RESPONSES), txn->body the client's own body and txn->model_value its
+   * "model"; the plugin fills path ("/messages", "/responses"), its auth
+   * headers and the body parts: the body as it is with only the model id
+   * spliced in (the openai plugin's splice), never re-serialised. The host
+   * then sends the 2xx answer to the client byte for byte, plain or
+   * streamed, and reads its usage itself: parse_response is NOT called for
+   * such an attempt. A non-2xx answer goes to classify_error as usual (its
+   * body is in the provider's own error shape), and when no other route
+   * serves, the client gets that body as it is. Failover to a route whose
+   * provider lacks the format translates there, as without the bit. */
+  LLMUX_FEATURE_MESSAGES = 1u << 1,  /* Anthropic's Messages API (POST /messages) */
+  LLMUX_FEATURE_RESPONSES = 1u << 2, /* OpenAI's Responses API (POST /responses), every model */
+  /* The plugin can build a Responses request as above, and the provider
+   * has the API for some models only: the host passes through the routes
+   * of models whose `[model]` declares `capabilities = responses`. */
+  LLMUX_FEATURE_RESPONSES_BY_MODEL = 1u << 3
 };
 
 /* The ABI minor that added each optional slot (for LLMUX_PROVIDER_HAS). */

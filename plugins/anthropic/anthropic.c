@@ -33,7 +33,12 @@
  *  - temperature above Anthropic's 1: clamped to 1, and the host told
  *    (x-llmux-adjusted: temperature).
  * Refusals reach the client in the plugin's words through txn->refusal
- * (ABI 1.4). */
+ * (ABI 1.4).
+ *
+ * A client that speaks Messages itself is not translated at all: the plugin
+ * declares LLMUX_FEATURE_MESSAGES, and for LLMUX_ENDPOINT_MESSAGES it sends
+ * the client's body with only the model id spliced in; the host passes the
+ * answer back untouched (ABI 1.4, native passthrough). */
 #include <jansson.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -663,12 +668,34 @@ static void txn_reset(anthropic_txn_t *t) {
   t->json_seen = 0;
 }
 
+/* Native passthrough (LLMUX_FEATURE_MESSAGES): the client spoke Messages
+ * itself, so its body goes as it is, with only the model id spliced in
+ * (kept in t->body); the host passes the answer back untouched. */
+static int native_request(const anthropic_t *p, anthropic_txn_t *t, llmux_txn_t *txn) {
+  const char *body = txn->body.base;
+  size_t before, after;
+  int rc = buf_puts(&txn->path, "/messages");
+  rc |= host->buf_append(&txn->headers, p->head.base, p->head.len);
+  if (rc != 0) return LLMUX_ENOMEM;
+  if (txn->model_value.base == NULL || txn->model_value.base < body ||
+      txn->model_value.base + txn->model_value.len > body + txn->body.len)
+    return bad_request("the Messages body has no model to replace");
+  if (buf_json_str(&t->body, txn->provider_model) != 0) return LLMUX_ENOMEM;
+  before = (size_t)(txn->model_value.base - body);
+  after = before + txn->model_value.len;
+  txn->body_parts[0] = (llmux_str_t){body, before};
+  txn->body_parts[1] = (llmux_str_t){t->body.base, t->body.len};
+  txn->body_parts[2] = (llmux_str_t){body + after, txn->body.len - after};
+  txn->nbody_parts = 3;
+  return 0;
+}
+
 static int anthropic_translate_request(void *instance, llmux_txn_t *txn) {
   anthropic_t *p = instance;
   anthropic_txn_t *t = txn->data;
   json_t *req, *out = NULL;
   int rc;
-  if (txn->endpoint != LLMUX_ENDPOINT_CHAT)
+  if (txn->endpoint != LLMUX_ENDPOINT_CHAT && txn->endpoint != LLMUX_ENDPOINT_MESSAGES)
     return bad_request("Anthropic's Messages API serves chat completions only");
   if (t == NULL) {
     if ((t = host->malloc(sizeof *t)) == NULL) return LLMUX_ENOMEM;
@@ -677,6 +704,7 @@ static int anthropic_translate_request(void *instance, llmux_txn_t *txn) {
   }
   txn_reset(t);
   t->provider = p->name ? p->name : "anthropic";
+  if (txn->endpoint == LLMUX_ENDPOINT_MESSAGES) return native_request(p, t, txn);
   req = host->request_json(txn);
   if (!json_is_object(req)) return bad_request("the body is not a JSON object");
   t->include_usage = json_is_true(
@@ -1248,6 +1276,12 @@ static int anthropic_parse_models(void *instance, const char *body, size_t len,
   return rc ? LLMUX_ENOMEM : 0;
 }
 
+/* Anthropic speaks Messages: a Messages client's request passes through. */
+static unsigned anthropic_features(void *instance) {
+  (void)instance;
+  return LLMUX_FEATURE_MESSAGES;
+}
+
 static const llmux_provider_t anthropic_provider = {
   .abi_major = LLMUX_PROVIDER_ABI_MAJOR,
   .abi_minor = LLMUX_PROVIDER_ABI_MINOR,
@@ -1264,6 +1298,7 @@ static const llmux_provider_t anthropic_provider = {
   .models_request = anthropic_models_request,
   .parse_models = anthropic_parse_models,
   .ratelimit_dialect = "anthropic",
+  .features = anthropic_features,
 };
 
 /* Needs the host services of ABI 1.3 (status, retry-after, SSE splitter). */

@@ -28,6 +28,9 @@ static const llmux_config_key_t openai_keys[] = {
   {"organization", LLMUX_KEY_STRING, NULL, "sent as OpenAI-Organization"},
   {"supports_n", LLMUX_KEY_BOOL, "true",
    "the provider answers n > 1 itself; false (Groq): llmux fans the request out"},
+  {"responses", LLMUX_KEY_BOOL, "false",
+   "the provider serves OpenAI's Responses API (POST /responses) for every model: "
+   "POST /v1/responses passes through untranslated"},
   {NULL, 0, NULL, NULL}
 };
 
@@ -65,6 +68,11 @@ static int is_false(const char *v) {
                        strcasecmp(v, "off") == 0 || strcmp(v, "0") == 0);
 }
 
+static int is_true(const char *v) {
+  return v != NULL && (strcasecmp(v, "true") == 0 || strcasecmp(v, "yes") == 0 ||
+                       strcasecmp(v, "on") == 0 || strcmp(v, "1") == 0);
+}
+
 static int openai_create(const llmux_provider_config_t *cfg, void **instance, char *err,
                          size_t errlen) {
   openai_t *p = host->malloc(sizeof *p);
@@ -73,7 +81,11 @@ static int openai_create(const llmux_provider_config_t *cfg, void **instance, ch
   if (p == NULL) return LLMUX_ENOMEM;
   memset(p, 0, sizeof *p);
   p->name = cfg->name;
-  p->features = is_false(cfg->get(cfg, "supports_n")) ? 0 : LLMUX_FEATURE_N;
+  /* Any provider may have the Responses API for some models (the host asks
+   * a model's `capabilities = responses`); `responses = true`: for all. */
+  p->features = (is_false(cfg->get(cfg, "supports_n")) ? 0 : LLMUX_FEATURE_N) |
+                LLMUX_FEATURE_RESPONSES_BY_MODEL;
+  if (is_true(cfg->get(cfg, "responses"))) p->features |= LLMUX_FEATURE_RESPONSES;
   hdr = cfg->get(cfg, "auth_header");
   scheme = cfg->get(cfg, "auth_scheme");
   org = cfg->get(cfg, "organization");
@@ -104,6 +116,11 @@ static const char *endpoint_path(llmux_endpoint_t ep) {
     case LLMUX_ENDPOINT_CHAT: return "/chat/completions";
     case LLMUX_ENDPOINT_COMPLETIONS: return "/completions";
     case LLMUX_ENDPOINT_EMBEDDINGS: return "/embeddings";
+    /* Native passthrough (LLMUX_FEATURE_RESPONSES*): the client's Responses
+     * body, spliced like any other; the host passes the answer through and
+     * never calls parse_response for it. */
+    case LLMUX_ENDPOINT_RESPONSES: return "/responses";
+    default: break;
   }
   return NULL;
 }
@@ -343,7 +360,8 @@ static void openai_txn_free(void *instance, llmux_txn_t *txn) {
   txn->data = NULL;
 }
 
-/* OpenAI's API and most compatible ones answer `n` themselves. */
+/* OpenAI's API and most compatible ones answer `n` themselves; the
+ * Responses API is the section's (or a model's) say. */
 static unsigned openai_features(void *instance) {
   return ((const openai_t *)instance)->features;
 }

@@ -7,7 +7,7 @@
  * TLS, parsing, writing, timers), openai.c (endpoints, response bodies,
  * streams, faults), request.c (the request body fields an answer depends
  * on), json_scan.c (a validating scanner that finds them without building a
- * tree), record.c (the request log and
+ * tree), responses.c (OpenAI's Responses API, minimal), record.c (the request log and
  * the /mock/ introspection endpoints, with jansson). */
 #ifndef MOCK_H
 #define MOCK_H
@@ -110,7 +110,8 @@ struct mock_server_s {
  * out of the request so the request can go to the log at once. */
 enum mock_endpoint {
   MOCK_EP_NOTFOUND = 0, MOCK_EP_CHAT, MOCK_EP_COMPLETION, MOCK_EP_EMBEDDINGS,
-  MOCK_EP_MODELS, MOCK_EP_MODEL
+  MOCK_EP_MODELS, MOCK_EP_MODEL,
+  MOCK_EP_RESPONSES          /* responses.c: OpenAI's Responses API */
 };
 enum { MOCK_BODY_OK = 0, MOCK_BODY_NOT_JSON, MOCK_BODY_NO_MODEL, MOCK_BODY_NO_INPUT };
 
@@ -225,6 +226,11 @@ void mock_anthropic_stream_tick(mock_conn_t *c);
 /* request.c: reads the body fields the answer depends on into call (its
  * endpoint already set) and the "mock" object's knobs; MOCK_BODY_*. */
 int mock_parse_body(mock_call_t *call, mock_req_t *r, mock_knobs_t *body_knobs);
+
+/* responses.c: POST .../responses (OpenAI's Responses API, minimal). */
+int64_t mock_responses_nevents(const mock_call_t *call);
+void mock_responses_body(mock_conn_t *c);
+void mock_responses_event(llmux_buf_t *e, const mock_conn_t *c, int64_t k);
 
 /* record.c */
 mock_req_t *mock_req_new(mock_server_t *srv);

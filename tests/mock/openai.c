@@ -583,6 +583,7 @@ static void models_body(mock_conn_t *c) {
 /* Events: chat = role [, tool-call args...], tokens, finish [, usage], DONE;
  * completion = tokens, finish [, usage], DONE. */
 static int64_t stream_events(const mock_call_t *call) {
+  if (call->endpoint == MOCK_EP_RESPONSES) return mock_responses_nevents(call);
   int64_t body = call->endpoint == MOCK_EP_COMPLETION ? call->tokens
                : call->tools ? call->tokens + 3 : call->tokens + 1;
   return body + 1 + (call->include_usage ? 1 : 0) + 1;
@@ -649,7 +650,9 @@ static void stream_event(mock_conn_t *c, int64_t k) {
   llmux_buf_t *e = &c->body;
   int64_t nbody = stream_events(&c->call) - 2 - (c->call.include_usage ? 1 : 0);
   e->len = 0;
-  if (k == c->call.nevents - 1) {
+  if (c->call.endpoint == MOCK_EP_RESPONSES) {
+    mock_responses_event(e, c, k);
+  } else if (k == c->call.nevents - 1) {
     AL(e, "data: [DONE]\n\n");
   } else {
     AL(e, "data: ");
@@ -729,6 +732,10 @@ static void respond_ok(mock_conn_t *c) {
       else completion_body(c);
       break;
     case MOCK_EP_EMBEDDINGS: embeddings_body(c); break;
+    case MOCK_EP_RESPONSES:
+      if (call->stream) { start_stream(c); return; }
+      mock_responses_body(c);
+      break;
     case MOCK_EP_MODELS: case MOCK_EP_MODEL: models_body(c); break;
     default: break;
   }
@@ -768,6 +775,7 @@ static int route(mock_req_t *r, const char *path, size_t plen, mock_call_t *call
     if (ends_with(path, plen, "/chat/completions")) return MOCK_EP_CHAT;
     if (ends_with(path, plen, "/completions")) return MOCK_EP_COMPLETION;
     if (ends_with(path, plen, "/embeddings")) return MOCK_EP_EMBEDDINGS;
+    if (ends_with(path, plen, "/responses")) return MOCK_EP_RESPONSES;
     return MOCK_EP_NOTFOUND;
   }
   if (r->method != HTTP_GET) return MOCK_EP_NOTFOUND;
@@ -833,7 +841,8 @@ void mock_dispatch(mock_conn_t *c, mock_req_t *r) {
   mock_knobs_unset(&body_knobs);
   if (mock_ollama_route(&c->call, r, path, plen))
     c->call.body_error = mock_ollama_parse_body(&c->call, r, &body_knobs);
-  else if (c->call.endpoint >= MOCK_EP_CHAT && c->call.endpoint <= MOCK_EP_EMBEDDINGS)
+  else if ((c->call.endpoint >= MOCK_EP_CHAT && c->call.endpoint <= MOCK_EP_EMBEDDINGS) ||
+           c->call.endpoint == MOCK_EP_RESPONSES)
     c->call.body_error = mock_parse_body(&c->call, r, &body_knobs);
   if (c->call.body_error == MOCK_BODY_NOT_JSON) mock_knobs_unset(&body_knobs);
   resolve_knobs(c, &r->knobs, &body_knobs);

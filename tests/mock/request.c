@@ -106,7 +106,8 @@ static int on_member(void *ud, llmux_str_t key, llmux_str_t val) {
     mock_json_array(val.base, val.len, on_tool, s);
   } else if (mock_json_is(key, "tool_choice")) {
     s->tool_choice_none = mock_json_is(val, "\"none\"");
-  } else if ((mock_json_is(key, "max_tokens") || mock_json_is(key, "max_completion_tokens")) &&
+  } else if ((mock_json_is(key, "max_tokens") || mock_json_is(key, "max_completion_tokens") ||
+              mock_json_is(key, "max_output_tokens")) &&
              mock_json_int(val) > 0) {
     call->tokens = mock_json_int(val);
   } else if (mock_json_is(key, "input")) {

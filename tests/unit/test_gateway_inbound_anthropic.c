@@ -23,6 +23,7 @@
 
 #include "base/util.h"
 #include "gateway/inbound.h"
+#include "llmux/provider.h"
 
 static const llmux_inbound_t *const in = &llmux_inbound_anthropic;
 
@@ -619,6 +620,58 @@ static void test_error_types_follow_anthropics_table(void **state) {
   }
 }
 
+/* ---- native passthrough: usage read from Anthropic's own answer ---------- */
+
+static void native_usage_of(const char *json, int64_t *tin, int64_t *tout) {
+  llmux_inbound_anthropic.native_usage(json, strlen(json), tin, tout);
+}
+
+static void test_native_usage_of_a_message_counts_cache_tokens_as_input(void **state) {
+  int64_t tin = -1, tout = -1;
+  (void)state;
+  assert_int_equal(llmux_inbound_anthropic.native_endpoint, LLMUX_ENDPOINT_MESSAGES);
+  assert_int_equal(llmux_inbound_anthropic.native_feature, LLMUX_FEATURE_MESSAGES);
+  native_usage_of("{\"id\":\"msg_1\",\"type\":\"message\",\"content\":[{\"type\":\"text\","
+                  "\"text\":\"\\\"usage\\\": 99\"}],\"usage\":{\"input_tokens\":12,"
+                  "\"cache_creation_input_tokens\":3,\"cache_read_input_tokens\":5,"
+                  "\"output_tokens\":7}}", &tin, &tout);
+  assert_int_equal(tin, 20);
+  assert_int_equal(tout, 7);
+}
+
+static void test_native_usage_of_a_stream_takes_start_then_delta(void **state) {
+  int64_t tin = -1, tout = -1;
+  (void)state;
+  native_usage_of("{\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":"
+                  "{\"input_tokens\":25,\"output_tokens\":1}}}", &tin, &tout);
+  assert_int_equal(tin, 25);
+  assert_int_equal(tout, 1);
+  native_usage_of("{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":"
+                  "\"text_delta\",\"text\":\"usage\"}}", &tin, &tout);
+  native_usage_of("{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},"
+                  "\"usage\":{\"output_tokens\":15}}", &tin, &tout);
+  assert_int_equal(tin, 25);
+  assert_int_equal(tout, 15);
+}
+
+static void test_native_usage_that_is_not_a_count_is_unknown(void **state) {
+  int64_t tin = 4, tout = 4;
+  (void)state;
+  native_usage_of("{\"usage\":{\"input_tokens\":-3,\"output_tokens\":1.5}}", &tin, &tout);
+  assert_int_equal(tin, -1);
+  assert_int_equal(tout, -1);
+  tin = tout = 4;
+  native_usage_of("{\"usage\":{\"input_tokens\":99999999999999999999,\"output_tokens\":\"7\"}}",
+                  &tin, &tout);
+  assert_int_equal(tin, -1);
+  assert_int_equal(tout, -1);
+  tin = tout = 4; /* not JSON, or no usage: left alone */
+  native_usage_of("{\"usage\":{\"input_tokens\":1", &tin, &tout);
+  native_usage_of("{\"type\":\"ping\"}", &tin, &tout);
+  assert_int_equal(tin, 4);
+  assert_int_equal(tout, 4);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_a_plain_request_becomes_the_same_chat_request),
@@ -643,6 +696,9 @@ int main(void) {
       cmocka_unit_test(test_an_empty_stream_still_opens_and_closes_a_message),
       cmocka_unit_test(test_text_after_a_tool_call_opens_a_new_block),
       cmocka_unit_test(test_error_types_follow_anthropics_table),
+      cmocka_unit_test(test_native_usage_of_a_message_counts_cache_tokens_as_input),
+      cmocka_unit_test(test_native_usage_of_a_stream_takes_start_then_delta),
+      cmocka_unit_test(test_native_usage_that_is_not_a_count_is_unknown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

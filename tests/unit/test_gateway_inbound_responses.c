@@ -25,6 +25,7 @@
 
 #include "base/util.h"
 #include "gateway/inbound.h"
+#include "llmux/provider.h"
 
 static const llmux_inbound_t *const in = &llmux_inbound_responses;
 static const llmux_inbound_ctx_t ctx = {"req_0123456789abcdef", 42};
@@ -446,6 +447,32 @@ static void test_errors_are_openais_shape(void **s) {
   llmux_buf_free(&b);
 }
 
+/* ---- native passthrough: usage read from a provider's own Response ------- */
+
+static void native_usage_of(const char *json, int64_t *tin, int64_t *tout) {
+  llmux_inbound_responses.native_usage(json, strlen(json), tin, tout);
+}
+
+static void test_native_usage_of_a_response_and_of_response_completed(void **state) {
+  int64_t tin = -1, tout = -1;
+  (void)state;
+  assert_int_equal(llmux_inbound_responses.native_endpoint, LLMUX_ENDPOINT_RESPONSES);
+  assert_int_equal(llmux_inbound_responses.native_feature, LLMUX_FEATURE_RESPONSES);
+  native_usage_of("{\"id\":\"resp_1\",\"object\":\"response\",\"output\":[],\"usage\":"
+                  "{\"input_tokens\":9,\"input_tokens_details\":{\"cached_tokens\":0},"
+                  "\"output_tokens\":4,\"total_tokens\":13}}", &tin, &tout);
+  assert_int_equal(tin, 9);
+  assert_int_equal(tout, 4);
+  tin = tout = -1;
+  native_usage_of("{\"type\":\"response.created\",\"sequence_number\":0,\"response\":"
+                  "{\"id\":\"r\",\"usage\":null}}", &tin, &tout);
+  assert_int_equal(tin, -1);
+  native_usage_of("{\"type\":\"response.completed\",\"sequence_number\":9,\"response\":"
+                  "{\"id\":\"r\",\"usage\":{\"input_tokens\":30,\"output_tokens\":8}}}", &tin, &tout);
+  assert_int_equal(tin, 30);
+  assert_int_equal(tout, 8);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_a_string_input_and_instructions_become_messages),
@@ -460,6 +487,7 @@ int main(void) {
       cmocka_unit_test(test_a_tool_call_stream_is_the_documented_sequence),
       cmocka_unit_test(test_an_error_mid_stream_is_error_then_response_failed),
       cmocka_unit_test(test_errors_are_openais_shape),
+      cmocka_unit_test(test_native_usage_of_a_response_and_of_response_completed),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1048,6 +1048,45 @@ static void model_listing_reads_anthropic_models(void **state) {
   run_end(f, &r);
 }
 
+/* ---- native passthrough (ABI 1.4, LLMUX_FEATURE_MESSAGES) ---- */
+
+static void a_messages_body_passes_through_with_only_the_model_replaced(void **state) {
+  fixture_t *f = *state;
+  static const char body[] = "{\"max_tokens\":9, \"model\":\"claude\",\"messages\":[{\"role\":"
+                             "\"user\",\"content\":\"\\u00e9  hi\"}],\"stream\":true}";
+  static const char want[] = "{\"max_tokens\":9, \"model\":\"claude-sonnet-4-5\",\"messages\":"
+                             "[{\"role\":\"user\",\"content\":\"\\u00e9  hi\"}],\"stream\":true}";
+  llmux_host_txn_t ht;
+  llmux_buf_t sent = {0};
+  unsigned i, round;
+  assert_true(LLMUX_PROVIDER_HAS(f->vt, features));
+  assert_int_equal(f->vt->features(f->inst), LLMUX_FEATURE_MESSAGES);
+  memset(&ht, 0, sizeof ht);
+  ht.txn.size = sizeof ht.txn;
+  ht.txn.endpoint = LLMUX_ENDPOINT_MESSAGES;
+  ht.txn.body = (llmux_str_t){body, sizeof body - 1};
+  ht.txn.model_value = (llmux_str_t){strstr(body, "\"claude"), 8};
+  ht.txn.stream = 1;
+  ht.txn.provider_model = "claude-sonnet-4-5";
+  for (round = 0; round < 2; round++) { /* a retry builds the same bytes */
+    llmux_host_txn_clear_out(&ht);
+    ht.txn.attempt = round;
+    assert_int_equal(f->vt->translate_request(f->inst, &ht.txn), 0);
+    assert_int_equal(ht.txn.path.len, 9);
+    assert_memory_equal(ht.txn.path.base, "/messages", 9);
+    assert_true(contains(&ht.txn.headers, "x-api-key: sk-ant-test-key\r\n"));
+    assert_true(contains(&ht.txn.headers, "anthropic-version: "));
+    sent.len = 0;
+    for (i = 0; i < ht.txn.nbody_parts; i++)
+      llmux_buf_append(&sent, ht.txn.body_parts[i].base, ht.txn.body_parts[i].len);
+    assert_int_equal(sent.len, sizeof want - 1);
+    assert_memory_equal(sent.base, want, sent.len);
+  }
+  f->vt->txn_free(f->inst, &ht.txn);
+  llmux_host_txn_free(&ht);
+  llmux_buf_free(&sent);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(translates_a_full_conversation_with_tools_and_images),
@@ -1082,6 +1121,7 @@ int main(void) {
     cmocka_unit_test(streamed_json_answer_without_input_is_an_empty_object),
     cmocka_unit_test(logprobs_are_refused_in_words_naming_the_provider),
     cmocka_unit_test(temperature_above_one_is_clamped_and_said),
+    cmocka_unit_test(a_messages_body_passes_through_with_only_the_model_replaced),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -323,6 +323,38 @@ static void retry_after_is_read_and_absurd_values_are_ignored(void **state) {
   assert_int_equal(retry_after(f, "retry-after-ms", "1e30"), 0);
 }
 
+/* ---- native passthrough (ABI 1.4, LLMUX_FEATURE_RESPONSES*) ---- */
+
+static void test_a_responses_body_goes_to_responses_with_only_the_model_replaced(void **state) {
+  fixture_t *f = *state;
+  static const char body[] = "{\"model\" : \"llama-3.3-70b\",\"input\":\"a  b\\u00e9\","
+                             "\"store\":false}";
+  static const char want[] = "{\"model\" : \"llama-3.3-70b-versatile\",\"input\":\"a  b\\u00e9\","
+                             "\"store\":false}";
+  llmux_host_txn_t ht;
+  llmux_buf_t sent = {0};
+  unsigned i;
+  assert_true(LLMUX_PROVIDER_HAS(f->vt, features));
+  assert_true(f->vt->features(f->inst) & LLMUX_FEATURE_RESPONSES_BY_MODEL);
+  assert_false(f->vt->features(f->inst) & LLMUX_FEATURE_RESPONSES); /* responses = false */
+  memset(&ht, 0, sizeof ht);
+  ht.txn.size = sizeof ht.txn;
+  ht.txn.endpoint = LLMUX_ENDPOINT_RESPONSES;
+  ht.txn.body = (llmux_str_t){body, sizeof body - 1};
+  ht.txn.model_value = (llmux_str_t){strstr(body, "\"llama"), 15};
+  ht.txn.provider_model = PROVIDER_MODEL;
+  llmux_host_txn_clear_out(&ht);
+  assert_int_equal(f->vt->translate_request(f->inst, &ht.txn), 0);
+  assert_memory_equal(ht.txn.path.base, "/responses", 10);
+  for (i = 0; i < ht.txn.nbody_parts; i++)
+    llmux_buf_append(&sent, ht.txn.body_parts[i].base, ht.txn.body_parts[i].len);
+  assert_int_equal(sent.len, sizeof want - 1);
+  assert_memory_equal(sent.base, want, sent.len);
+  f->vt->txn_free(f->inst, &ht.txn);
+  llmux_host_txn_free(&ht);
+  llmux_buf_free(&sent);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(the_provider_model_is_spliced_in_and_the_key_sent),
@@ -333,6 +365,7 @@ int main(void) {
     cmocka_unit_test(an_answer_without_usage_leaves_it_unknown),
     cmocka_unit_test(a_new_attempt_reads_only_its_own_answer),
     cmocka_unit_test(retry_after_is_read_and_absurd_values_are_ignored),
+      cmocka_unit_test_setup_teardown(test_a_responses_body_goes_to_responses_with_only_the_model_replaced, setup, teardown),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
