@@ -118,6 +118,7 @@ test("SIGUSR1 reopens the file: after a rename, new lines go to a new file", asy
     await chat(gw, `rid-after-${n}`);
     await new Promise((r) => setTimeout(r, 50));
   }
+  assert.ok(fs.existsSync(file), "no new file after SIGUSR1; the gateway said:\n" + gw.stderr());
   const { lines } = await linesUntil(file, `rid-after-${n - 1}`);
   assert.ok(lines.every((l) => l.request_id.startsWith("rid-after-")));
   const old = fs.readFileSync(file + ".1", "utf8");
