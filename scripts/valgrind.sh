@@ -12,7 +12,8 @@ fail=0
 for t in test_base_json_scan test_base_metrics test_config test_config_registry test_route_ratelimit test_route_router \
          test_route_state test_gateway_generation \
          test_net_tls test_plugin_openai test_plugin_anthropic test_plugin_ollama \
-         test_plugin_simple; do
+         test_plugin_simple test_gateway_inbound_anthropic test_gateway_inbound_responses \
+         test_gateway_fanout test_gateway_unsupported; do
   [ -x "$BUILD/tests/$t" ] || continue
   if "${VG[@]}" "$BUILD/tests/$t" >/dev/null 2>"$BUILD/valgrind-$t.log"; then
     echo "valgrind: $t clean"
