@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 BUILD=${LLMUX_FUZZ_BUILD:-build-fuzz}
 JOBS=$(nproc 2>/dev/null || echo 2)
 ALL=(fuzz_json_scan fuzz_ratelimit_headers fuzz_http_front_door fuzz_upstream_response
-     fuzz_plugin_openai fuzz_plugin_anthropic fuzz_plugin_ollama)
+     fuzz_plugin_openai fuzz_plugin_anthropic fuzz_plugin_ollama fuzz_inbound)
 
 long=0
 runs=50000
