@@ -47,6 +47,8 @@ struct llmux_route_table_s {
 typedef struct entry_s {
   const llmux_route_conf_t *route;
   size_t model_rank;      /* the model's place: resolution order or shuffled */
+  size_t prefer;          /* the provider's place in the profile's
+                             `providers`; unlisted ones after them all */
   size_t prank;           /* place in priority order */
   double key;             /* the strategy's sort key, ascending */
 } entry_t;
@@ -591,6 +593,7 @@ static size_t model_rank(const llmux_resolution_t *res, const size_t *rank,
 static int cmp_priority(const void *pa, const void *pb) {
   const entry_t *a = pa, *b = pb;
   if (a->model_rank != b->model_rank) return a->model_rank < b->model_rank ? -1 : 1;
+  if (a->prefer != b->prefer) return a->prefer < b->prefer ? -1 : 1;
   if (a->route->provider->priority != b->route->provider->priority)
     return a->route->provider->priority < b->route->provider->priority ? -1 : 1;
   return a->route->index < b->route->index ? -1 : a->route->index > b->route->index;
@@ -609,7 +612,7 @@ static double strategy_key(const llmux_router_t *r, llmux_strategy_t s,
   case LLMUX_STRATEGY_LOWEST_LATENCY: return st->samples ? st->ewma_ms : -1.0;
   case LLMUX_STRATEGY_LEAST_LOADED: return (double)st->inflight;
   case LLMUX_STRATEGY_CHEAPEST:
-    return rt->model->has_price ? rt->model->price_in + rt->model->price_out : DBL_MAX;
+    return rt->has_price ? rt->price_in + rt->price_out : DBL_MAX;
   default: return 0;
   }
 }
@@ -622,6 +625,16 @@ static int ensure_mrank(llmux_router_t *r, size_t n) {
   r->mrank = p;
   r->mrank_cap = n;
   return 0;
+}
+
+/* The place of the route's provider in the profile's preferred providers;
+ * SIZE_MAX when it is not listed (or there is no profile). */
+static size_t preference(const llmux_resolution_t *res, const llmux_route_conf_t *rt) {
+  size_t i;
+  if (res->profile == NULL) return SIZE_MAX;
+  for (i = 0; i < res->profile->nproviders; i++)
+    if (res->profile->providers[i] == rt->provider) return i;
+  return SIZE_MAX;
 }
 
 /* Filters the resolution's routes into r->scratch; returns how many. */
@@ -645,6 +658,7 @@ static size_t collect(llmux_router_t *r, const llmux_resolution_t *res,
     }
     r->scratch[n].route = rt;
     r->scratch[n].model_rank = model_rank(res, rank, rt->model);
+    r->scratch[n].prefer = preference(res, rt);
     n++;
   }
   return n;

@@ -22,13 +22,20 @@
  *                   first because a generic or profile lists its models by
  *                   preference; priority picks among the providers of one
  *                   model. For a single model this is just provider priority.
+ *                   A profile's `providers = a, b` goes before priority:
+ *                   among one model's routes, a's then b's come first, then
+ *                   the unlisted ones by priority. (A member written
+ *                   MODEL@PROVIDER brings only that provider's route: the
+ *                   registry pins it.)
  *   lowest-latency  observed latency (EWMA) ascending across all routes.
  *                   Routes never observed go first, so each gets measured
  *                   once; ties keep priority order.
  *   least-loaded    requests in flight ascending; ties keep priority order.
- *   cheapest        model price_in + price_out ascending; a model without
- *                   a price goes after every priced one; ties keep priority
- *                   order.
+ *   cheapest        the route's price_in + price_out ascending (a route's
+ *                   own prices, else its model's, key by key: so it also
+ *                   chooses between the providers of one model); a route
+ *                   without a price goes after every priced one; ties keep
+ *                   priority order.
  *   weighted        the profile's models are shuffled by weight (model i is
  *                   first with probability w_i / sum(w)), deterministically
  *                   from the caller's 64-bit seed; each model's routes keep

@@ -71,8 +71,25 @@ static const char fixture[] =
     "[profile embmix]\n"
     "models = emb, plain\n"
     "\n"
+    "[model duet]\n"
+    "tier = 4\n"
+    "price_in = 1\n"
+    "price_out = 1\n"
+    "\n"
+    "[profile pair]\n"
+    "models = duet\n"
+    "strategy = cheapest\n"
+    "\n"
+    "[profile pref]\n"
+    "models = small, big\n"
+    "providers = cheap, paid\n"
+    "\n"
+    "[profile pinned]\n"
+    "models = small@paid, big\n"
+    "\n"
     "[generic best]\n"
     "min_tier = 1\n"
+    "max_tier = 3\n"
     "\n"
     "[provider free]\n"
     "plugin = openai\n"
@@ -104,7 +121,12 @@ static const char fixture[] =
     "[route paid big]\n"
     "[route cheap big]\n"
     "[route tie plain]\n"
-    "[route free emb]\n";
+    "[route free emb]\n"
+    "[route paid duet]\n"
+    "price_in = 0.2\n"
+    "[route tie duet]\n"
+    "[route cheap duet]\n"
+    "price_out = 0.1\n";
 
 typedef struct fixture_s {
   char dir[64];
@@ -280,6 +302,28 @@ static void cheapest_orders_by_price_with_unpriced_models_last(void **state) {
   plan_t pl;
   assert_string_equal(order(*state, "thrift", NULL, 0, &pl),
                       "free/small tie/small cheap/small paid/small cheap/big paid/big tie/plain");
+}
+
+/* duet costs 1 + 1; paid writes price_in = 0.2 (1.2 in all), cheap writes
+ * price_out = 0.1 (1.1), tie keeps the model's (2). */
+static void cheapest_uses_a_routes_own_prices_key_by_key_over_the_models(void **state) {
+  plan_t pl;
+  const llmux_route_conf_t *paid = fx.cfg->routes[route("paid/duet")];
+  assert_string_equal(order(*state, "pair", NULL, 0, &pl), "cheap/duet paid/duet tie/duet");
+  assert_true(paid->has_price);
+  assert_true(paid->price_in == 0.2 && paid->price_out == 1);
+  assert_string_equal(order(*state, "duet", NULL, 0, &pl), "tie/duet cheap/duet paid/duet");
+}
+
+static void a_profiles_providers_go_first_within_each_model_then_priority(void **state) {
+  plan_t pl;
+  assert_string_equal(order(*state, "pref", NULL, 0, &pl),
+                      "cheap/small paid/small free/small tie/small cheap/big paid/big");
+}
+
+static void a_pinned_member_brings_only_its_providers_route(void **state) {
+  plan_t pl;
+  assert_string_equal(order(*state, "pinned", NULL, 0, &pl), "paid/small cheap/big paid/big");
 }
 
 static void a_strategy_can_be_overridden_per_request(void **state) {
@@ -641,6 +685,9 @@ int main(void) {
     T(lowest_latency_tries_unobserved_routes_first_then_the_fastest),
     T(least_loaded_prefers_fewest_in_flight_and_breaks_ties_by_priority),
     T(cheapest_orders_by_price_with_unpriced_models_last),
+    T(cheapest_uses_a_routes_own_prices_key_by_key_over_the_models),
+    T(a_profiles_providers_go_first_within_each_model_then_priority),
+    T(a_pinned_member_brings_only_its_providers_route),
     T(a_strategy_can_be_overridden_per_request),
     T(weighted_is_deterministic_per_seed_and_keeps_each_models_routes_together),
     T(weighted_picks_models_first_in_proportion_to_their_weights),
