@@ -104,7 +104,8 @@ void llmux_reqlog_attempt_end(llmux_gateway_t *gw, llmux_reqlog_t *rec,
     rec->attempts[i].status = status;
     rec->attempts[i].end_ns = unix_ns_at(rec, llmux_now_us());
   }
-  llmux_series_add(llmux_metric_series3(gw->obs.attempts, rec->cur_provider, rec->cur_model,
+  llmux_series_add(llmux_metric_series3(gw->obs.attempts, rec->cur_provider,
+                                        rec->passthrough ? "*" : rec->cur_model,
                                         llmux_attempt_outcome_name(outcome)),
                    1);
 }
@@ -127,12 +128,14 @@ void llmux_reqlog_done(llmux_gateway_t *gw, llmux_reqlog_t *rec) {
 /* The GenAI label values: operation, provider, request model (canonical),
  * response model, and a fifth (token type or error type). The response
  * model is the route's configured id, not what the provider's answer said:
- * labels stay bounded by configuration whatever a provider sends. */
+ * labels stay bounded by configuration whatever a provider sends (and "*"
+ * for a passthrough model, whatever a client sends). */
 static void genai_labels(const llmux_reqlog_t *rec, const char *v[5]) {
   v[0] = rec->operation;
   v[1] = rec->provider ? rec->provider : "";
   v[2] = rec->canonical_model ? rec->canonical_model : "unknown";
   v[3] = rec->provider_model ? rec->provider_model : "";
+  if (rec->passthrough) v[2] = v[3] = "*"; /* any id a client sends: not a label */
   v[4] = "";
 }
 

@@ -64,6 +64,8 @@ typedef struct llmux_reqlog_s {
   int status;                 /* HTTP status sent to the client */
   const char *error_code;     /* the error's code, NULL on success */
   int stream;
+  int passthrough;            /* the models are a client's passthrough id
+                                 (issue 16): metrics label them "*" */
   int64_t prompt_tokens, completion_tokens; /* -1: unknown */
   double cost_usd;            /* from the configured prices; -1: unknown */
   uint64_t start_ns;          /* Unix time the request's first byte was parsed */

@@ -360,6 +360,37 @@ static void openai_txn_free(void *instance, llmux_txn_t *txn) {
   txn->data = NULL;
 }
 
+/* ---- model listing (GET /models; issue 16) --------------------------------- */
+
+static int openai_models_request(void *instance, llmux_txn_t *txn) {
+  const openai_t *p = instance;
+  int rc;
+  txn->method = "GET";
+  rc = host->buf_append(&txn->path, "/models", 7);
+  if (p->auth_line.len) rc |= host->buf_append(&txn->headers, p->auth_line.base, p->auth_line.len);
+  return rc ? LLMUX_ENOMEM : 0;
+}
+
+/* {"data":[{"id":"..."},...]}, OpenAI's and OpenRouter's shape. */
+static int openai_parse_models(void *instance, const char *body, size_t len,
+                               llmux_buf_t *names) {
+  json_t *root = json_loadb(body, len, 0, NULL), *m;
+  json_t *data = json_object_get(root, "data");
+  size_t i;
+  int rc = 0;
+  (void)instance;
+  if (!json_is_array(data)) {
+    json_decref(root);
+    return LLMUX_EUPSTREAM;
+  }
+  json_array_foreach(data, i, m) {
+    const char *id = json_string_value(json_object_get(m, "id"));
+    if (id != NULL) rc |= host->buf_append(names, id, strlen(id) + 1);
+  }
+  json_decref(root);
+  return rc ? LLMUX_ENOMEM : 0;
+}
+
 /* OpenAI's API and most compatible ones answer `n` themselves; the
  * Responses API is the section's (or a model's) say. */
 static unsigned openai_features(void *instance) {
@@ -379,6 +410,8 @@ static const llmux_provider_t openai_provider = {
   .parse_response = openai_parse_response,
   .classify_error = openai_classify_error,
   .txn_free = openai_txn_free,
+  .models_request = openai_models_request,
+  .parse_models = openai_parse_models,
   /* OpenAI's own headers; Groq, Cerebras and others served through this
    * plugin say theirs with `ratelimit_headers` in their section. */
   .ratelimit_dialect = "openai",

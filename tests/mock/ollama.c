@@ -398,7 +398,9 @@ static void embed_body(mock_conn_t *c) {
   AL(b, "}");
 }
 
-static const char *const tags[] = {"llama3.1:latest", "ministral-3:3b", "nomic-embed-text:latest"};
+/* Pulled models: the catalog's, and some it does not name (issue 16). */
+static const char *const tags[] = {"llama3.1:latest", "ministral-3:3b", "nomic-embed-text:latest",
+                                   "qwen2.5:latest", "codellama:latest", "llama3.2:1b"};
 
 static void tags_body(mock_conn_t *c) {
   llmux_buf_t *b = &c->body;

@@ -551,8 +551,10 @@ static void embeddings_body(mock_conn_t *c) {
   AL(b, "}}\n");
 }
 
+/* With ids an aggregator such as OpenRouter lists (issue 16). */
 static const char *const model_ids[] = {"mock-small", "mock-large", "gpt-4o-mini",
-                                        "text-embedding-3-small"};
+                                        "text-embedding-3-small", "anthropic/claude-3-opus",
+                                        "google/gemini-pro"};
 
 static void ap_model(llmux_buf_t *b, const mock_server_t *srv, const char *id, size_t n) {
   AL(b, "{\"id\":\"");

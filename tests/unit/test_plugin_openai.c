@@ -162,6 +162,28 @@ static void the_provider_model_is_spliced_in_and_the_key_sent(void **state) {
   run_end(f, &r);
 }
 
+/* Issue 16: a passthrough provider's own list, GET {base_url}/models. */
+static void models_are_listed_from_get_models(void **state) {
+  fixture_t *f = *state;
+  llmux_host_txn_t ht;
+  llmux_buf_t names = {0};
+  static const char body[] = "{\"object\":\"list\",\"data\":[{\"id\":\"anthropic/claude-3-opus\"},"
+                             "{\"id\":\"google/gemini-pro\",\"name\":\"Gemini\"},{\"no\":1}]}";
+  static const char want[] = "anthropic/claude-3-opus\0google/gemini-pro";
+  memset(&ht, 0, sizeof ht);
+  assert_int_equal(f->vt->models_request(f->inst, &ht.txn), 0);
+  assert_string_equal(ht.txn.method, "GET");
+  assert_memory_equal(ht.txn.path.base, "/models", 7);
+  assert_int_equal(ht.txn.path.len, 7);
+  assert_true(contains(&ht.txn.headers, "Authorization: Bearer gsk_test_key\r\n"));
+  assert_int_equal(f->vt->parse_models(f->inst, body, strlen(body), &names), 0);
+  assert_int_equal(names.len, sizeof want);
+  assert_memory_equal(names.base, want, sizeof want);
+  assert_int_not_equal(f->vt->parse_models(f->inst, "[]", 2, &names), 0);
+  llmux_host_txn_free(&ht);
+  llmux_buf_free(&names);
+}
+
 /* ---- answers ---- */
 
 static void answer(fixture_t *f, const char *file, int stream, int64_t in, int64_t out,
@@ -358,6 +380,7 @@ static void test_a_responses_body_goes_to_responses_with_only_the_model_replaced
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(the_provider_model_is_spliced_in_and_the_key_sent),
+    cmocka_unit_test(models_are_listed_from_get_models),
     cmocka_unit_test(a_plain_answer_passes_through_and_its_usage_is_read),
     cmocka_unit_test(a_stream_passes_through_and_its_last_usage_is_read),
     cmocka_unit_test(usage_that_is_not_a_token_count_is_unknown_and_logged_once),
