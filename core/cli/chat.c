@@ -670,7 +670,11 @@ static int probe_report(probe_t *p, FILE *out) {
     fprintf(out, "  %s unreachable: its model list could not be read\n", name);
   } else {
     size_t off = 0, k = 0;
-    fprintf(out, "  models at %s: ", name);
+    /* Issue 16: a passthrough provider serves every one of them. */
+    if (p->rt->conf->passthrough)
+      fprintf(out, "  models at %s (routable: %s/ID, or the bare ID): ", name, name);
+    else
+      fprintf(out, "  models at %s: ", name);
     while (off < names.len) {
       size_t n = strnlen(names.base + off, names.len - off);
       fprintf(out, "%s%.*s", k++ ? ", " : "", (int)n, names.base + off);

@@ -1,6 +1,7 @@
 /* `llmux key new TENANT` and `llmux usage`. */
 #include "cli/cli_tenant.h"
 
+#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,13 +22,37 @@ static int valid_tenant_name(const char *s) {
   return 1;
 }
 
+static const char key_usage[] =
+  "Usage: llmux key new TENANT\n"
+  "Prints a fresh API key (shown only this once) and the key_sha256 line to put\n"
+  "in the [tenant TENANT] section of the configuration.\n";
+
+/* The global options are accepted anywhere (`llmux key new acme -c FILE`);
+ * the key does not depend on them. Leaves argv[0..2] = key new TENANT. */
+static int parse_key_args(int *argc, char **argv) {
+  static const struct option longopts[] = {
+    {"config", required_argument, NULL, 'c'}, {"listen", required_argument, NULL, 'l'},
+    {"verbose", no_argument, NULL, 'v'},      {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+  };
+  int c;
+  optind = 0; /* GNU: a full reset, argv[0] is "key" */
+  while ((c = getopt_long(*argc, argv, "c:l:vh", longopts, NULL)) != -1) {
+    if (c == 'h') { fputs(key_usage, stdout); exit(0); }
+    if (c == '?') return 2;
+  }
+  if (*argc - optind != 2) return 2;
+  argv[1] = argv[optind];
+  argv[2] = argv[optind + 1];
+  *argc = 3;
+  return 0;
+}
+
 int llmux_cli_key(int argc, char **argv) {
   char key[LLMUX_KEY_STRLEN], hex[2 * LLMUX_KEY_HASH_LEN + 1];
   unsigned char h[LLMUX_KEY_HASH_LEN];
-  if (argc != 3 || strcmp(argv[1], "new") != 0) {
-    fputs("Usage: llmux key new TENANT\n"
-          "Prints a fresh API key (shown only this once) and the key_sha256 line to put\n"
-          "in the [tenant TENANT] section of the configuration.\n", stderr);
+  if (parse_key_args(&argc, argv) != 0 || strcmp(argv[1], "new") != 0) {
+    fputs(key_usage, stderr);
     return 2;
   }
   if (!valid_tenant_name(argv[2])) {

@@ -23,21 +23,32 @@ static void check_tenant_models(llmux_config_t *cfg, llmux_diag_t *d) {
   }
 }
 
-int llmux_config_load(const char *main_path, llmux_config_t **out, llmux_diag_t *diag) {
+int llmux_config_load_partial(const char *main_path, llmux_config_t **out,
+                              llmux_diag_t *diag) {
   llmux_diag_t local = {0};
-  llmux_config_t *cfg;
   size_t errors;
+  int rc;
+
+  if (main_path == NULL || out == NULL) return LLMUX_EINVAL;
+  if (diag == NULL) diag = &local;
+  errors = diag->errors;
+  *out = llmux__config_parse(main_path, diag);
+  if (llmux__registry_build(*out, diag) == 0) check_tenant_models(*out, diag);
+  rc = diag->errors > errors ? LLMUX_ECONFIG : 0;
+  llmux_diag_free(&local);
+  return rc;
+}
+
+int llmux_config_load(const char *main_path, llmux_config_t **out, llmux_diag_t *diag) {
+  llmux_config_t *cfg;
+  int rc;
 
   if (main_path == NULL || out == NULL) return LLMUX_EINVAL;
   *out = NULL;
-  if (diag == NULL) diag = &local;
-  errors = diag->errors;
-  cfg = llmux__config_parse(main_path, diag);
-  if (llmux__registry_build(cfg, diag) == 0) check_tenant_models(cfg, diag);
-  llmux_diag_free(&local);
-  if (diag->errors > errors) {
+  rc = llmux_config_load_partial(main_path, &cfg, diag);
+  if (rc != 0) {
     llmux_config_free(cfg);
-    return LLMUX_ECONFIG;
+    return rc;
   }
   *out = cfg;
   return 0;

@@ -277,7 +277,7 @@ int llmux_tls_feed(llmux_tls_t *t, const char *data, size_t len) {
 
 /* Spells out the verification flags as one line. */
 static void describe_verify(llmux_tls_t *t) {
-  char info[400];
+  char info[320];
   uint32_t flags = mbedtls_ssl_get_verify_result(&t->ssl);
   size_t n, i;
   int w;
@@ -288,7 +288,11 @@ static void describe_verify(llmux_tls_t *t) {
   info[n] = '\0';
   for (i = 0; i < n; i++)
     if (info[i] == '\n') info[i] = ';';
-  snprintf(t->err, sizeof(t->err), "certificate verification failed: %s",
+  /* The usual cause is a private CA (a proxy, a self-hosted server): say
+   * where it goes, since the reason alone does not tell what to do. */
+  snprintf(t->err, sizeof(t->err),
+           "certificate verification failed: %s (a server with a private CA: set "
+           "ca_file = PATH of its CA certificate in the provider's section)",
            n ? info : "unknown reason");
 }
 

@@ -1,10 +1,12 @@
 #define _GNU_SOURCE
 #include "plugin/providers.h"
 
+#include <dirent.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "base/log.h"
 #include "route/ratelimit.h"
@@ -111,6 +113,44 @@ static llmux_tls_ctx_t *tls_ctx_for(llmux_provider_cache_t *c, const llmux_provi
   return ctx;
 }
 
+/* The closest of `name` among `cands` (within 3 edits), else NULL. */
+static const char *closest(const char *name, const char *cand, const char *best,
+                           unsigned *best_d) {
+  unsigned d = llmux_edit_distance(name, cand, 4);
+  if (d < *best_d && d <= 3 && d < strlen(name)) {
+    *best_d = d;
+    return cand;
+  }
+  return best;
+}
+
+/* An unknown key: the closest known one, then every key the host and the
+ * plugin read, so a misspelt base_url is as easy to fix as a plugin's key. */
+static void unknown_key(const llmux_provider_rt_t *rt, const llmux_conf_kv_t *kv,
+                        llmux_diag_t *diag) {
+  llmux_buf_t host = {0}, own = {0};
+  const llmux_config_key_t *k;
+  const char *best = NULL, *name;
+  unsigned best_d = 4;
+  size_t i;
+  for (i = 0; (name = llmux_config_provider_key(i)) != NULL; i++) {
+    best = closest(kv->key, name, best, &best_d);
+    llmux_buf_printf(&host, "%s%s", host.len ? ", " : "", name);
+  }
+  for (k = rt->plugin->vt->config; k && k->name; k++) {
+    best = closest(kv->key, k->name, best, &best_d);
+    llmux_buf_printf(&own, "%s%s", own.len ? ", " : "", k->name);
+  }
+  llmux_diag_add(diag, kv->file, kv->line, LLMUX_DIAG_ERROR,
+                 "unknown key '%s' in [provider %s]%s%s%s (neither a provider key: %s; nor "
+                 "one that plugin '%s' declares%s%s)",
+                 kv->key, rt->conf->name, best ? "; did you mean '" : "", best ? best : "",
+                 best ? "'?" : "", host.base, rt->plugin->name, own.len ? ": " : "",
+                 own.len ? own.base : "");
+  llmux_buf_free(&host);
+  llmux_buf_free(&own);
+}
+
 static void check_plugin_keys(llmux_provider_rt_t *rt, llmux_diag_t *diag) {
   const llmux_provider_conf_t *pc = rt->conf;
   char err[512];
@@ -119,16 +159,7 @@ static void check_plugin_keys(llmux_provider_rt_t *rt, llmux_diag_t *diag) {
     const llmux_conf_kv_t *kv = &pc->extra[i];
     int rc = llmux_plugin_check_key(rt->plugin, kv->key, kv->value, err, sizeof err);
     if (rc == LLMUX_ENOTFOUND) {
-      llmux_buf_t names = {0};
-      const llmux_config_key_t *k;
-      for (k = rt->plugin->vt->config; k && k->name; k++)
-        llmux_buf_printf(&names, "%s%s", names.len ? ", " : "", k->name);
-      llmux_diag_add(diag, kv->file, kv->line, LLMUX_DIAG_ERROR,
-                     "unknown key '%s' in [provider %s] (neither a provider key nor one "
-                     "that plugin '%s' declares%s%s)",
-                     kv->key, pc->name, rt->plugin->name, names.len ? ": " : "",
-                     names.len ? names.base : "");
-      llmux_buf_free(&names);
+      unknown_key(rt, kv, diag);
     } else if (rc != 0) {
       llmux_diag_add(diag, kv->file, kv->line, LLMUX_DIAG_ERROR, "%s", err);
     }
@@ -207,19 +238,55 @@ static int build_local(llmux_provider_rt_t *rt, unsigned flags, llmux_diag_t *di
   return create_instance(rt, flags, diag);
 }
 
+/* A plugin that did not load: why, and when no such file exists, the
+ * plugins that do (name.so in plugin_dir) with the closest first. */
+static void unknown_plugin(const llmux_provider_conf_t *pc, const char *plugin_dir,
+                           const char *err, llmux_diag_t *diag) {
+  llmux_buf_t found = {0}, path = {0};
+  const char *best = NULL;
+  unsigned best_d = 4;
+  struct dirent *e;
+  DIR *dir;
+  llmux_buf_printf(&path, "%s/%s.so", plugin_dir, pc->plugin);
+  dir = access(path.base, F_OK) != 0 ? opendir(plugin_dir) : NULL;
+  while (dir != NULL && (e = readdir(dir)) != NULL) {
+    size_t n = strlen(e->d_name);
+    if (n <= 3 || strcmp(e->d_name + n - 3, ".so") != 0) continue;
+    e->d_name[n - 3] = '\0';
+    llmux_buf_printf(&found, "%s%s", found.len ? ", " : "", e->d_name);
+  }
+  if (dir != NULL) closedir(dir);
+  if (found.len) {
+    char *p, *save = NULL, *copy = llmux_xstrdup(found.base);
+    for (p = strtok_r(copy, ", ", &save); p; p = strtok_r(NULL, ", ", &save))
+      best = closest(pc->plugin, p, best, &best_d);
+    best = best ? llmux_xstrdup(best) : NULL;
+    free(copy);
+  }
+  llmux_diag_add(diag, pc->file, pc->line, LLMUX_DIAG_ERROR,
+                 "provider '%s': unknown plugin '%s': %s%s%s%s%s%s%s", pc->name, pc->plugin,
+                 err, best ? "; did you mean '" : "", best ? best : "", best ? "'?" : "",
+                 found.len ? " (plugins found: " : "", found.len ? found.base : "",
+                 found.len ? ")" : "");
+  free((char *)best);
+  llmux_buf_free(&found);
+  llmux_buf_free(&path);
+}
+
 static int build_one(llmux_providers_t *set, const char *plugin_dir, llmux_provider_rt_t *rt,
                      unsigned flags, llmux_diag_t *diag) {
   const llmux_provider_conf_t *pc = rt->conf;
   char err[512];
   size_t i, before = diag->errors;
 
+  if (pc->plugin == NULL) return LLMUX_ECONFIG; /* reported by the config */
   rt->plugin = llmux_plugins_load(&set->cache->plugins, plugin_dir, pc->plugin, err, sizeof err);
   if (rt->plugin == NULL) {
-    llmux_diag_add(diag, pc->file, pc->line, LLMUX_DIAG_ERROR,
-                   "provider '%s': unknown plugin '%s': %s", pc->name, pc->plugin, err);
+    unknown_plugin(pc, plugin_dir, err, diag);
     return LLMUX_ECONFIG;
   }
   check_plugin_keys(rt, diag);
+  if (flags & LLMUX_PROVIDERS_KEYS_ONLY) return diag->errors != before ? LLMUX_ECONFIG : 0;
   if (pc->base_url == NULL)
     return diag->errors != before ? LLMUX_ECONFIG : build_local(rt, flags, diag);
   if (llmux_url_parse(pc->base_url, &rt->tls, &rt->host, &rt->port, &rt->base_path) != 0) {

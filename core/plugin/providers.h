@@ -52,7 +52,10 @@ typedef struct llmux_providers_s {
 
 enum {
   LLMUX_PROVIDERS_CREATE = 1u << 0, /* create plugin instances */
-  LLMUX_PROVIDERS_TLS = 1u << 1     /* load CA bundles (https providers) */
+  LLMUX_PROVIDERS_TLS = 1u << 1,    /* load CA bundles (https providers) */
+  /* load each plugin and check its keys, nothing more: for a configuration
+   * that already has errors (its values may be missing), `llmux check` */
+  LLMUX_PROVIDERS_KEYS_ONLY = 1u << 2
 };
 
 /* Loads plugins from plugin_dir, checks every provider and (per flags)

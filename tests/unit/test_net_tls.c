@@ -115,6 +115,7 @@ static void untrusted_certificate_fails_with_ecert_and_a_reason(void **state) {
   assert_int_equal(p.cres, LLMUX_ECERT);
   assert_non_null(strstr(llmux_tls_last_error(p.c), "certificate verification failed"));
   assert_non_null(strstr(llmux_tls_last_error(p.c), "trusted"));
+  assert_non_null(strstr(llmux_tls_last_error(p.c), "set ca_file = PATH"));
   pair_close(&p);
 }
 
