@@ -247,6 +247,7 @@ static const keydef_t model_keys[] = {
   {"context_window", K_U64, MOD(context_window), 0},
   {"price_in", K_PRICE, MOD(price_in), 0},
   {"price_out", K_PRICE, MOD(price_out), 0},
+  {"display_name", K_STR, MOD(display_name), 0},
 };
 
 static const keydef_t generic_keys[] = {
@@ -259,6 +260,8 @@ static const keydef_t profile_keys[] = {
   {"models", K_LIST, PRO(model_names), 0},
   {"strategy", K_STRATEGY, PRO(strategy), 0},
   {"weights", K_WEIGHTS, 0, 0},
+  {"providers", K_LIST, PRO(provider_names), 0},
+  {"escalate", K_STR, PRO(escalate_name), 0},
 };
 
 static const keydef_t agent_keys[] = {
@@ -285,6 +288,7 @@ static const keydef_t provider_keys[] = {
   {"tls_verify", K_BOOL, PRV(tls_verify), 0},
   {"ca_file", K_PATH, PRV(ca_file), 0},
   {"ratelimit_headers", K_STR, PRV(ratelimit_headers), 0},
+  {"passthrough", K_BOOL, PRV(passthrough), 0},
   {"total_requests_per_minute", K_U64, PRV(wide_limits.requests_per_minute), 0},
   {"total_requests_per_day", K_U64, PRV(wide_limits.requests_per_day), 0},
   {"total_tokens_per_minute", K_U64, PRV(wide_limits.tokens_per_minute), 0},
@@ -294,6 +298,8 @@ static const keydef_t provider_keys[] = {
 static const keydef_t route_keys[] = {
   {"id", K_STR, RTE(id), 0},
   LIMIT_KEYS(RTE),
+  {"price_in", K_PRICE, RTE(price_in), LLMUX_ROUTE_PRICE_IN},
+  {"price_out", K_PRICE, RTE(price_out), LLMUX_ROUTE_PRICE_OUT},
 };
 
 /* Tenant limits are checked by llmux itself, whatever provider serves. */
@@ -304,6 +310,7 @@ static const keydef_t tenant_keys[] = {
   {"tokens_per_minute", K_LIMIT, TEN(limits.tokens_per_minute), LLMUX_LIMIT_TPM},
   {"tokens_per_day", K_LIMIT, TEN(limits.tokens_per_day), LLMUX_LIMIT_TPD},
   {"budget_usd_per_month", K_USD, TEN(budget_usd_per_month), 0},
+  {"allow_routing_overrides", K_BOOL, TEN(allow_routing_overrides), 0},
 };
 
 typedef struct secdef_s {
@@ -493,6 +500,7 @@ static void *new_section(load_t *c, int type, char **args) {
   case SEC_TENANT: {
     llmux_tenant_conf_t *t = alloc(c, sizeof(*t));
     t->name = sdup(c, args[0]);
+    t->allow_routing_overrides = 1;
     t->index = cfg->ntenants;
     VEC_PUSH(cfg->tenants, cfg->ntenants, t);
     obj = t;
@@ -773,7 +781,7 @@ static void set_list(load_t *c, const keydef_t *k, const char *value) {
   else if (k->type == K_CAPS) for_each_item(c, k, value, add_cap);
   else if (k->type == K_WEIGHTS) for_each_item(c, k, value, add_weight);
   else for_each_item(c, k, value, add_list_item);
-  if (c->sec_type == SEC_PROFILE && k->type == K_LIST)
+  if (c->sec_type == SEC_PROFILE && k->type == K_LIST && k->off == PRO(model_names))
     ((llmux_profile_conf_t *)c->sec)->models_line = c->lineno;
   if (c->sec_type == SEC_TENANT && k->type == K_LIST)
     ((llmux_tenant_conf_t *)c->sec)->has_models = 1;
@@ -1052,6 +1060,7 @@ static void set_value(load_t *c, const keydef_t *k, const char *value) {
     if (k->off == SRV(providers_dir) && c->sec_type == SEC_SERVER)
       c->providers_dir_line = c->lineno;
     if (c->sec_type == SEC_AGENT) ((llmux_agent_conf_t *)c->sec)->profile_line = c->lineno;
+    if (c->sec_type == SEC_PROFILE) ((llmux_profile_conf_t *)c->sec)->escalate_line = c->lineno;
     return;
   case K_LIST: case K_CAPS: case K_WEIGHTS: case K_KEYHASH:
     set_list(c, k, value);
@@ -1069,7 +1078,8 @@ static void set_value(load_t *c, const keydef_t *k, const char *value) {
     return;
   case K_PRICE:
     set_number(c, k, value, field);
-    ((llmux_model_conf_t *)c->sec)->has_price = 1;
+    if (c->sec_type == SEC_ROUTE) ((llmux_route_conf_t *)c->sec)->price_set |= k->bit;
+    else ((llmux_model_conf_t *)c->sec)->has_price = 1;
     return;
   case K_STRATEGY:
     for (i = 0; i < LLMUX_COUNTOF(strategies); i++) {
@@ -1864,4 +1874,8 @@ int llmux_caps_format(unsigned caps, llmux_buf_t *out) {
     first = 0;
   }
   return r;
+}
+
+const char *llmux_config_provider_key(size_t i) {
+  return i < sizeof provider_keys / sizeof provider_keys[0] ? provider_keys[i].name : NULL;
 }

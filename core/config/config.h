@@ -195,6 +195,7 @@ struct llmux_model_conf_s {
   const char *id;            /* canonical id */
   int tier;                  /* 1-5 */
   const char *family;        /* NULL when not given */
+  const char *display_name;  /* a name for people (seed 003); NULL: none */
   llmux_strlist_t aliases;   /* built-in aliases */
   unsigned capabilities;     /* LLMUX_CAP_* */
   uint64_t context_window;   /* tokens; 0 = unknown */
@@ -242,13 +243,24 @@ struct llmux_profile_conf_s {
   llmux_strategy_t strategy;
   double *weights;                 /* one per model, or NULL */
   size_t nweights;
+  llmux_strlist_t provider_names;  /* `providers =`: preferred first */
+  const char *escalate_name;       /* `escalate = PROFILE`, or NULL */
+  int escalate_line;
   const char *file;
   int line;
   int models_line;
   /* read-only, filled at load */
   size_t index;
   llmux_model_conf_t **models;     /* in listed order */
+  llmux_provider_conf_t **pins;    /* one per model: `MODEL@PROVIDER` limits
+                                      that member to one provider; NULL: any */
   size_t nmodels;
+  llmux_provider_conf_t **providers; /* provider_names, linked: among one
+                                        model's routes these go first, in this
+                                        order, before provider priority */
+  size_t nproviders;
+  llmux_profile_conf_t *escalate;  /* tried when every route of this one
+                                      failed or was filtered out; NULL: none */
   llmux_route_conf_t **routes;     /* every model's routes, model by model */
   size_t nroutes;
 };
@@ -293,6 +305,9 @@ typedef struct llmux_tenant_conf_s {
   int has_budget;
   llmux_agent_override_t *agent_overrides;
   size_t nagent_overrides;
+  int allow_routing_overrides; /* 1 (default): its requests may choose
+                                  providers (body `provider`, header
+                                  x-llmux-provider); 0: a 403 */
   const char *file;
   int line;
   /* read-only, filled at load */
@@ -328,13 +343,20 @@ struct llmux_provider_conf_s {
   size_t nheaders;
   llmux_conf_kv_t *extra;    /* keys the host does not know: the plugin's */
   size_t nextra;
+  int passthrough;           /* `passthrough = true` (issue 16): PROVIDER/ANY-ID
+                                is sent to it as is (registry.h) */
   const char *file;
   int line;
   /* read-only, filled at load */
   size_t index;
+  llmux_route_conf_t *passthrough_route; /* with passthrough: its route in
+                                cfg->routes (model NAME, "/" and "*"; id "*"; the
+                                provider's limits); NULL otherwise */
 };
 
 /* [route PROVIDER MODEL] */
+#define LLMUX_ROUTE_PRICE_IN 1u
+#define LLMUX_ROUTE_PRICE_OUT 2u
 struct llmux_route_conf_s {
   const char *provider_name;
   const char *model_name;
@@ -342,13 +364,24 @@ struct llmux_route_conf_s {
                                 canonical id) */
   llmux_limits_t limits;     /* effective: this section's keys, else the
                                 provider's; .set says which were written here */
+  double price_in;           /* effective USD per million tokens: this
+                                section's price_in/price_out, else the model's */
+  double price_out;
+  unsigned price_set;        /* LLMUX_ROUTE_PRICE_* written in this section */
+  int has_price;             /* effective: written here or on the model */
   const char *file;
   int line;
   /* read-only, filled at load */
   size_t index;                  /* position in cfg->routes */
   llmux_provider_conf_t *provider;
   llmux_model_conf_t *model;
+  int passthrough;               /* a provider's passthrough route, or a copy
+                                    of it made for one request */
 };
+
+/* The model of a route's rate-limit key: every model a passthrough route
+ * sends shares the provider's default limits, kept under "*". */
+#define LLMUX_ROUTE_LIMIT_ID(r) ((r)->passthrough ? "*" : (r)->id)
 
 typedef struct llmux_config_s {
   void *data;                /* for the user */
@@ -387,6 +420,13 @@ typedef struct llmux_config_s {
  * added to `diag`); LLMUX_ECONFIG with *out = NULL when any error was
  * reported; LLMUX_EINVAL for NULL arguments. `diag` may be NULL. */
 int llmux_config_load(const char *main_path, llmux_config_t **out, llmux_diag_t *diag);
+/* As llmux_config_load, but *out holds what was parsed even when errors
+ * were reported (LLMUX_ECONFIG): `llmux check` goes on to check the
+ * providers' plugins and keys, so one run reports every mistake. Such a
+ * configuration is for diagnostics only. The caller frees *out. */
+int llmux_config_load_partial(const char *main_path, llmux_config_t **out, llmux_diag_t *diag);
+/* The i-th key the host reads in a [provider] section; NULL past the last. */
+const char *llmux_config_provider_key(size_t i);
 void llmux_config_free(llmux_config_t *cfg);
 /* Private, for load.c: the files read and checked without the registry
  * (never NULL), and its release. */

@@ -97,6 +97,7 @@ static const char *kind_noun(llmux_name_kind_t k) {
   case LLMUX_NAME_GENERIC: return "generic";
   case LLMUX_NAME_PROFILE: return "profile";
   case LLMUX_NAME_AGENT: return "agent";
+  case LLMUX_NAME_PASSTHROUGH: return "passthrough";
   default: return "name";
   }
 }
@@ -109,6 +110,7 @@ const char *llmux_name_kind_str(llmux_name_kind_t k) {
   case LLMUX_NAME_GENERIC: return "generic";
   case LLMUX_NAME_PROFILE: return "profile";
   case LLMUX_NAME_AGENT: return "agent";
+  case LLMUX_NAME_PASSTHROUGH: return "passthrough";
   default: return "none";
   }
 }
@@ -323,6 +325,15 @@ static void effective_limits(llmux_route_conf_t *r) {
   if (!(set & LLMUX_LIMIT_TPD)) r->limits.tokens_per_day = p->tokens_per_day;
 }
 
+/* A route's own price_in/price_out override the model's, key by key, so
+ * `cheapest` can choose between the providers of one model. */
+static void effective_prices(llmux_route_conf_t *r) {
+  const llmux_model_conf_t *m = r->model;
+  if (!(r->price_set & LLMUX_ROUTE_PRICE_IN)) r->price_in = m->price_in;
+  if (!(r->price_set & LLMUX_ROUTE_PRICE_OUT)) r->price_out = m->price_out;
+  r->has_price = r->price_set != 0 || m->has_price;
+}
+
 static int link_route(build_t *b, llmux_route_conf_t *r) {
   const name_entry_t *e = lookup_s(b->reg, r->model_name);
   char hint[160];
@@ -349,6 +360,7 @@ static int link_route(build_t *b, llmux_route_conf_t *r) {
     ok = 0;
   }
   if (ok) effective_limits(r);
+  if (ok) effective_prices(r);
   return ok;
 }
 
@@ -395,6 +407,56 @@ static void build_routes(build_t *b) {
   free(ok);
 }
 
+/* ---- Building: passthrough routes -------------------------------------- */
+
+/* One route per passthrough provider, after the configured ones: model
+ * NAME, "/" and "*" (in no list and under no name), id "*", the
+ * provider's limits.
+ * Requests copy it (llmux_resolve_passthrough); its index gives them one
+ * router state and llmux_rl_configure one rate-limit window. */
+static void add_passthrough_routes(build_t *b) {
+  llmux_config_t *cfg = b->cfg;
+  size_t i, n = 0;
+  for (i = 0; i < cfg->nproviders; i++) n += cfg->providers[i]->passthrough != 0;
+  if (n == 0) return;
+  cfg->routes = realloc(cfg->routes, (cfg->nroutes + n) * sizeof(*cfg->routes));
+  if (cfg->routes == NULL) abort();
+  for (i = 0; i < cfg->nproviders; i++) {
+    llmux_provider_conf_t *p = cfg->providers[i];
+    llmux_model_conf_t *m;
+    llmux_route_conf_t *r;
+    size_t len = strlen(p->name);
+    char *id;
+    if (!p->passthrough) continue;
+    m = llmux__arena_alloc(cfg->arena, sizeof(*m));
+    r = llmux__arena_alloc(cfg->arena, sizeof(*r));
+    memset(m, 0, sizeof(*m));
+    memset(r, 0, sizeof(*r));
+    id = llmux__arena_alloc(cfg->arena, len + 3);
+    memcpy(id, p->name, len);
+    memcpy(id + len, "/*", 3);
+    m->id = id;
+    m->file = p->file;
+    m->line = p->line;
+    m->index = (size_t)-1; /* not in cfg->models */
+    m->routes = llmux__arena_alloc(cfg->arena, sizeof(*m->routes));
+    m->routes[0] = r;
+    m->nroutes = 1;
+    r->provider_name = p->name;
+    r->model_name = m->id;
+    r->id = "*";
+    r->file = p->file;
+    r->line = p->line;
+    r->provider = p;
+    r->model = m;
+    r->passthrough = 1;
+    r->index = cfg->nroutes;
+    effective_limits(r);
+    cfg->routes[cfg->nroutes++] = r;
+    p->passthrough_route = r;
+  }
+}
+
 /* ---- Building: expansions ---------------------------------------------- */
 
 /* Concatenates the routes of `models`, model by model. */
@@ -431,27 +493,117 @@ static void expand_generic(build_t *b, llmux_generic_conf_t *g) {
                    "generic '%s' matches no model", g->name);
 }
 
+/* The provider `name` names, or NULL after an error at `line` (with the
+ * closest provider as a hint). */
+static llmux_provider_conf_t *profile_provider(build_t *b, const llmux_profile_conf_t *p,
+                                               const char *name, int line) {
+  llmux_provider_conf_t *pv;
+  char hint[160];
+  pv = (llmux_provider_conf_t *)llmux_config_find_provider(b->cfg, name);
+  if (pv != NULL) return pv;
+  closest_provider(b->cfg, name, hint, sizeof(hint));
+  llmux_diag_add(b->diag, p->file, line, LLMUX_DIAG_ERROR,
+                 "profile '%s' names unknown provider '%s'%s", p->name, name, hint);
+  return NULL;
+}
+
+/* Member i of the profile, `MODEL` or `MODEL@PROVIDER`: appends the model
+ * (and its pin) or reports why not. A name that resolves whole is never
+ * split, so a model id holding '@' still works. */
+static void add_profile_member(build_t *b, llmux_profile_conf_t *p, size_t i) {
+  const char *name = p->model_names.items[i], *at = strrchr(name, '@');
+  int line = p->model_names.lines[i];
+  size_t len = strlen(name), j;
+  llmux_provider_conf_t *pin = NULL;
+  const name_entry_t *e;
+  char hint[160], part[256];
+  if (at != NULL && lookup_s(b->reg, name) == NULL) {
+    len = (size_t)(at - name);
+    if ((pin = profile_provider(b, p, at + 1, line)) == NULL) return;
+  }
+  snprintf(part, sizeof part, "%.*s", (int)len, name);
+  e = lookup(b->reg, name, len);
+  if (e && (e->kind == LLMUX_NAME_CANONICAL || e->kind == LLMUX_NAME_ALIAS)) {
+    llmux_model_conf_t *m = (llmux_model_conf_t *)e->ptr;
+    for (j = 0; pin && j < m->nroutes && m->routes[j]->provider != pin; j++) {}
+    if (pin && j == m->nroutes) {
+      llmux_diag_add(b->diag, p->file, line, LLMUX_DIAG_ERROR,
+                     "profile '%s' pins model '%s' to provider '%s', which has no route "
+                     "for it: add [route %s %s]", p->name, m->id, pin->name, pin->name, m->id);
+      return;
+    }
+    p->pins[p->nmodels] = pin;
+    p->models[p->nmodels++] = m;
+  } else if (e && e->kind != LLMUX_NAME_NONE) {
+    llmux_diag_add(b->diag, p->file, line, LLMUX_DIAG_ERROR,
+                   "profile '%s' lists '%s', which is a %s, not a model", p->name, part,
+                   kind_noun(e->kind));
+  } else {
+    llmux_diag_add(b->diag, p->file, line, LLMUX_DIAG_ERROR,
+                   "profile '%s' names unknown model '%s'%s", p->name, part,
+                   did_you_mean(b, part, MODEL_NAMES, hint, sizeof(hint)));
+  }
+}
+
+/* The members' routes, member by member; a pinned member brings only its
+ * pinned provider's route. */
+static void profile_routes(build_t *b, llmux_profile_conf_t *p) {
+  size_t i, j, total = 0;
+  for (i = 0; i < p->nmodels; i++) total += p->models[i]->nroutes;
+  p->routes = llmux__arena_alloc(b->cfg->arena, (total + 1) * sizeof(*p->routes));
+  p->nroutes = 0;
+  for (i = 0; i < p->nmodels; i++) {
+    for (j = 0; j < p->models[i]->nroutes; j++) {
+      llmux_route_conf_t *r = p->models[i]->routes[j];
+      if (p->pins[i] == NULL || r->provider == p->pins[i]) p->routes[p->nroutes++] = r;
+    }
+  }
+}
+
 static void expand_profile(build_t *b, llmux_profile_conf_t *p) {
   llmux_config_t *cfg = b->cfg;
   size_t i, n = p->model_names.len;
-  char hint[160];
   p->models = llmux__arena_alloc(cfg->arena, (n + 1) * sizeof(*p->models));
+  p->pins = llmux__arena_alloc(cfg->arena, (n + 1) * sizeof(*p->pins));
+  for (i = 0; i < n; i++) add_profile_member(b, p, i);
+  profile_routes(b, p);
+  n = p->provider_names.len;
+  p->providers = llmux__arena_alloc(cfg->arena, (n + 1) * sizeof(*p->providers));
   for (i = 0; i < n; i++) {
-    const char *name = p->model_names.items[i];
-    const name_entry_t *e = lookup_s(b->reg, name);
-    if (e && (e->kind == LLMUX_NAME_CANONICAL || e->kind == LLMUX_NAME_ALIAS)) {
-      p->models[p->nmodels++] = (llmux_model_conf_t *)e->ptr;
-    } else if (e && e->kind != LLMUX_NAME_NONE) {
-      llmux_diag_add(b->diag, p->file, p->model_names.lines[i], LLMUX_DIAG_ERROR,
-                     "profile '%s' lists '%s', which is a %s, not a model", p->name, name,
-                     kind_noun(e->kind));
-    } else {
-      llmux_diag_add(b->diag, p->file, p->model_names.lines[i], LLMUX_DIAG_ERROR,
-                     "profile '%s' names unknown model '%s'%s", p->name, name,
-                     did_you_mean(b, name, MODEL_NAMES, hint, sizeof(hint)));
-    }
+    llmux_provider_conf_t *pv =
+        profile_provider(b, p, p->provider_names.items[i], p->provider_names.lines[i]);
+    if (pv != NULL) p->providers[p->nproviders++] = pv;
   }
-  p->routes = concat_routes(b, p->models, p->nmodels, &p->nroutes);
+}
+
+/* `escalate = PROFILE`: the profile, or an error at its line. */
+static void link_escalation(build_t *b, llmux_profile_conf_t *p) {
+  const name_entry_t *e;
+  char hint[160];
+  if (p->escalate_name == NULL) return;
+  e = lookup_s(b->reg, p->escalate_name);
+  if (e && e->kind == LLMUX_NAME_PROFILE) {
+    p->escalate = (llmux_profile_conf_t *)e->ptr;
+    return;
+  }
+  llmux_diag_add(b->diag, p->file, p->escalate_line, LLMUX_DIAG_ERROR,
+                 "profile '%s' escalates to unknown profile '%s'%s", p->name, p->escalate_name,
+                 did_you_mean(b, p->escalate_name, KIND_BIT(LLMUX_NAME_PROFILE), hint,
+                              sizeof(hint)));
+}
+
+/* Escalation must end: a chain that comes back to where it began is an
+ * error at the line of its first `escalate`. */
+static void check_escalations(build_t *b) {
+  llmux_config_t *cfg = b->cfg;
+  size_t i, steps;
+  for (i = 0; i < cfg->nprofiles; i++) {
+    llmux_profile_conf_t *p = cfg->profiles[i], *q = p->escalate;
+    for (steps = 0; q != NULL && q != p && steps < cfg->nprofiles; steps++) q = q->escalate;
+    if (q == p)
+      llmux_diag_add(b->diag, p->file, p->escalate_line, LLMUX_DIAG_ERROR,
+                     "profile '%s' escalates in a circle (back to itself)", p->name);
+  }
 }
 
 static void link_agent(build_t *b, llmux_agent_conf_t *a) {
@@ -550,8 +702,11 @@ int llmux__registry_build(llmux_config_t *cfg, llmux_diag_t *diag) {
   build_names(&b);
   check_providers(&b);
   build_routes(&b);
+  add_passthrough_routes(&b);
   for (i = 0; i < cfg->ngenerics; i++) expand_generic(&b, cfg->generics[i]);
   for (i = 0; i < cfg->nprofiles; i++) expand_profile(&b, cfg->profiles[i]);
+  for (i = 0; i < cfg->nprofiles; i++) link_escalation(&b, cfg->profiles[i]);
+  check_escalations(&b);
   for (i = 0; i < cfg->nagents; i++) link_agent(&b, cfg->agents[i]);
   for (i = 0; i < cfg->naliases; i++) link_user_alias(&b, cfg->aliases[i]);
   check_alias_chains(&b);
@@ -666,6 +821,60 @@ int llmux_resolve(const llmux_config_t *cfg, const char *name, llmux_resolution_
   return llmux_resolven(cfg, name, strlen(name), res);
 }
 
+/* ---- Passthrough -------------------------------------------------------- */
+
+int llmux_resolve_passthrough_to(const llmux_config_t *cfg,
+                                 const llmux_provider_conf_t *provider, const char *id,
+                                 size_t len, llmux_passthrough_t *pt,
+                                 llmux_resolution_t *res) {
+  const llmux_route_conf_t *base = provider ? provider->passthrough_route : NULL;
+  size_t plen;
+  (void)cfg;
+  memset(res, 0, sizeof(*res));
+  if (base == NULL || len == 0) return LLMUX_ENOTFOUND;
+  plen = strlen(provider->name);
+  if (plen + 1 + len >= sizeof(pt->name)) return LLMUX_ENOTFOUND;
+  memcpy(pt->name, provider->name, plen);
+  pt->name[plen] = '/';
+  memcpy(pt->name + plen + 1, id, len);
+  pt->name[plen + 1 + len] = '\0';
+  pt->model = *base->model;
+  pt->model.id = pt->name;
+  pt->route = *base;
+  pt->route.id = pt->name + plen + 1;
+  pt->route.model_name = pt->name;
+  pt->route.model = &pt->model;
+  pt->model.routes = pt->routes;
+  pt->models[0] = &pt->model;
+  pt->routes[0] = &pt->route;
+  res->kind = res->target_kind = LLMUX_NAME_PASSTHROUGH;
+  res->target = pt->name;
+  push(res, LLMUX_NAME_PASSTHROUGH, pt->name);
+  res->model = &pt->model;
+  res->models = pt->models;
+  res->nmodels = 1;
+  res->routes = pt->routes;
+  res->nroutes = 1;
+  return 0;
+}
+
+int llmux_resolve_passthrough(const llmux_config_t *cfg, const char *name, size_t len,
+                              llmux_passthrough_t *pt, llmux_resolution_t *res) {
+  const char *slash = memchr(name, '/', len);
+  size_t i, plen;
+  memset(res, 0, sizeof(*res));
+  if (slash == NULL) return LLMUX_ENOTFOUND;
+  plen = (size_t)(slash - name);
+  for (i = 0; i < cfg->nproviders; i++) {
+    const llmux_provider_conf_t *p = cfg->providers[i];
+    if (p->passthrough_route == NULL || strlen(p->name) != plen ||
+        strncasecmp(p->name, name, plen) != 0)
+      continue;
+    return llmux_resolve_passthrough_to(cfg, p, slash + 1, len - plen - 1, pt, res);
+  }
+  return LLMUX_ENOTFOUND;
+}
+
 const llmux_model_conf_t *llmux_config_find_model(const llmux_config_t *cfg,
                                                   const char *canonical_id) {
   const name_entry_t *e = lookup_s(cfg->registry, canonical_id);
@@ -684,6 +893,7 @@ static void dump_limits(llmux_buf_t *out, const llmux_limits_t *l) {
 static void dump_model(llmux_buf_t *out, const llmux_model_conf_t *m) {
   size_t j;
   llmux_buf_printf(out, "  %s  tier %d", m->id, m->tier);
+  if (m->display_name) llmux_buf_printf(out, "  \"%s\"", m->display_name);
   if (m->family) llmux_buf_printf(out, "  family %s", m->family);
   if (m->capabilities) {
     llmux_buf_appends(out, "  caps ");
@@ -702,8 +912,24 @@ static void dump_model(llmux_buf_t *out, const llmux_model_conf_t *m) {
     llmux_buf_printf(out, "      -> %s %s (priority %d%s)", r->provider->name, r->id,
                      r->provider->priority, r->provider->enabled ? "" : ", disabled");
     dump_limits(out, &r->limits);
+    if (r->price_set) llmux_buf_printf(out, "  $%g/$%g per Mtok", r->price_in, r->price_out);
     llmux_buf_appends(out, "\n");
   }
+}
+
+/* A profile's preferred providers, pins and escalation, when it has any. */
+static void dump_profile_steering(llmux_buf_t *out, const llmux_profile_conf_t *p) {
+  size_t j;
+  if (p->nproviders) {
+    llmux_buf_appends(out, "      providers:");
+    for (j = 0; j < p->nproviders; j++)
+      llmux_buf_printf(out, "%s %s", j ? "," : "", p->providers[j]->name);
+    llmux_buf_appends(out, "\n");
+  }
+  for (j = 0; j < p->nmodels; j++)
+    if (p->pins[j])
+      llmux_buf_printf(out, "      pin: %s@%s\n", p->models[j]->id, p->pins[j]->name);
+  if (p->escalate) llmux_buf_printf(out, "      escalate: %s\n", p->escalate->name);
 }
 
 static void dump_list(llmux_buf_t *out, llmux_model_conf_t *const *models, size_t n) {
@@ -728,6 +954,7 @@ int llmux_registry_dump(const llmux_config_t *cfg, llmux_buf_t *out) {
     const llmux_profile_conf_t *p = cfg->profiles[i];
     llmux_buf_printf(out, "  %s  (%s): ", p->name, llmux_strategy_name(p->strategy));
     dump_list(out, p->models, p->nmodels);
+    dump_profile_steering(out, p);
   }
   llmux_buf_appends(out, "agents:\n");
   for (i = 0; i < cfg->nagents; i++)

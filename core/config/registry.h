@@ -24,7 +24,8 @@ typedef enum {
   LLMUX_NAME_CANONICAL,
   LLMUX_NAME_GENERIC,
   LLMUX_NAME_PROFILE,
-  LLMUX_NAME_AGENT
+  LLMUX_NAME_AGENT,
+  LLMUX_NAME_PASSTHROUGH /* PROVIDER/ANY-ID, not in the catalog (issue 16) */
 } llmux_name_kind_t;
 
 /* User-alias chains longer than this are a config error. */
@@ -65,6 +66,39 @@ int llmux_resolve(const llmux_config_t *cfg, const char *name, llmux_resolution_
 /* The same for a name that is not NUL-terminated (a URL path segment). */
 int llmux_resolven(const llmux_config_t *cfg, const char *name, size_t len,
                    llmux_resolution_t *res);
+
+/* ---- Passthrough (issue 16) ---------------------------------------------
+ *
+ * A provider with `passthrough = true` serves models the catalog does not
+ * name: "PROVIDER/ANY-ID" is sent to it with model id ANY-ID, under the
+ * provider's default limits and with no capability filter (the model has
+ * none declared). Every such request shares the provider's one passthrough
+ * route (its router state and rate-limit window, key "*"); the route
+ * handed out is a copy made for the request, in storage the caller owns. */
+
+#define LLMUX_PASSTHROUGH_MAX_NAME 256
+
+typedef struct llmux_passthrough_s {
+  llmux_model_conf_t model;      /* id "PROVIDER/ANY-ID", no capabilities */
+  llmux_route_conf_t route;      /* the provider's passthrough route, id ANY-ID */
+  llmux_model_conf_t *models[1];
+  llmux_route_conf_t *routes[1];
+  char name[LLMUX_PASSTHROUGH_MAX_NAME];  /* "PROVIDER/ANY-ID" */
+} llmux_passthrough_t;
+
+/* Resolves `name` as PROVIDER/ANY-ID: 0 when PROVIDER (case-insensitive)
+ * has passthrough on and ANY-ID is not empty; `res` (kind and target_kind
+ * LLMUX_NAME_PASSTHROUGH, one model, one route) then points into `pt` and
+ * `cfg`. LLMUX_ENOTFOUND otherwise, `res` cleared. Call it after
+ * llmux_resolve failed: a catalog name always wins. */
+int llmux_resolve_passthrough(const llmux_config_t *cfg, const char *name, size_t len,
+                              llmux_passthrough_t *pt, llmux_resolution_t *res);
+/* The same for a bare ANY-ID sent to `provider` (a passthrough provider
+ * whose model list holds it). */
+int llmux_resolve_passthrough_to(const llmux_config_t *cfg,
+                                 const llmux_provider_conf_t *provider, const char *id,
+                                 size_t len, llmux_passthrough_t *pt,
+                                 llmux_resolution_t *res);
 
 /* Up to `max` known names closest to `name` (llmux_edit_distance), best
  * first, ties in config order. Returns how many were stored. */

@@ -2,11 +2,13 @@
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
 #include <strings.h>
 
 #include "gateway/admin.h"
 #include "gateway/agent.h"
+#include "gateway/model_lists.h"
 #include "llmux/provider.h"
 #include "base/log.h"
 #include "config/registry.h"
@@ -57,6 +59,25 @@ static void append_caps(llmux_buf_t *b, unsigned caps) {
   llmux_buf_appends(b, "]");
 }
 
+/* A route's effective limits (its own keys, else its provider's); only
+ * those that are set. */
+static void append_limits(llmux_buf_t *b, const llmux_limits_t *l) {
+  static const char *const names[] = {"requests_per_minute", "requests_per_day",
+                                      "tokens_per_minute", "tokens_per_day"};
+  uint64_t v[4];
+  size_t i, n = 0;
+  v[0] = l->requests_per_minute;
+  v[1] = l->requests_per_day;
+  v[2] = l->tokens_per_minute;
+  v[3] = l->tokens_per_day;
+  llmux_buf_appends(b, ",\"limits\":{");
+  for (i = 0; i < 4; i++) {
+    if (v[i] == 0) continue;
+    llmux_buf_printf(b, "%s\"%s\":%llu", n++ ? "," : "", names[i], (unsigned long long)v[i]);
+  }
+  llmux_buf_appends(b, "}");
+}
+
 static void append_providers(llmux_buf_t *b, llmux_route_conf_t *const *routes, size_t n) {
   size_t i;
   llmux_buf_appends(b, "[");
@@ -67,7 +88,9 @@ static void append_providers(llmux_buf_t *b, llmux_route_conf_t *const *routes, 
     json_str(b, routes[i]->model->id);
     llmux_buf_appends(b, ",\"provider_model\":");
     json_str(b, routes[i]->id);
-    llmux_buf_printf(b, ",\"enabled\":%s}", routes[i]->provider->enabled ? "true" : "false");
+    llmux_buf_printf(b, ",\"enabled\":%s", routes[i]->provider->enabled ? "true" : "false");
+    append_limits(b, &routes[i]->limits);
+    llmux_buf_appends(b, "}");
   }
   llmux_buf_appends(b, "]");
 }
@@ -82,6 +105,10 @@ static void append_model_object(llmux_buf_t *b, const char *id, const char *kind
 static void append_canonical(llmux_buf_t *b, const llmux_model_conf_t *m) {
   size_t i;
   llmux_buf_printf(b, ",\"tier\":%d", m->tier);
+  if (m->display_name) {
+    llmux_buf_appends(b, ",\"display_name\":");
+    json_str(b, m->display_name);
+  }
   if (m->family) {
     llmux_buf_appends(b, ",\"family\":");
     json_str(b, m->family);
@@ -193,6 +220,7 @@ static void handle_model(llmux_gateway_t *gw, llmux_http_req_t *req, const char 
                          const llmux_tenant_t *tenant) {
   char name[512];
   llmux_resolution_t res;
+  llmux_passthrough_t pt;
   llmux_buf_t b = {0};
   size_t i;
   const char *prefix = "/v1/models/";
@@ -203,7 +231,11 @@ static void handle_model(llmux_gateway_t *gw, llmux_http_req_t *req, const char 
                           "The model name in the URL is empty or badly encoded.", "model");
     return;
   }
-  if (llmux_resolve(gw->cfg, name, &res) != 0 ||
+  if ((llmux_resolve(gw->cfg, name, &res) != 0 &&
+       llmux_resolve_passthrough(gw->cfg, name, strlen(name), &pt, &res) != 0 &&
+       llmux_resolve_passthrough_to(gw->cfg,
+                                    llmux_model_lists_find(gw->model_lists, gw->cfg, name),
+                                    name, strlen(name), &pt, &res) != 0) ||
       (tenant != NULL && !llmux_tenant_may_use(tenant, &res, NULL))) {
     llmux_respond_model_not_found(req, gw->cfg, tenant, name);
     return;
@@ -388,6 +420,7 @@ void llmux_api_on_head(llmux_http_req_t *req) {
     }
   }
   llmux_respond_request_id(gw, req, rid);
+  llmux_http_set_request_id(req, rid);
   llmux_reqlog_begin(gw, &rec, req, rid);
   rec.endpoint = classify(req->path, &po);
   if (operator && llmux_admin_allow(gw, req, rid)) {
@@ -410,6 +443,12 @@ typedef struct usage_acc_s {
   int day;
 } usage_acc_t;
 
+/* Dollars to the nano-dollar: sums of doubles (0.1 + 0.2) would otherwise
+ * print as 0.30000000000000004. Dumped with 15 significant digits. */
+static double usd9(double usd) {
+  return floor(usd * 1e9 + 0.5) / 1e9;
+}
+
 static void acc_add(json_t *per_model, const llmux_usage_row_t *r) {
   json_t *m = json_object_get(per_model, r->model);
   if (m == NULL) {
@@ -424,7 +463,8 @@ static void acc_add(json_t *per_model, const llmux_usage_row_t *r) {
   ADD_INT("output_tokens", r->counts.output_tokens);
 #undef ADD_INT
   json_object_set_new(m, "cost_usd",
-                      json_real(json_real_value(json_object_get(m, "cost_usd")) + r->counts.cost_usd));
+                      json_real(usd9(json_real_value(json_object_get(m, "cost_usd")) +
+                                     r->counts.cost_usd)));
 }
 
 static void on_usage_row(void *arg, const llmux_usage_row_t *r) {
@@ -441,7 +481,7 @@ static json_t *period(const char *key, const char *label, json_t *per_model,
   json_object_foreach(per_model, k, m) json_array_append(models, m);
   return json_pack("{s:s,s:I,s:I,s:I,s:f,s:o}", key, label, "requests",
                    (json_int_t)tot->requests, "input_tokens", (json_int_t)tot->input_tokens,
-                   "output_tokens", (json_int_t)tot->output_tokens, "cost_usd", tot->cost_usd,
+                   "output_tokens", (json_int_t)tot->output_tokens, "cost_usd", usd9(tot->cost_usd),
                    "models", models);
 }
 
@@ -478,7 +518,7 @@ static void handle_usage(llmux_gateway_t *gw, llmux_http_req_t *req, const char 
                 "tokens_per_day", limit_or_null(c->limits.tokens_per_day),
                 "budget_usd_per_month",
                 c->has_budget ? json_real(c->budget_usd_per_month) : json_null());
-  text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+  text = o ? json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(15)) : NULL;
   json_decref(o);
   json_decref(a.today);
   json_decref(a.month);
@@ -674,6 +714,7 @@ void llmux_api_on_request(llmux_http_req_t *req) {
 
   gw->requests++;
   llmux_respond_request_id(gw, req, rid);
+  llmux_http_set_request_id(req, rid);
   llmux_reqlog_begin(gw, &rec, req, rid);
   rec.endpoint = classify(req->path, &po);
   gw->answered_status = 0;

@@ -293,7 +293,7 @@ static uint64_t now_ms(const llmux_fanout_t *f) {
 }
 
 static llmux_rl_key_t route_key(const llmux_fanout_t *f) {
-  llmux_rl_key_t k = {f->c.route->provider->name, f->c.route->id};
+  llmux_rl_key_t k = {f->c.route->provider->name, LLMUX_ROUTE_LIMIT_ID(f->c.route)};
   return k;
 }
 

@@ -28,8 +28,10 @@
 #include "route/ratelimit.h"
 #include "config/registry.h"
 #include "route/router.h"
+#include "route/steer.h"
 #include "gateway/fleet.h"
 #include "gateway/proxy.h"
+#include "gateway/model_lists.h"
 #include "shared/rl_shared.h"
 #include "gateway/reqlog.h"
 #include "gateway/trace.h"
@@ -43,6 +45,7 @@
 #define ERROR_BODY_MAX (64 * 1024)
 #define MAX_RESP_HEADERS 64
 #define MAX_CANDIDATES 64
+#define MAX_FALLBACKS 8           /* names in a body's `models` */
 
 typedef struct proxy_s {
   llmux_gateway_t *gw;
@@ -57,6 +60,7 @@ typedef struct proxy_s {
   char model_name[256];
   char rid[160];
   llmux_resolution_t res;
+  llmux_passthrough_t pt;         /* res's model and route for PROVIDER/ANY-ID */
 
   /* candidates and the attempts made on them */
   llmux_route_plan_t plan;
@@ -145,12 +149,21 @@ typedef struct proxy_s {
   llmux_buf_t fail_native;        /* the last failure's own body, already in the
                                      client's format (a native provider's) */
   char native_ctype[128];         /* the provider's content-type, for the client */
+  /* Routing the caller steers (issue 16): the body's `provider` object or
+   * the x-llmux-provider header, applied to the plan (plan_routes). */
+  llmux_steer_t steer;
+  size_t nfallbacks;              /* names in `fallbacks` (body `models`) */
   /* Scratch arrays, last: each is written before it is read, so a new
    * proxy zeroes only what comes before them (they are most of its size). */
   const llmux_route_conf_t *cands[MAX_CANDIDATES];
   llmux_route_skip_t skips[MAX_CANDIDATES];
   uv_buf_t iov[LLMUX_TXN_MAX_BODY_PARTS];
   llmux_header_t resp_headers[MAX_RESP_HEADERS];
+  /* Body `models` (issue 16): the names tried after `model`, and the
+   * resolution they merge into (merge_fallbacks). */
+  char fallbacks[MAX_FALLBACKS][256];
+  llmux_model_conf_t *merged_models[MAX_CANDIDATES];
+  llmux_route_conf_t *merged_routes[MAX_CANDIDATES];
 } proxy_t;
 
 static void try_next(proxy_t *p);
@@ -270,7 +283,7 @@ static uint64_t overhead_us(const proxy_t *p) {
 
 static int served_model_ok(const llmux_buf_t *m);
 
-/* Our response headers into h[] (room for 10: at most 8 here); num holds
+/* Our response headers into h[] (room for 10: at most 9 here); num holds
  * 2 x 24 bytes. */
 static size_t our_headers(proxy_t *p, llmux_http_header_t *h, const char *ctype, char *num) {
   size_t n = 0;
@@ -284,6 +297,8 @@ static size_t our_headers(proxy_t *p, llmux_http_header_t *h, const char *ctype,
                                    {p->route->provider->name, strlen(p->route->provider->name)}};
     h[n++] = (llmux_http_header_t){{"x-llmux-model", 13},
                                    {p->route->model->id, strlen(p->route->model->id)}};
+    if (p->route->passthrough) /* a model the catalog does not name (issue 16) */
+      h[n++] = (llmux_http_header_t){{"x-llmux-passthrough", 19}, {"true", 4}};
   }
   llmux_u64_dec(num, p->rec.overhead_us = overhead_us(p));
   h[n++] = (llmux_http_header_t){{"x-llmux-overhead-us", 19}, {num, strlen(num)}};
@@ -352,12 +367,12 @@ static void fail_client(proxy_t *p, int status, const char *type, const char *co
  * then those plugins translate or that change what a request costs. */
 static const char *const body_keys[] = {
     "model", "stream", "messages", "prompt", "input", "tools", "response_format",
-    "max_completion_tokens", "max_tokens", "n",
+    "max_completion_tokens", "max_tokens", "n", "provider", "models",
     "stream_options", "best_of", "tool_choice", "parallel_tool_calls", "functions",
     "function_call", "temperature", "top_p", "seed", "stop", "user", "presence_penalty",
     "frequency_penalty", "dimensions", "encoding_format"};
 enum { F_MODEL, F_STREAM, F_MESSAGES, F_PROMPT, F_INPUT, F_TOOLS, F_FORMAT, F_MAX_COMPLETION,
-       F_MAX_TOKENS, F_N, F_COUNT = LLMUX_COUNTOF(body_keys) };
+       F_MAX_TOKENS, F_N, F_PROVIDER, F_MODELS, F_COUNT = LLMUX_COUNTOF(body_keys) };
 
 static int validate_fields(proxy_t *p, llmux_json_field_t *f) {
   if (f[F_MODEL].type == LLMUX_JSON_NONE) {
@@ -449,6 +464,123 @@ static void estimate_tokens(proxy_t *p, const llmux_json_field_t *f) {
   if (llmux_rl_max_tokens_fields(f, F_COUNT, &p->max_tokens) != 0) p->max_tokens = 0;
 }
 
+/* The caller's say in routing: the x-llmux-provider header, else the body's
+ * `provider` object (llmux's own: ignored on ARES's endpoint and inbound
+ * formats, whose bodies llmux wrote). A tenant with
+ * allow_routing_overrides = false may not steer. */
+static int read_steering(proxy_t *p, const llmux_json_field_t *f) {
+  const llmux_str_t *h = llmux_http_header(p->client, "x-llmux-provider");
+  const llmux_config_t *cfg = p->gen->cfg;
+  const char *param = NULL;
+  char msg[256];
+  int rc = 0;
+  if (!p->steer.active) llmux_steer_init(&p->steer); /* else: read before the strip */
+  if (h != NULL) {
+    param = "x-llmux-provider";
+    rc = llmux_steer_header(cfg, *h, &p->steer, msg, sizeof msg);
+  } else if (f[F_PROVIDER].type != LLMUX_JSON_NONE && f[F_PROVIDER].type != LLMUX_JSON_NULL &&
+             !p->agent && p->in == NULL) {
+    rc = llmux_steer_parse(cfg, f[F_PROVIDER].value, &p->steer, &param, msg, sizeof msg);
+  }
+  if (rc != 0) {
+    fail_client(p, 400, "invalid_request_error", "invalid_value", param, "%s", msg);
+    return -1;
+  }
+  if (p->steer.active && p->tenant && !p->tenant->conf->allow_routing_overrides) {
+    fail_client(p, 403, "permission_error", "routing_override_not_allowed", param,
+                "Tenant '%s' may not choose providers (allow_routing_overrides = false).",
+                p->tenant->conf->name);
+    return -1;
+  }
+  return 0;
+}
+
+static const char *back_ws(const char *c, const char *start) {
+  while (c > start && (c[-1] == ' ' || c[-1] == '\t' || c[-1] == '\n' || c[-1] == '\r')) c--;
+  return c;
+}
+
+/* The opening quote of the key of the top-level member whose value is `v`
+ * (inside b). The body is valid JSON and the key unescapes to a word
+ * without quotes (`provider`, `models`), so it is the second quote before
+ * the colon. */
+static char *key_start(llmux_buf_t *b, llmux_str_t v) {
+  char *start = b->base, *from = (char *)back_ws(v.base, start);
+  assert(from > start && from[-1] == ':');
+  from = (char *)back_ws(from - 1, start) - 1;          /* the key's closing quote */
+  while (from > start && from[-1] != '"') from--;
+  return from - 1;                                       /* its opening quote */
+}
+
+/* Removes that member and one comma beside it: `provider` and `models` are
+ * llmux's, and providers refuse what they do not know. */
+static void strip_member(llmux_buf_t *b, llmux_str_t v) {
+  char *start = b->base, *end = b->base + b->len;
+  char *from = key_start(b, v), *to = (char *)v.base + v.len;
+  while (to < end && (*to == ' ' || *to == '\t' || *to == '\n' || *to == '\r')) to++;
+  if (to < end && *to == ',') to++;                      /* "k": v, next */
+  else if (back_ws(from, start)[-1] == ',') from = (char *)back_ws(from, start) - 1;
+  memmove(from, to, (size_t)(end - to));
+  b->len -= (size_t)(to - from);
+}
+
+/* The end of the JSON string whose opening quote is at `c`. */
+static const char *string_end(const char *c, const char *e) {
+  for (c++; c < e && *c != '"'; c++)
+    if (*c == '\\') c++;
+  return c < e ? c + 1 : e;
+}
+
+/* Body `models`: a list of names to try in turn. With `model`, they follow
+ * it and the member goes; without, the member becomes `"model": FIRST` in
+ * place (shorter than `"models": [FIRST]`, so it fits) and the rest follow.
+ * The body is valid JSON. */
+static int read_models(proxy_t *p, llmux_str_t v) {
+  const char *c = v.base, *e = v.base + v.len, *first = NULL, *first_end = NULL;
+  int has_model = p->model_name[0] != '\0';
+  size_t n = 0;
+  char name[256];
+  if (v.len < 2 || v.base[0] != '[') goto bad;
+  for (c++; c < e && *c != ']'; n++) {
+    const char *end;
+    while (c < e && (*c == ' ' || *c == '\t' || *c == '\n' || *c == '\r' || *c == ',')) c++;
+    if (c < e && *c == ']') break;
+    if (c == e || *c != '"') goto bad;
+    end = string_end(c, e);
+    if (llmux_json_unquote((llmux_str_t){c, (size_t)(end - c)}, name, sizeof name) != 0 ||
+        name[0] == '\0')
+      goto bad;
+    if (n == 0 && !has_model) {
+      first = c;
+      first_end = end;
+    } else if (p->nfallbacks == MAX_FALLBACKS) {
+      goto bad;
+    } else {
+      memcpy(p->fallbacks[p->nfallbacks++], name, sizeof name);
+    }
+    c = end;
+    while (c < e && (*c == ' ' || *c == '\t' || *c == '\n' || *c == '\r' || *c == ',')) c++;
+  }
+  if (n == 0 && !has_model) goto bad;
+  if (first != NULL) {
+    char *k = key_start(&p->body, v), *to = (char *)v.base + v.len;
+    size_t flen = (size_t)(first_end - first);
+    memcpy(k, "\"model\":", 8);
+    memmove(k + 8, first, flen);
+    memmove(k + 8 + flen, to, (size_t)(p->body.base + p->body.len - to));
+    p->body.len -= (size_t)(to - (k + 8 + flen));
+  } else {
+    strip_member(&p->body, v);
+  }
+  return 0;
+
+bad:
+  fail_client(p, 400, "invalid_request_error", "invalid_value", "models",
+              "'models' must be a non-empty array of at most %d model names%s.",
+              MAX_FALLBACKS + !has_model, has_model ? " (tried after 'model')" : "");
+  return -1;
+}
+
 static int validate(proxy_t *p) {
   int images = 0;
   llmux_json_field_t f[F_COUNT];
@@ -473,7 +605,19 @@ static int validate(proxy_t *p) {
                   off);
     return -1;
   }
+  if (f[F_MODELS].type != LLMUX_JSON_NONE && !p->agent && p->in == NULL) {
+    if (f[F_MODEL].type == LLMUX_JSON_STRING)
+      llmux_json_unquote(f[F_MODEL].value, p->model_name, sizeof p->model_name);
+    if (read_models(p, f[F_MODELS].value) != 0) return -1;
+    p->model_name[0] = '\0';
+    return validate(p); /* the fields moved: read them again, once */
+  }
   if (validate_fields(p, f) != 0) return -1;
+  if (read_steering(p, f) != 0) return -1;
+  if (f[F_PROVIDER].type != LLMUX_JSON_NONE && !p->agent && p->in == NULL) {
+    strip_member(&p->body, f[F_PROVIDER].value);
+    return validate(p); /* the fields moved: read them again, once */
+  }
   p->stream = f[F_STREAM].type == LLMUX_JSON_TRUE;
   p->model_value = f[F_MODEL].value;
   p->caps = needed_caps(p, f, images);
@@ -628,10 +772,11 @@ static void account(proxy_t *p) {
   u = plugin_usage(p);
   in = u.prompt_tokens >= 0 ? (uint64_t)u.prompt_tokens : p->prompt_tokens;
   out = u.completion_tokens >= 0 ? (uint64_t)u.completion_tokens : 0;
-  cost = ((double)in * m->price_in + (double)out * m->price_out) / 1e6;
+  /* The route's prices: its own, else the model's (registry.c). */
+  cost = ((double)in * p->route->price_in + (double)out * p->route->price_out) / 1e6;
   p->rec.prompt_tokens = (int64_t)in;
   p->rec.completion_tokens = u.completion_tokens >= 0 ? u.completion_tokens : -1;
-  p->rec.cost_usd = m->has_price ? cost : -1;
+  p->rec.cost_usd = p->route->has_price ? cost : -1;
   if (p->tenant == NULL) return;
   p->tenant_tokens = in + out;
   day = llmux_usage_today();
@@ -924,13 +1069,14 @@ static void note_failure(proxy_t *p, int status, const char *type, const char *c
   record_failure(p, status, type, code, retry_after_ms, msg, NULL);
 }
 
-/* A failure before any answer. The client hears the provider's name and the
- * kind of failure (or the plugin's advice); the upstream client's own words
- * name the host and port, so they go to the log only. */
+/* A failure before any answer. The client hears the route (provider and
+ * model id) and the kind of failure (or the plugin's advice); the upstream
+ * client's own words name the host and port, so they go to the log only. */
 static void note_net_failure(proxy_t *p, int status, const char *type, const char *code,
                              const char *reason) {
   char msg[512];
-  snprintf(msg, sizeof msg, "Provider '%s': %s", p->route->provider->name, reason);
+  snprintf(msg, sizeof msg, "Provider '%s' (route %s/%s): %s", p->route->provider->name,
+           p->route->provider->name, p->route->id, reason);
   record_failure(p, status, type, code, 0, msg, p->up.error[0] ? p->up.error : NULL);
 }
 
@@ -1042,7 +1188,7 @@ static void failover(proxy_t *p, int retry_same) {
 /* ---- upstream callbacks --------------------------------------------------- */
 
 static llmux_rl_key_t route_key(const llmux_route_conf_t *r) {
-  llmux_rl_key_t k = {r->provider->name, r->id};
+  llmux_rl_key_t k = {r->provider->name, LLMUX_ROUTE_LIMIT_ID(r)};
   return k;
 }
 
@@ -1585,6 +1731,7 @@ static void attempt(proxy_t *p, const llmux_route_conf_t *r, llmux_provider_rt_t
   p->rec.provider = r->provider->name;
   p->rec.provider_model = r->id;
   p->rec.canonical_model = r->model->id;
+  p->rec.passthrough = r->passthrough;
   llmux_reqlog_attempt_begin(&p->rec, r->provider->name, r->id, p->retry_next);
   trace_attempt(p);
   p->retry_next = 0;
@@ -1728,6 +1875,36 @@ static int has_headroom(proxy_t *p, const llmux_route_conf_t *r, llmux_provider_
   return 0;
 }
 
+static int plan_routes(proxy_t *p);
+
+/* `[profile] escalate = NEXT` (seed 002): every route of this profile failed
+ * or was filtered out, so NEXT's routes get their turn; attempts and the
+ * deadline go on counting, and the tenant must be allowed NEXT. Returns 1
+ * with a new plan, 0 when there is nothing to escalate to. */
+static int escalate(proxy_t *p) {
+  const llmux_server_conf_t *s = &p->gen->cfg->server;
+  const llmux_profile_conf_t *next = p->res.profile ? p->res.profile->escalate : NULL;
+  llmux_resolution_t r;
+  if (next == NULL || p->next < p->plan.nroutes) return 0;
+  if (p->attempts >= (s->max_attempts ? s->max_attempts : 1) || now_ms(p) >= p->deadline_ms)
+    return 0;
+  memset(&r, 0, sizeof r);
+  r.kind = r.target_kind = LLMUX_NAME_PROFILE;
+  r.target = next->name;
+  r.chain[0] = (llmux_resolve_step_t){LLMUX_NAME_PROFILE, next->name};
+  r.nchain = 1;
+  r.profile = next;
+  r.models = next->models;
+  r.nmodels = next->nmodels;
+  r.routes = next->routes;
+  r.nroutes = next->nroutes;
+  if (p->tenant && !llmux_tenant_may_use(p->tenant, &r, NULL)) return 0;
+  llmux_debug("%s: profile %s escalates to %s", p->rid, p->res.profile->name, next->name);
+  p->res = r;
+  p->next = 0;
+  return plan_routes(p) == 0;
+}
+
 static void try_next(proxy_t *p) {
   const llmux_server_conf_t *s = &p->gen->cfg->server;
   if (p->client == NULL) { proxy_free(p); return; }
@@ -1765,10 +1942,24 @@ static void try_next(proxy_t *p) {
     attempt(p, r, rt, tokens);
     return;
   }
+  if (escalate(p)) {
+    try_next(p); /* bounded: escalation chains end (registry.c) */
+    return;
+  }
   give_up(p);
 }
 
 /* ---- entry --------------------------------------------------------------- */
+
+/* The caller's only/ignore/order over the router's plan; what it drops is
+ * said in the final error like any other skip. */
+static void steer_plan(proxy_t *p) {
+  const llmux_route_conf_t *dropped[MAX_CANDIDATES];
+  size_t i, nd;
+  if (!p->steer.active) return;
+  p->plan.nroutes = llmux_steer_apply(&p->steer, p->cands, p->plan.nroutes, dropped, &nd);
+  for (i = 0; i < nd; i++) note_skip(p, dropped[i], "excluded by the request's provider");
+}
 
 static int plan_routes(proxy_t *p) {
   llmux_route_query_t q;
@@ -1781,7 +1972,12 @@ static int plan_routes(proxy_t *p) {
   p->plan.skipped = p->skips;
   p->plan.cap = MAX_CANDIDATES;
   if (p->res.nroutes > MAX_CANDIDATES) p->res.nroutes = MAX_CANDIDATES;
+  if (p->steer.has_sort) {
+    q.override_strategy = 1;
+    q.strategy = p->steer.sort;
+  }
   if (llmux_router_order(p->gen->router, &p->res, &q, now_ms(p), &p->plan) < 0) return -1;
+  steer_plan(p);
   for (i = 0; i < p->plan.nskipped; i++) {
     const llmux_route_skip_t *sk = &p->skips[i];
     if (sk->reason == LLMUX_SKIP_DISABLED) {
@@ -1899,6 +2095,52 @@ static int tenant_admit(proxy_t *p) {
   return -1;
 }
 
+/* The catalog's names first; else PROVIDER/ANY-ID to a passthrough
+ * provider, else a bare id its model list holds; with no capability
+ * filter: the model declares none, or, for embeddings, the one the request
+ * needs. */
+static int resolve_model(proxy_t *p) {
+  const llmux_config_t *cfg = p->gen->cfg;
+  const char *name = p->model_name;
+  const llmux_provider_conf_t *listed;
+  if (llmux_resolve(cfg, name, &p->res) == 0) return 0;
+  if (p->agent) return LLMUX_ENOTFOUND;
+  if (llmux_resolve_passthrough(cfg, name, strlen(name), &p->pt, &p->res) != 0 &&
+      ((listed = llmux_model_lists_find(p->gw->model_lists, cfg, name)) == NULL ||
+       llmux_resolve_passthrough_to(cfg, listed, name, strlen(name), &p->pt, &p->res) != 0))
+    return LLMUX_ENOTFOUND;
+  p->pt.model.capabilities = p->caps & LLMUX_CAP_EMBEDDINGS;
+  return 0;
+}
+
+/* Body `models`: each fallback's routes after those of `model`, in list
+ * order, as one resolution (a profile's own strategy and preferences give
+ * way to the list's order: priority within each name). A name the caller
+ * may not use, or that is unknown, is the same 404 as for `model`. */
+static int merge_fallbacks(proxy_t *p) {
+  llmux_resolution_t r;
+  size_t i, j, nm = 0, nr = 0;
+  for (j = 0; j < p->res.nmodels && nm < MAX_CANDIDATES; j++)
+    p->merged_models[nm++] = p->res.models[j];
+  for (j = 0; j < p->res.nroutes && nr < MAX_CANDIDATES; j++)
+    p->merged_routes[nr++] = p->res.routes[j];
+  for (i = 0; i < p->nfallbacks; i++) {
+    if (llmux_resolve(p->gen->cfg, p->fallbacks[i], &r) != 0 ||
+        (p->tenant && !llmux_tenant_may_use(p->tenant, &r, NULL))) {
+      snprintf(p->model_name, sizeof p->model_name, "%s", p->fallbacks[i]);
+      return -1;
+    }
+    for (j = 0; j < r.nmodels && nm < MAX_CANDIDATES; j++) p->merged_models[nm++] = r.models[j];
+    for (j = 0; j < r.nroutes && nr < MAX_CANDIDATES; j++) p->merged_routes[nr++] = r.routes[j];
+  }
+  p->res.models = p->merged_models;
+  p->res.nmodels = nm;
+  p->res.routes = p->merged_routes;
+  p->res.nroutes = nr;
+  p->res.profile = NULL;
+  return 0;
+}
+
 void llmux_proxy_handle(llmux_gateway_t *gw, llmux_http_req_t *req, int endpoint) {
   llmux_proxy_opts_t o = {endpoint, NULL, 0, NULL, NULL};
   llmux_proxy_handle_opts(gw, req, &o);
@@ -1954,14 +2196,17 @@ void llmux_proxy_handle_opts(llmux_gateway_t *gw, llmux_http_req_t *req,
   if (validate(p) != 0) return;
   p->rec.model = p->model_name;
   p->rec.stream = p->stream;
-  if (llmux_resolve(p->gen->cfg, p->model_name, &p->res) != 0 ||
-      (p->agent && p->res.profile != p->areq.profile)) {
+  if (resolve_model(p) != 0 || (p->agent && p->res.profile != p->areq.profile)) {
     if (p->agent) {
       fail_client(p, 500, "server_error", "internal_error", NULL,
                   "Profile '%s' of agent '%s' does not resolve to itself.", p->model_name,
                   p->areq.agent->name);
       return;
     }
+    model_not_found(p);
+    return;
+  }
+  if (p->nfallbacks && merge_fallbacks(p) != 0) {
     model_not_found(p);
     return;
   }

@@ -12,6 +12,7 @@
 #include "base/log.h"
 #include "base/util.h"
 #include "gateway/fleet.h"
+#include "gateway/model_lists.h"
 #include "gateway/responses_store.h"
 #include "gateway/scrape.h"
 #include "shared/rl_shared.h"
@@ -309,6 +310,9 @@ static int start(llmux_gateway_t *gw, int rc) {
   if (rc == 0 && gw->shared) rc = start_fleet(gw);
   if (rc == 0) {
     llmux_trace_open(gw); /* best effort: a failure is logged, requests go on */
+    /* Best effort too: without lists, bare ids are not passed through. */
+    gw->model_lists = llmux_model_lists_new(gw->up);
+    llmux_model_lists_refresh(gw->model_lists, gw->current);
     return 0;
   }
   if (gw->fleet_usage) llmux_fleet_usage_close(gw, NULL);
@@ -427,6 +431,7 @@ int llmux_gateway_reload(llmux_gateway_t *gw, llmux_diag_t *diag) {
   warn_restart_only(&gw->cfg->server, &gen->cfg->server);
   llmux_trace_reload(gw, gen->cfg); /* compares with the current one: before set_current */
   set_current(gw, gen);
+  llmux_model_lists_refresh(gw->model_lists, gen);
   llmux_series_add(llmux_metric_series3(gw->obs.reloads, "success", NULL, NULL), 1);
   if (!gw->keep_log_level) llmux_log_level = gen->cfg->server.log_level;
   log_reload(gw);
@@ -453,6 +458,12 @@ static void on_sighup(uv_signal_t *h, int signum) {
 }
 
 /* ---- close ---------------------------------------------------------------- */
+
+/* Before the upstream pool closes: fetches in flight are cancelled. */
+static void close_model_lists(llmux_gateway_t *gw) {
+  llmux_model_lists_free(gw->model_lists);
+  gw->model_lists = NULL;
+}
 
 static void close_step(llmux_gateway_t *gw) {
   if (--gw->close_pending > 0) return;
@@ -563,6 +574,7 @@ void llmux_gateway_close(llmux_gateway_t *gw, void (*cb)(llmux_gateway_t *gw)) {
   if (gw->stopping) return;
   gw->stopping = 1;
   close_stop_handles(gw);
+  close_model_lists(gw);
   gw->close_cb = cb;
   gw->close_pending = 1;
   llmux_http_server_close(&gw->http, on_http_closed);
@@ -576,6 +588,7 @@ static void on_http_drained(llmux_http_server_t *srv, int status) {
   llmux_log(LLMUX_LOG_INFO | LLMUX_LOG_ALWAYS, "drained: every connection is closed");
   gw->stopping = 1;
   close_stop_handles(gw);
+  close_model_lists(gw);
   gw->close_pending = 1;
   on_http_closed(srv);
 }
@@ -628,10 +641,11 @@ static void on_signal(uv_signal_t *h, int signum) {
 static void log_start(const llmux_gateway_t *gw) {
   size_t i, enabled = 0;
   for (i = 0; i < gw->cfg->nproviders; i++) enabled += gw->cfg->providers[i]->enabled != 0;
-  llmux_log(LLMUX_LOG_INFO | LLMUX_LOG_ALWAYS, "llmux listening on http://%s%s%s:%d (%zu models, %zu of %zu providers enabled)",
+  llmux_log(LLMUX_LOG_INFO | LLMUX_LOG_ALWAYS, "llmux listening on http://%s%s%s:%d (%zu models, %zu of %zu providers enabled, %zu tenant%s, usage_db %s)",
              strchr(gw->cfg->server.host, ':') ? "[" : "", gw->cfg->server.host,
              strchr(gw->cfg->server.host, ':') ? "]" : "", gw->http.port, gw->cfg->nmodels,
-             enabled, gw->cfg->nproviders);
+             enabled, gw->cfg->nproviders, gw->cfg->ntenants, gw->cfg->ntenants == 1 ? "" : "s",
+             gw->cfg->server.usage_db ? gw->cfg->server.usage_db : "none");
   if (gw->cfg->ntenants == 0)
     llmux_warn("no [tenant] is configured: llmux runs open, every endpoint answers without "
                "an API key (fine for local use; `llmux key new NAME` makes a key)");

@@ -41,6 +41,8 @@ typedef struct llmux_gateway_s {
   llmux_http_server_t http;
   /* What outlives generations (see generation.h), keyed by names: */
   llmux_upstream_t *up;        /* keep-alive pools, per origin */
+  struct llmux_model_lists_s *model_lists; /* passthrough providers' model
+                                  lists, by name (gateway/model_lists.h) */
   llmux_rl_store_t *rl;        /* route and provider limits */
   llmux_rl_store_t *tenant_rl; /* tenants' minute windows */
   llmux_route_table_t *routes; /* breakers, latency, in flight */

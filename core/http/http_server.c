@@ -64,6 +64,7 @@ typedef struct http_req_s {
   unsigned chunked : 1; /* stream framing: chunked, else close-delimited */
   unsigned no_body : 1; /* HEAD request, or 1xx/204/304 response */
   unsigned want_drain : 1;
+  char rid[129];        /* llmux_http_set_request_id; "" when none */
 } http_req_t;
 
 struct llmux__http_conn_s {
@@ -1412,7 +1413,20 @@ int llmux_http_send_error(llmux_http_req_t *req, int status, const char *type,
     llmux_buf_free(&body);
     return respond((http_req_t *)req, 500, NULL, 0, NULL, 0, NULL);
   }
+  if (((http_req_t *)req)->rid[0] != '\0') {
+    const char *rid = ((http_req_t *)req)->rid;
+    llmux_http_header_t h[2] = {json_ct[0], {{"x-request-id", 12}, {rid, strlen(rid)}}};
+    return llmux_http_respond_buf(req, status, h, 2, &body);
+  }
   return llmux_http_respond_buf(req, status, json_ct, 1, &body);
+}
+
+void llmux_http_set_request_id(llmux_http_req_t *req, const char *id) {
+  http_req_t *r = (http_req_t *)req;
+  size_t n = strlen(id);
+  if (n >= sizeof r->rid) n = 0; /* never cut: a wrong id misleads */
+  memcpy(r->rid, id, n);
+  r->rid[n] = '\0';
 }
 
 int llmux_http_start(llmux_http_req_t *req, int status, const llmux_http_header_t *headers,

@@ -272,6 +272,9 @@ int llmux_http_respond_buf(llmux_http_req_t *req, int status,
  * {"error":{"message":M,"type":T,"param":P|null,"code":C|null}}. */
 int llmux_http_send_error(llmux_http_req_t *req, int status, const char *type,
                           const char *code, const char *message, const char *param);
+/* The request's id (copied, at most 128 bytes): llmux_http_send_error sends
+ * it as x-request-id, so every error carries it, whoever answers. */
+void llmux_http_set_request_id(llmux_http_req_t *req, const char *id);
 /* Appends that JSON error object to out. 0 or LLMUX_ENOMEM. */
 int llmux_http_error_json(llmux_buf_t *out, const char *type, const char *code,
                           const char *message, const char *param);

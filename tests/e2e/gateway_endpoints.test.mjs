@@ -103,6 +103,16 @@ test("an unknown path is a 404 in OpenAI's error shape", async () => {
   assert.equal(body.error.code, "unknown_url");
 });
 
+test("every answer carries x-request-id, 404s included", async () => {
+  for (const p of ["/v2/nothing", "/v1/models/llama-3.3-70"]) {
+    const r = await get(p);
+    assert.equal(r.status, 404);
+    assert.match(r.headers.get("x-request-id") ?? "", /^req_[0-9a-f]{16}$/, p);
+  }
+  const mine = await get("/v2/nothing", { headers: { "x-request-id": "trace-404" } });
+  assert.equal(mine.headers.get("x-request-id"), "trace-404");
+});
+
 test("a wrong method is a 405 with Allow", async () => {
   const r = await get("/v1/chat/completions");
   assert.equal(r.status, 405);

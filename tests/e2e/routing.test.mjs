@@ -224,6 +224,7 @@ test("a 502 names the provider and why, never its address: that goes to the log"
   assert.equal(e.code, "connection_refused");
   assert.match(e.error.message, /faraway/);
   assert.match(e.error.message, /connection refused/);
+  assert.match(e.error.message, /^Provider 'faraway' \(route faraway\/[^)]+\): /, "the route that failed");
   const body = JSON.stringify(e.error);
   for (const secret of ["localhost", "127.0.0.1", "::1", String(port)])
     assert.ok(!body.includes(secret), `${secret} in ${body}`);

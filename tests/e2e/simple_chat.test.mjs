@@ -205,9 +205,12 @@ test("usage errors exit 2; --help exits 0", () => {
   assert.match(h.stdout, /--provider NAME/);
 });
 
-test("llmux models prints no provider listing when no plugin can list", () => {
+test("llmux models asks the openai providers for their lists (GET /models), not simple", () => {
   const r = runLlmux(["models", "-c", cfg]);
   assert.equal(r.status, 0, r.stderr);
   assert.match(r.stdout, /chat-model/);
-  assert.doesNotMatch(r.stdout, /provider model lists|unreachable/);
+  assert.match(r.stdout, /provider model lists \(asked now\):/);
+  assert.match(r.stdout, /^ {2}models at a: mock-small, /m);
+  assert.match(r.stdout, /^ {2}down unreachable: /m);
+  assert.doesNotMatch(r.stdout, /models at (simple|locked)/, "simple cannot list; locked has no key");
 });

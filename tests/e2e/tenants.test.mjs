@@ -283,7 +283,12 @@ test("a spent monthly budget is 429 QUOTA_EXCEEDED, on both endpoints", async ()
 test("GET /v1/usage returns the calling tenant's usage, today and this month", async () => {
   const r = await fetch(gw.url + "/v1/usage", { headers: bearer("narrow") });
   assert.equal(r.status, 200);
-  const u = await r.json();
+  const text = await r.text();
+  const u = JSON.parse(text);
+  const costs = [...text.matchAll(/"cost_usd":([^,}]+)/g)].map((m) => m[1]);
+  assert.ok(costs.length >= 4, text);
+  for (const c of costs) // rounded to the nano-dollar, no 0.30000000000000004
+    assert.match(c, /^\d+(\.\d{1,9})?$|^\d(\.\d+)?e-0?\d$/, `cost_usd ${c}`);
   assert.equal(u.object, "usage");
   assert.equal(u.tenant, "narrow");
   assert.match(u.today.date, /^\d{4}-\d{2}-\d{2}$/);
@@ -294,6 +299,14 @@ test("GET /v1/usage returns the calling tenant's usage, today and this month", a
   assert.ok(u.month.requests >= 2);
   assert.equal(u.limits.requests_per_minute, 2);
   assert.equal(u.limits.tokens_per_day, null);
+});
+
+test("the start-up line and `llmux check` count the tenants and name the usage_db", () => {
+  const db = path.join(path.dirname(config), "data/usage.db");
+  assert.ok(gw.stderr().includes(`4 tenants, usage_db ${db})`), gw.stderr());
+  const r = runLlmux(["check", "-c", config]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, new RegExp(`^OK: .*, 4 tenants, usage_db ${db.replace(/[.]/g, "\\.")}, `, "m"));
 });
 
 // Polls `llmux usage` until its output matches (the writer thread runs at
@@ -352,7 +365,11 @@ test("without tenants llmux runs open and says so once at start-up", async () =>
     body: JSON.stringify({ model: "m", messages: hello }),
   });
   assert.equal(r.status, 200);
-  assert.equal(open.stderr().match(/runs open/g).length, 1);
+  // The warning follows the "listening" line in a write of its own.
+  for (let i = 0; i < 100 && !/runs open/.test(open.stderr()); i++)
+    await new Promise((res) => setTimeout(res, 20));
+  assert.equal(open.stderr().match(/runs open/g)?.length, 1);
+  assert.match(open.stderr(), /providers enabled, 0 tenants, usage_db none\)/);
 });
 
 test("a literal key in the config is refused, without echoing it", () => {

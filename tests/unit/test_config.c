@@ -330,6 +330,29 @@ static void syntax_errors_each_have_file_and_line(void **state) {
 
 #define NAMES DATA "names/llmux.ini"
 
+/* `llmux check` goes on after errors: the partial load keeps what it parsed. */
+static void partial_load_keeps_the_configuration_despite_errors(void **state) {
+  llmux_diag_t d = {0};
+  llmux_config_t *cfg = NULL;
+  (void)state;
+  assert_int_equal(llmux_config_load_partial(SYNTAX, &cfg, &d), LLMUX_ECONFIG);
+  assert_non_null(cfg);
+  assert_true(d.errors > 0);
+  assert_diag(&d, SYNTAX, 9, LLMUX_DIAG_ERROR, "unknown section type 'modle'; did you mean 'model'?");
+  llmux_config_free(cfg);
+  llmux_diag_free(&d);
+}
+
+static void provider_keys_are_listed_for_the_plugin_checks(void **state) {
+  size_t i;
+  int base_url = 0;
+  (void)state;
+  for (i = 0; llmux_config_provider_key(i) != NULL; i++)
+    base_url |= strcmp(llmux_config_provider_key(i), "base_url") == 0;
+  assert_true(base_url);
+  assert_true(i > 10);
+}
+
 static void name_errors_each_have_file_and_line(void **state) {
   llmux_diag_t d = {0};
   llmux_config_t *cfg = NULL;
@@ -848,6 +871,8 @@ int main(void) {
     T(provider_files_load_in_name_order_and_others_are_ignored),
     T(missing_main_file_is_reported),
     T(syntax_errors_each_have_file_and_line),
+    T(partial_load_keeps_the_configuration_despite_errors),
+    T(provider_keys_are_listed_for_the_plugin_checks),
     T(name_errors_each_have_file_and_line),
     T(secrets_never_appear_in_diagnostics),
     T(duplicates_across_files_name_both_definitions),

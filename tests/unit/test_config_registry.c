@@ -265,6 +265,68 @@ static void local_profile_goes_to_ollama(void **state) {
   assert_true(res.routes[0]->provider->enabled);
 }
 
+static void display_name_is_read_and_dumped(void **state) {
+  const llmux_model_conf_t *m = llmux_config_find_model(catalog, "llama-3.3-70b");
+  llmux_buf_t out = {0};
+  (void)state;
+  assert_non_null(m);
+  assert_string_equal(m->display_name, "Llama 3.3 70B");
+  assert_null(llmux_config_find_model(good, "alpha")->display_name);
+  assert_int_equal(llmux_registry_dump(catalog, &out), 0);
+  assert_non_null(strstr(out.base, "  llama-3.3-70b  tier 3  \"Llama 3.3 70B\""));
+  llmux_buf_free(&out);
+}
+
+/* ---- Passthrough (issue 16) ------------------------------------------- */
+
+static void passthrough_sends_any_id_to_the_provider(void **state) {
+  llmux_passthrough_t pt;
+  llmux_resolution_t res;
+  const char *name = "openrouter/anthropic/claude-3-opus";
+  (void)state;
+  assert_int_equal(llmux_resolve(catalog, name, &res), LLMUX_ENOTFOUND);
+  assert_int_equal(llmux_resolve_passthrough(catalog, name, strlen(name), &pt, &res), 0);
+  assert_int_equal(res.kind, LLMUX_NAME_PASSTHROUGH);
+  assert_string_equal(res.target, name);
+  assert_int_equal(res.nroutes, 1);
+  assert_route(res.routes[0], "openrouter", "anthropic/claude-3-opus");
+  assert_true(res.routes[0]->passthrough);
+  assert_string_equal(res.routes[0]->model->id, name);
+  assert_int_equal(res.routes[0]->model->capabilities, 0);
+  /* The provider's limits, under the one key all its passthrough models share. */
+  assert_int_equal(res.routes[0]->limits.requests_per_minute, 20);
+  assert_string_equal(LLMUX_ROUTE_LIMIT_ID(res.routes[0]), "*");
+  assert_ptr_equal(catalog->routes[res.routes[0]->index],
+                   res.routes[0]->provider->passthrough_route);
+  name = "OLLAMA/llama3.2:1b";
+  assert_int_equal(llmux_resolve_passthrough(catalog, name, strlen(name), &pt, &res), 0);
+  assert_route(res.routes[0], "ollama", "llama3.2:1b");
+  assert_string_equal(res.target, "ollama/llama3.2:1b");
+}
+
+static void passthrough_needs_a_passthrough_provider_and_an_id(void **state) {
+  static const char *const names[] = {"groq/llama-3.1-8b-instant", "openrouter/", "nowhere/x",
+                                      "qwen2.5", "/x"};
+  llmux_passthrough_t pt;
+  llmux_resolution_t res;
+  size_t i;
+  (void)state;
+  for (i = 0; i < LLMUX_COUNTOF(names); i++) {
+    assert_int_equal(llmux_resolve_passthrough(catalog, names[i], strlen(names[i]), &pt, &res),
+                     LLMUX_ENOTFOUND);
+    assert_int_equal(res.nroutes, 0);
+  }
+  assert_null(llmux_config_find_provider(catalog, "groq")->passthrough_route);
+}
+
+static void passthrough_route_is_not_a_name(void **state) {
+  llmux_resolution_t res;
+  (void)state;
+  /* The provider's own route is no catalog name and is offered to no one. */
+  assert_int_equal(llmux_resolve(catalog, "openrouter/*", &res), LLMUX_ENOTFOUND);
+  assert_int_equal(llmux_resolve(catalog, "openrouter/llama-3.3-70b", &res), LLMUX_ENOTFOUND);
+}
+
 /* ---- Route order ------------------------------------------------------- */
 
 static void routes_order_by_priority_then_config_order(void **state) {
@@ -320,7 +382,7 @@ static void dump_lists_routes_and_never_keys(void **state) {
 static void catalog_arrays_list_models_generics_and_profiles(void **state) {
   size_t i;
   (void)state;
-  assert_int_equal(catalog->nmodels, 15);
+  assert_int_equal(catalog->nmodels, 29); /* 15, and 14 from seeds 000 and 001 */
   assert_int_equal(catalog->ngenerics, 8);
   assert_true(catalog->nprofiles >= 5);
   assert_int_equal(catalog->nagents, 4);
@@ -378,6 +440,10 @@ int main(void) {
     cmocka_unit_test(weighted_profile_keeps_weights_and_accepts_aliases),
     cmocka_unit_test(agent_resolves_through_its_profile),
     cmocka_unit_test(local_profile_goes_to_ollama),
+    cmocka_unit_test(display_name_is_read_and_dumped),
+    cmocka_unit_test(passthrough_sends_any_id_to_the_provider),
+    cmocka_unit_test(passthrough_needs_a_passthrough_provider_and_an_id),
+    cmocka_unit_test(passthrough_route_is_not_a_name),
     cmocka_unit_test(routes_order_by_priority_then_config_order),
     cmocka_unit_test(unknown_name_suggests_closest_names),
     cmocka_unit_test(resolven_takes_a_slice),
