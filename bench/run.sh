@@ -2,7 +2,10 @@
 # The benchmark in one command: installs what is missing (nginx, wrk,
 # gnuplot from Debian; the Portkey gateway from npm into bench/node_modules),
 # builds llmux, the mock upstream and bench/streamload as Release, then runs
-# bench/run.mjs, which writes bench/results/{results.json,results.md,latency.png}.
+# bench/run.mjs, which writes bench/results/{results.json,results.md,latency.png},
+# and bench/instructions.mjs, which counts instructions per request under
+# callgrind (nginx, llmux bare, llmux on the production path) and writes
+# bench/results/{instructions.md,instructions.json}.
 #
 #   bench/run.sh [--smoke] [--no-portkey] [--duration S] [--out DIR]
 #
@@ -15,7 +18,7 @@ JOBS=$(nproc 2>/dev/null || echo 2)
 
 ./scripts/install-deps.sh
 missing=()
-for t in nginx:nginx wrk:wrk gnuplot:gnuplot-nox; do
+for t in nginx:nginx wrk:wrk gnuplot:gnuplot-nox valgrind:valgrind; do
   command -v "${t%%:*}" >/dev/null 2>&1 || missing+=("${t#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -28,7 +31,14 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 portkey=1
-for a in "$@"; do [ "$a" = "--no-portkey" ] && portkey=0; done
+icell=() # the instructions cell: fewer requests with --smoke, the same --out
+prev=""
+for a in "$@"; do
+  [ "$a" = "--no-portkey" ] && portkey=0
+  [ "$a" = "--smoke" ] && icell+=(--requests 200 --warmup 20)
+  [ "$prev" = "--out" ] && icell+=(--out "$a")
+  prev=$a
+done
 if [ $portkey = 1 ] && [ ! -f bench/node_modules/@portkey-ai/gateway/package.json ]; then
   (cd bench && npm ci --no-audit --no-fund --loglevel=error) ||
     echo "bench: could not install the Portkey gateway from npm; it will be skipped" >&2
@@ -41,4 +51,7 @@ cmake --build "$BUILD/bench-tools" -j"$JOBS"
 
 # 1,000 streams through a proxy need ~2,000 descriptors in it.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-exec node bench/run.mjs --build-dir "$BUILD" "$@"
+node bench/run.mjs --build-dir "$BUILD" "$@"
+# Instructions per request under callgrind: nginx, llmux bare and llmux on
+# the production path, the same requests to the same mock (bench/README.md).
+exec node bench/instructions.mjs --build-dir "$BUILD" ${icell[@]+"${icell[@]}"}
