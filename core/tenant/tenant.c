@@ -16,6 +16,14 @@ struct llmux__key_slot_s {
   const llmux_tenant_t *tenant;
 };
 
+/* A key that authenticated: its bytes (zero-padded, so that every compare
+ * reads the same number of bytes) and its tenant. */
+struct llmux__seen_key_s {
+  unsigned char key[LLMUX_KEY_STRLEN];
+  size_t len;
+  const llmux_tenant_t *tenant; /* NULL: empty */
+};
+
 /* ---- keys ---------------------------------------------------------------- */
 
 void llmux_key_sha256(const char *key, size_t len, unsigned char out[LLMUX_KEY_HASH_LEN]) {
@@ -89,14 +97,44 @@ static void build_key_table(llmux_tenants_t *ts) {
       ts->slots[s].tenant = &ts->items[i];
     }
   }
+  /* The cache: room for every key twice over; without a random basis for
+   * its index, none (every key is then hashed, as before). */
+  if (total > 0 && getrandom(&ts->seen_seed, sizeof ts->seen_seed, GRND_NONBLOCK) ==
+                       (ssize_t)sizeof ts->seen_seed) {
+    ts->seen = llmux_xcalloc(n, sizeof *ts->seen);
+    ts->nseen = n;
+    ts->seen_seed ^= 0xcbf29ce484222325ull;
+  }
+}
+
+/* The cache's slot for a key: FNV-1a from a random basis (a presented key
+ * can only choose which one slot it is compared with). */
+static size_t seen_slot(const llmux_tenants_t *ts, const char *key, size_t len) {
+  uint64_t h = ts->seen_seed;
+  size_t i;
+  for (i = 0; i < len; i++) h = (h ^ (unsigned char)key[i]) * 0x100000001b3ull;
+  return (size_t)(h ^ h >> 29) & (ts->nseen - 1);
+}
+
+/* Constant time over the whole slot, whatever the key. */
+static int seen_equal(const struct llmux__seen_key_s *e, const char *key, size_t len) {
+  size_t i, d = e->len ^ len; /* trailing NULs are not padding */
+  for (i = 0; i < LLMUX_KEY_STRLEN; i++)
+    d |= (size_t)(e->key[i] ^ (i < len ? (unsigned char)key[i] : 0));
+  return d == 0;
 }
 
 const llmux_tenant_t *llmux_tenants_auth(const llmux_tenants_t *ts, const char *key,
                                          size_t len) {
   unsigned char h[LLMUX_KEY_HASH_LEN];
   const llmux_tenant_t *found = NULL;
+  struct llmux__seen_key_s *e = NULL;
   size_t s;
   if (ts->nslots == 0 || key == NULL || len == 0) return NULL;
+  if (ts->seen != NULL && len < LLMUX_KEY_STRLEN) {
+    e = &ts->seen[seen_slot(ts, key, len)];
+    if (e->tenant != NULL && seen_equal(e, key, len)) return e->tenant;
+  }
   llmux_key_sha256(key, len, h);
   for (s = slot_of(h, ts->nslots); ts->slots[s].hash != NULL; s = (s + 1) & (ts->nslots - 1)) {
     if (llmux_key_hash_equal(ts->slots[s].hash, h)) {
@@ -105,6 +143,12 @@ const llmux_tenant_t *llmux_tenants_auth(const llmux_tenants_t *ts, const char *
     }
   }
   memset(h, 0, sizeof h);
+  if (found != NULL && e != NULL) {
+    memset(e->key, 0, sizeof e->key);
+    memcpy(e->key, key, len);
+    e->len = len;
+    e->tenant = found;
+  }
   return found;
 }
 
@@ -276,6 +320,10 @@ void llmux_tenants_free(llmux_tenants_t *ts) {
   }
   free(ts->items);
   free(ts->slots);
+  if (ts->seen != NULL) { /* keys: wiped, not just freed */
+    memset(ts->seen, 0, ts->nseen * sizeof *ts->seen);
+    free(ts->seen);
+  }
   if (ts->own_rl && ts->rl) llmux_rl_store_destroy(ts->rl);
   memset(ts, 0, sizeof *ts);
 }

@@ -65,6 +65,11 @@ typedef struct llmux_tenants_s {
   /* open-addressing table of key digests */
   struct llmux__key_slot_s *slots;
   size_t nslots;
+  /* keys that authenticated, so that a client's next request skips the
+   * SHA-256: direct-mapped, indexed by a hash seeded at random */
+  struct llmux__seen_key_s *seen;
+  size_t nseen;
+  uint64_t seen_seed;
 } llmux_tenants_t;
 
 /* Builds the runtime view of cfg's tenants (none: an empty set, n == 0).
@@ -82,7 +87,11 @@ int llmux_tenants_init_shared(llmux_tenants_t *ts, const llmux_config_t *cfg,
                                                  const llmux_tenant_t *t, llmux_buf_t *out));
 void llmux_tenants_free(llmux_tenants_t *ts);
 
-/* The tenant holding `key`, or NULL. Constant time in the digest compare. */
+/* The tenant holding `key`, or NULL. Constant time in the digest compare.
+ * A key that authenticated is remembered (in a small cache of the set's,
+ * freed with it, wiped at free), so that its next use compares the key
+ * itself in constant time instead of hashing it: SHA-256 was most of what
+ * a tenant costs a request. A key not in the cache is hashed as before. */
 const llmux_tenant_t *llmux_tenants_auth(const llmux_tenants_t *ts, const char *key,
                                          size_t len);
 

@@ -121,6 +121,16 @@ static void keys_are_found_by_hash_and_rotated_keys_both_work(void **state) {
   assert_null(llmux_tenants_auth(&ts, "llmux-four", 10));
   assert_null(llmux_tenants_auth(&ts, "llmux-on", 8));
   assert_null(llmux_tenants_auth(&ts, "", 0));
+  /* Keys that authenticated are remembered; what is remembered still
+   * matches only the whole key, and a key of its own each. */
+  assert_non_null(ts.seen);
+  assert_true(ts.nseen >= 3);
+  assert_string_equal(llmux_tenants_auth(&ts, "llmux-one", 9)->conf->name, "acme");
+  assert_string_equal(llmux_tenants_auth(&ts, "llmux-three", 11)->conf->name, "beta");
+  assert_null(llmux_tenants_auth(&ts, "llmux-onex", 10));
+  assert_null(llmux_tenants_auth(&ts, "llmux-on", 8));
+  assert_null(llmux_tenants_auth(&ts, "llmux-one\0", 10));
+  assert_null(llmux_tenants_auth(&ts, "llmux-thre", 10));
   llmux_tenants_free(&ts);
   llmux_config_free(cfg);
   llmux_diag_free(&d);
