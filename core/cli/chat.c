@@ -41,7 +41,9 @@ static const char chat_usage[] =
   "Options:\n"
   "  -m, --model NAME      model, alias, generic, profile or agent (env LLMUX_MODEL;\n"
   "                        default " DEFAULT_CHAT_MODEL ", or " DEFAULT_EMBED_MODEL
-  " with --embed)\n"
+  " with --embed;\n"
+  "                        with no API key set, the shipped " DEFAULT_CHAT_MODEL "\n"
+  "                        falls back to the local Ollama)\n"
   "  -p, --provider NAME   use only this provider (env LLMUX_PROVIDER); it must\n"
   "                        serve the model\n"
   "  -n, --max-tokens N    cap the answer's length\n"

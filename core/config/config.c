@@ -182,7 +182,7 @@ enum {
 enum {
   K_STR, K_URL, K_ENVNAME, K_PATH, K_DURATION, K_SIZE, K_U64, K_INT, K_BOOL,
   K_TIER, K_PRICE, K_LIMIT, K_LIST, K_CAPS, K_STRATEGY, K_WEIGHTS,
-  K_LOGLEVEL, K_LISTEN, K_KEYHASH, K_USD, K_LOGDEST, K_REDIS, K_WORKERS, K_FAILMODE
+  K_LOGLEVEL, K_LISTEN, K_KEYHASH, K_USD, K_LOGDEST, K_REDIS, K_WORKERS, K_FAILMODE, K_CACHE
 };
 
 /* K_KEYHASH is a list that may also be written on several lines. */
@@ -237,7 +237,11 @@ static const keydef_t server_keys[] = {
   {"responses_ttl", K_DURATION, SRV(responses_ttl_ms), 0},
   {"responses_max_memory", K_SIZE, SRV(responses_max_memory), 0},
   {"fan_out", K_BOOL, SRV(fan_out), 0},
+  {"cache", K_CACHE, SRV(cache), 0},
+  {"cache_size", K_SIZE, SRV(cache_size), 0},
+  {"cache_ttl", K_DURATION, SRV(cache_ttl_ms), 0},
 };
+_Static_assert(LLMUX_COUNTOF(server_keys) <= 64, "load_t.seen holds 64 keys");
 
 static const keydef_t model_keys[] = {
   {"tier", K_TIER, MOD(tier), 0},
@@ -262,6 +266,7 @@ static const keydef_t profile_keys[] = {
   {"weights", K_WEIGHTS, 0, 0},
   {"providers", K_LIST, PRO(provider_names), 0},
   {"escalate", K_STR, PRO(escalate_name), 0},
+  {"fallback_local", K_STR, PRO(fallback_local_name), 0},
 };
 
 static const keydef_t agent_keys[] = {
@@ -362,8 +367,8 @@ typedef struct load_s {
   int sec_type;
   void *sec;
   const secdef_t *secdef;
-  unsigned seen;
-  int seen_line[32];
+  uint64_t seen;                 /* keys of the section set so far, by index (at most 64) */
+  int seen_line[64];
   /* what an indented continuation line extends */
   const keydef_t *cont_key;
   llmux_conf_kv_t *cont_kv;
@@ -1060,7 +1065,10 @@ static void set_value(load_t *c, const keydef_t *k, const char *value) {
     if (k->off == SRV(providers_dir) && c->sec_type == SEC_SERVER)
       c->providers_dir_line = c->lineno;
     if (c->sec_type == SEC_AGENT) ((llmux_agent_conf_t *)c->sec)->profile_line = c->lineno;
-    if (c->sec_type == SEC_PROFILE) ((llmux_profile_conf_t *)c->sec)->escalate_line = c->lineno;
+    if (c->sec_type == SEC_PROFILE && k->off == PRO(fallback_local_name))
+      ((llmux_profile_conf_t *)c->sec)->fallback_local_line = c->lineno;
+    else if (c->sec_type == SEC_PROFILE)
+      ((llmux_profile_conf_t *)c->sec)->escalate_line = c->lineno;
     return;
   case K_LIST: case K_CAPS: case K_WEIGHTS: case K_KEYHASH:
     set_list(c, k, value);
@@ -1093,6 +1101,13 @@ static void set_value(load_t *c, const keydef_t *k, const char *value) {
     return;
   case K_WORKERS:
     workers_set(c, value);
+    return;
+  case K_CACHE:
+    if (strcasecmp(value, "off") == 0) c->cfg->server.cache = LLMUX_CACHE_OFF;
+    else if (strcasecmp(value, "memory") == 0) c->cfg->server.cache = LLMUX_CACHE_MEMORY;
+    else if (strcasecmp(value, "redis") == 0) c->cfg->server.cache = LLMUX_CACHE_REDIS;
+    else bad_value(c, k->name, value, "off, memory or redis");
+    c->cfg->server.cache_line = c->lineno;
     return;
   case K_FAILMODE:
     if (strcasecmp(value, "open") == 0) c->cfg->server.shared_state_fail_closed = 0;
@@ -1331,12 +1346,12 @@ static void section_key(load_t *c, const char *name, const char *value) {
     return;
   }
   /* key_sha256 may be repeated: one line per key, for rotation. */
-  if ((c->seen & (1u << i)) && def->keys[i].type != K_KEYHASH) {
+  if ((c->seen & ((uint64_t)1 << i)) && def->keys[i].type != K_KEYHASH) {
     err(c, "duplicate key '%s' (first set on line %d)", def->keys[i].name, c->seen_line[i]);
     c->cont_suppress = 1;
     return;
   }
-  c->seen |= 1u << i;
+  c->seen |= (uint64_t)1 << i;
   c->seen_line[i] = c->lineno;
   if (IS_LIST_KEY(def->keys[i].type)) c->cont_key = &def->keys[i];
   set_value(c, &def->keys[i], value);
@@ -1711,6 +1726,10 @@ static void check_tenants(llmux_config_t *cfg, llmux_diag_t *d) {
  * windows, quotas and breakers: every limit multiplied by the count. */
 static void check_fleet(llmux_config_t *cfg, llmux_diag_t *d) {
   const llmux_server_conf_t *s = &cfg->server;
+  if (s->cache == LLMUX_CACHE_REDIS && s->shared_state == NULL)
+    llmux_diag_add(d, cfg->nfiles ? cfg->files[0] : "", s->cache_line, LLMUX_DIAG_ERROR,
+                   "cache = redis keeps answers in the shared state, and no shared_state "
+                   "is set (set shared_state = redis://HOST:PORT, or cache = memory)");
   if (s->workers > 1 && s->shared_state == NULL)
     llmux_diag_add(d, cfg->nfiles ? cfg->files[0] : "", s->workers_line, LLMUX_DIAG_WARNING,
                    "workers = %llu without shared_state: each worker keeps its own "
@@ -1782,6 +1801,8 @@ static void server_defaults(load_t *c) {
   s->responses_ttl_ms = 86400000;
   s->responses_max_memory = 64u << 20;
   s->fan_out = 1;
+  s->cache_size = 64u << 20;
+  s->cache_ttl_ms = 3600000;
 }
 
 /* Reads and checks the files into a config without its registry; the

@@ -180,10 +180,18 @@ typedef struct llmux_server_conf_s {
   uint64_t responses_ttl_ms;   /* how long a stored response is kept; 1d */
   uint64_t responses_max_memory; /* bytes of responses kept in memory; 64m */
   /* `n` > 1 to a provider without it (issue 15; gateway/fanout.h). */
+  /* The response cache (issue 17; gateway/cache.h). */
+  int cache;                   /* LLMUX_CACHE_OFF (default), _MEMORY or _REDIS
+                                  (memory in front of the shared state) */
+  int cache_line;             /* where cache was written; 0: not written */
+  uint64_t cache_size;         /* bytes of answers kept in memory; 64m */
+  uint64_t cache_ttl_ms;       /* how long an answer is served; 1h */
   int fan_out;                 /* 1 (default): n requests, answers merged;
                                   0 (`fan_out = off`): such a route is not
                                   used, and a 400 when none other is */
 } llmux_server_conf_t;
+
+enum { LLMUX_CACHE_OFF = 0, LLMUX_CACHE_MEMORY = 1, LLMUX_CACHE_REDIS = 2 };
 
 typedef struct llmux_model_conf_s llmux_model_conf_t;
 typedef struct llmux_provider_conf_s llmux_provider_conf_t;
@@ -246,6 +254,8 @@ struct llmux_profile_conf_s {
   llmux_strlist_t provider_names;  /* `providers =`: preferred first */
   const char *escalate_name;       /* `escalate = PROFILE`, or NULL */
   int escalate_line;
+  const char *fallback_local_name; /* `fallback_local = PROFILE`, or NULL */
+  int fallback_local_line;
   const char *file;
   int line;
   int models_line;
@@ -261,6 +271,9 @@ struct llmux_profile_conf_s {
   size_t nproviders;
   llmux_profile_conf_t *escalate;  /* tried when every route of this one
                                       failed or was filtered out; NULL: none */
+  llmux_profile_conf_t *fallback_local; /* what this name resolves to while no
+                                      route of it is on an enabled provider
+                                      (no key set): the local one; NULL: none */
   llmux_route_conf_t **routes;     /* every model's routes, model by model */
   size_t nroutes;
 };

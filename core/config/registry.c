@@ -592,6 +592,27 @@ static void link_escalation(build_t *b, llmux_profile_conf_t *p) {
                               sizeof(hint)));
 }
 
+/* `fallback_local = PROFILE`: another profile, or an error at its line. */
+static void link_fallback_local(build_t *b, llmux_profile_conf_t *p) {
+  const name_entry_t *e;
+  char hint[160];
+  if (p->fallback_local_name == NULL) return;
+  e = lookup_s(b->reg, p->fallback_local_name);
+  if (e && e->kind == LLMUX_NAME_PROFILE && e->ptr != (void *)p) {
+    p->fallback_local = (llmux_profile_conf_t *)e->ptr;
+    return;
+  }
+  if (e && e->ptr == (void *)p)
+    llmux_diag_add(b->diag, p->file, p->fallback_local_line, LLMUX_DIAG_ERROR,
+                   "profile '%s' falls back to itself", p->name);
+  else
+    llmux_diag_add(b->diag, p->file, p->fallback_local_line, LLMUX_DIAG_ERROR,
+                   "profile '%s' falls back to unknown profile '%s'%s", p->name,
+                   p->fallback_local_name,
+                   did_you_mean(b, p->fallback_local_name, KIND_BIT(LLMUX_NAME_PROFILE), hint,
+                                sizeof(hint)));
+}
+
 /* Escalation must end: a chain that comes back to where it began is an
  * error at the line of its first `escalate`. */
 static void check_escalations(build_t *b) {
@@ -706,6 +727,7 @@ int llmux__registry_build(llmux_config_t *cfg, llmux_diag_t *diag) {
   for (i = 0; i < cfg->ngenerics; i++) expand_generic(&b, cfg->generics[i]);
   for (i = 0; i < cfg->nprofiles; i++) expand_profile(&b, cfg->profiles[i]);
   for (i = 0; i < cfg->nprofiles; i++) link_escalation(&b, cfg->profiles[i]);
+  for (i = 0; i < cfg->nprofiles; i++) link_fallback_local(&b, cfg->profiles[i]);
   check_escalations(&b);
   for (i = 0; i < cfg->nagents; i++) link_agent(&b, cfg->agents[i]);
   for (i = 0; i < cfg->naliases; i++) link_user_alias(&b, cfg->aliases[i]);
@@ -748,7 +770,28 @@ static void set_model(const llmux_config_t *cfg, llmux_resolution_t *res,
   res->nroutes = m->nroutes;
 }
 
-static void set_profile(llmux_resolution_t *res, const llmux_profile_conf_t *p) {
+/* The profile a request for p gets: p, or its fallback_local while no route
+ * of p is on an enabled provider and no provider that takes a key is
+ * enabled either (the zero-key first run: only Ollama and the like answer).
+ * With some key set, p's 503 that names the missing one is the better
+ * answer. One hop, decided per resolution, so `llmux chat --provider`
+ * (which disables the others) is seen. */
+static const llmux_profile_conf_t *offline_fallback(const llmux_config_t *cfg,
+                                                    const llmux_profile_conf_t *p) {
+  size_t i;
+  if (p->fallback_local == NULL) return p;
+  for (i = 0; i < p->nroutes; i++)
+    if (p->routes[i]->provider->enabled) return p;
+  for (i = 0; i < cfg->nproviders; i++)
+    if (cfg->providers[i]->enabled && cfg->providers[i]->api_key_env != NULL) return p;
+  return p->fallback_local;
+}
+
+static void set_profile(const llmux_config_t *cfg, llmux_resolution_t *res,
+                        const llmux_profile_conf_t *p) {
+  const llmux_profile_conf_t *local = offline_fallback(cfg, p);
+  if (local != p) push(res, LLMUX_NAME_PROFILE, p->name); /* the chain shows both */
+  p = local;
   push(res, LLMUX_NAME_PROFILE, p->name);
   res->target_kind = LLMUX_NAME_PROFILE;
   res->target = p->name;
@@ -805,10 +848,10 @@ int llmux_resolven(const llmux_config_t *cfg, const char *name, size_t len,
   case LLMUX_NAME_AGENT:
     res->agent = e->ptr;
     push(res, LLMUX_NAME_AGENT, res->agent->name);
-    set_profile(res, res->agent->profile);
+    set_profile(cfg, res, res->agent->profile);
     return 0;
   case LLMUX_NAME_PROFILE:
-    set_profile(res, e->ptr);
+    set_profile(cfg, res, e->ptr);
     return 0;
   default:
     /* Only possible in a snapshot that failed to load. */
@@ -918,7 +961,8 @@ static void dump_model(llmux_buf_t *out, const llmux_model_conf_t *m) {
 }
 
 /* A profile's preferred providers, pins and escalation, when it has any. */
-static void dump_profile_steering(llmux_buf_t *out, const llmux_profile_conf_t *p) {
+static void dump_profile_steering(llmux_buf_t *out, const llmux_config_t *cfg,
+                                  const llmux_profile_conf_t *p) {
   size_t j;
   if (p->nproviders) {
     llmux_buf_appends(out, "      providers:");
@@ -930,6 +974,9 @@ static void dump_profile_steering(llmux_buf_t *out, const llmux_profile_conf_t *
     if (p->pins[j])
       llmux_buf_printf(out, "      pin: %s@%s\n", p->models[j]->id, p->pins[j]->name);
   if (p->escalate) llmux_buf_printf(out, "      escalate: %s\n", p->escalate->name);
+  if (p->fallback_local)
+    llmux_buf_printf(out, "      fallback_local: %s%s\n", p->fallback_local->name,
+                     offline_fallback(cfg, p) != p ? " (in use: no API key is set)" : "");
 }
 
 static void dump_list(llmux_buf_t *out, llmux_model_conf_t *const *models, size_t n) {
@@ -954,7 +1001,7 @@ int llmux_registry_dump(const llmux_config_t *cfg, llmux_buf_t *out) {
     const llmux_profile_conf_t *p = cfg->profiles[i];
     llmux_buf_printf(out, "  %s  (%s): ", p->name, llmux_strategy_name(p->strategy));
     dump_list(out, p->models, p->nmodels);
-    dump_profile_steering(out, p);
+    dump_profile_steering(out, cfg, p);
   }
   llmux_buf_appends(out, "agents:\n");
   for (i = 0; i < cfg->nagents; i++)

@@ -13,6 +13,7 @@
 #include "base/log.h"
 #include "config/registry.h"
 #include "gateway/api.h"
+#include "gateway/cache.h"
 #include "gateway/inbound.h"
 #include "gateway/proxy.h"
 #include "gateway/reqlog.h"
@@ -518,6 +519,15 @@ static void handle_usage(llmux_gateway_t *gw, llmux_http_req_t *req, const char 
                 "tokens_per_day", limit_or_null(c->limits.tokens_per_day),
                 "budget_usd_per_month",
                 c->has_budget ? json_real(c->budget_usd_per_month) : json_null());
+  if (o != NULL && gw->resp_cache != NULL) {
+    /* Answered from the response cache (gateway/cache.h): at no cost, kept
+     * apart from the rows above, since the process started. */
+    llmux_cache_tenant_counts_t k = llmux_cache_tenant(gw->resp_cache, c->name);
+    json_object_set_new(o, "cached",
+                        json_pack("{s:I,s:I,s:I,s:f}", "requests", (json_int_t)k.requests,
+                                  "input_tokens", (json_int_t)k.input_tokens, "output_tokens",
+                                  (json_int_t)k.output_tokens, "cost_usd", 0.0));
+  }
   text = o ? json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(15)) : NULL;
   json_decref(o);
   json_decref(a.today);

@@ -12,6 +12,8 @@
  *     (llmux_fleet_breakers_*, gateway/fleet_breakers.c);
  *   - stored responses: a previous_response_id made anywhere continues
  *     anywhere (llmux_fleet_responses_*, gateway/fleet_responses.c).
+ *   - the response cache (cache = redis): an answer one process got serves
+ *     every other (llmux_fleet_cache_*, gateway/fleet_cache.c).
  * Each piece owns its Redis connections; each counts its failures for
  * llmux_shared_state_errors_total.
  *
@@ -19,6 +21,7 @@
 #ifndef LLMUX_GATEWAY_FLEET_H
 #define LLMUX_GATEWAY_FLEET_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 struct llmux_gateway_s;
@@ -83,5 +86,24 @@ void llmux_fleet_responses_close(struct llmux_gateway_s *gw, llmux_fleet_close_c
 uint64_t llmux_fleet_responses_errors(const struct llmux_gateway_s *gw);
 /* 1 while its connection is up. */
 int llmux_fleet_responses_up(const struct llmux_gateway_s *gw);
+
+/* The response cache, `cache = redis` (gateway/fleet_cache.c): answers at
+ * `<prefix>cache:<sha256 of the key>` with PX = cache_ttl, one command
+ * connection of its own, behind gw->resp_cache (memory, in front). */
+struct llmux_cache_key_s;
+struct llmux_cache_answer_s;
+/* The answer (borrowed for the call), or NULL: a miss, or Redis failed. */
+typedef void (*llmux_fleet_cache_cb)(void *arg, const struct llmux_cache_answer_s *a);
+int llmux_fleet_cache_start(struct llmux_gateway_s *gw, const llmux_fleet_conf_t *fc,
+                            uint64_t ttl_ms);
+/* 0: cb(arg, ...) runs later, exactly once, never inside this call; else a
+ * miss now, and cb never runs. */
+int llmux_fleet_cache_get(struct llmux_gateway_s *gw, const struct llmux_cache_key_s *k,
+                          llmux_fleet_cache_cb cb, void *arg);
+void llmux_fleet_cache_put(struct llmux_gateway_s *gw, const struct llmux_cache_key_s *k,
+                           const char *data, size_t len, int64_t prompt_tokens,
+                           int64_t completion_tokens);
+void llmux_fleet_cache_close(struct llmux_gateway_s *gw, llmux_fleet_close_cb cb);
+uint64_t llmux_fleet_cache_errors(const struct llmux_gateway_s *gw);
 
 #endif /* LLMUX_GATEWAY_FLEET_H */

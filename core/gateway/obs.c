@@ -120,6 +120,9 @@ static int declare_gateway(llmux_obs_t *o) {
        "Tokens used per tenant and token type.", tenant_labels, 2, NULL, 0);
   DECL(tenant_cost, LLMUX_METRIC_COUNTER, "llmux_tenant_cost_usd_total",
        "Cost in USD per tenant, from the configured prices.", tenant_labels, 1, NULL, 0);
+  DECL(cache, LLMUX_METRIC_COUNTER, "llmux_cache_requests_total",
+       "Response cache decisions: hit (answered from the cache, at no cost), miss, bypass "
+       "(Cache-Control: no-cache) and store (an answer kept).", result_labels, 1, NULL, 0);
   DECL(tenant_budget, LLMUX_METRIC_GAUGE, "llmux_tenant_budget_remaining_usd",
        "What is left of the tenant's monthly budget.", tenant_labels, 1, NULL, 0);
   return 0;

@@ -33,6 +33,7 @@ typedef struct llmux_obs_s {
   llmux_metric_t *tenant_tokens;    /* tenant, token_type */
   llmux_metric_t *tenant_cost;      /* tenant */
   llmux_metric_t *tenant_budget;    /* tenant */
+  llmux_metric_t *cache;            /* result: hit, miss, bypass, store (gateway/cache.h) */
   /* process */
   llmux_metric_t *build_info;       /* version, abi */
   llmux_metric_t *generation;

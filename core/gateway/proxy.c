@@ -38,6 +38,7 @@
 #include "gateway/respond.h"
 #include "gateway/unsupported.h"
 #include "gateway/fanout.h"
+#include "gateway/cache.h"
 #include "base/util.h"
 
 /* Stop reading from the provider while this much is queued for the client. */
@@ -46,6 +47,12 @@
 #define MAX_RESP_HEADERS 64
 #define MAX_CANDIDATES 64
 #define MAX_FALLBACKS 8           /* names in a body's `models` */
+
+/* A Redis lookup's tie to its proxy (cache = redis), cut if the proxy
+ * goes first. */
+typedef struct cache_wait_s {
+  struct proxy_s *p;
+} cache_wait_t;
 
 typedef struct proxy_s {
   llmux_gateway_t *gw;
@@ -153,6 +160,11 @@ typedef struct proxy_s {
    * the x-llmux-provider header, applied to the plan (plan_routes). */
   llmux_steer_t steer;
   size_t nfallbacks;              /* names in `fallbacks` (body `models`) */
+  /* The response cache (issue 17; gateway/cache.h, cache_lookup). */
+  int deterministic;              /* temperature 0 or a seed (validate) */
+  int cache_state;                /* CACHE_* */
+  llmux_cache_key_t cache_key;
+  struct cache_wait_s *cache_wait; /* a Redis lookup in flight (cache = redis) */
   /* Scratch arrays, last: each is written before it is read, so a new
    * proxy zeroes only what comes before them (they are most of its size). */
   const llmux_route_conf_t *cands[MAX_CANDIDATES];
@@ -237,6 +249,8 @@ static void proxy_free(proxy_t *p) {
   llmux_buf_free(&p->resp_hdr_store);
   llmux_buf_free(&p->in_body);
   llmux_buf_free(&p->fail_native);
+  llmux_cache_key_free(&p->cache_key);
+  if (p->cache_wait != NULL) p->cache_wait->p = NULL; /* its answer finds no one */
   llmux_split_free(p->native_sse);
   if (p->timer_live) {
     uv_timer_stop(&p->timer);
@@ -373,6 +387,16 @@ static const char *const body_keys[] = {
     "frequency_penalty", "dimensions", "encoding_format"};
 enum { F_MODEL, F_STREAM, F_MESSAGES, F_PROMPT, F_INPUT, F_TOOLS, F_FORMAT, F_MAX_COMPLETION,
        F_MAX_TOKENS, F_N, F_PROVIDER, F_MODELS, F_COUNT = LLMUX_COUNTOF(body_keys) };
+/* Read by the response cache only (validate asserts the places). */
+enum { F_TEMPERATURE = 18, F_SEED = 20 };
+
+/* The cache's question (issue 17): is the answer meant to be the same
+ * every time? temperature 0, or a seed. */
+static int deterministic(const llmux_json_field_t *f) {
+  if (f[F_SEED].type == LLMUX_JSON_NUMBER) return 1;
+  return f[F_TEMPERATURE].type == LLMUX_JSON_NUMBER &&
+         strtod(f[F_TEMPERATURE].value.base, NULL) == 0.0;
+}
 
 static int validate_fields(proxy_t *p, llmux_json_field_t *f) {
   if (f[F_MODEL].type == LLMUX_JSON_NONE) {
@@ -620,6 +644,9 @@ static int validate(proxy_t *p) {
   }
   p->stream = f[F_STREAM].type == LLMUX_JSON_TRUE;
   p->model_value = f[F_MODEL].value;
+  assert(strcmp(body_keys[F_TEMPERATURE], "temperature") == 0 &&
+         strcmp(body_keys[F_SEED], "seed") == 0);
+  p->deterministic = deterministic(f);
   p->caps = needed_caps(p, f, images);
   read_n(p, f);
   estimate_tokens(p, f);
@@ -688,10 +715,13 @@ static const char *answer_ctype(proxy_t *p, const char *dflt) {
   return p->native_ctype;
 }
 
+static size_t cache_header(const proxy_t *p, llmux_http_header_t *h, const char *v);
+
 static void start_stream(proxy_t *p) {
-  llmux_http_header_t h[10];
+  llmux_http_header_t h[12];
   char num[48];
   size_t n = our_headers(p, h, answer_ctype(p, "text/event-stream"), num);
+  n += cache_header(p, h + n, NULL);
   h[n++] = (llmux_http_header_t){{"Cache-Control", 13}, {"no-cache", 8}};
   p->rec.status = 200;
   llmux_http_start(p->client, 200, h, n);
@@ -840,8 +870,146 @@ static int served_model_ok(const llmux_buf_t *m) {
   return 1;
 }
 
+/* ---- the response cache (issue 17; gateway/cache.h) --------------------- *
+ *
+ * One lookup, after the tenant's admission (a hit counts against its
+ * requests_per_minute, never against a provider's limits, and is charged
+ * no tokens), and one store, of a non-stream chat answer in finish_ok.
+ * Chat completions only, not the agent endpoint or inbound formats. With
+ * cache = redis a miss in memory waits for Redis (cache_wait) before it
+ * routes. */
+
+enum {
+  CACHE_NONE,    /* not cacheable: no header */
+  CACHE_STORE,   /* a miss: keep the answer */
+  CACHE_NOSTORE  /* a miss or bypass the client asked not to keep */
+};
+
+static void cache_count(proxy_t *p, const char *result) {
+  llmux_series_add(llmux_metric_series3(p->gw->obs.cache, result, NULL, NULL), 1);
+}
+
+/* x-llmux-cache on every answer of a cacheable request. */
+static size_t cache_header(const proxy_t *p, llmux_http_header_t *h, const char *v) {
+  if (v == NULL && p->cache_state == CACHE_NONE) return 0;
+  if (v == NULL) v = "miss";
+  *h = (llmux_http_header_t){{"x-llmux-cache", 13}, {v, strlen(v)}};
+  return 1;
+}
+
+static int header_has(const proxy_t *p, const char *name, const char *word) {
+  const llmux_str_t *v = llmux_http_header(p->client, name);
+  size_t n = strlen(word), i;
+  if (v == NULL) return 0;
+  for (i = 0; i + n <= v->len; i++)
+    if (strncasecmp(v->base + i, word, n) == 0) return 1;
+  return 0;
+}
+
+/* The stored answer, in the request's own shape; the client is finished. */
+static void cache_hit(proxy_t *p, const llmux_cache_answer_t *a) {
+  llmux_http_header_t h[12];
+  llmux_buf_t b = {0};
+  char num[48];
+  int64_t in = a->prompt_tokens, out = a->completion_tokens;
+  size_t n;
+  const char *model = p->res.model->id;
+  p->rec.prompt_tokens = in >= 0 ? in : 0;
+  p->rec.completion_tokens = out;
+  p->rec.cost_usd = 0;
+  p->rec.status = 200;
+  if (p->tenant)
+    llmux_cache_count_hit(p->gw->resp_cache, p->tenant->conf->name, in > 0 ? (uint64_t)in : 0,
+                          out > 0 ? (uint64_t)out : 0);
+  cache_count(p, "hit");
+  n = our_headers(p, h, p->stream ? "text/event-stream" : "application/json", num);
+  n += cache_header(p, h + n, "hit");
+  h[n++] = (llmux_http_header_t){{"x-llmux-model", 13}, {model, strlen(model)}};
+  llmux_buf_append(&b, a->data, a->len);
+  if (!p->stream) {
+    llmux_http_respond_buf(p->client, 200, h, n, &b);
+    proxy_finish(p);
+    return;
+  }
+  h[n++] = (llmux_http_header_t){{"Cache-Control", 13}, {"no-cache", 8}};
+  p->rec.output_chunks++;
+  llmux_http_start(p->client, 200, h, n);
+  llmux_http_write_buf(p->client, &b);
+  llmux_http_end(p->client);
+  proxy_finish(p);
+}
+
+static void route_request(proxy_t *p);
+
+/* Redis's answer (cache = redis): a hit is kept in memory too, then served
+ * from there (a stream's rendition is made once); a miss routes. */
+static void on_cache_remote(void *arg, const llmux_cache_answer_t *a) {
+  cache_wait_t *w = arg;
+  proxy_t *p = w->p;
+  llmux_cache_answer_t m;
+  free(w);
+  if (p == NULL) return;
+  p->cache_wait = NULL;
+  if (a != NULL &&
+      llmux_cache_put(p->gw->resp_cache, &p->cache_key, a->data, a->len, a->prompt_tokens,
+                      a->completion_tokens, now_ms(p)) == 0 &&
+      llmux_cache_get(p->gw->resp_cache, &p->cache_key, now_ms(p), p->stream, &m)) {
+    cache_hit(p, &m);
+    return;
+  }
+  cache_count(p, "miss");
+  route_request(p);
+}
+
+/* 1: answered from the cache (p is gone), or waiting for Redis; 0: go on,
+ * p->cache_state set. */
+static int cache_lookup(proxy_t *p) {
+  llmux_cache_answer_t a;
+  if (p->gw->resp_cache == NULL || p->endpoint != LLMUX_ENDPOINT_CHAT || p->agent ||
+      p->in != NULL || p->res.model == NULL)
+    return 0;
+  if (!p->deterministic && !header_has(p, "x-llmux-cache", "force")) return 0;
+  if (llmux_cache_key(p->tenant ? p->tenant->conf->name : NULL, p->res.model->id, p->body.base,
+                      p->body.len, &p->cache_key) != 0)
+    return 0;
+  p->cache_state = header_has(p, "cache-control", "no-store") ? CACHE_NOSTORE : CACHE_STORE;
+  if (header_has(p, "cache-control", "no-cache")) {
+    cache_count(p, "bypass");
+    return 0;
+  }
+  if (!llmux_cache_get(p->gw->resp_cache, &p->cache_key, now_ms(p), p->stream, &a)) {
+    cache_wait_t *w = p->gw->fleet_cache ? malloc(sizeof *w) : NULL;
+    if (w != NULL) {
+      w->p = p;
+      if (llmux_fleet_cache_get(p->gw, &p->cache_key, on_cache_remote, w) == 0) {
+        p->cache_wait = w;
+        return 1;
+      }
+      free(w);
+    }
+    cache_count(p, "miss");
+    return 0;
+  }
+  cache_hit(p, &a);
+  return 1;
+}
+
+/* A non-stream chat answer the provider gave, as it gave it. */
+static void cache_store(proxy_t *p) {
+  if (p->cache_state != CACHE_STORE || p->stream || p->agent || p->in != NULL || p->native)
+    return;
+  /* Usage as account() read it (the provider's word, checked), just before. */
+  llmux_usage_t u = plugin_usage(p);
+  if (llmux_cache_put(p->gw->resp_cache, &p->cache_key, p->out.base, p->out.len, u.prompt_tokens,
+                      u.completion_tokens, now_ms(p)) == 0)
+    cache_count(p, "store");
+  if (p->gw->fleet_cache)
+    llmux_fleet_cache_put(p->gw, &p->cache_key, p->out.base, p->out.len, u.prompt_tokens,
+                          u.completion_tokens);
+}
+
 static void finish_ok(proxy_t *p) {
-  llmux_http_header_t h[10];
+  llmux_http_header_t h[12];
   char num[48];
   size_t n;
   account(p);
@@ -863,9 +1031,11 @@ static void finish_ok(proxy_t *p) {
     proxy_finish(p);
     return;
   }
+  cache_store(p);
   if (p->agent && agent_answer(p) != 0) return;
   if (p->in != NULL && !p->native && inbound_answer(p) != 0) return;
   n = our_headers(p, h, answer_ctype(p, "application/json"), num);
+  n += cache_header(p, h + n, NULL);
   if (served_model_ok(&p->ht.txn.served_model))
     h[n++] = (llmux_http_header_t){{"x-llmux-served-model", 20},
                                    {p->ht.txn.served_model.base, p->ht.txn.served_model.len}};
@@ -1652,15 +1822,24 @@ static void fan_send(proxy_t *p, const llmux_route_conf_t *r) {
 /* ABI 1.2: a provider without base_url (rt->host == NULL) is answered by
  * its plugin's respond_local, with no upstream request at all (the
  * `simple` embedding provider). The whole answer is emitted during the
- * call, so it is finished (or failed over) before this returns. */
+ * call, so it is finished (or failed over) before this returns. A stream's
+ * frames wait in p->pending until the call returns, so the head goes out
+ * only then: a plugin that fails before it emitted anything is the 400 or
+ * the next route, as its contract says, not a broken stream. */
 static void respond_locally(proxy_t *p, const llmux_route_conf_t *r, llmux_provider_rt_t *rt) {
   const llmux_provider_t *vt = rt->plugin->vt;
+  uint64_t chunks = p->rec.output_chunks;
   int rc;
-  if (p->stream) start_stream(p);
   rc = vt->respond_local(rt->instance, &p->ht.txn);
   if (rc == 0 && !p->stream && p->emit_failed == 0 &&
       !looks_like_object(&p->out))
     rc = LLMUX_EUPSTREAM;
+  if (p->stream && !p->started) {
+    if (rc == 0 || p->rec.output_chunks != chunks)
+      start_stream(p); /* an answer, or part of one: the client gets it */
+    else
+      p->pending.len = 0;
+  }
   if (rc != 0 && p->started) {
     attempt_end(p, LLMUX_ATTEMPT_BROKEN);
     llmux_rl_release(&p->resv, now_ms(p));
@@ -2220,6 +2399,12 @@ void llmux_proxy_handle_opts(llmux_gateway_t *gw, llmux_http_req_t *req,
 static void admit_and_route(proxy_t *p) {
   if (p->client == NULL) { proxy_free(p); return; }
   if (p->tenant && tenant_admit(p) != 0) return;
+  if (cache_lookup(p)) return;
+  route_request(p);
+}
+
+/* The routes, once neither the tenant nor the cache answered. */
+static void route_request(proxy_t *p) {
   if (plan_routes(p) != 0) {
     fail_client(p, 500, "server_error", "internal_error", NULL, "Routing failed.");
     return;

@@ -94,6 +94,9 @@ static void collect_shared(llmux_gateway_t *gw) {
                    (double)llmux_fleet_responses_errors(gw));
   llmux_series_set(llmux_metric_series3(o->shared_up, "responses", NULL, NULL),
                    llmux_fleet_responses_up(gw));
+  if (gw->fleet_cache) /* cache = redis */
+    llmux_series_set(llmux_metric_series3(o->shared_errors, "cache", NULL, NULL),
+                     (double)llmux_fleet_cache_errors(gw));
 }
 
 static void collect(llmux_metrics_t *m, void *arg) {

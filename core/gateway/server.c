@@ -14,6 +14,7 @@
 #include "gateway/fleet.h"
 #include "gateway/model_lists.h"
 #include "gateway/responses_store.h"
+#include "gateway/cache.h"
 #include "gateway/scrape.h"
 #include "shared/rl_shared.h"
 #include "gateway/trace.h"
@@ -267,6 +268,9 @@ static int init_front(llmux_gateway_t *gw) {
   rc = llmux_usage_open(gw->loop, s->usage_db, llmux_usage_today(), &gw->usage, err,
                         sizeof err);
   if (rc == 0) rc = open_responses(gw, s, err, sizeof err);
+  if (rc == 0 && s->cache != LLMUX_CACHE_OFF &&
+      (rc = llmux_cache_new(s->cache_size, s->cache_ttl_ms, &gw->resp_cache)) != 0)
+    snprintf(err, sizeof err, "the response cache: out of memory");
   if (rc != 0) {
     llmux_error("%s", err);
     return rc;
@@ -295,6 +299,8 @@ static int start_fleet(llmux_gateway_t *gw) {
   if (rc == 0) rc = llmux_fleet_usage_start(gw, &fc);
   if (rc == 0) rc = llmux_fleet_breakers_start(gw, &fc);
   if (rc == 0) rc = llmux_fleet_responses_start(gw, &fc);
+  if (rc == 0 && gw->cfg->server.cache == LLMUX_CACHE_REDIS)
+    rc = llmux_fleet_cache_start(gw, &fc, gw->cfg->server.cache_ttl_ms);
   return rc;
 }
 
@@ -319,11 +325,14 @@ static int start(llmux_gateway_t *gw, int rc) {
   if (gw->fleet_breakers) llmux_fleet_breakers_close(gw, NULL);
   if (gw->responses && llmux_responses_remote(gw->responses))
     llmux_fleet_responses_close(gw, NULL);
+  llmux_fleet_cache_close(gw, NULL);
   if (front) llmux_http_server_close(&gw->http, NULL);
   if (gw->usage) llmux_usage_close(gw->usage, NULL, NULL);
   gw->usage = NULL;
   llmux_responses_close(gw->responses);
   gw->responses = NULL;
+  llmux_cache_free(gw->resp_cache);
+  gw->resp_cache = NULL;
   if (gw->access_log) log_close(gw, gw->access_log, 0);
   gw->access_log = NULL;
   drop_current(gw);
@@ -531,8 +540,14 @@ static void on_http_closed(llmux_http_server_t *srv) {
     gw->close_pending++;
     llmux_fleet_responses_close(gw, close_step);
   }
+  if (gw->fleet_cache) {
+    gw->close_pending++;
+    llmux_fleet_cache_close(gw, close_step);
+  }
   llmux_responses_close(gw->responses);
   gw->responses = NULL;
+  llmux_cache_free(gw->resp_cache);
+  gw->resp_cache = NULL;
   /* The breakers' fleet lets go of the route table before it is freed. */
   if (gw->fleet_breakers) {
     gw->close_pending++;

@@ -50,12 +50,15 @@ typedef struct llmux_gateway_s {
   llmux_usage_store_t *usage;  /* per-tenant usage, persisted to usage_db */
   struct llmux_responses_store_s *responses; /* POST /v1/responses' records
                                   (gateway/responses_store.h) */
+  struct llmux_cache_s *resp_cache; /* [server] cache (gateway/cache.h);
+                                  NULL: off. From the first generation. */
   llmux_obs_t obs;             /* metrics (GET /metrics; gateway/reqlog.h) */
   llmux_logfile_t *access_log; /* [server] access_log; NULL: off */
   llmux_otlp_t *otlp;          /* [server] otlp_endpoint; NULL: off (gateway/trace.h) */
   /* [server] shared_state (gateway/fleet.h); NULL/0 without it: */
   int shared;                  /* rl and tenant_rl are the shared store */
   void *fleet_usage;           /* gateway/fleet_usage.c's state */
+  void *fleet_cache;           /* gateway/fleet_cache.c's state (cache = redis) */
   void *fleet_breakers;        /* gateway/fleet_breakers.c's state */
   uint64_t generations;        /* number of the newest generation built */
   uint64_t started_us;

@@ -621,21 +621,37 @@ int llmux_http_error_json(llmux_buf_t *out, const char *type, const char *code,
 static const llmux_http_header_t json_ct[] = {
     LLMUX_HTTP_HEADER_LIT("Content-Type", "application/json")};
 
+/* A request id for an answer no handler gave ("req_" and 16 hex digits,
+ * as the gateway's): xorshift64*, enough to correlate logs. */
+static void server_request_id(llmux_http_server_t *srv, char buf[32]) {
+  uint64_t x = srv->id_state;
+  if (x == 0) x = uv_hrtime() ^ (uint64_t)(uintptr_t)srv ^ 0x9e3779b97f4a7c15ull;
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  srv->id_state = x;
+  memcpy(buf, "req_", 4);
+  llmux_u64_hex(buf + 4, x * 0x2545f4914f6cdd1dull, 16);
+}
+
 /* An error for a request that never reached the handler; always closes. */
 static void conn_error(llmux__http_conn_t *c, int status, const char *code,
                        const char *msg) {
   llmux_buf_t body = {0};
-  char head[HEAD_STACK];
+  char head[HEAD_STACK], rid[32];
   uv_buf_t bufs[2];
+  llmux_http_header_t h[2] = {json_ct[0], LLMUX_HTTP_HEADER_LIT("x-request-id", "")};
   const char *type = status == 500 || status == 503 ? "server_error" : "invalid_request_error";
   if (c->closed || c->phase == PH_CLOSING) return;
-  llmux_debug("http: %d %s: %s", status, code, msg);
+  server_request_id(c->srv, rid);
+  h[1].value = (llmux_str_t){rid, strlen(rid)};
+  llmux_debug("http: %d %s: %s (%s)", status, code, msg, rid);
   if (llmux_http_error_json(&body, type, code, msg, NULL) != 0) {
     llmux_buf_free(&body);
     conn_close(c);
     return;
   }
-  bufs[0] = uv_buf_init(head, (unsigned)format_head(head, status, json_ct, 1, FRAME_LENGTH,
+  bufs[0] = uv_buf_init(head, (unsigned)format_head(head, status, h, 2, FRAME_LENGTH,
                                                     body.len, 1, 0));
   bufs[1] = uv_buf_init(body.base, (unsigned)body.len);
   disarm(c);
@@ -1359,16 +1375,36 @@ static int no_body_status(int status) {
   return status < 200 || status == 204 || status == 304;
 }
 
+/* The headers with the request's id added (set_request_id), when it has
+ * one and the caller sent no x-request-id: into `with` (RID_HEADERS_MAX). */
+#define RID_HEADERS_MAX 16
+static const llmux_http_header_t *with_request_id(const http_req_t *r,
+                                                  const llmux_http_header_t *h, size_t *n,
+                                                  llmux_http_header_t *with) {
+  size_t i;
+  if (r->rid[0] == '\0' || *n >= RID_HEADERS_MAX) return h;
+  for (i = 0; i < *n; i++)
+    if (h[i].name.len == 12 && strncasecmp(h[i].name.base, "x-request-id", 12) == 0) return h;
+  if (*n > 0) memcpy(with, h, *n * sizeof *h);
+  with[*n].name = (llmux_str_t){"x-request-id", 12};
+  with[*n].value = (llmux_str_t){r->rid, strlen(r->rid)};
+  (*n)++;
+  return with;
+}
+
 /* Sends the head (and body, if any) and finishes the request. */
 static int respond(http_req_t *r, int status, const llmux_http_header_t *h, size_t n,
                    const char *body, size_t len, char *owned) {
   llmux__http_conn_t *c = r->conn;
   char stack[HEAD_STACK], *head = stack;
-  size_t need = head_size(h, n);
+  llmux_http_header_t with[RID_HEADERS_MAX];
+  size_t need;
   int close, rc, framing = no_body_status(status) ? FRAME_NONE : FRAME_LENGTH;
   uv_buf_t bufs[2];
 
   if (!req_usable(r) || r->started) { free(owned); return r->started ? LLMUX_EINVAL : LLMUX_ECANCELED; }
+  h = with_request_id(r, h, &n, with);
+  need = head_size(h, n);
   if (c->srv->opts.on_status != NULL) c->srv->opts.on_status(&r->pub, status);
   if (r->in_head) r->pub.keep_alive = 0; /* the body is left unread */
   if (need > sizeof(stack) && (head = malloc(need)) == NULL) {
@@ -1434,12 +1470,15 @@ int llmux_http_start(llmux_http_req_t *req, int status, const llmux_http_header_
   http_req_t *r = (http_req_t *)req;
   llmux__http_conn_t *c = r->conn;
   char stack[HEAD_STACK], *head = stack;
-  size_t need = head_size(headers, nheaders);
+  llmux_http_header_t with[RID_HEADERS_MAX];
+  size_t need;
   uv_buf_t buf;
   int rc;
 
   if (!req_usable(r)) return LLMUX_ECANCELED;
   if (r->started) return LLMUX_EINVAL;
+  headers = with_request_id(r, headers, &nheaders, with);
+  need = head_size(headers, nheaders);
   r->started = 1;
   if (c->srv->opts.on_status != NULL) c->srv->opts.on_status(req, status);
   if (r->in_head) req->keep_alive = 0; /* the body is left unread */

@@ -200,6 +200,7 @@ struct llmux_http_server_s {
   char *pool[32];               /* spare read buffers */
   unsigned npool;
   char *sink;                   /* where lingering connections read */
+  uint64_t id_state;            /* request ids of the server's own answers */
   void *reserved[1];
 };
 
@@ -273,7 +274,10 @@ int llmux_http_respond_buf(llmux_http_req_t *req, int status,
 int llmux_http_send_error(llmux_http_req_t *req, int status, const char *type,
                           const char *code, const char *message, const char *param);
 /* The request's id (copied, at most 128 bytes): llmux_http_send_error sends
- * it as x-request-id, so every error carries it, whoever answers. */
+ * it as x-request-id, so every error carries it, whoever answers: every
+ * response to the request gets the header unless the caller sent its own.
+ * The server's own answers (400, 413, 431, 503 before a handler saw the
+ * request) carry an id of the server's making. */
 void llmux_http_set_request_id(llmux_http_req_t *req, const char *id);
 /* Appends that JSON error object to out. 0 or LLMUX_ENOMEM. */
 int llmux_http_error_json(llmux_buf_t *out, const char *type, const char *code,

@@ -415,11 +415,14 @@ typedef struct llmux_provider_s {
    * whose plugin lacks it is a configuration error). The txn's read-only
    * request fields are set as for translate_request; the plugin emits the
    * whole OpenAI-format answer with host->emit before returning (for
-   * `stream` the client already has an event-stream head: emit the SSE
-   * frames and `data: [DONE]`), and may set usage and served_model.
+   * `stream` the SSE frames and `data: [DONE]`: the host sends the client
+   * an event-stream head and the frames once the call returns), and may
+   * set usage and served_model.
    * Returns 0, LLMUX_EINVAL when it cannot serve this kind of request
    * (the client's fault, answered 400), or another negative LLMUX_E*
-   * (another route is tried). txn_free follows as usual. */
+   * (another route is tried). That holds for `stream` too when nothing was
+   * emitted; a failure after an emit ends the client's stream with an
+   * error event. txn_free follows as usual. */
   int (*respond_local)(void *instance, llmux_txn_t *txn);
 
   /* ---- ABI 1.3: optional ---------------------------------------------- */

@@ -4,6 +4,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import path from "node:path";
 import { SOURCE_DIR, startGateway } from "./lib/gateway.mjs";
+import { oneShot } from "./lib/http_raw.mjs";
 
 let gw;
 before(async () => {
@@ -123,6 +124,31 @@ test("a wrong method is a 405 with Allow", async () => {
   assert.match(r2.headers.get("allow"), /GET/);
 });
 
+test("a 405 carries x-request-id, the client's when it sent one", async () => {
+  for (const [p, method] of [["/v1/models", "DELETE"], ["/v1/models/fast", "POST"], ["/health", "PUT"]]) {
+    const r = await get(p, { method });
+    assert.equal(r.status, 405, `${method} ${p}`);
+    assert.match(r.headers.get("x-request-id") ?? "", /^req_[0-9a-f]{16}$/, `${method} ${p}`);
+  }
+  const mine = await get("/v1/models", { method: "DELETE", headers: { "x-request-id": "trace-405" } });
+  assert.equal(mine.headers.get("x-request-id"), "trace-405");
+});
+
+test("the front door's own answers (400, 413, 431) carry x-request-id", async () => {
+  const port = Number(new URL(gw.url).port);
+  const cases = [
+    [400, "GET /health HTTP/1.1\r\n\r\n"], // no Host
+    [413, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999999\r\n\r\n"],
+    [431, `GET /health HTTP/1.1\r\nHost: x\r\nX-Big: ${"a".repeat(64 * 1024)}\r\n\r\n`],
+  ];
+  for (const [status, raw] of cases) {
+    const { res, client } = await oneShot(port, raw);
+    client.destroy();
+    assert.equal(res.status, status);
+    assert.match(res.headers["x-request-id"] ?? "", /^req_[0-9a-f]{16}$/, String(status));
+  }
+});
+
 async function post(body) {
   const r = await get("/v1/chat/completions", {
     method: "POST",
@@ -152,7 +178,8 @@ test("request bodies are validated with the field named", async () => {
 });
 
 test("a model served only by disabled providers is a 503 naming the key to set", async () => {
-  const r = await post({ model: "balanced", messages: [{ role: "user", content: "hi" }] });
+  // (`balanced` would fall back to the local Ollama: fallback_local.)
+  const r = await post({ model: "llama-3.3-70b", messages: [{ role: "user", content: "hi" }] });
   assert.equal(r.status, 503);
   assert.equal(r.body.error.code, "no_provider_available");
   assert.match(r.body.error.message, /GROQ_API_KEY/);

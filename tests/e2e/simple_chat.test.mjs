@@ -32,7 +32,9 @@ function config() {
     "llmux.ini":
       "[server]\nlisten = 127.0.0.1:0\n\n[model chat-model]\ntier = 2\n\n" +
       "[model down-model]\ntier = 2\n\n[model locked-model]\ntier = 2\n\n" +
-      "[model vectors]\ntier = 1\ncapabilities = embeddings\n",
+      "[model vectors]\ntier = 1\ncapabilities = embeddings\n\n" +
+      "[model local-chat]\ntier = 1\n\n[model mixed-model]\ntier = 1\n\n" +
+      "[route b mixed-model]\nid = b-chat-id\n",
     "providers/a.ini": prov("a", mockA.baseURL, 1),
     "providers/b.ini": prov("b", mockB.baseURL, 2),
     "providers/down.ini":
@@ -42,7 +44,9 @@ function config() {
       `[provider locked]\nplugin = openai\nbase_url = ${mockA.baseURL}\n` +
       "api_key_env = E2E_MISSING_KEY\n\n[route locked locked-model]\nid = locked-id\n",
     "providers/simple.ini":
-      "[provider simple]\nplugin = simple\ndimension = 64\n\n[route simple vectors]\nid = simple-vec\n",
+      "[provider simple]\nplugin = simple\ndimension = 64\n\n[route simple vectors]\nid = simple-vec\n\n" +
+      // Chat-capable models on the embedding-only plugin: respond_local refuses them.
+      "[route simple local-chat]\nid = simple-chat\n\n[route simple mixed-model]\nid = simple-chat\n",
   });
 }
 
@@ -127,6 +131,42 @@ test("a chat request to the embedding-only simple provider is refused cleanly", 
     // No route of it could ever serve chat: the client's 400, not a 503 to retry.
     (e) => e.status === 400 && e.code === "model_not_supported" && /vectors/.test(e.message),
   );
+});
+
+// provider.h: respond_local returning LLMUX_EINVAL before it emitted
+// anything is the client's 400 (or the next route), for a stream as well:
+// the event-stream head waits for the plugin's first frame.
+test("a local plugin refusing a stream before any frame is a 400, not a broken stream", async () => {
+  const r = await fetch(gw.url + "/v1/chat/completions", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ model: "local-chat", stream: true, messages: [{ role: "user", content: "hi" }] }),
+  });
+  assert.equal(r.status, 400);
+  assert.match(r.headers.get("content-type"), /application\/json/);
+  const { error } = await r.json();
+  assert.equal(error.code, "unsupported_request");
+  assert.match(error.message, /simple/);
+});
+
+test("a local plugin refusing a stream before any frame lets the next route answer", async () => {
+  const r = await fetch(gw.url + "/v1/chat/completions", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({
+      model: "mixed-model", stream: true, messages: [{ role: "user", content: "hi" }],
+      provider: { order: ["simple", "b"] },
+    }),
+  });
+  assert.equal(r.status, 200);
+  assert.equal(r.headers.get("x-llmux-provider"), "b");
+  assert.equal(r.headers.get("x-llmux-attempts"), "2");
+  const text = await r.text();
+  assert.doesNotMatch(text, /local_provider_failed/);
+  const content = text.split("\n").filter((l) => l.startsWith("data: {"))
+    .map((l) => JSON.parse(l.slice(6)).choices?.[0]?.delta?.content ?? "").join("");
+  assert.equal(content, expectedContent("beta", 3));
+  assert.match(text, /data: \[DONE\]/);
 });
 
 test("llmux chat streams the answer to stdout as it arrives", async () => {

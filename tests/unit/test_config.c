@@ -821,6 +821,49 @@ static void shared_state_and_workers(void **state) {
   }
 }
 
+/* [server] cache, cache_size, cache_ttl (issue 17): off by default, a
+ * mode it does not know refused at its line, and redis only with a shared
+ * state. */
+static void cache_is_off_by_default_memory_or_redis_when_asked(void **state) {
+  tree_t t;
+  llmux_diag_t d = {0};
+  llmux_config_t *cfg;
+  (void)state;
+  tree_init(&t, "[server]\nlisten = 127.0.0.1:1\n");
+  cfg = load_ok(t.main_path, &d);
+  assert_int_equal(cfg->server.cache, LLMUX_CACHE_OFF);
+  assert_int_equal(cfg->server.cache_size, 64u << 20);
+  assert_int_equal(cfg->server.cache_ttl_ms, 3600000);
+  llmux_config_free(cfg);
+  llmux_diag_free(&d);
+  tree_free(&t);
+  tree_init(&t, "[server]\ncache = memory\ncache_size = 8m\ncache_ttl = 10m\n");
+  cfg = load_ok(t.main_path, &d);
+  assert_int_equal(cfg->server.cache, LLMUX_CACHE_MEMORY);
+  assert_int_equal(cfg->server.cache_size, 8u << 20);
+  assert_int_equal(cfg->server.cache_ttl_ms, 600000);
+  llmux_config_free(cfg);
+  llmux_diag_free(&d);
+  tree_free(&t);
+  tree_init(&t, "[server]\nlisten = 127.0.0.1:1\ncache = disk\n");
+  assert_int_equal(llmux_config_load(t.main_path, &cfg, &d), LLMUX_ECONFIG);
+  assert_diag(&d, t.main_path, 3, LLMUX_DIAG_ERROR, "bad value for 'cache'");
+  llmux_diag_free(&d);
+  tree_free(&t);
+  /* Redis keeps the answers only where there is a shared state. */
+  tree_init(&t, "[server]\nlisten = 127.0.0.1:1\ncache = redis\n");
+  assert_int_equal(llmux_config_load(t.main_path, &cfg, &d), LLMUX_ECONFIG);
+  assert_diag(&d, t.main_path, 3, LLMUX_DIAG_ERROR, "no shared_state");
+  llmux_diag_free(&d);
+  tree_free(&t);
+  tree_init(&t, "[server]\ncache = redis\nshared_state = redis://127.0.0.1:6379\n");
+  cfg = load_ok(t.main_path, &d);
+  assert_int_equal(cfg->server.cache, LLMUX_CACHE_REDIS);
+  llmux_config_free(cfg);
+  llmux_diag_free(&d);
+  tree_free(&t);
+}
+
 /* [server] access_log: a file beside the main one, stdout, or off (the
  * default). */
 static void access_log_is_a_path_stdout_or_off(void **state) {
@@ -890,6 +933,7 @@ int main(void) {
     T(otlp_endpoint_is_an_http_collector_url),
     T(access_log_is_a_path_stdout_or_off),
     T(shared_state_and_workers),
+    T(cache_is_off_by_default_memory_or_redis_when_asked),
 #undef T
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

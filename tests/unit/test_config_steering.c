@@ -179,6 +179,68 @@ static void escalate_links_a_profile_and_refuses_unknown_ones_and_circles(void *
   unload(&s);
 }
 
+/* The zero-key first run (issue 16): a profile none of whose routes has
+ * its provider enabled resolves to its fallback_local while no provider
+ * that takes a key has one (groq and nvidia here take none), and only then. */
+static const char hosted[] =
+    "[model big]\ntier = 3\n"
+    "[provider keyed]\nplugin = openai\nbase_url = http://127.0.0.1:1\n"
+    "api_key_env = LLMUX_TEST_STEER_KEY\n"
+    "[route keyed big]\n"
+    "[provider other]\nplugin = openai\nbase_url = http://127.0.0.1:1\n"
+    "api_key_env = LLMUX_TEST_STEER_OTHER\n"
+    "[profile hosted]\nmodels = big\nfallback_local = home\n"
+    "[profile home]\nmodels = free\n"
+    "[profile mixed]\nmodels = big, free\nfallback_local = home\n"
+    "[agent helper]\nprofile = hosted\n";
+
+static void fallback_local_resolves_while_no_route_has_a_key(void **state) {
+  scratch_t s;
+  llmux_resolution_t res;
+  (void)state;
+  unsetenv("LLMUX_TEST_STEER_KEY");
+  assert_int_equal(load(&s, hosted), 0);
+  assert_int_equal(llmux_resolve(s.cfg, "hosted", &res), 0);
+  assert_string_equal(res.target, "home");
+  assert_int_equal(res.nchain, 2);
+  assert_string_equal(res.chain[0].name, "hosted");
+  assert_string_equal(res.chain[1].name, "home");
+  assert_string_equal(res.profile->name, "home");
+  assert_int_equal(llmux_resolve(s.cfg, "helper", &res), 0);
+  assert_string_equal(res.target, "home");
+  assert_int_equal(llmux_resolve(s.cfg, "mixed", &res), 0);
+  assert_string_equal(res.target, "mixed"); /* groq serves `free`: it has no key to miss */
+  unload(&s);
+  setenv("LLMUX_TEST_STEER_KEY", "k", 1);
+  assert_int_equal(load(&s, hosted), 0);
+  assert_int_equal(llmux_resolve(s.cfg, "hosted", &res), 0);
+  assert_string_equal(res.target, "hosted");
+  assert_int_equal(res.nchain, 1);
+  unload(&s);
+  unsetenv("LLMUX_TEST_STEER_KEY");
+  /* Another provider's key set: hosted's own 503 (naming its key) is the
+   * better answer than a quiet local model. */
+  setenv("LLMUX_TEST_STEER_OTHER", "k", 1);
+  assert_int_equal(load(&s, hosted), 0);
+  assert_int_equal(llmux_resolve(s.cfg, "hosted", &res), 0);
+  assert_string_equal(res.target, "hosted");
+  unload(&s);
+  unsetenv("LLMUX_TEST_STEER_OTHER");
+}
+
+static void fallback_local_refuses_unknown_profiles_and_itself(void **state) {
+  scratch_t s;
+  (void)state;
+  assert_int_equal(load(&s, "[profile a]\nmodels = m\nfallback_local = bb\n"
+                            "[profile b]\nmodels = m\n"), LLMUX_ECONFIG);
+  assert_true(has_diag(&s, 24, "profile 'a' falls back to unknown profile 'bb'; did you mean 'b'?"));
+  unload(&s);
+  assert_int_equal(load(&s, "[profile a]\nmodels = m\nescalate = a2\nfallback_local = a\n"
+                            "[profile a2]\nmodels = free\n"), LLMUX_ECONFIG);
+  assert_true(has_diag(&s, 25, "profile 'a' falls back to itself"));
+  unload(&s);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(route_prices_override_the_models_key_by_key),
@@ -187,6 +249,8 @@ int main(void) {
     cmocka_unit_test(an_unknown_preferred_provider_is_an_error_at_its_line),
     cmocka_unit_test(a_pin_to_an_unknown_provider_or_one_without_the_route_is_an_error),
     cmocka_unit_test(escalate_links_a_profile_and_refuses_unknown_ones_and_circles),
+    cmocka_unit_test(fallback_local_resolves_while_no_route_has_a_key),
+    cmocka_unit_test(fallback_local_refuses_unknown_profiles_and_itself),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
