@@ -48,7 +48,7 @@ int llmux_buf_reserve(llmux_buf_t *b, size_t extra) {
 /* Keeps the buffer NUL-terminated (not counted in len) so it can be used as
  * a C string whenever its content is text. */
 int llmux_buf_append(llmux_buf_t *b, const void *data, size_t n) {
-  if (llmux_buf_reserve(b, n) != 0) return LLMUX_ENOMEM;
+  if (b->len + n + 1 > b->cap && llmux_buf_reserve(b, n) != 0) return LLMUX_ENOMEM;
   if (n) memcpy(b->base + b->len, data, n);
   b->len += n;
   b->base[b->len] = '\0';
@@ -84,15 +84,30 @@ int llmux_buf_printf(llmux_buf_t *b, const char *fmt, ...) {
   return 0;
 }
 
+/* Two digits a division, written from the end: access log lines and
+ * headers format several numbers a request. */
 size_t llmux_u64_dec(char *out, uint64_t v) {
-  char tmp[24];
-  size_t n = 0, i;
-  do {
-    tmp[n++] = (char)('0' + v % 10);
-    v /= 10;
-  } while (v);
-  for (i = 0; i < n; i++) out[i] = tmp[n - 1 - i];
+  static const char pairs[] =
+      "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+      "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+      "8081828384858687888990919293949596979899";
+  size_t n = 1, i;
+  uint64_t t;
+  for (t = v; t >= 10; t /= 10) n++;
   out[n] = '\0';
+  i = n;
+  while (v >= 100) {
+    unsigned d = (unsigned)(v % 100) * 2;
+    v /= 100;
+    out[--i] = pairs[d + 1];
+    out[--i] = pairs[d];
+  }
+  if (v >= 10) {
+    out[--i] = pairs[v * 2 + 1];
+    out[--i] = pairs[v * 2];
+  } else {
+    out[--i] = (char)('0' + v);
+  }
   return n;
 }
 

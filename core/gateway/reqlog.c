@@ -230,6 +230,19 @@ static void put(line_t *l, const char *s, size_t n) {
 /* A JSON string (null for NULL or ""). Names from the configuration need
  * no escape and are copied as they are; anything else goes through the
  * shared escaper. */
+#define X16(v) v, v, v, v, v, v, v, v, v, v, v, v, v, v, v, v
+/* 1 for a byte copied as it is into a JSON string: printable ASCII but the
+ * quote and the backslash (0 ends the scan, NUL included). */
+static const unsigned char plain[256] = {
+  X16(0), X16(0),
+  1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 0x22 '"' */
+  X16(1), X16(1),
+  1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, /* 0x5c '\\' */
+  X16(1), X16(1),
+  X16(0), X16(0), X16(0), X16(0), X16(0), X16(0), X16(0), X16(0),
+};
+#undef X16
+
 static void put_str(line_t *l, const char *s) {
   const unsigned char *u = (const unsigned char *)s;
   size_t n = 0;
@@ -237,7 +250,7 @@ static void put_str(line_t *l, const char *s) {
     PUT(l, "null");
     return;
   }
-  while (u[n] >= 0x20 && u[n] < 0x80 && u[n] != '"' && u[n] != '\\') n++;
+  while (plain[u[n]]) n++;
   if (u[n] == '\0') {
     *l->w++ = '"';
     put(l, s, n);

@@ -146,8 +146,12 @@ static size_t write_queue(llmux__http_conn_t *c) {
   return uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
 }
 
+/* A timer already due at the same moment is left as it is: a request
+ * arms the same timeout more than once within one loop turn. */
 static void arm(llmux__http_conn_t *c, uint64_t ms) {
   c->resume_armed = 0;
+  if (ms > 0 && uv_is_active((uv_handle_t *)&c->timer) && uv_timer_get_due_in(&c->timer) == ms)
+    return;
   uv_timer_start(&c->timer, on_timer, ms, 0);
 }
 

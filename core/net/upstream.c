@@ -166,6 +166,9 @@ static void conn_rearm(llmux__upconn_t *conn) {
     uv_timer_stop(&conn->timer);
     return;
   }
+  if (d > now && uv_is_active((uv_handle_t *)&conn->timer) &&
+      uv_timer_get_due_in(&conn->timer) == d - now)
+    return; /* already due then */
   uv_timer_start(&conn->timer, on_timer, d > now ? d - now : 0, 0);
 }
 

@@ -137,16 +137,29 @@ static const uint64_t slot_ms[2] = {1000u, 1440000u}; /* 60 s and 24 h in 60 */
 typedef struct win_s {
   uint64_t head;
   uint64_t count[2][RING];
+  uint64_t total[2]; /* the sum of count[kind]: checks need not add 61 slots */
 } win_t;
+
+/* Adds n to the current slot. */
+static void win_add(win_t *w, int kind, uint64_t n) {
+  w->count[kind][w->head % RING] += n;
+  w->total[kind] += n;
+}
 
 static void win_advance(win_t *w, uint64_t slot_width, uint64_t now) {
   uint64_t idx = now / slot_width, k;
+  int kind;
   if (idx <= w->head) return; /* the same slot, or the clock went back */
   if (idx - w->head >= RING) {
     memset(w->count, 0, sizeof(w->count));
+    w->total[0] = w->total[1] = 0;
   } else {
-    for (k = w->head + 1; k <= idx; k++)
-      w->count[0][k % RING] = w->count[1][k % RING] = 0;
+    for (k = w->head + 1; k <= idx; k++) {
+      for (kind = 0; kind < 2; kind++) {
+        w->total[kind] -= w->count[kind][k % RING];
+        w->count[kind][k % RING] = 0;
+      }
+    }
   }
   w->head = idx;
 }
@@ -158,10 +171,13 @@ static uint64_t win_first(const win_t *w, uint64_t slot_width, uint64_t now) {
   return idx >= NSLOTS ? idx - NSLOTS : 0;
 }
 
+/* The count over the window at `now`: the running total less the slots
+ * that have left it since head (those win_advance would clear). */
 static uint64_t win_sum(const win_t *w, int kind, uint64_t slot_width, uint64_t now) {
-  uint64_t k, sum = 0;
-  for (k = win_first(w, slot_width, now); k <= w->head; k++)
-    sum += w->count[kind][k % RING];
+  uint64_t idx = now / slot_width, k, sum = w->total[kind];
+  if (idx <= w->head) return sum; /* the clock went back: as of head */
+  if (idx - w->head >= RING) return 0;
+  for (k = w->head + 1; k <= idx; k++) sum -= w->count[kind][k % RING];
   return sum;
 }
 
@@ -198,7 +214,9 @@ static void win_uncount(win_t *w, int kind, uint64_t slot_width, uint64_t at_ms,
   uint64_t k = at_ms / slot_width, *c;
   if (k > w->head || (w->head >= RING && k <= w->head - RING)) return;
   c = &w->count[kind][k % RING];
-  *c = *c > n ? *c - n : 0;
+  if (n > *c) n = *c;
+  *c -= n;
+  w->total[kind] -= n;
 }
 
 /* ---- The in-memory store ----------------------------------------------- */
@@ -374,8 +392,8 @@ static int mem_reserve(llmux_rl_store_t *s, const llmux_rl_key_t *key, uint64_t 
     if (e[i] == NULL) continue;
     for (w = 0; w < 2; w++) {
       win_advance(&e[i]->win[w], slot_ms[w], now);
-      e[i]->win[w].count[0][e[i]->win[w].head % RING] += 1;
-      e[i]->win[w].count[1][e[i]->win[w].head % RING] += tokens;
+      win_add(&e[i]->win[w], 0, 1);
+      win_add(&e[i]->win[w], 1, tokens);
     }
     synced_adjust(e[i], e[i]->sync_gen, 1, (int64_t)tokens);
     e[i]->inflight++;
@@ -400,7 +418,7 @@ static void mem_commit(llmux_rl_store_t *s, llmux_rl_reservation_t *res, uint64_
         win_uncount(&e->win[w], 1, slot_ms[w], res->at_ms, res->tokens - actual);
       } else {
         win_advance(&e->win[w], slot_ms[w], now);
-        e->win[w].count[1][e->win[w].head % RING] += actual - res->tokens;
+        win_add(&e->win[w], 1, actual - res->tokens);
       }
     }
     synced_adjust(e, res->gen[i], 0, (int64_t)actual - (int64_t)res->tokens);
