@@ -1,6 +1,7 @@
 /* Prometheus text exposition: families, series, collectors, rendering. */
 #include "base/metrics.h"
 
+#include <assert.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -278,6 +279,11 @@ void llmux_series_observe(llmux_series_t *s, double v) {
 
 double llmux_series_value(const llmux_series_t *s) { return s ? s->value : 0; }
 uint64_t llmux_series_count(const llmux_series_t *s) { return s ? s->count : 0; }
+
+const char *llmux_series_label(const llmux_series_t *s, size_t i) {
+  assert(i < s->family->nlabels);
+  return s->values[i];
+}
 
 void llmux_metric_reset_unset(llmux_metric_t *f) {
   llmux_series_t *s;

@@ -65,6 +65,10 @@ llmux_series_t *llmux_metric_series(llmux_metric_t *f, const char *const *values
 llmux_series_t *llmux_metric_series3(llmux_metric_t *f, const char *a, const char *b,
                                      const char *c);
 
+/* The series' i-th label value (i < the family's label count), valid as
+ * long as the series. */
+const char *llmux_series_label(const llmux_series_t *s, size_t i);
+
 /* Counters: add (v >= 0). Gauges: add (any sign) or set. Histograms: observe. */
 void llmux_series_add(llmux_series_t *s, double v);
 void llmux_series_set(llmux_series_t *s, double v);

@@ -729,7 +729,10 @@ void llmux_api_on_request(llmux_http_req_t *req) {
   rec.endpoint = classify(req->path, &po);
   gw->answered_status = 0;
   if (tenant_of(gw, req, rid, &po.tenant) == 0) {
-    if (po.tenant != NULL) rec.tenant = po.tenant->conf->name;
+    if (po.tenant != NULL) {
+      rec.tenant = po.tenant->conf->name;
+      rec.tenant_series = po.tenant->data;
+    }
     if (po.inbound == &llmux_inbound_responses &&
         llmux_api_responses(gw, req, rid, &po, &rec) == 0)
       return; /* taken over, record and all (api_responses.c) */

@@ -9,6 +9,7 @@
 
 #include "base/util.h"
 #include "gateway/api.h"
+#include "gateway/reqlog.h"
 
 static int64_t wall_ms(void) {
   struct timespec ts;
@@ -45,6 +46,16 @@ static int apply_limits(llmux_rl_store_t *rl, const llmux_config_t *cfg) {
   return rc;
 }
 
+/* Room for each tenant's metric series, found by reqlog on first use. */
+static int tenant_series(llmux_generation_t *g) {
+  size_t i;
+  if (g->tenants.n == 0) return 0;
+  g->tenant_series = calloc(g->tenants.n, sizeof *g->tenant_series);
+  if (g->tenant_series == NULL) return LLMUX_ENOMEM;
+  for (i = 0; i < g->tenants.n; i++) g->tenants.items[i].data = &g->tenant_series[i];
+  return 0;
+}
+
 /* What is built over cfg and provs. The limits go last: they are the only
  * step that changes something in force (the shared stores). */
 static int build(llmux_generation_t *g, const llmux_gen_shared_t *shared, uint64_t number) {
@@ -61,6 +72,7 @@ static int build(llmux_generation_t *g, const llmux_gen_shared_t *shared, uint64
   if (rc == 0)
     rc = llmux_tenants_init_shared(&g->tenants, g->cfg, sh->tenant_rl,
                                    llmux_api_build_tenant_models);
+  if (rc == 0) rc = tenant_series(g);
   if (rc == 0) rc = apply_limits(sh->rl, g->cfg);
   return rc;
 }
@@ -71,6 +83,8 @@ static int build(llmux_generation_t *g, const llmux_gen_shared_t *shared, uint64
 static void release(llmux_generation_t *g) {
   llmux_buf_free(&g->models_json);
   llmux_tenants_free(&g->tenants);
+  free(g->tenant_series);
+  g->tenant_series = NULL;
   llmux_router_free(g->router);
   g->router = NULL;
   if (g->own_cfg != NULL) {

@@ -77,6 +77,7 @@ struct llmux_generation_s {
   /* private */
   llmux_config_t *own_cfg;      /* set when built by llmux_generation_load */
   llmux_providers_t own_provs;
+  struct llmux_reqlog_tenant_s *tenant_series; /* one per tenant: tenants.items[i].data */
   void *reserved[2];
 };
 

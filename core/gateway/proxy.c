@@ -1152,7 +1152,10 @@ static void take_record(proxy_t *p, llmux_http_req_t *req, const llmux_proxy_opt
   }
   p->rec.request_id = p->rid;
   p->rec.operation = operation_of(p->endpoint);
-  if (p->tenant != NULL) p->rec.tenant = p->tenant->conf->name;
+  if (p->tenant != NULL) {
+    p->rec.tenant = p->tenant->conf->name;
+    p->rec.tenant_series = p->tenant->data;
+  }
 }
 
 /* ---- failures ------------------------------------------------------------ */

@@ -170,22 +170,66 @@ static void record_genai(llmux_obs_t *o, const llmux_reqlog_t *rec, const char *
   if ((tpot = time_per_token(rec)) > 0) llmux_series_observe(llmux_metric_series(o->tpot, v), tpot);
 }
 
+/* The record's tenant series for registry o, found now when they were not
+ * yet; NULL when the record has none kept (no tenant, or a record made
+ * outside a generation) or out of memory: then each lookup is done anew. */
+static llmux_reqlog_tenant_t *tenant_series(llmux_obs_t *o, const llmux_reqlog_t *rec) {
+  llmux_reqlog_tenant_t *t = rec->tenant_series;
+  if (t == NULL || rec->tenant == NULL) return NULL;
+  if (t->obs == o) return t;
+  if (t->obs != NULL) return NULL; /* another registry's (tests): not ours to keep */
+  t->tokens_in = llmux_metric_series3(o->tenant_tokens, rec->tenant, "input", NULL);
+  t->tokens_out = llmux_metric_series3(o->tenant_tokens, rec->tenant, "output", NULL);
+  t->cost = llmux_metric_series3(o->tenant_cost, rec->tenant, NULL, NULL);
+  if (t->tokens_in == NULL || t->tokens_out == NULL || t->cost == NULL) return NULL;
+  t->obs = o;
+  return t;
+}
+
 static void record_tenant(llmux_obs_t *o, const llmux_reqlog_t *rec) {
+  llmux_reqlog_tenant_t *t;
   if (rec->tenant == NULL || rec->prompt_tokens < 0) return;
-  llmux_series_add(llmux_metric_series3(o->tenant_tokens, rec->tenant, "input", NULL),
-                   (double)rec->prompt_tokens);
-  llmux_series_add(llmux_metric_series3(o->tenant_tokens, rec->tenant, "output", NULL),
-                   rec->completion_tokens > 0 ? (double)rec->completion_tokens : 0);
-  llmux_series_add(llmux_metric_series3(o->tenant_cost, rec->tenant, NULL, NULL),
-                   rec->cost_usd > 0 ? rec->cost_usd : 0);
+  if ((t = tenant_series(o, rec)) == NULL) {
+    llmux_series_add(llmux_metric_series3(o->tenant_tokens, rec->tenant, "input", NULL),
+                     (double)rec->prompt_tokens);
+    llmux_series_add(llmux_metric_series3(o->tenant_tokens, rec->tenant, "output", NULL),
+                     rec->completion_tokens > 0 ? (double)rec->completion_tokens : 0);
+    llmux_series_add(llmux_metric_series3(o->tenant_cost, rec->tenant, NULL, NULL),
+                     rec->cost_usd > 0 ? rec->cost_usd : 0);
+    return;
+  }
+  llmux_series_add(t->tokens_in, (double)rec->prompt_tokens);
+  llmux_series_add(t->tokens_out, rec->completion_tokens > 0 ? (double)rec->completion_tokens : 0);
+  llmux_series_add(t->cost, rec->cost_usd > 0 ? rec->cost_usd : 0);
+}
+
+/* requests_total{endpoint, status, tenant}: from the tenant's few kept
+ * (endpoint, status) pairs when it has them, else looked up (and kept). */
+static llmux_series_t *requests_series(llmux_obs_t *o, const llmux_reqlog_t *rec,
+                                       const char *endpoint, const char *status) {
+  llmux_reqlog_tenant_t *t = tenant_series(o, rec);
+  llmux_series_t *s;
+  size_t i;
+  if (t != NULL)
+    for (i = 0; i < sizeof t->requests / sizeof t->requests[0]; i++)
+      if (t->requests[i].s != NULL && t->requests[i].status == rec->status &&
+          strcmp(t->requests[i].endpoint, endpoint) == 0)
+        return t->requests[i].s;
+  s = llmux_metric_series3(o->requests, endpoint, status, rec->tenant ? rec->tenant : "");
+  if (t != NULL && s != NULL) {
+    i = (size_t)rec->status & 3;
+    /* endpoint: the series keeps a copy of the same bytes, alive with it */
+    t->requests[i].endpoint = llmux_series_label(s, 0);
+    t->requests[i].status = rec->status;
+    t->requests[i].s = s;
+  }
+  return s;
 }
 
 void llmux_reqlog_metrics(llmux_obs_t *o, const llmux_reqlog_t *rec) {
   char status[24];
   llmux_u64_dec(status, rec->status > 0 ? (uint64_t)rec->status : 0);
-  llmux_series_add(llmux_metric_series3(o->requests, rec->endpoint ? rec->endpoint : "unknown",
-                                        status, rec->tenant ? rec->tenant : ""),
-                   1);
+  llmux_series_add(requests_series(o, rec, rec->endpoint ? rec->endpoint : "unknown", status), 1);
   if (rec->operation == NULL) return;
   llmux_series_observe(o->overhead_s, (double)rec->overhead_us / 1e6);
   if (rec->failovers) llmux_series_add(o->failovers_s, rec->failovers);

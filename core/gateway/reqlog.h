@@ -49,6 +49,20 @@ typedef struct llmux_reqlog_attempt_s {
   int retry;                  /* 1: the same route again after a backoff */
 } llmux_reqlog_attempt_t;
 
+/* The series one (generation, tenant) records into, found on its first
+ * request and kept: series live as long as their registry (metrics.h), so
+ * the pointers stay good for as long as the generation that owns this
+ * (it is freed with the generation, whose tenants' `data` point here). */
+typedef struct llmux_reqlog_tenant_s {
+  const llmux_obs_t *obs;                  /* whose series; NULL: none found yet */
+  llmux_series_t *tokens_in, *tokens_out, *cost;
+  struct {                                 /* requests_total, by endpoint and status */
+    const char *endpoint;
+    int status;
+    llmux_series_t *s;
+  } requests[4];
+} llmux_reqlog_tenant_t;
+
 typedef struct llmux_reqlog_s {
   const char *request_id;
   const char *tenant;         /* NULL when llmux runs open */
@@ -85,6 +99,7 @@ typedef struct llmux_reqlog_s {
   uint64_t mono_start_us;     /* llmux_now_us() at start_ns: durations are monotonic */
   int attempt_open;           /* an attempt began and has not ended */
   const char *cur_provider, *cur_model; /* its route, also past the array */
+  llmux_reqlog_tenant_t *tenant_series; /* the tenant's in its generation, may be NULL */
 } llmux_reqlog_t;
 
 struct llmux_gateway_s;

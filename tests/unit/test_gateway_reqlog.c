@@ -291,6 +291,37 @@ static void test_outcome_names_are_the_label_values(void **state) {
 
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 
+/* A tenant's series kept on its generation (reqlog.h) count exactly as
+ * lookups would: the same slot over requests of many (endpoint, status)
+ * pairs, more than it keeps, and a record without the slot beside them. */
+static void test_a_tenants_kept_series_count_like_lookups(void **state) {
+  static const int statuses[] = {200, 429, 200, 500, 401, 404, 200, 503, 429};
+  llmux_reqlog_tenant_t slot;
+  llmux_reqlog_t rec;
+  char *text;
+  size_t i;
+  memset(&slot, 0, sizeof slot);
+  for (i = 0; i < sizeof statuses / sizeof statuses[0]; i++) {
+    served_stream(&rec);
+    if (i == 7) rec.endpoint = "embeddings";
+    rec.status = statuses[i];
+    rec.tenant_series = i == 4 ? NULL : &slot;
+    llmux_reqlog_done(&gw, &rec);
+  }
+  text = scrape();
+  assert_has(text, "\nllmux_requests_total{endpoint=\"chat\",status=\"200\",tenant=\"acme\"} 3\n");
+  assert_has(text, "\nllmux_requests_total{endpoint=\"chat\",status=\"429\",tenant=\"acme\"} 2\n");
+  assert_has(text, "\nllmux_requests_total{endpoint=\"chat\",status=\"500\",tenant=\"acme\"} 1\n");
+  assert_has(text, "\nllmux_requests_total{endpoint=\"chat\",status=\"401\",tenant=\"acme\"} 1\n");
+  assert_has(text, "\nllmux_requests_total{endpoint=\"chat\",status=\"404\",tenant=\"acme\"} 1\n");
+  assert_has(text, "\nllmux_requests_total{endpoint=\"embeddings\",status=\"503\","
+                   "tenant=\"acme\"} 1\n");
+  assert_lacks(text, "endpoint=\"chat\",status=\"503\"");
+  assert_has(text, "\nllmux_tenant_tokens_total{tenant=\"acme\",token_type=\"input\"} 144\n");
+  assert_has(text, "\nllmux_tenant_tokens_total{tenant=\"acme\",token_type=\"output\"} 27\n");
+  free(text);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       T(test_a_served_stream_moves_every_series_it_concerns),
@@ -302,6 +333,7 @@ int main(void) {
       T(test_the_access_log_line_has_exactly_the_fields_of_the_issue),
       T(test_what_is_unknown_is_null_and_odd_bytes_stay_valid_json),
       T(test_outcome_names_are_the_label_values),
+      T(test_a_tenants_kept_series_count_like_lookups),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
