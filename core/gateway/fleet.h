@@ -38,6 +38,10 @@ typedef struct llmux_fleet_conf_s {
 
 typedef void (*llmux_fleet_close_cb)(struct llmux_gateway_s *gw);
 
+/* For a piece closed without having started: cb(gw) on a later loop
+ * iteration, never inside the call (fleet.c). */
+void llmux__fleet_close_later(struct llmux_gateway_s *gw, llmux_fleet_close_cb cb);
+
 /* Usage: rows counted by any process reach every process's usage store
  * (gw->usage), additively; one elected process writes them to usage_db.
  * Starts after gw->usage is open. 0, or LLMUX_E* with a logged reason.

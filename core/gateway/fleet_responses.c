@@ -234,31 +234,11 @@ int llmux_fleet_responses_start(struct llmux_gateway_s *gw, const llmux_fleet_co
   return 0;
 }
 
-/* Never started: cb still runs later, never inside the call. */
-typedef struct later_s {
-  uv_timer_t timer;
-  llmux_gateway_t *gw;
-  llmux_fleet_close_cb cb;
-} later_t;
-
-static void later_closed(uv_handle_t *h) {
-  later_t *l = llmux_container_of((uv_timer_t *)h, later_t, timer);
-  llmux_fleet_close_cb cb = l->cb;
-  llmux_gateway_t *gw = l->gw;
-  free(l);
-  if (cb) cb(gw);
-}
-
-static void later_cb(uv_timer_t *t) { uv_close((uv_handle_t *)t, later_closed); }
 
 void llmux_fleet_responses_close(struct llmux_gateway_s *gw, llmux_fleet_close_cb cb) {
   fleet_resp_t *fr = of(gw);
   if (fr == NULL) {
-    later_t *l = llmux_xcalloc(1, sizeof *l);
-    l->gw = gw;
-    l->cb = cb;
-    uv_timer_init(gw->loop, &l->timer);
-    uv_timer_start(&l->timer, later_cb, 0, 0);
+    llmux__fleet_close_later(gw, cb); /* never started */
     return;
   }
   llmux_responses_set_remote(gw->responses, NULL); /* lookups in flight still answer */
