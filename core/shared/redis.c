@@ -5,6 +5,7 @@
 #include <arpa/inet.h>
 #include <assert.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -716,4 +717,36 @@ void llmux_redis_close(llmux_redis_t *r, llmux_redis_close_cb cb) {
   r->what = (char *)"redis";
   /* The reaper frees what hiredis still holds, then the handles close. */
   uv_timer_start(&r->reaper, reaper_cb, 0, 0);
+}
+
+/* ---- Arguments of a command ---------------------------------------------- */
+
+llmux_redis_args_t *llmux_redis_args_new(int cap) {
+  llmux_redis_args_t *a =
+      llmux_xcalloc(1, sizeof(*a) + (size_t)cap * (sizeof(char *) + sizeof(size_t) + 24));
+  a->cap = cap;
+  a->v = (const char **)(a + 1);
+  a->len = (size_t *)(a->v + cap);
+  a->num = (char(*)[24])(a->len + cap);
+  return a;
+}
+
+void llmux_redis_arg_str(llmux_redis_args_t *a, const char *s, size_t n) {
+  assert(a->n < a->cap);
+  a->v[a->n] = s;
+  a->len[a->n++] = n;
+}
+
+void llmux_redis_arg_i64(llmux_redis_args_t *a, int64_t v) {
+  assert(a->n < a->cap);
+  a->len[a->n] = (size_t)snprintf(a->num[a->n], 24, "%" PRId64, v);
+  a->v[a->n] = a->num[a->n];
+  a->n++;
+}
+
+void llmux_redis_arg_u64(llmux_redis_args_t *a, uint64_t v) {
+  assert(a->n < a->cap);
+  a->len[a->n] = llmux_u64_dec(a->num[a->n], v);
+  a->v[a->n] = a->num[a->n];
+  a->n++;
 }

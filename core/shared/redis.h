@@ -199,4 +199,21 @@ void llmux_redis_close(llmux_redis_t *r, llmux_redis_close_cb cb);
 
 const char *llmux_redis_state_name(llmux_redis_state_t s);
 
+/* ---- Arguments of a command ---------------------------------------------- */
+
+/* argv/lens for llmux_redis_command and llmux_redis_evalsha, built in one
+ * allocation: strings are borrowed (they must live until the call), numbers
+ * are written into the struct's own room. Free with free(). */
+typedef struct llmux_redis_args_s {
+  int n, cap;
+  const char **v;
+  size_t *len;
+  char (*num)[24];
+} llmux_redis_args_t;
+
+llmux_redis_args_t *llmux_redis_args_new(int cap);
+void llmux_redis_arg_str(llmux_redis_args_t *a, const char *s, size_t n);
+void llmux_redis_arg_i64(llmux_redis_args_t *a, int64_t v);
+void llmux_redis_arg_u64(llmux_redis_args_t *a, uint64_t v);
+
 #endif /* LLMUX_SHARED_REDIS_H */

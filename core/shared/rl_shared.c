@@ -378,34 +378,10 @@ static void legs(shared_t *st, const llmux_rl_key_t *key, entry_t *out[2]) {
 
 /* ---- Script arguments ------------------------------------------------------ */
 
-typedef struct args_s {
-  int n, cap;
-  const char **v;
-  size_t *len;
-  char (*num)[24];
-} args_t;
+typedef llmux_redis_args_t args_t;
 
-static args_t *args_new(int cap) {
-  args_t *a = llmux_xcalloc(1, sizeof(*a) + (size_t)cap * (sizeof(char *) + sizeof(size_t) + 24));
-  a->cap = cap;
-  a->v = (const char **)(a + 1);
-  a->len = (size_t *)(a->v + cap);
-  a->num = (char(*)[24])(a->len + cap);
-  return a;
-}
 
-static void arg_str(args_t *a, const char *s, size_t n) {
-  assert(a->n < a->cap);
-  a->v[a->n] = s;
-  a->len[a->n++] = n;
-}
 
-static void arg_i64(args_t *a, int64_t v) {
-  assert(a->n < a->cap);
-  a->len[a->n] = (size_t)snprintf(a->num[a->n], 24, "%" PRId64, v);
-  a->v[a->n] = a->num[a->n];
-  a->n++;
-}
 
 /* KEYS and the common ARGV of every call. */
 /* Scripts touch the instances set this often (and at every join). */
@@ -413,7 +389,7 @@ static void arg_i64(args_t *a, int64_t v) {
 
 static args_t *args_begin(shared_t *st, int extra, entry_t *const *keys, int nkeys,
                           const char *op, uint64_t now, uint64_t seq) {
-  args_t *a = args_new(2 + nkeys + 6 + extra);
+  args_t *a = llmux_redis_args_new(2 + nkeys + 6 + extra);
   uint64_t t = uv_now(st->loop);
   int i, flags = 0;
   if (st->joining || st->touched_ms == 0 || t - st->touched_ms >= TOUCH_MS) {
@@ -421,15 +397,15 @@ static args_t *args_begin(shared_t *st, int extra, entry_t *const *keys, int nke
     st->touched_ms = t ? t : 1;
   }
   if (st->joining || st->want_full) flags |= 2;
-  arg_str(a, st->epoch_key, strlen(st->epoch_key));
-  arg_str(a, st->inst_key, strlen(st->inst_key));
-  for (i = 0; i < nkeys; i++) arg_str(a, keys[i]->rkey, keys[i]->rkey_len);
-  arg_str(a, op, strlen(op));
-  arg_i64(a, (int64_t)now);
-  arg_str(a, st->origin, 16);
-  arg_i64(a, (int64_t)seq);
-  arg_str(a, st->channel, strlen(st->channel));
-  arg_i64(a, flags);
+  llmux_redis_arg_str(a, st->epoch_key, strlen(st->epoch_key));
+  llmux_redis_arg_str(a, st->inst_key, strlen(st->inst_key));
+  for (i = 0; i < nkeys; i++) llmux_redis_arg_str(a, keys[i]->rkey, keys[i]->rkey_len);
+  llmux_redis_arg_str(a, op, strlen(op));
+  llmux_redis_arg_i64(a, (int64_t)now);
+  llmux_redis_arg_str(a, st->origin, 16);
+  llmux_redis_arg_i64(a, (int64_t)seq);
+  llmux_redis_arg_str(a, st->channel, strlen(st->channel));
+  llmux_redis_arg_i64(a, flags);
   return a;
 }
 
@@ -785,14 +761,14 @@ static void count(shared_t *st, entry_t *const *es, const int64_t *gens, int n,
   if (!st->up || nk == 0) return;
   {
     args_t *a = args_begin(st, nk + 2 + 4 * (int)nitems, keys, nk, "count", now, seq);
-    for (i = 0; i < nk; i++) arg_i64(a, key_gens[i]);
-    arg_i64(a, sreq);
-    arg_i64(a, stok);
+    for (i = 0; i < nk; i++) llmux_redis_arg_i64(a, key_gens[i]);
+    llmux_redis_arg_i64(a, sreq);
+    llmux_redis_arg_i64(a, stok);
     for (j = 0; j < nitems; j++) {
-      arg_i64(a, items[j].which);
-      arg_i64(a, (int64_t)items[j].slot);
-      arg_i64(a, items[j].req);
-      arg_i64(a, items[j].tok);
+      llmux_redis_arg_i64(a, items[j].which);
+      llmux_redis_arg_i64(a, (int64_t)items[j].slot);
+      llmux_redis_arg_i64(a, items[j].req);
+      llmux_redis_arg_i64(a, items[j].tok);
     }
     send_args(st, a, keys, nk, op_cb, NULL);
   }
@@ -817,12 +793,12 @@ static void send_apply(shared_t *st, entry_t *e, uint64_t retry_until, uint64_t 
   int d;
   for (d = 0; d < NDIMS; d++) {
     const synced_t *s = &e->loc_sync[d];
-    arg_i64(a, s->valid);
-    arg_i64(a, (int64_t)s->limit);
-    arg_i64(a, (int64_t)s->remaining);
-    arg_i64(a, (int64_t)s->reset_at);
+    llmux_redis_arg_i64(a, s->valid);
+    llmux_redis_arg_i64(a, (int64_t)s->limit);
+    llmux_redis_arg_i64(a, (int64_t)s->remaining);
+    llmux_redis_arg_i64(a, (int64_t)s->reset_at);
   }
-  arg_i64(a, retry_until == LLMUX_RL_FOREVER ? -1 : (int64_t)retry_until);
+  llmux_redis_arg_i64(a, retry_until == LLMUX_RL_FOREVER ? -1 : (int64_t)retry_until);
   r->seq = st->seq;
   r->kind = REC_APPLY;
   rec_push(st, e, r);
@@ -833,8 +809,8 @@ static void send_block(shared_t *st, entry_t *e, const char *field, uint64_t unt
                        uint64_t now, llmux_redis_cb cb, void *arg) {
   args_t *a = args_begin(st, 2, &e, 1, "block", now, ++st->seq);
   rec_t *r = rec_new(0);
-  arg_str(a, field, 2);
-  arg_i64(a, until == LLMUX_RL_FOREVER ? -1 : (int64_t)until);
+  llmux_redis_arg_str(a, field, 2);
+  llmux_redis_arg_i64(a, until == LLMUX_RL_FOREVER ? -1 : (int64_t)until);
   r->seq = st->seq;
   r->kind = REC_BLOCK;
   rec_push(st, e, r);
@@ -856,9 +832,9 @@ static void read_key(shared_t *st, entry_t *e) {
   st->want_full++;
   a = args_begin(st, 3, &e, 1, "count", st_now(st), ++st->seq);
   st->want_full--;
-  arg_i64(a, -1);
-  arg_i64(a, 0);
-  arg_i64(a, 0);
+  llmux_redis_arg_i64(a, -1);
+  llmux_redis_arg_i64(a, 0);
+  llmux_redis_arg_i64(a, 0);
   send_args(st, a, &e, 1, op_cb, NULL);
 }
 
@@ -1304,14 +1280,14 @@ static size_t push_entry(shared_t *st, entry_t *e, uint64_t now, llmux_redis_cb 
     uint64_t seq = ++st->seq;
     args_t *a = args_begin(st, 3 + 4 * (int)n, &e, 1, "count", now, seq);
     size_t j;
-    arg_i64(a, -1);
-    arg_i64(a, e->unsent ? e->unsent_s[0] : 0);
-    arg_i64(a, e->unsent ? e->unsent_s[1] : 0);
+    llmux_redis_arg_i64(a, -1);
+    llmux_redis_arg_i64(a, e->unsent ? e->unsent_s[0] : 0);
+    llmux_redis_arg_i64(a, e->unsent ? e->unsent_s[1] : 0);
     for (j = 0; j < n; j++) {
-      arg_i64(a, items[j].which);
-      arg_i64(a, (int64_t)items[j].slot);
-      arg_i64(a, items[j].req);
-      arg_i64(a, items[j].tok);
+      llmux_redis_arg_i64(a, items[j].which);
+      llmux_redis_arg_i64(a, (int64_t)items[j].slot);
+      llmux_redis_arg_i64(a, items[j].req);
+      llmux_redis_arg_i64(a, items[j].tok);
     }
     if (n || (e->unsent && (e->unsent_s[0] || e->unsent_s[1]))) {
       rec_t *r = rec_new(n);

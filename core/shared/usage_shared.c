@@ -367,47 +367,23 @@ static void set_writer(llmux_usage_shared_t *us, int writer) {
 
 /* ---- Script arguments --------------------------------------------------------- */
 
-typedef struct args_s {
-  int n, cap;
-  const char **v;
-  size_t *len;
-  char (*num)[24];
-} args_t;
+typedef llmux_redis_args_t args_t;
 
-static args_t *args_new(int cap) {
-  args_t *a = llmux_xcalloc(1, sizeof(*a) + (size_t)cap * (sizeof(char *) + sizeof(size_t) + 24));
-  a->cap = cap;
-  a->v = (const char **)(a + 1);
-  a->len = (size_t *)(a->v + cap);
-  a->num = (char(*)[24])(a->len + cap);
-  return a;
-}
 
-static void arg_str(args_t *a, const char *s, size_t n) {
-  assert(a->n < a->cap);
-  a->v[a->n] = s;
-  a->len[a->n++] = n;
-}
 
-static void arg_s(args_t *a, const char *s) { arg_str(a, s, strlen(s)); }
+static void arg_s(args_t *a, const char *s) { llmux_redis_arg_str(a, s, strlen(s)); }
 
-static void arg_u64(args_t *a, uint64_t v) {
-  assert(a->n < a->cap);
-  a->len[a->n] = llmux_u64_dec(a->num[a->n], v);
-  a->v[a->n] = a->num[a->n];
-  a->n++;
-}
 
 static void arg_tally(args_t *a, const tally_t *t) {
-  arg_u64(a, t->req);
-  arg_u64(a, t->in);
-  arg_u64(a, t->out);
-  arg_u64(a, t->micro);
+  llmux_redis_arg_u64(a, t->req);
+  llmux_redis_arg_u64(a, t->in);
+  llmux_redis_arg_u64(a, t->out);
+  llmux_redis_arg_u64(a, t->micro);
 }
 
 /* Keys go first: KEYS[1] is always the meta hash. */
 static args_t *args_begin(llmux_usage_shared_t *us, int cap, const char *key2) {
-  args_t *a = args_new(cap);
+  args_t *a = llmux_redis_args_new(cap);
   arg_s(a, us->meta_key);
   if (key2) arg_s(a, key2);
   return a;
@@ -588,12 +564,12 @@ static void send_batch(llmux_usage_shared_t *us) {
   batch_t *b = us->batch;
   args_t *a = args_begin(us, 7 + 5 * (int)b->n, us->seq_key);
   size_t i;
-  for (i = 0; i < b->n; i++) arg_str(a, b->items[i].row->key, b->items[i].row->key_len);
+  for (i = 0; i < b->n; i++) llmux_redis_arg_str(a, b->items[i].row->key, b->items[i].row->key_len);
   arg_s(a, "batch");
-  arg_u64(a, us->plen);
+  llmux_redis_arg_u64(a, us->plen);
   arg_s(a, us->channel);
   arg_s(a, us->origin);
-  arg_u64(a, b->seq);
+  llmux_redis_arg_u64(a, b->seq);
   for (i = 0; i < b->n; i++) arg_tally(a, &b->items[i].d);
   b->sent = 1;
   if (b->tries++ > 0) us->resent++;
@@ -751,9 +727,9 @@ static int send_base(llmux_usage_shared_t *us, const char *mode, const char *fla
                      size_t n, llmux_redis_cb cb, void *arg) {
   args_t *a = args_begin(us, 8 + 5 * (int)n, us->lease_key);
   size_t i;
-  for (i = 0; i < n; i++) arg_str(a, keys[i], klens[i]);
+  for (i = 0; i < n; i++) llmux_redis_arg_str(a, keys[i], klens[i]);
   arg_s(a, "base");
-  arg_u64(a, us->plen);
+  llmux_redis_arg_u64(a, us->plen);
   arg_s(a, us->channel);
   arg_s(a, us->origin);
   arg_s(a, mode);
@@ -876,7 +852,7 @@ static void lease_try(llmux_usage_shared_t *us) {
   a = args_begin(us, 5, us->lease_key);
   arg_s(a, "lease");
   arg_s(a, us->origin);
-  arg_u64(a, us->lease_ms);
+  llmux_redis_arg_u64(a, us->lease_ms);
   us->lease_inflight = 1;
   run(us, a, 2, lease_cb, (void *)(uintptr_t)us->join_id);
 }
