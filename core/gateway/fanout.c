@@ -152,7 +152,7 @@ static int put_choices(llmux_str_t choices, unsigned copy, unsigned n, size_t *c
 }
 
 int llmux_fanout_merge(const llmux_str_t *answers, unsigned n, llmux_buf_t *out) {
-  llmux_json_field_t first[2];
+  llmux_json_field_t first[2] = {{0}};
   llmux_buf_t choices = {0}, usage = {0};
   llmux_fanout_usage_t sum = {0};
   edit_t ed[2];

@@ -56,6 +56,28 @@ static int tenant_series(llmux_generation_t *g) {
   return 0;
 }
 
+/* Room for each route's metric series, with its label values. */
+static int route_series(llmux_generation_t *g) {
+  size_t i, n = g->cfg->nroutes;
+  if (n == 0) return 0;
+  g->route_series = calloc(n, sizeof *g->route_series);
+  if (g->route_series == NULL) return LLMUX_ENOMEM;
+  for (i = 0; i < n; i++) {
+    const llmux_route_conf_t *r = g->cfg->routes[i];
+    llmux_reqlog_route_t *s = &g->route_series[i];
+    s->provider = r->provider->name;
+    s->canonical = r->passthrough ? llmux_reqlog_star : r->model->id;
+    s->model = r->passthrough ? llmux_reqlog_star : r->id;
+  }
+  return 0;
+}
+
+llmux_reqlog_route_t *llmux_generation_route_series(const llmux_generation_t *g,
+                                                    const llmux_route_conf_t *r) {
+  if (g->route_series == NULL || r->index >= g->cfg->nroutes) return NULL;
+  return &g->route_series[r->index];
+}
+
 /* What is built over cfg and provs. The limits go last: they are the only
  * step that changes something in force (the shared stores). */
 static int build(llmux_generation_t *g, const llmux_gen_shared_t *shared, uint64_t number) {
@@ -73,6 +95,7 @@ static int build(llmux_generation_t *g, const llmux_gen_shared_t *shared, uint64
     rc = llmux_tenants_init_shared(&g->tenants, g->cfg, sh->tenant_rl,
                                    llmux_api_build_tenant_models);
   if (rc == 0) rc = tenant_series(g);
+  if (rc == 0) rc = route_series(g);
   if (rc == 0) rc = apply_limits(sh->rl, g->cfg);
   return rc;
 }
@@ -85,6 +108,8 @@ static void release(llmux_generation_t *g) {
   llmux_tenants_free(&g->tenants);
   free(g->tenant_series);
   g->tenant_series = NULL;
+  free(g->route_series);
+  g->route_series = NULL;
   llmux_router_free(g->router);
   g->router = NULL;
   if (g->own_cfg != NULL) {

@@ -78,6 +78,7 @@ struct llmux_generation_s {
   llmux_config_t *own_cfg;      /* set when built by llmux_generation_load */
   llmux_providers_t own_provs;
   struct llmux_reqlog_tenant_s *tenant_series; /* one per tenant: tenants.items[i].data */
+  struct llmux_reqlog_route_s *route_series;   /* one per cfg->routes[i] */
   void *reserved[2];
 };
 
@@ -85,6 +86,11 @@ struct llmux_generation_s {
  * (borrowed: they must outlive it; `llmux chat` and tests). Applies cfg's
  * limits to the shared stores. Holds one reference for the caller.
  * 0 and *out, or LLMUX_ENOMEM / LLMUX_ETOOLARGE (a limit store is full). */
+/* The metric series kept for route r of g (reqlog.h); NULL for a route
+ * not in g's configuration. */
+struct llmux_reqlog_route_s *llmux_generation_route_series(const llmux_generation_t *g,
+                                                           const struct llmux_route_conf_s *r);
+
 int llmux_generation_new(const llmux_gen_shared_t *sh, const llmux_config_t *cfg,
                          llmux_providers_t *provs, uint64_t number,
                          llmux_generation_t **out);

@@ -484,8 +484,11 @@ static void read_n(proxy_t *p, const llmux_json_field_t *f) {
 /* Token estimates for rate limits and the context-window filter, from the
  * one scan validation already made (the estimator is ratelimit's). */
 static void estimate_tokens(proxy_t *p, const llmux_json_field_t *f) {
-  p->prompt_tokens = llmux_rl_estimate_fields(f, F_COUNT);
-  if (llmux_rl_max_tokens_fields(f, F_COUNT, &p->max_tokens) != 0) p->max_tokens = 0;
+  const llmux_json_field_t *parts[LLMUX_RL_EST_NPARTS] = {&f[F_MESSAGES], &f[F_PROMPT],
+                                                          &f[F_INPUT], &f[F_TOOLS]};
+  p->prompt_tokens = llmux_rl_estimate_parts(parts);
+  if (llmux_rl_max_tokens_parts(&f[F_MAX_COMPLETION], &f[F_MAX_TOKENS], &p->max_tokens) != 0)
+    p->max_tokens = 0;
 }
 
 /* The caller's say in routing: the x-llmux-provider header, else the body's
@@ -1914,6 +1917,7 @@ static void attempt(proxy_t *p, const llmux_route_conf_t *r, llmux_provider_rt_t
   p->rec.provider_model = r->id;
   p->rec.canonical_model = r->model->id;
   p->rec.passthrough = r->passthrough;
+  p->rec.route_series = llmux_generation_route_series(p->gen, r);
   llmux_reqlog_attempt_begin(&p->rec, r->provider->name, r->id, p->retry_next);
   trace_attempt(p);
   p->retry_next = 0;

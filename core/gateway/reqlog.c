@@ -94,6 +94,33 @@ void llmux_reqlog_attempt_begin(llmux_reqlog_t *rec, const char *provider, const
   }
 }
 
+const char llmux_reqlog_star[] = "*";
+
+/* The route's series kept for registry o, NULL when there are none to keep
+ * (no route, or another registry's: tests). */
+static llmux_reqlog_route_t *route_series(const llmux_obs_t *o, const llmux_reqlog_t *rec) {
+  llmux_reqlog_route_t *r = rec->route_series;
+  if (r == NULL || (r->obs != NULL && r->obs != o)) return NULL;
+  return r;
+}
+
+static llmux_series_t *attempt_series(llmux_obs_t *o, const llmux_reqlog_t *rec,
+                                      llmux_attempt_outcome_t outcome) {
+  const char *model = rec->passthrough ? llmux_reqlog_star : rec->cur_model;
+  llmux_reqlog_route_t *r = route_series(o, rec);
+  int keep = r != NULL && outcome == LLMUX_ATTEMPT_OK && rec->cur_provider == r->provider &&
+             model == r->model;
+  llmux_series_t *s;
+  if (keep && r->attempt_ok != NULL) return r->attempt_ok;
+  s = llmux_metric_series3(o->attempts, rec->cur_provider, model,
+                           llmux_attempt_outcome_name(outcome));
+  if (keep && s != NULL) {
+    r->obs = o;
+    r->attempt_ok = s;
+  }
+  return s;
+}
+
 void llmux_reqlog_attempt_end(llmux_gateway_t *gw, llmux_reqlog_t *rec,
                               llmux_attempt_outcome_t outcome, int status) {
   size_t i = rec->nattempts - 1;
@@ -104,10 +131,7 @@ void llmux_reqlog_attempt_end(llmux_gateway_t *gw, llmux_reqlog_t *rec,
     rec->attempts[i].status = status;
     rec->attempts[i].end_ns = unix_ns_at(rec, llmux_now_us());
   }
-  llmux_series_add(llmux_metric_series3(gw->obs.attempts, rec->cur_provider,
-                                        rec->passthrough ? "*" : rec->cur_model,
-                                        llmux_attempt_outcome_name(outcome)),
-                   1);
+  llmux_series_add(attempt_series(&gw->obs, rec, outcome), 1);
 }
 
 void llmux_reqlog_done(llmux_gateway_t *gw, llmux_reqlog_t *rec) {
@@ -135,7 +159,7 @@ static void genai_labels(const llmux_reqlog_t *rec, const char *v[5]) {
   v[1] = rec->provider ? rec->provider : "";
   v[2] = rec->canonical_model ? rec->canonical_model : "unknown";
   v[3] = rec->provider_model ? rec->provider_model : "";
-  if (rec->passthrough) v[2] = v[3] = "*"; /* any id a client sends: not a label */
+  if (rec->passthrough) v[2] = v[3] = llmux_reqlog_star; /* any id a client sends: not a label */
   v[4] = "";
 }
 
@@ -150,20 +174,49 @@ static double time_per_token(const llmux_reqlog_t *rec) {
   return (double)(rec->duration_ns - rec->ttft_ns) / 1e9 / (double)n;
 }
 
+/* A successful request's series from its route's kept ones, found and kept
+ * when they are not yet (or kept for another operation); NULL: look up. */
+static llmux_reqlog_route_t *genai_series(llmux_obs_t *o, const llmux_reqlog_t *rec,
+                                          const char *const v[5]) {
+  llmux_reqlog_route_t *r = route_series(o, rec);
+  const char *w[5];
+  if (r == NULL || v[1] != r->provider || v[2] != r->canonical || v[3] != r->model) return NULL;
+  if (r->obs == o && r->operation == v[0]) return r;
+  memcpy(w, v, sizeof w);
+  w[4] = "";
+  r->duration_ok = llmux_metric_series(o->op_duration, w);
+  w[4] = "input";
+  r->tokens_in = llmux_metric_series(o->token_usage, w);
+  w[4] = "output";
+  r->tokens_out = llmux_metric_series(o->token_usage, w);
+  if (r->duration_ok == NULL || r->tokens_in == NULL || r->tokens_out == NULL) {
+    r->operation = NULL;
+    return NULL;
+  }
+  r->obs = o;
+  r->operation = v[0];
+  return r;
+}
+
 static void record_genai(llmux_obs_t *o, const llmux_reqlog_t *rec, const char *status) {
   const char *v[5];
   int ok = rec->error_code == NULL && rec->status >= 200 && rec->status < 300;
+  llmux_reqlog_route_t *r;
   double tpot;
   genai_labels(rec, v);
   v[4] = ok ? "" : rec->error_code ? rec->error_code : status;
-  llmux_series_observe(llmux_metric_series(o->op_duration, v), (double)rec->duration_ns / 1e9);
+  r = ok ? genai_series(o, rec, v) : NULL;
+  llmux_series_observe(r ? r->duration_ok : llmux_metric_series(o->op_duration, v),
+                       (double)rec->duration_ns / 1e9);
   if (rec->prompt_tokens >= 0) {
     v[4] = "input";
-    llmux_series_observe(llmux_metric_series(o->token_usage, v), (double)rec->prompt_tokens);
+    llmux_series_observe(r ? r->tokens_in : llmux_metric_series(o->token_usage, v),
+                         (double)rec->prompt_tokens);
   }
   if (rec->completion_tokens >= 0 && strcmp(rec->operation, "embeddings") != 0) {
     v[4] = "output";
-    llmux_series_observe(llmux_metric_series(o->token_usage, v), (double)rec->completion_tokens);
+    llmux_series_observe(r ? r->tokens_out : llmux_metric_series(o->token_usage, v),
+                         (double)rec->completion_tokens);
   }
   if (!ok || !rec->stream || rec->ttft_ns == 0) return;
   llmux_series_observe(llmux_metric_series(o->ttft, v), (double)rec->ttft_ns / 1e9);

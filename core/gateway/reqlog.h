@@ -63,6 +63,21 @@ typedef struct llmux_reqlog_tenant_s {
   } requests[4];
 } llmux_reqlog_tenant_t;
 
+/* The series one (generation, route) records into on success, kept the same
+ * way: `provider`, `canonical` and `model` are the route's label values
+ * (generation-owned, or llmux_reqlog_star for a passthrough route's), set
+ * when the generation is built; the series are found on first use. A record
+ * whose labels are these very pointers uses them; any other looks up. */
+typedef struct llmux_reqlog_route_s {
+  const char *provider, *canonical, *model;
+  const llmux_obs_t *obs;                  /* whose series; NULL: none found yet */
+  const char *operation;                   /* the GenAI series' operation */
+  llmux_series_t *duration_ok, *tokens_in, *tokens_out, *attempt_ok;
+} llmux_reqlog_route_t;
+
+/* "*": the model label of passthrough routes (one address, compared). */
+extern const char llmux_reqlog_star[];
+
 typedef struct llmux_reqlog_s {
   const char *request_id;
   const char *tenant;         /* NULL when llmux runs open */
@@ -100,6 +115,7 @@ typedef struct llmux_reqlog_s {
   int attempt_open;           /* an attempt began and has not ended */
   const char *cur_provider, *cur_model; /* its route, also past the array */
   llmux_reqlog_tenant_t *tenant_series; /* the tenant's in its generation, may be NULL */
+  llmux_reqlog_route_t *route_series;   /* the last attempt's route's, may be NULL */
 } llmux_reqlog_t;
 
 struct llmux_gateway_s;

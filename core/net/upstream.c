@@ -103,9 +103,14 @@ struct llmux__upconn_s {
   unsigned in_1xx : 1;
   unsigned head_method : 1;
   unsigned hstate : 2;            /* 0 none, 1 in a field, 2 in a value */
+  unsigned in_head : 1;           /* between message begin and headers complete */
+  unsigned head_split : 1;        /* the head spans reads: its bytes are in hbuf */
+  uint32_t head_bytes;            /* field bytes of the head so far */
   llmux_buf_t head;               /* request head; plain: referenced by uv_write */
   llmux_buf_t wbuf;               /* TLS ciphertext being written */
-  llmux_buf_t hbuf;               /* response header bytes */
+  llmux_buf_t hbuf;               /* response header bytes, when they span reads */
+  const char *chunk;              /* the bytes being parsed: the head's, while
+                                     it fits in them (hdr offsets from here) */
   size_t nhdr;
   hdr_t hdr[MAX_HEADERS];
 };
@@ -683,20 +688,54 @@ static int conn_send(llmux__upconn_t *conn) {
 
 /* ---- response parsing -------------------------------------------------- */
 
+/* A head that fits in one read is not copied: its fields are offsets into
+ * the bytes being parsed (conn->chunk), which on_headers_complete lends on.
+ * When a read ends inside the head, split_head copies what it has so far
+ * into hbuf, and from then on each piece is appended there. */
 static int on_message_begin(llhttp_t *p) {
   llmux__upconn_t *conn = p->data;
   conn->nhdr = 0;
   conn->hbuf.len = 0;
   conn->hstate = 0;
+  conn->in_head = 1;
+  conn->head_split = 0;
+  conn->head_bytes = 0;
   return 0;
 }
 
-static int header_bytes(llmux__upconn_t *conn, const char *at, size_t len) {
-  if (conn->hbuf.len + len > MAX_HEAD_BYTES ||
-      llmux_buf_append(&conn->hbuf, at, len) != 0) {
-    conn->cb_err = LLMUX_EPROTO;
-    llhttp_set_error_reason(&conn->parser, "response headers too large");
-    return -1;
+static int head_too_large(llmux__upconn_t *conn) {
+  conn->cb_err = LLMUX_EPROTO;
+  llhttp_set_error_reason(&conn->parser, "response headers too large");
+  return -1;
+}
+
+/* Where a piece of the head is: its offset in hbuf (appended) or in chunk. */
+static int header_bytes(llmux__upconn_t *conn, const char *at, size_t len, uint32_t *off) {
+  if (len > MAX_HEAD_BYTES - conn->head_bytes) return head_too_large(conn);
+  conn->head_bytes += (uint32_t)len;
+  if (!conn->head_split) {
+    *off = (uint32_t)(at - conn->chunk);
+    return 0;
+  }
+  *off = (uint32_t)conn->hbuf.len;
+  return llmux_buf_append(&conn->hbuf, at, len) != 0 ? head_too_large(conn) : 0;
+}
+
+/* The read ended inside the head: its pieces so far go to hbuf. The piece
+ * being read (the last field's name or value) goes last, so the rest of it
+ * lands right after. */
+static int split_head(llmux__upconn_t *conn) {
+  size_t i;
+  if (conn->head_split) return 0;
+  conn->head_split = 1;
+  for (i = 0; i < conn->nhdr; i++) {
+    hdr_t *h = &conn->hdr[i];
+    uint32_t noff = (uint32_t)conn->hbuf.len;
+    if (llmux_buf_append(&conn->hbuf, conn->chunk + h->noff, h->nlen) != 0 ||
+        llmux_buf_append(&conn->hbuf, conn->chunk + h->voff, h->vlen) != 0)
+      return head_too_large(conn);
+    h->noff = noff;
+    h->voff = noff + h->nlen;
   }
   return 0;
 }
@@ -704,6 +743,8 @@ static int header_bytes(llmux__upconn_t *conn, const char *at, size_t len) {
 static int on_header_field(llhttp_t *p, const char *at, size_t len) {
   llmux__upconn_t *conn = p->data;
   hdr_t *h;
+  uint32_t off;
+  if (header_bytes(conn, at, len, &off) != 0) return -1;
   if (conn->hstate != 1) {
     if (conn->nhdr == MAX_HEADERS) {
       conn->cb_err = LLMUX_EPROTO;
@@ -711,23 +752,25 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len) {
       return -1;
     }
     h = &conn->hdr[conn->nhdr++];
-    h->noff = h->voff = (uint32_t)conn->hbuf.len;
+    h->noff = h->voff = off;
     h->nlen = h->vlen = 0;
     conn->hstate = 1;
   }
   conn->hdr[conn->nhdr - 1].nlen += (uint32_t)len;
-  return header_bytes(conn, at, len);
+  return 0;
 }
 
 static int on_header_value(llhttp_t *p, const char *at, size_t len) {
   llmux__upconn_t *conn = p->data;
   hdr_t *h = &conn->hdr[conn->nhdr - 1];
+  uint32_t off;
+  if (header_bytes(conn, at, len, &off) != 0) return -1;
   if (conn->hstate != 2) {
-    h->voff = (uint32_t)conn->hbuf.len;
+    h->voff = off;
     conn->hstate = 2;
   }
   h->vlen += (uint32_t)len;
-  return header_bytes(conn, at, len);
+  return 0;
 }
 
 static int on_headers_complete(llhttp_t *p) {
@@ -737,6 +780,7 @@ static int on_headers_complete(llhttp_t *p) {
   size_t i;
   int status = p->status_code;
 
+  conn->in_head = 0;
   if (status == 101) {
     conn->cb_err = LLMUX_EPROTO;
     llhttp_set_error_reason(p, "unexpected protocol upgrade");
@@ -748,10 +792,11 @@ static int on_headers_complete(llhttp_t *p) {
   }
   req->status = status;
   if (req->on_head) {
+    const char *base = conn->head_split ? conn->hbuf.base : conn->chunk;
     for (i = 0; i < conn->nhdr; i++) {
-      pairs[2 * i].base = conn->hbuf.base + conn->hdr[i].noff;
+      pairs[2 * i].base = base + conn->hdr[i].noff;
       pairs[2 * i].len = conn->hdr[i].nlen;
-      pairs[2 * i + 1].base = conn->hbuf.base + conn->hdr[i].voff;
+      pairs[2 * i + 1].base = base + conn->hdr[i].voff;
       pairs[2 * i + 1].len = conn->hdr[i].vlen;
     }
     req->on_head(req, status, pairs, conn->nhdr);
@@ -798,8 +843,10 @@ static void conn_on_plain(llmux__upconn_t *conn, const char *data, size_t len) {
   }
   req->bytes_received += len;
   if (!req->paused) conn_arm(conn, req->idle_timeout_ms);
+  conn->chunk = data;
   err = llhttp_execute(&conn->parser, data, len);
   if (conn->req != req) return; /* cancelled from a callback */
+  if (err == HPE_OK && conn->in_head && split_head(conn) != 0) err = HPE_USER;
   if (conn->msg_done) {
     left = (size_t)(data + len - llhttp_get_error_pos(&conn->parser));
     conn_complete(conn, left == 0);

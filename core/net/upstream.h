@@ -44,8 +44,8 @@ typedef struct llmux_upstream_req_s llmux_upstream_req_t;
 typedef struct llmux__upconn_s llmux__upconn_t;
 
 /* Response head. `headers` holds 2 * nheaders strings: name, value, name,
- * value... in arrival order, not NUL-terminated; they point into the
- * connection's buffer and are valid only during the call. */
+ * value... in arrival order, not NUL-terminated; they point into bytes
+ * the connection read and are valid only during the call. */
 typedef void (*llmux_upstream_head_cb)(llmux_upstream_req_t *req, int status,
                                        const llmux_str_t *headers, size_t nheaders);
 /* Body bytes as they arrive, chunked framing removed. Valid during the call. */

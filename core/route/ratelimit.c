@@ -70,30 +70,42 @@ static const llmux_json_field_t *field(const llmux_json_field_t *f, size_t n, co
   return NULL;
 }
 
-uint64_t llmux_rl_estimate_fields(const llmux_json_field_t *f, size_t n) {
-  static const char *const keys[] = {"messages", "prompt", "input", "tools"};
+static int present(const llmux_json_field_t *v) {
+  return v != NULL && v->type != LLMUX_JSON_NONE;
+}
+
+uint64_t llmux_rl_estimate_parts(const llmux_json_field_t *const parts[LLMUX_RL_EST_NPARTS]) {
   uint64_t bytes = 0, msgs = 0;
   size_t i;
-  for (i = 0; i < LLMUX_COUNTOF(keys); i++) {
-    const llmux_json_field_t *v = field(f, n, keys[i]);
+  for (i = 0; i < LLMUX_RL_EST_NPARTS; i++) {
     uint64_t objs = 0;
-    if (v == NULL) continue;
-    count_text(v->value, &bytes, &objs);
+    if (!present(parts[i])) continue;
+    count_text(parts[i]->value, &bytes, &objs);
     if (i == 0) msgs = objs;
   }
   return (bytes + 3) / 4 + 4 * msgs + 3;
 }
 
-int llmux_rl_max_tokens_fields(const llmux_json_field_t *f, size_t n, uint64_t *out) {
-  static const char *const keys[] = {"max_completion_tokens", "max_tokens"};
+uint64_t llmux_rl_estimate_fields(const llmux_json_field_t *f, size_t n) {
+  const llmux_json_field_t *parts[LLMUX_RL_EST_NPARTS] = {
+      field(f, n, "messages"), field(f, n, "prompt"), field(f, n, "input"), field(f, n, "tools")};
+  return llmux_rl_estimate_parts(parts);
+}
+
+int llmux_rl_max_tokens_parts(const llmux_json_field_t *max_completion_tokens,
+                              const llmux_json_field_t *max_tokens, uint64_t *out) {
+  const llmux_json_field_t *v[2] = {max_completion_tokens, max_tokens};
   size_t i;
-  for (i = 0; i < LLMUX_COUNTOF(keys); i++) {
-    const llmux_json_field_t *v = field(f, n, keys[i]);
-    if (v != NULL && v->type == LLMUX_JSON_NUMBER &&
-        parse_u64(v->value.base, v->value.len, out) == 0)
+  for (i = 0; i < 2; i++)
+    if (present(v[i]) && v[i]->type == LLMUX_JSON_NUMBER &&
+        parse_u64(v[i]->value.base, v[i]->value.len, out) == 0)
       return 0;
-  }
   return LLMUX_ENOTFOUND;
+}
+
+int llmux_rl_max_tokens_fields(const llmux_json_field_t *f, size_t n, uint64_t *out) {
+  return llmux_rl_max_tokens_parts(field(f, n, "max_completion_tokens"),
+                                   field(f, n, "max_tokens"), out);
 }
 
 uint64_t llmux_rl_estimate_tokens(const char *body, size_t len) {

@@ -96,6 +96,10 @@ uint64_t llmux_rl_estimate_tokens(const char *body, size_t len);
  * keys "messages", "prompt", "input", "tools"; others are ignored), so the
  * proxy scans a request once. */
 uint64_t llmux_rl_estimate_fields(const llmux_json_field_t *f, size_t n);
+/* The same from the fields themselves, in the order "messages", "prompt",
+ * "input", "tools" (NULL or LLMUX_JSON_NONE: absent): no search by key. */
+#define LLMUX_RL_EST_NPARTS 4
+uint64_t llmux_rl_estimate_parts(const llmux_json_field_t *const parts[LLMUX_RL_EST_NPARTS]);
 
 /* The request's completion cap: max_completion_tokens, else max_tokens.
  * 0 with *out set; LLMUX_ENOTFOUND when neither is a non-negative integer
@@ -104,6 +108,9 @@ int llmux_rl_parse_max_tokens(const char *body, size_t len, uint64_t *out);
 /* The same from already-scanned fields ("max_completion_tokens",
  * "max_tokens"): 0 with *out set, or LLMUX_ENOTFOUND. */
 int llmux_rl_max_tokens_fields(const llmux_json_field_t *f, size_t n, uint64_t *out);
+/* The same from the two fields themselves (NULL or LLMUX_JSON_NONE: absent). */
+int llmux_rl_max_tokens_parts(const llmux_json_field_t *max_completion_tokens,
+                              const llmux_json_field_t *max_tokens, uint64_t *out);
 
 /* Tokens to reserve for one request. CEREBRAS counts the prompt plus the
  * completion cap against the limit up front: prompt + max_tokens, or without

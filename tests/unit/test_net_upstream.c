@@ -328,6 +328,7 @@ typedef struct client_s {
   llmux_upstream_t *up;
   int head_status;
   char x_test[32];
+  char head_all[256];         /* "name=value;" for each header, in order */
   int body_before_head;
   llmux_buf_t body;
   unsigned body_calls;
@@ -349,6 +350,11 @@ static void on_head(llmux_upstream_req_t *req, int status, const llmux_str_t *h,
   client_t *c = req->data;
   size_t i;
   c->head_status = status;
+  for (i = 0; i < n; i++) {
+    size_t at = strlen(c->head_all);
+    snprintf(c->head_all + at, sizeof c->head_all - at, "%.*s=%.*s;", (int)h[2 * i].len,
+             h[2 * i].base, (int)h[2 * i + 1].len, h[2 * i + 1].base);
+  }
   for (i = 0; i < n; i++)
     if (h[2 * i].len == 6 && strncasecmp(h[2 * i].base, "x-test", 6) == 0)
       snprintf(c->x_test, sizeof(c->x_test), "%.*s", (int)h[2 * i + 1].len, h[2 * i + 1].base);
@@ -573,6 +579,28 @@ static void get_with_content_length_delivers_head_and_body(void **state) {
            t.srv.port);
   assert_string_equal(t.srv.last_request.base, expect);
   assert_int_equal(llmux_upstream_idle_count(t.up), 1); /* kept for reuse */
+  t_finish(&t, CLIENTS(&c));
+}
+
+/* A head cut inside a name, inside a value and between lines, over five
+ * reads: every field arrives whole, in order (the head is copied only
+ * once a read ends inside it). */
+static void head_cut_across_reads_keeps_every_field(void **state) {
+  static const step_t s0[] = {
+    SEND("HTTP/1.1 200 OK\r\nContent-Len"), SEND_AFTER(20, "gth: 5\r\nX-Te"),
+    SEND_AFTER(20, "st: y"), SEND_AFTER(20, "es\r\nX-Empty:\r\nX-Last: 1"),
+    SEND_AFTER(20, "\r\n\r\nhello"), END };
+  t_t t;
+  client_t c;
+
+  t_init(&t, 0, NULL, 1, SCRIPTS(s0));
+  client_init(&c, t.up, "127.0.0.1", t.srv.port);
+  assert_int_equal(llmux_upstream_start(t.up, &c.req), 0);
+  t_run_until(&t, &c.done);
+
+  assert_int_equal(c.done_status, 200);
+  assert_string_equal(c.head_all, "Content-Length=5;X-Test=yes;X-Empty=;X-Last=1;");
+  assert_true(body_is(&c, "hello"));
   t_finish(&t, CLIENTS(&c));
 }
 
@@ -1407,6 +1435,7 @@ static int group_teardown(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(get_with_content_length_delivers_head_and_body),
+    cmocka_unit_test(head_cut_across_reads_keeps_every_field),
     cmocka_unit_test(post_sends_body_iovecs_and_reads_a_chunked_response),
     cmocka_unit_test(close_delimited_body_ends_at_eof_and_is_not_pooled),
     cmocka_unit_test(streamed_chunks_reach_on_body_as_they_arrive),

@@ -96,7 +96,7 @@ static char started_dirs[64][64];
 
 static void kill_started(void) {
   size_t i;
-  char cmd[128];
+  char cmd[4200]; /* "rm -rf" and a path */
   for (i = 0; i < sizeof(started_pids) / sizeof(started_pids[0]); i++) {
     if (started_pids[i] <= 0) continue;
     kill(started_pids[i], SIGKILL);
