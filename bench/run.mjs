@@ -14,7 +14,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { spawnSync } from "node:child_process";
-import { cpuUs, memKiB, haveTool, runTool, stopOwned } from "./lib/procs.mjs";
+import { cpuUs, cpuUsFine, memKiB, haveTool, runTool, stopOwned } from "./lib/procs.mjs";
 import { startMock, writeLlmuxConfig, startLlmux, startNginx, startPortkey, tempDirs } from "./lib/services.mjs";
 import { writeReport } from "./lib/report.mjs";
 
@@ -46,7 +46,9 @@ function plan(o) {
       { name: "200tok-0ms", tokens: 200, delayMs: 0, conc: 32, n: 640 },
       { name: "200tok-1ms", tokens: 200, delayMs: 1, conc: 32, n: 128 },
     ],
-    open: { streams: 1000, tokens: 50, delayMs: 60 }, // ~3 s open each
+    // 8,000 streams open together (16,000 descriptors in a proxy): 20
+    // tokens 500 ms apart, ~10 s each, longer than it takes to open them all.
+    open: { streams: 8000, tokens: 20, delayMs: 500 },
   };
   const smoke = {
     concurrency: [4], bodies: [1024, 65536], duration: o.duration || 1, warmup: 0,
@@ -146,13 +148,18 @@ async function wrk(target, conc, body, seconds) {
   return JSON.parse(line.slice(10));
 }
 
-async function streamload(bin, target, conc, n, timeoutMs) {
+async function streamload(bin, target, conc, n, timeoutMs, tokens) {
   const args = ["--url", target.url, "-c", String(conc), "-n", String(n), "--model", target.model,
                 "--timeout-ms", String(timeoutMs)];
   for (const h of target.headers) args.push("-H", h);
   const r = await runTool(bin, args, { timeoutMs: timeoutMs + 30000 });
   if (r.code !== 0) throw new Error(`streamload failed (${r.code}): ${r.stderr}`);
-  return JSON.parse(r.stdout);
+  const j = JSON.parse(r.stdout);
+  // Each ok stream ended with [DONE]; it must also have carried every token
+  // (the mock sends role, tokens, finish, [DONE]: tokens + 3 data events).
+  if (tokens && j.ok && j.sse_events_min < tokens + 2)
+    throw new Error(`short stream via ${target.url}: ${j.sse_events_min} SSE events, ${tokens} tokens sent`);
+  return j;
 }
 
 function log(msg) {
@@ -205,15 +212,26 @@ async function runNonStream(pl, svc, paths, results) {
   }
 }
 
-async function runStreams(pl, bins, paths, results, portkeyStreams) {
+// Each stream cell also takes the CPU time (user + system) of the process
+// that proxies it, as runNonStream does but from schedstat (cpuUsFine: a
+// cell of 25,600 tokens is a few clock ticks): per streamed token it is the cell's
+// CPU over (ok streams × tokens), per SSE event over the data events received.
+async function runStreams(pl, svc, bins, paths, results, portkeyStreams) {
   for (const s of pl.streams) {
     for (const p of Object.keys(paths)) {
       if (p === "portkey" && !portkeyStreams) continue;
-      const r = await streamload(bins.streamload, paths[p](s.name), s.conc, s.n, 60000);
+      const pid = pathPid(svc, p);
+      const cpu0 = pid ? cpuUsFine(pid) : 0;
+      const r = await streamload(bins.streamload, paths[p](s.name), s.conc, s.n, 60000, s.tokens);
+      const cpu = pid ? cpuUsFine(pid) - cpu0 : null;
+      const tokens = r.ok * s.tokens;
       results.streams.push({ scenario: s.name, tokens: s.tokens, token_delay_ms: s.delayMs,
-                             concurrency: s.conc, path: p, ...r });
+                             concurrency: s.conc, path: p, ...r, streamed_tokens: tokens, cpu_us: cpu,
+                             cpu_us_per_token: cpu !== null && tokens ? cpu / tokens : null,
+                             cpu_us_per_event: cpu !== null && r.sse_events ? cpu / r.sse_events : null });
       log(`stream ${s.name} ${p.padEnd(8)}: ok ${r.ok}/${r.requests} TTFB p50 ` +
-          `${(r.ttfb_us.p50 / 1000).toFixed(3)} ms TTLB p50 ${(r.ttlb_us.p50 / 1000).toFixed(3)} ms`);
+          `${(r.ttfb_us.p50 / 1000).toFixed(3)} ms TTLB p50 ${(r.ttlb_us.p50 / 1000).toFixed(3)} ms` +
+          (cpu !== null && tokens ? `, CPU ${(cpu / tokens).toFixed(2)} µs/token` : ""));
     }
   }
 }
@@ -226,16 +244,18 @@ async function openStreams(pl, bins, name, target, pid, results) {
   const timer = setInterval(() => {
     try { sampledMax = Math.max(sampledMax, memKiB(pid).rssKiB); } catch { /* exiting */ }
   }, 50);
-  const r = await streamload(bins.streamload, target, pl.open.streams, pl.open.streams, 120000);
+  const r = await streamload(bins.streamload, target, pl.open.streams, pl.open.streams, 180000, pl.open.tokens);
   clearInterval(timer);
   const end = memKiB(pid);
   results.open_streams.push({
     path: name, streams: pl.open.streams, tokens: pl.open.tokens, token_delay_ms: pl.open.delayMs,
-    ok: r.ok, failed: r.failed, failures: r.failures, peak_inflight: r.peak_inflight, ttfb_us: r.ttfb_us, ttlb_us: r.ttlb_us,
+    ok: r.ok, failed: r.failed, failures: r.failures, peak_inflight: r.peak_inflight,
+    peak_streaming: r.peak_streaming, ttfb_us: r.ttfb_us, ttlb_us: r.ttlb_us, elapsed_s: r.elapsed_s,
     rss_before_kib: base.rssKiB, rss_sampled_max_kib: sampledMax, rss_peak_kib: end.hwmKiB,
   });
   log(`open streams via ${name}: ${r.ok}/${pl.open.streams} ok, peak in flight ${r.peak_inflight}, ` +
-      `RSS ${base.rssKiB} KiB before, peak ${end.hwmKiB} KiB`);
+      `streaming at once ${r.peak_streaming}, RSS ${base.rssKiB} KiB before, peak ${end.hwmKiB} KiB` +
+      (r.failed ? ` failures ${JSON.stringify(r.failures)}` : ""));
 }
 
 function versions(bins) {
@@ -320,17 +340,19 @@ async function main() {
       if (!portkeyStreams) note("portkey left out of the stream tests: its SSE stream through the openai " +
                                 `provider failed here (${r.non_200 ? "non-200 answer" : "bad stream"})`);
     }
-    await runStreams(pl, bins, paths, results, portkeyStreams);
+    await runStreams(pl, svc, bins, paths, results, portkeyStreams);
 
     // Memory with many open streams, on fresh processes so the peak is theirs.
     const fresh = await startLlmux(bins.llmux, config);
     stops.push(fresh.proc);
     await openStreams(pl, bins, "llmux", { ...paths.llmux("hold"), url: `http://127.0.0.1:${fresh.port}/v1/chat/completions` },
                       fresh.pid, results);
+    await stopOwned(fresh.proc); // its connections and memory are not nginx's to share
     const ng = await startNginx([svc.mocks.hold]);
     stops.push(ng.proc);
     await openStreams(pl, bins, "nginx", { ...paths.nginx("hold"), url: `http://127.0.0.1:${ng.ports.hold}/v1/chat/completions` },
                       ng.pid, results);
+    await stopOwned(ng.proc);
   } finally {
     for (const p of stops.reverse()) await stopOwned(p);
     for (const d of tempDirs) fs.rmSync(d, { recursive: true, force: true });

@@ -4,7 +4,8 @@
 # builds llmux, the mock upstream and bench/streamload as Release, then runs
 # bench/run.mjs, which writes bench/results/{results.json,results.md,latency.png},
 # and bench/instructions.mjs, which counts instructions per request under
-# callgrind (nginx, llmux bare, llmux on the production path) and writes
+# callgrind (nginx, llmux bare, llmux on the production path), and per
+# streamed token on the same streams, and writes
 # bench/results/{instructions.md,instructions.json}.
 #
 #   bench/run.sh [--smoke] [--no-portkey] [--duration S] [--out DIR]
@@ -49,9 +50,15 @@ cmake --build "$BUILD" -j"$JOBS" --target llmux plugin_openai mock_upstream
 cmake -S bench -B "$BUILD/bench-tools" -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "$BUILD/bench-tools" -j"$JOBS"
 
-# 1,000 streams through a proxy need ~2,000 descriptors in it.
+# 8,000 open streams through a proxy need 16,000 descriptors in it (and
+# 8,000 in streamload and in the mock): every process started inherits the
+# hard limit (the harness and those processes also raise their own).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 16500 ]; then
+  echo "bench: only $(ulimit -n) descriptors per process; the 8,000 open streams need 16,500" >&2
+fi
 node bench/run.mjs --build-dir "$BUILD" "$@"
 # Instructions per request under callgrind: nginx, llmux bare and llmux on
-# the production path, the same requests to the same mock (bench/README.md).
+# the production path, the same requests to the same mock, then per streamed
+# token (bench/README.md).
 exec node bench/instructions.mjs --build-dir "$BUILD" ${icell[@]+"${icell[@]}"}

@@ -11,6 +11,11 @@
  * start when the request's connection attempt starts (a reused connection:
  * when its request is written) and are in microseconds. A stream counts as
  * ok when it ends with status 200 and its body ends with "data: [DONE]".
+ * Lines of the body that start with "data:" are counted (SSE events):
+ * "sse_events" sums them over the ok streams, with the fewest and most one
+ * ok stream had. "peak_streaming" is the most streams that had their first
+ * body byte and had not yet ended at one moment (open together, really
+ * streaming), where "peak_inflight" counts every started stream.
  * The whole run stops at --timeout-ms; streams still open then are errors.
  * Exit status: 0 (the JSON says how many failed), 2 on bad arguments. */
 #include <errno.h>
@@ -39,6 +44,8 @@ typedef struct slot_s {
   unsigned writing : 1; /* `write` is in use: the connection cannot take another request */
   char tail[16];     /* last body bytes, to see "[DONE]" */
   size_t tail_len;
+  uint64_t events;   /* "data:" lines in the current body */
+  unsigned lpos;     /* bytes of "data:" matched at the start of the current line; 6: no match */
 } slot_t;
 
 struct load_s {
@@ -51,6 +58,8 @@ struct load_s {
   slot_t *slots; /* owned, `conc` of them */
   unsigned conc;
   uint64_t total, started, ok, failed, non200, inflight, peak_inflight, bytes;
+  uint64_t streaming, peak_streaming;            /* streams between first body byte and end */
+  uint64_t events, events_min, events_max;       /* SSE "data:" events of ok streams */
   uint64_t f_connect, f_io, f_parse, f_incomplete, f_timeout; /* why streams failed */
   uint64_t *ttfb, *ttlb; /* owned, microseconds of ok streams */
   uint64_t t0;
@@ -73,6 +82,8 @@ static int on_message_begin(llhttp_t *p) {
   s->t_first = 0;
   s->tail_len = 0;
   s->done = 0;
+  s->events = 0;
+  s->lpos = 0;
   return 0;
 }
 
@@ -83,9 +94,19 @@ static int on_headers_complete(llhttp_t *p) {
 
 static int on_body(llhttp_t *p, const char *at, size_t len) {
   slot_t *s = p->data;
-  size_t keep;
-  if (s->t_first == 0) s->t_first = uv_hrtime();
+  size_t keep, i;
+  static const char pfx[] = "data:";
+  if (s->t_first == 0) {
+    s->t_first = uv_hrtime();
+    if (++s->load->streaming > s->load->peak_streaming) s->load->peak_streaming = s->load->streaming;
+  }
   s->load->bytes += len;
+  for (i = 0; i < len; i++) { /* count the lines that start with "data:" */
+    if (at[i] == '\n') s->lpos = 0;
+    else if (s->lpos < 5) s->lpos = at[i] == pfx[s->lpos] ? s->lpos + 1 : 6;
+    else continue;
+    if (s->lpos == 5) { s->events++; s->lpos = 6; }
+  }
   if (len >= sizeof(s->tail)) {
     memcpy(s->tail, at + len - sizeof(s->tail), sizeof(s->tail));
     s->tail_len = sizeof(s->tail);
@@ -112,6 +133,7 @@ static int on_message_complete(llhttp_t *p) {
   s->done = 1;
   s->busy = 0;
   l->inflight--;
+  if (s->t_first) l->streaming--;
   if (s->status != 200) {
     l->non200++;
     l->failed++;
@@ -121,6 +143,9 @@ static int on_message_complete(llhttp_t *p) {
   } else {
     l->ttfb[l->ok] = (s->t_first - s->t_start) / 1000;
     l->ttlb[l->ok] = (now - s->t_start) / 1000;
+    l->events += s->events;
+    if (l->ok == 0 || s->events < l->events_min) l->events_min = s->events;
+    if (s->events > l->events_max) l->events_max = s->events;
     l->ok++;
   }
   return HPE_PAUSED; /* the slot decides what comes next, outside the parser */
@@ -144,6 +169,7 @@ static void slot_fail(slot_t *s, uint64_t *why) {
   if (s->busy) {
     s->busy = 0;
     s->load->inflight--;
+    if (s->t_first) s->load->streaming--;
     s->load->failed++;
     (*why)++;
   }
@@ -205,6 +231,7 @@ static void slot_start_request(slot_t *s) {
   s->busy = 1;
   s->done = 0;
   s->status = 0;
+  s->t_first = 0;
   s->t_start = uv_hrtime();
 }
 
@@ -266,11 +293,14 @@ static void print_dist(const char *name, uint64_t *v, uint64_t n) {
 static void report(load_t *l) {
   double elapsed = (double)(uv_hrtime() - l->t0) / 1e9;
   printf("{\"requests\":%" PRIu64 ",\"ok\":%" PRIu64 ",\"failed\":%" PRIu64 ",\"non_200\":%" PRIu64
-         ",\"not_started\":%" PRIu64 ",\"peak_inflight\":%" PRIu64 ",\"body_bytes\":%" PRIu64
+         ",\"not_started\":%" PRIu64 ",\"peak_inflight\":%" PRIu64 ",\"peak_streaming\":%" PRIu64
+         ",\"sse_events\":%" PRIu64 ",\"sse_events_min\":%" PRIu64 ",\"sse_events_max\":%" PRIu64
+         ",\"body_bytes\":%" PRIu64
          ",\"elapsed_s\":%.3f,\"failures\":{\"non_200\":%" PRIu64 ",\"connect\":%" PRIu64
          ",\"io\":%" PRIu64 ",\"parse\":%" PRIu64 ",\"incomplete\":%" PRIu64 ",\"timeout\":%" PRIu64
          "},",
-         l->total, l->ok, l->failed, l->non200, l->total - l->started, l->peak_inflight, l->bytes,
+         l->total, l->ok, l->failed, l->non200, l->total - l->started, l->peak_inflight,
+         l->peak_streaming, l->events, l->events_min, l->events_max, l->bytes,
          elapsed, l->non200, l->f_connect, l->f_io, l->f_parse, l->f_incomplete, l->f_timeout);
   print_dist("ttfb_us", l->ttfb, l->ok);
   printf(",");

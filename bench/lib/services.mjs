@@ -6,6 +6,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import readline from "node:readline";
+import { spawnSync } from "node:child_process";
 import { freePort, startOwned, waitForPort, childPids } from "./procs.mjs";
 
 const BENCH_DIR = path.resolve(path.dirname(new URL(import.meta.url).pathname), "..");
@@ -73,8 +74,17 @@ export async function startLlmux(bin, config) {
 // HTTP/1.1 to the upstream with the Connection header cleared, no access
 // log, no response buffering (SSE passes through as it comes), and one
 // worker process, as llmux has one event loop. The idle pool per upstream
-// is 32 connections, llmux's default (max_idle_per_key).
+// is 32 connections, llmux's default (max_idle_per_key). The worker may open
+// as many descriptors as the hard limit allows (worker_rlimit_nofile) and
+// hold nearly as many connections: 8,000 open streams are 16,000
+// connections in it (client side and upstream side).
+function hardNofile() {
+  const r = spawnSync("/bin/sh", ["-c", "ulimit -Hn"], { encoding: "utf8" });
+  const n = Number((r.stdout || "").trim());
+  return Number.isFinite(n) && n > 0 ? Math.min(n, 1 << 20) : 1 << 20; /* "unlimited" */
+}
 export async function startNginx(mocks) {
+  const nofile = hardNofile();
   const prefix = fs.mkdtempSync(path.join(os.tmpdir(), "llmux-bench-nginx-"));
   tempDirs.push(prefix);
   fs.chmodSync(prefix, 0o755); // the worker may run as an unprivileged user
@@ -88,9 +98,9 @@ export async function startNginx(mocks) {
                `      proxy_pass http://mock_${m.name};\n      proxy_http_version 1.1;\n` +
                `      proxy_set_header Connection "";\n      proxy_buffering off;\n    }\n  }\n`;
   }
-  const conf = `daemon off;\nmaster_process on;\nworker_processes 1;\nworker_rlimit_nofile 16384;\n` +
+  const conf = `daemon off;\nmaster_process on;\nworker_processes 1;\nworker_rlimit_nofile ${nofile};\n` +
     `pid ${prefix}/nginx.pid;\nerror_log ${prefix}/error.log warn;\n` +
-    `events {\n  worker_connections 8192;\n}\n` +
+    `events {\n  worker_connections ${Math.max(1024, nofile - 64)};\n}\n` +
     `http {\n  access_log off;\n  keepalive_requests 1000000;\n  keepalive_timeout 60s;\n` +
     `  client_max_body_size 8m;\n  client_body_buffer_size 128k;\n` +
     `  client_body_temp_path ${prefix}/client_body;\n  proxy_temp_path ${prefix}/proxy;\n` +
