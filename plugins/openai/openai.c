@@ -54,7 +54,8 @@ typedef struct {
 
 typedef struct {
   llmux_buf_t model_json; /* the provider's model id as a JSON string */
-  size_t tail_len;
+  size_t tail_len;        /* bytes kept in tail, up to TAIL_MAX */
+  size_t tail_end;        /* where the next one goes: tail is a ring */
   size_t head_len;
   int model_done;         /* served_model found, or given up on */
   /* written before they are read: never zeroed */
@@ -147,7 +148,7 @@ static int openai_translate_request(void *instance, llmux_txn_t *txn) {
     txn->data = t;
   }
   /* Another attempt (a failover after a 200 that was garbage) starts afresh. */
-  t->tail_len = t->head_len = 0;
+  t->tail_len = t->tail_end = t->head_len = 0;
   t->model_done = 0;
   if (host->buf_append(&txn->path, path, strlen(path)) != 0) return LLMUX_ENOMEM;
   if (p->auth_line.len &&
@@ -173,19 +174,30 @@ static int openai_translate_request(void *instance, llmux_txn_t *txn) {
   return 0;
 }
 
+/* Each read's bytes go into the ring once (a stream's events cost what
+ * they carry, not a shift of the whole tail each). */
 static void keep_tail(openai_txn_t *t, const char *data, size_t len) {
+  size_t first;
   if (len >= TAIL_MAX) {
     memcpy(t->tail, data + len - TAIL_MAX, TAIL_MAX);
     t->tail_len = TAIL_MAX;
+    t->tail_end = 0;
     return;
   }
-  if (t->tail_len + len > TAIL_MAX) {
-    size_t drop = t->tail_len + len - TAIL_MAX;
-    memmove(t->tail, t->tail + drop, t->tail_len - drop);
-    t->tail_len -= drop;
-  }
-  memcpy(t->tail + t->tail_len, data, len);
-  t->tail_len += len;
+  first = len < TAIL_MAX - t->tail_end ? len : TAIL_MAX - t->tail_end;
+  memcpy(t->tail + t->tail_end, data, first);
+  memcpy(t->tail, data + first, len - first);
+  t->tail_end = (t->tail_end + len) % TAIL_MAX;
+  t->tail_len = t->tail_len + len < TAIL_MAX ? t->tail_len + len : TAIL_MAX;
+}
+
+/* The kept bytes in order, into out (TAIL_MAX bytes); their count. */
+static size_t tail_bytes(const openai_txn_t *t, char *out) {
+  size_t start = (t->tail_end + TAIL_MAX - t->tail_len) % TAIL_MAX;
+  size_t first = t->tail_len < TAIL_MAX - start ? t->tail_len : TAIL_MAX - start;
+  memcpy(out, t->tail + start, first);
+  memcpy(out + first, t->tail, t->tail_len - first);
+  return t->tail_len;
 }
 
 static int is_space(char c) {
@@ -197,17 +209,17 @@ enum { COUNT_ABSENT = 0, COUNT_OK, COUNT_BAD };
 /* The value after the last `"key":` in s[0..n), as a token count in *out.
  * COUNT_OK; COUNT_ABSENT when there is no such key or it is null;
  * COUNT_BAD for anything else (above USAGE_MAX, negative, fractional, a
- * string), with the value's first bytes in *raw for the log. Searched from
- * the end: usage is among the last bytes of an answer and of a stream. */
+ * string), with the value's first bytes in *raw for the log. The last one:
+ * usage is among the last bytes of an answer and of a stream (found with
+ * memmem, which skips through the bytes, rather than byte by byte). */
 static int last_count(const char *s, size_t n, const char *key, int64_t *out, llmux_str_t *raw) {
   size_t klen = strlen(key);
   const char *p, *v, *end = s + n;
   int64_t x = 0;
+  const char *q = s;
   if (n < klen) return COUNT_ABSENT;
-  for (p = end - klen;; p--) {
-    if (*p == key[0] && memcmp(p, key, klen) == 0) break;
-    if (p == s) return COUNT_ABSENT;
-  }
+  for (p = NULL; (q = memmem(q, (size_t)(end - q), key, klen)) != NULL; q++) p = q;
+  if (p == NULL) return COUNT_ABSENT;
   for (p += klen; p < end && is_space(*p); p++) {}
   if (p == end || *p != ':') return COUNT_ABSENT; /* the key's text as a value */
   for (p++; p < end && is_space(*p); p++) {}
@@ -230,13 +242,13 @@ static int last_count(const char *s, size_t n, const char *key, int64_t *out, ll
 static void read_usage(const openai_t *p, openai_txn_t *t, llmux_txn_t *txn) {
   static const char *const keys[2] = {"\"prompt_tokens\"", "\"completion_tokens\""};
   int64_t *dst[2] = {&txn->usage.prompt_tokens, &txn->usage.completion_tokens};
-  char why[160];
-  size_t used = 0;
+  char why[160], tail[TAIL_MAX];
+  size_t used = 0, n = tail_bytes(t, tail);
   int i;
   for (i = 0; i < 2; i++) {
     llmux_str_t raw = {NULL, 0};
     int64_t v = -1;
-    if (last_count(t->tail, t->tail_len, keys[i], &v, &raw) == COUNT_BAD && used < sizeof why)
+    if (last_count(tail, n, keys[i], &v, &raw) == COUNT_BAD && used < sizeof why)
       used += (size_t)snprintf(why + used, sizeof why - used, "%s %.*s=%.*s", used ? "," : "",
                                (int)strlen(keys[i]) - 2, keys[i] + 1, (int)raw.len, raw.base);
     *dst[i] = v;

@@ -214,6 +214,34 @@ static void a_stream_passes_through_and_its_last_usage_is_read(void **state) {
   answer(*state, "chat.stream.sse", 1, 9, 2, "gpt-4o-mini-2024-07-18");
 }
 
+/* A stream longer than the kept tail, its usage in the last event, read
+ * however the reads are cut (the tail is a ring that wraps). An earlier
+ * usage-like text is not the answer's: the last one is. */
+static void a_long_stream_keeps_its_last_usage_across_reads(void **state) {
+  static const size_t steps[] = {0, 1, 7, 333, 4095, 4096, 4097};
+  llmux_buf_t body = {0};
+  size_t i;
+  llmux_buf_appends(&body, "data: {\"id\":\"c\",\"model\":\"m-1\",\"choices\":[],"
+                           "\"x\":{\"prompt_tokens\":1,\"completion_tokens\":1}}\n\n");
+  for (i = 0; i < 300; i++)
+    llmux_buf_appends(&body, "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":"
+                             "{\"content\":\"tok\"}}]}\n\n");
+  llmux_buf_appends(&body, "data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":"
+                           "123,\"completion_tokens\":300,\"total_tokens\":423}}\n\ndata: [DONE]\n\n");
+  assert_true(body.len > 3 * 4096);
+  for (i = 0; i < sizeof steps / sizeof steps[0]; i++) {
+    run_t r;
+    run_start(*state, &r, 1);
+    feed(*state, &r, body.base, body.len, steps[i]);
+    assert_int_equal(r.out.len, body.len);
+    assert_int_equal(r.ht.txn.usage.prompt_tokens, 123);
+    assert_int_equal(r.ht.txn.usage.completion_tokens, 300);
+    assert_string_equal(r.ht.txn.served_model.base, "m-1");
+    run_end(*state, &r);
+  }
+  llmux_buf_free(&body);
+}
+
 /* The usage the host gets for an answer whose prompt_tokens is `value`
  * (completion_tokens 7), plain and streamed, with what was logged. */
 static void usage_of(fixture_t *f, const char *value, int stream, llmux_usage_t *u,
@@ -383,6 +411,7 @@ int main(void) {
     cmocka_unit_test(models_are_listed_from_get_models),
     cmocka_unit_test(a_plain_answer_passes_through_and_its_usage_is_read),
     cmocka_unit_test(a_stream_passes_through_and_its_last_usage_is_read),
+    cmocka_unit_test(a_long_stream_keeps_its_last_usage_across_reads),
     cmocka_unit_test(usage_that_is_not_a_token_count_is_unknown_and_logged_once),
     cmocka_unit_test(usage_up_to_a_billion_tokens_is_believed_and_null_is_unknown),
     cmocka_unit_test(an_answer_without_usage_leaves_it_unknown),
