@@ -196,9 +196,70 @@ static int64_t wall_ms(void) {
 
 /* The very end of a proxy: its generation may go with it (the last
  * request of one a reload replaced). */
+/* ---- proxies kept for reuse --------------------------------------------- */
+
+/* A finished proxy is kept (up to SPARE_MAX per gateway) with its buffers
+ * emptied but allocated, those not above SPARE_BUF_MAX: the next request
+ * then grows none of them again. The client's body is the request's and
+ * goes with it. */
+#define SPARE_MAX 8
+#define SPARE_BUF_MAX 16384
+
+static const size_t kept_bufs[] = {
+    offsetof(proxy_t, tried),        offsetof(proxy_t, skipped),
+    offsetof(proxy_t, fail_msg),     offsetof(proxy_t, up_path),
+    offsetof(proxy_t, up_headers),   offsetof(proxy_t, out),
+    offsetof(proxy_t, pending),      offsetof(proxy_t, err_body),
+    offsetof(proxy_t, resp_hdr_store), offsetof(proxy_t, fail_native),
+    offsetof(proxy_t, ht.txn.path),  offsetof(proxy_t, ht.txn.headers),
+    offsetof(proxy_t, ht.txn.served_model), offsetof(proxy_t, ht.txn.adjusted),
+    offsetof(proxy_t, ht.txn.refusal)};
+#define NKEPT (sizeof kept_bufs / sizeof kept_bufs[0])
+
+static llmux_buf_t *kept_buf(proxy_t *p, size_t i) {
+  return (llmux_buf_t *)((char *)p + kept_bufs[i]);
+}
+
+/* A zeroed proxy (up to its scratch arrays), a kept one's buffers in place. */
+static proxy_t *proxy_new(llmux_gateway_t *gw) {
+  llmux_buf_t keep[NKEPT];
+  proxy_t *p;
+  size_t i;
+  if (gw->nspare_proxies == 0) {
+    if ((p = malloc(sizeof *p)) != NULL) memset(p, 0, offsetof(proxy_t, cands));
+    return p;
+  }
+  p = gw->spare_proxies[--gw->nspare_proxies];
+  for (i = 0; i < NKEPT; i++) keep[i] = *kept_buf(p, i);
+  memset(p, 0, offsetof(proxy_t, cands));
+  for (i = 0; i < NKEPT; i++) *kept_buf(p, i) = keep[i];
+  return p;
+}
+
+static void proxy_destroy(proxy_t *p) {
+  size_t i;
+  for (i = 0; i < NKEPT; i++) llmux_buf_free(kept_buf(p, i));
+  free(p);
+}
+
+void llmux__proxy_spares_free(llmux_gateway_t *gw) {
+  while (gw->nspare_proxies > 0) proxy_destroy(gw->spare_proxies[--gw->nspare_proxies]);
+}
+
 static void proxy_release(proxy_t *p) {
   llmux_generation_t *gen = p->gen;
-  free(p);
+  llmux_gateway_t *gw = p->gw;
+  size_t i;
+  if (gw->nspare_proxies < SPARE_MAX && !gw->stopping) {
+    for (i = 0; i < NKEPT; i++) {
+      llmux_buf_t *b = kept_buf(p, i);
+      if (b->cap > SPARE_BUF_MAX) llmux_buf_free(b);
+      b->len = 0;
+    }
+    gw->spare_proxies[gw->nspare_proxies++] = p;
+  } else {
+    proxy_destroy(p);
+  }
   llmux_generation_unref(gen);
 }
 
@@ -236,19 +297,9 @@ static void proxy_free(proxy_t *p) {
   llmux_agent_stream_free(&p->astream);
   if (p->in != NULL) p->in->state_free(p->in_state);
   free_txn(p);
-  llmux_host_txn_free(&p->ht);
+  llmux_host_txn_reset(&p->ht); /* its buffers, with the others kept, go in proxy_release */
   llmux_buf_free(&p->body);
-  llmux_buf_free(&p->tried);
-  llmux_buf_free(&p->skipped);
-  llmux_buf_free(&p->fail_msg);
-  llmux_buf_free(&p->up_path);
-  llmux_buf_free(&p->up_headers);
-  llmux_buf_free(&p->out);
-  llmux_buf_free(&p->pending);
-  llmux_buf_free(&p->err_body);
-  llmux_buf_free(&p->resp_hdr_store);
   llmux_buf_free(&p->in_body);
-  llmux_buf_free(&p->fail_native);
   llmux_cache_key_free(&p->cache_key);
   if (p->cache_wait != NULL) p->cache_wait->p = NULL; /* its answer finds no one */
   llmux_split_free(p->native_sse);
@@ -2334,8 +2385,7 @@ void llmux_proxy_handle(llmux_gateway_t *gw, llmux_http_req_t *req, int endpoint
 
 void llmux_proxy_handle_opts(llmux_gateway_t *gw, llmux_http_req_t *req,
                              const llmux_proxy_opts_t *opts) {
-  proxy_t *p = malloc(sizeof *p);
-  if (p != NULL) memset(p, 0, offsetof(proxy_t, cands));
+  proxy_t *p = proxy_new(gw);
   if (p == NULL) {
     if (opts->inbound != NULL) {
       llmux_http_header_t h[1] = {{{"Content-Type", 12}, {"application/json", 16}}};

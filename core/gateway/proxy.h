@@ -7,6 +7,8 @@
 /* proxy.c: POST /v1/chat/completions, /v1/completions, /v1/embeddings (and
  * POST /v1/messages, through an inbound format). */
 void llmux_proxy_handle(llmux_gateway_t *gw, llmux_http_req_t *req, int endpoint);
+/* Frees the finished proxies gw keeps for reuse (at its close). */
+void llmux__proxy_spares_free(llmux_gateway_t *gw);
 
 /* How a request enters the proxy (issue 8). */
 typedef struct llmux_proxy_opts_s {

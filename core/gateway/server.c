@@ -128,6 +128,7 @@ static void free_shared(llmux_gateway_t *gw) {
   llmux_provider_cache_free(&gw->cache);
   llmux_obs_free(&gw->obs);
   llmux_buf_free(&gw->log_line);
+  llmux__proxy_spares_free(gw);
   free(gw->config_path);
   free(gw->plugin_dir);
   gw->routes = NULL;

@@ -83,6 +83,8 @@ typedef struct llmux_gateway_s {
   int drain_timer_live;
   int drain_expired;           /* drain_timeout passed: requests were ended */
   llmux__proxy_link_t *proxies; /* requests in the proxy; NULL: none */
+  void *spare_proxies[8];      /* finished ones kept for reuse (proxy.c) */
+  unsigned nspare_proxies;
   int stopping;
   int close_pending;
   void (*close_cb)(struct llmux_gateway_s *gw);

@@ -182,6 +182,13 @@ void llmux_host_txn_clear_out(llmux_host_txn_t *ht) {
   t->refusal.len = 0;
 }
 
+void llmux_host_txn_reset(llmux_host_txn_t *ht) {
+  llmux_host_txn_clear_out(ht);
+  if (ht->json) json_decref(ht->json);
+  ht->json = NULL;
+  ht->json_tried = 0;
+}
+
 void llmux_host_txn_free(llmux_host_txn_t *ht) {
   llmux_buf_free(&ht->txn.path);
   llmux_buf_free(&ht->txn.headers);

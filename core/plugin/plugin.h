@@ -58,6 +58,9 @@ typedef struct llmux_host_txn_s {
 
 /* Clears the plugin's out fields before (re)translation, keeping buffers. */
 void llmux_host_txn_clear_out(llmux_host_txn_t *ht);
+/* Lets go of what the host parsed for the txn, keeping its buffers (emptied)
+ * for the owner to reuse or free with llmux_buf_free. */
+void llmux_host_txn_reset(llmux_host_txn_t *ht);
 /* Frees everything the host allocated for the txn (not txn->data). */
 void llmux_host_txn_free(llmux_host_txn_t *ht);
 

@@ -209,16 +209,14 @@ enum { COUNT_ABSENT = 0, COUNT_OK, COUNT_BAD };
 /* The value after the last `"key":` in s[0..n), as a token count in *out.
  * COUNT_OK; COUNT_ABSENT when there is no such key or it is null;
  * COUNT_BAD for anything else (above USAGE_MAX, negative, fractional, a
- * string), with the value's first bytes in *raw for the log. The last one:
- * usage is among the last bytes of an answer and of a stream (found with
- * memmem, which skips through the bytes, rather than byte by byte). */
+ * string), with the value's first bytes in *raw for the log. s is the
+ * answer's last "usage" object on (last_usage): a few quotes to look at. */
 static int last_count(const char *s, size_t n, const char *key, int64_t *out, llmux_str_t *raw) {
   size_t klen = strlen(key);
-  const char *p, *v, *end = s + n;
+  const char *p = NULL, *q, *v, *end = s + n;
   int64_t x = 0;
-  const char *q = s;
-  if (n < klen) return COUNT_ABSENT;
-  for (p = NULL; (q = memmem(q, (size_t)(end - q), key, klen)) != NULL; q++) p = q;
+  for (q = s; (q = memchr(q, '"', (size_t)(end - q))) != NULL && (size_t)(end - q) >= klen; q++)
+    if (memcmp(q, key, klen) == 0) p = q;
   if (p == NULL) return COUNT_ABSENT;
   for (p += klen; p < end && is_space(*p); p++) {}
   if (p == end || *p != ':') return COUNT_ABSENT; /* the key's text as a value */
@@ -237,6 +235,19 @@ static int last_count(const char *s, size_t n, const char *key, int64_t *out, ll
   return COUNT_BAD;
 }
 
+/* The last `"usage"` key in s[0..n), where the counts are: usage is among
+ * the last bytes of an answer and of a stream. Found through its 'u's from
+ * the end (memrchr skips the bytes between), so a stream's tail without
+ * usage costs about a pass of memrchr. NULL: none. */
+static const char *last_usage(const char *s, size_t n) {
+  const char *u;
+  while (n > 0 && (u = memrchr(s, 'u', n)) != NULL) {
+    if (u > s && (size_t)(s + n - u) >= 6 && memcmp(u - 1, "\"usage\"", 7) == 0) return u - 1;
+    n = (size_t)(u - s);
+  }
+  return NULL;
+}
+
 /* The answer's usage for the host, and one log line when the provider's
  * numbers are not token counts (they stay unknown: the host estimates). */
 static void read_usage(const openai_t *p, openai_txn_t *t, llmux_txn_t *txn) {
@@ -244,11 +255,14 @@ static void read_usage(const openai_t *p, openai_txn_t *t, llmux_txn_t *txn) {
   int64_t *dst[2] = {&txn->usage.prompt_tokens, &txn->usage.completion_tokens};
   char why[160], tail[TAIL_MAX];
   size_t used = 0, n = tail_bytes(t, tail);
+  const char *usage = last_usage(tail, n);
   int i;
   for (i = 0; i < 2; i++) {
     llmux_str_t raw = {NULL, 0};
     int64_t v = -1;
-    if (last_count(tail, n, keys[i], &v, &raw) == COUNT_BAD && used < sizeof why)
+    if (usage != NULL &&
+        last_count(usage, (size_t)(tail + n - usage), keys[i], &v, &raw) == COUNT_BAD &&
+        used < sizeof why)
       used += (size_t)snprintf(why + used, sizeof why - used, "%s %.*s=%.*s", used ? "," : "",
                                (int)strlen(keys[i]) - 2, keys[i] + 1, (int)raw.len, raw.base);
     *dst[i] = v;
