@@ -69,7 +69,8 @@ typedef struct http_req_s {
 
 struct llmux__http_conn_s {
   uv_tcp_t tcp;
-  uv_timer_t timer;
+  uv_timer_t timer;               /* runs on_timer's action at `due` (arm) */
+  uint64_t due;                   /* loop ms; 0: nothing due (disarmed) */
   uv_shutdown_t shutdown;
   llhttp_t parser;
   llmux_http_server_t *srv;
@@ -146,18 +147,24 @@ static size_t write_queue(llmux__http_conn_t *c) {
   return uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
 }
 
-/* A timer already due at the same moment is left as it is: a request
- * arms the same timeout more than once within one loop turn. */
+/* on_timer's action becomes due in `ms` (0: on the next loop turn). A
+ * running timer due no later is left alone: it fires early, finds the
+ * action not yet due and starts again for the rest (on_timer). So the
+ * timeouts a keep-alive connection arms with each request (header, idle)
+ * cost a store, not a timer restart, and disarm stops nothing. */
 static void arm(llmux__http_conn_t *c, uint64_t ms) {
+  uint64_t now = uv_now(c->srv->loop);
   c->resume_armed = 0;
-  if (ms > 0 && uv_is_active((uv_handle_t *)&c->timer) && uv_timer_get_due_in(&c->timer) == ms)
+  c->due = now + ms;
+  if (ms > 0 && uv_is_active((uv_handle_t *)&c->timer) &&
+      uv_timer_get_due_in(&c->timer) <= ms)
     return;
   uv_timer_start(&c->timer, on_timer, ms, 0);
 }
 
 static void disarm(llmux__http_conn_t *c) {
   c->resume_armed = 0;
-  uv_timer_stop(&c->timer);
+  c->due = 0;
 }
 
 static void read_stop(llmux__http_conn_t *c) {
@@ -619,6 +626,10 @@ static void conn_resume(llmux__http_conn_t *c) {
     c->resume_on_drain = 1;
     read_stop(c); /* a client that does not read is not read either */
     arm(c, c->srv->opts.idle_timeout_ms); /* doubles as a send timeout */
+    return;
+  }
+  if (c->rpos == c->rlen) { /* nothing buffered, so nothing to parse: wait */
+    conn_process(c);     /* (arms the idle timeout, reads) */
     return;
   }
   arm(c, 0);
@@ -1087,7 +1098,13 @@ static void conn_process(llmux__http_conn_t *c) {
 
 static void on_timer(uv_timer_t *t) {
   llmux__http_conn_t *c = t->data;
-  if (c->closed) return;
+  uint64_t now = uv_now(c->srv->loop);
+  if (c->closed || c->due == 0) return;
+  if (now < c->due) { /* armed again for later since this one started */
+    uv_timer_start(&c->timer, on_timer, c->due - now, 0);
+    return;
+  }
+  c->due = 0;
   if (c->failed) { conn_close(c); return; }
   switch (c->phase) {
   case PH_IDLE:

@@ -162,18 +162,23 @@ static int map_uv(int err) {
 
 static void on_timer(uv_timer_t *t);
 
-/* Starts the timer for the earlier of the phase and total deadlines. */
+/* The earlier of the phase and total deadlines (loop ms; 0: none). */
+static uint64_t conn_due(const llmux__upconn_t *conn) {
+  uint64_t d = conn->phase_deadline, total = conn->req ? conn->req->total_deadline : 0;
+  return total && (d == 0 || total < d) ? total : d;
+}
+
+/* Makes the timer fire by conn_due. One already running that fires no
+ * later is left alone (it fires early, and on_timer starts it again for
+ * the rest); with no deadline it is not stopped either (on_timer finds
+ * nothing due). So the phases of a request on a kept connection cost a
+ * store each, not a timer restart. */
 static void conn_rearm(llmux__upconn_t *conn) {
-  uint64_t now = uv_now(conn->up->loop), d = conn->phase_deadline;
-  uint64_t total = conn->req ? conn->req->total_deadline : 0;
-  if (total && (d == 0 || total < d)) d = total;
-  if (d == 0) {
-    uv_timer_stop(&conn->timer);
-    return;
-  }
+  uint64_t now = uv_now(conn->up->loop), d = conn_due(conn);
+  if (d == 0) return;
   if (d > now && uv_is_active((uv_handle_t *)&conn->timer) &&
-      uv_timer_get_due_in(&conn->timer) == d - now)
-    return; /* already due then */
+      uv_timer_get_due_in(&conn->timer) <= d - now)
+    return;
   uv_timer_start(&conn->timer, on_timer, d > now ? d - now : 0, 0);
 }
 
@@ -191,10 +196,14 @@ static void conn_arm(llmux__upconn_t *conn, uint64_t ms) {
 static void on_timer(uv_timer_t *t) {
   llmux__upconn_t *conn = llmux_container_of(t, llmux__upconn_t, timer);
   llmux_upstream_req_t *req = conn->req;
-  uint64_t now = uv_now(conn->up->loop);
+  uint64_t now = uv_now(conn->up->loop), due = conn_due(conn);
   const char *what;
 
-  if (conn->closing) return;
+  if (conn->closing || due == 0) return;
+  if (now < due) { /* a deadline moved later since the timer started */
+    uv_timer_start(&conn->timer, on_timer, due - now, 0);
+    return;
+  }
   if (conn->state == C_IDLE || req == NULL) {
     conn_close(conn); /* pooled connection unused for too long */
     return;

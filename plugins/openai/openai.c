@@ -206,17 +206,28 @@ static int is_space(char c) {
 
 enum { COUNT_ABSENT = 0, COUNT_OK, COUNT_BAD };
 
-/* The value after the last `"key":` in s[0..n), as a token count in *out.
- * COUNT_OK; COUNT_ABSENT when there is no such key or it is null;
- * COUNT_BAD for anything else (above USAGE_MAX, negative, fractional, a
- * string), with the value's first bytes in *raw for the log. s is the
- * answer's last "usage" object on (last_usage): a few quotes to look at. */
-static int last_count(const char *s, size_t n, const char *key, int64_t *out, llmux_str_t *raw) {
-  size_t klen = strlen(key);
-  const char *p = NULL, *q, *v, *end = s + n;
+/* Where each of the two keys (quoted strings) last is in s[0..end), NULL
+ * where it is not: one pass over the quotes. */
+static void find_keys(const char *s, const char *end, const char *const keys[2],
+                      const char *found[2]) {
+  size_t klen[2] = {strlen(keys[0]), strlen(keys[1])};
+  const char *q;
+  int i;
+  found[0] = found[1] = NULL;
+  for (q = s; q < end && (q = memchr(q, '"', (size_t)(end - q))) != NULL; q++)
+    for (i = 0; i < 2; i++)
+      if ((size_t)(end - q) >= klen[i] && q[1] == keys[i][1] && memcmp(q, keys[i], klen[i]) == 0)
+        found[i] = q;
+}
+
+/* The value after `"key":` at p (NULL: the key is not there; end: where
+ * the text ends), as a token count in *out. COUNT_OK; COUNT_ABSENT when
+ * there is no such key or it is null; COUNT_BAD for anything else (above
+ * USAGE_MAX, negative, fractional, a string), with the value's first bytes
+ * in *raw for the log. */
+static int count_at(const char *p, const char *end, size_t klen, int64_t *out, llmux_str_t *raw) {
+  const char *v;
   int64_t x = 0;
-  for (q = s; (q = memchr(q, '"', (size_t)(end - q))) != NULL && (size_t)(end - q) >= klen; q++)
-    if (memcmp(q, key, klen) == 0) p = q;
   if (p == NULL) return COUNT_ABSENT;
   for (p += klen; p < end && is_space(*p); p++) {}
   if (p == end || *p != ':') return COUNT_ABSENT; /* the key's text as a value */
@@ -255,14 +266,14 @@ static void read_usage(const openai_t *p, openai_txn_t *t, llmux_txn_t *txn) {
   int64_t *dst[2] = {&txn->usage.prompt_tokens, &txn->usage.completion_tokens};
   char why[160], tail[TAIL_MAX];
   size_t used = 0, n = tail_bytes(t, tail);
-  const char *usage = last_usage(tail, n);
+  const char *usage = last_usage(tail, n), *at[2] = {NULL, NULL};
   int i;
+  /* The counts in the answer's last "usage" object on: a few quotes. */
+  if (usage != NULL) find_keys(usage, tail + n, keys, at);
   for (i = 0; i < 2; i++) {
     llmux_str_t raw = {NULL, 0};
     int64_t v = -1;
-    if (usage != NULL &&
-        last_count(usage, (size_t)(tail + n - usage), keys[i], &v, &raw) == COUNT_BAD &&
-        used < sizeof why)
+    if (count_at(at[i], tail + n, strlen(keys[i]), &v, &raw) == COUNT_BAD && used < sizeof why)
       used += (size_t)snprintf(why + used, sizeof why - used, "%s %.*s=%.*s", used ? "," : "",
                                (int)strlen(keys[i]) - 2, keys[i] + 1, (int)raw.len, raw.base);
     *dst[i] = v;
