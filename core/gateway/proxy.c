@@ -65,7 +65,6 @@ typedef struct proxy_s {
   int stream;
   unsigned caps;                  /* LLMUX_CAP_* the request needs */
   char model_name[256];
-  char rid[160];
   llmux_resolution_t res;
   llmux_passthrough_t pt;         /* res's model and route for PROVIDER/ANY-ID */
 
@@ -120,8 +119,7 @@ typedef struct proxy_s {
   int started;                    /* stream: the client has our head */
   int emit_failed;                /* 1: client write failed; 2: plugin refused the body */
 
-  uv_timer_t timer;               /* backoff before retrying a route */
-  int timer_live;
+  int timer_live;                 /* timer (below) is initialized */
 
   /* time spent upstream or waiting, excluded from x-llmux-overhead-us */
   uint64_t t_start, t_up_start, t_up_head, elsewhere_us;
@@ -137,8 +135,6 @@ typedef struct proxy_s {
   void *in_state;                 /* its per-request state */
   void *in_arg;                   /* opts->inbound_arg until request_arg takes it */
   llmux__proxy_link_t live;       /* in gw->proxies until proxy_free (drain, at the end) */
-  llmux_reqlog_t rec;             /* what metrics and the access log see: filled as
-                                     facts become known, ended in proxy_free */
   int retry_next;                 /* the next attempt is the same route after a backoff */
   /* n > 1 to a provider without it (gateway/fanout.h) */
   unsigned n;                     /* the request's "n" (read_n); 0 or 1: one choice */
@@ -155,7 +151,6 @@ typedef struct proxy_s {
   llmux_split_t *native_sse;      /* a native stream's events, read for usage */
   llmux_buf_t fail_native;        /* the last failure's own body, already in the
                                      client's format (a native provider's) */
-  char native_ctype[128];         /* the provider's content-type, for the client */
   /* Routing the caller steers (issue 16): the body's `provider` object or
    * the x-llmux-provider header, applied to the plan (plan_routes). */
   llmux_steer_t steer;
@@ -165,8 +160,14 @@ typedef struct proxy_s {
   int cache_state;                /* CACHE_* */
   llmux_cache_key_t cache_key;
   struct cache_wait_s *cache_wait; /* a Redis lookup in flight (cache = redis) */
-  /* Scratch arrays, last: each is written before it is read, so a new
-   * proxy zeroes only what comes before them (they are most of its size). */
+  /* Last, what is written before it is read, so a new proxy zeroes only
+   * what comes before (these are most of its size): */
+  llmux_reqlog_t rec;             /* what metrics and the access log see: set whole
+                                     by take_record, filled as facts become known,
+                                     ended in proxy_free */
+  char rid[160];                  /* set by take_record */
+  uv_timer_t timer;               /* backoff before retrying a route (timer_live) */
+  char native_ctype[128];         /* the provider's content-type, for the client */
   const llmux_route_conf_t *cands[MAX_CANDIDATES];
   llmux_route_skip_t skips[MAX_CANDIDATES];
   uv_buf_t iov[LLMUX_TXN_MAX_BODY_PARTS];
@@ -220,18 +221,19 @@ static llmux_buf_t *kept_buf(proxy_t *p, size_t i) {
   return (llmux_buf_t *)((char *)p + kept_bufs[i]);
 }
 
-/* A zeroed proxy (up to its scratch arrays), a kept one's buffers in place. */
+/* A zeroed proxy (up to rec: what follows is written before it is read),
+ * a kept one's buffers in place. */
 static proxy_t *proxy_new(llmux_gateway_t *gw) {
   llmux_buf_t keep[NKEPT];
   proxy_t *p;
   size_t i;
   if (gw->nspare_proxies == 0) {
-    if ((p = malloc(sizeof *p)) != NULL) memset(p, 0, offsetof(proxy_t, cands));
+    if ((p = malloc(sizeof *p)) != NULL) memset(p, 0, offsetof(proxy_t, rec));
     return p;
   }
   p = gw->spare_proxies[--gw->nspare_proxies];
   for (i = 0; i < NKEPT; i++) keep[i] = *kept_buf(p, i);
-  memset(p, 0, offsetof(proxy_t, cands));
+  memset(p, 0, offsetof(proxy_t, rec));
   for (i = 0; i < NKEPT; i++) *kept_buf(p, i) = keep[i];
   return p;
 }

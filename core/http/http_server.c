@@ -425,10 +425,12 @@ static int name_is(llmux_str_t s, const char *lit) {
 
 /* RFC 9110 5.6.2: the bytes of a field name (tchar), and the bytes no field
  * value may hold. */
+#ifndef NDEBUG /* header_valid's check that llhttp did its part */
 static const unsigned char tchar[256] = {
     ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1,
     ['+'] = 1, ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1, ['~'] = 1,
     ['0' ... '9'] = 1, ['A' ... 'Z'] = 1, ['a' ... 'z'] = 1};
+#endif
 static const unsigned char value_bad[256] = {[0] = 1, ['\r'] = 1, ['\n'] = 1};
 
 /* Does s hold a NUL, CR or LF? 16 bytes at a time (GCC/Clang vectors, so
@@ -456,15 +458,48 @@ static unsigned bytes_bad(llmux_str_t s) {
   return bad;
 }
 
-/* Framing headers are the server's; CR, LF or NUL would let a value forge
- * headers. */
-static int header_dropped(const llmux_http_header_t *h) {
+/* Framing headers are the server's. */
+static int framing_header(const llmux_http_header_t *h) {
   switch (h->name.len) {
-  case 10: if (strncasecmp(h->name.base, "connection", 10) == 0) return 1; break;
-  case 14: if (strncasecmp(h->name.base, "content-length", 14) == 0) return 1; break;
-  case 17: if (strncasecmp(h->name.base, "transfer-encoding", 17) == 0) return 1; break;
+  case 10: return strncasecmp(h->name.base, "connection", 10) == 0;
+  case 14: return strncasecmp(h->name.base, "content-length", 14) == 0;
+  case 17: return strncasecmp(h->name.base, "transfer-encoding", 17) == 0;
   }
-  return (bytes_bad(h->name) | bytes_bad(h->value)) != 0;
+  return 0;
+}
+
+/* CR, LF or NUL in a name or value would let it forge headers. */
+static int header_dropped(const llmux_http_header_t *h) {
+  return framing_header(h) || (bytes_bad(h->name) | bytes_bad(h->value)) != 0;
+}
+
+/* Does a formatted head hold exactly `lines` CRs and LFs and no NUL (so
+ * no name or value brought one)? 16 bytes at a time: one pass over the
+ * head rather than a check of each header. */
+static int head_clean(const char *s, size_t len, size_t lines) {
+  const unsigned char *b = (const unsigned char *)s;
+  size_t cr = 0, lf = 0, nul = 0, i = 0;
+  while (len - i >= 16) {
+    u8x16_t acr = {0}, alf = {0}, anul = {0}, v;
+    size_t k;
+    for (k = 0; k < 255 && len - i >= 16; k++, i += 16) { /* lanes count to 255 */
+      memcpy(&v, b + i, 16);
+      acr -= (u8x16_t)(v == '\r');
+      alf -= (u8x16_t)(v == '\n');
+      anul -= (u8x16_t)(v == 0);
+    }
+    for (k = 0; k < 16; k++) {
+      cr += acr[k];
+      lf += alf[k];
+      nul += anul[k];
+    }
+  }
+  for (; i < len; i++) {
+    cr += b[i] == '\r';
+    lf += b[i] == '\n';
+    nul += b[i] == 0;
+  }
+  return cr == lines && lf == lines && nul == 0;
 }
 
 static size_t head_size(const llmux_http_header_t *h, size_t n) {
@@ -475,11 +510,15 @@ static size_t head_size(const llmux_http_header_t *h, size_t n) {
 
 enum { FRAME_NONE = 0, FRAME_LENGTH = 1, FRAME_CHUNKED = 2 };
 
-/* out must hold head_size(h, n) bytes. Returns the length written. */
-static size_t format_head(char *out, int status, const llmux_http_header_t *h, size_t n,
-                          int framing, size_t clen, int close, int keep_alive_10) {
+/* out must hold head_size(h, n) bytes. Returns the length written.
+ * `checked`: each header is looked at for CR, LF and NUL (and dropped with
+ * one); else the caller checks the whole head (format_head). */
+static size_t format_head_with(char *out, int status, const llmux_http_header_t *h, size_t n,
+                               int framing, size_t clen, int close, int keep_alive_10,
+                               int checked, size_t *lines) {
   char *p = out;
   size_t i;
+  *lines = 3; /* status line, Server, the empty line */
   if (status < 100 || status > 999) status = 500;
   {
     const char *reason = llmux_http_status_reason(status);
@@ -494,7 +533,8 @@ static size_t format_head(char *out, int status, const llmux_http_header_t *h, s
     p += 17;
   }
   for (i = 0; i < n; i++) {
-    if (header_dropped(&h[i])) continue;
+    if (checked ? header_dropped(&h[i]) : framing_header(&h[i])) continue;
+    ++*lines;
     memcpy(p, h[i].name.base, h[i].name.len);
     p += h[i].name.len;
     *p++ = ':';
@@ -509,14 +549,24 @@ static size_t format_head(char *out, int status, const llmux_http_header_t *h, s
     LIT("Content-Length: ");
     p += llmux_u64_dec(p, clen);
     LIT("\r\n");
+    ++*lines;
   }
-  if (framing == FRAME_CHUNKED) LIT("Transfer-Encoding: chunked\r\n");
-  if (close) LIT("Connection: close\r\n");
-  else if (keep_alive_10) LIT("Connection: keep-alive\r\n");
+  if (framing == FRAME_CHUNKED) LIT("Transfer-Encoding: chunked\r\n"), ++*lines;
+  if (close) LIT("Connection: close\r\n"), ++*lines;
+  else if (keep_alive_10) LIT("Connection: keep-alive\r\n"), ++*lines;
 #undef LIT
   *p++ = '\r';
   *p++ = '\n';
   return (size_t)(p - out);
+}
+
+/* The head, each header checked only when the whole was not clean. */
+static size_t format_head(char *out, int status, const llmux_http_header_t *h, size_t n,
+                          int framing, size_t clen, int close, int keep_alive_10) {
+  size_t lines, len = format_head_with(out, status, h, n, framing, clen, close, keep_alive_10,
+                                       0, &lines);
+  if (head_clean(out, len, lines)) return len;
+  return format_head_with(out, status, h, n, framing, clen, close, keep_alive_10, 1, &lines);
 }
 
 /* ---- connection life -------------------------------------------------- */
@@ -893,14 +943,24 @@ static http_req_t *build_req(llmux__http_conn_t *c) {
   return r;
 }
 
-/* llhttp's loose mode lets through names with spaces and obs-folded values;
- * both could smuggle a header past a proxy, so refuse them. */
-static int header_valid(const llmux_http_header_t *h) {
-  const unsigned char *b = (const unsigned char *)h->name.base;
-  unsigned bad = h->name.len == 0;
+#ifndef NDEBUG
+static int is_token(llmux_str_t s) {
+  const unsigned char *b = (const unsigned char *)s.base;
+  unsigned bad = s.len == 0;
   size_t i;
-  for (i = 0; i < h->name.len; i++) bad |= tchar[b[i]] ^ 1u;
-  return !(bad | bytes_bad(h->value));
+  for (i = 0; i < s.len; i++) bad |= tchar[b[i]] ^ 1u;
+  return !bad;
+}
+#endif
+
+/* A name of anything but tchar, or a value with a CTL (obs-fold
+ * included), could smuggle a header past a proxy. llhttp in strict mode
+ * (CMakeLists.txt) refuses them all (tests/unit/test_http_parse.c, and
+ * on_header_value for folds), so release builds do not look again at
+ * every byte; debug builds check that it did. */
+static int header_valid(const llmux_http_header_t *h) {
+  assert(h->name.len == 0 || (is_token(h->name) && !bytes_bad(h->value)));
+  return h->name.len > 0;
 }
 
 /* Framing rules beyond llhttp's, checked before any body byte is read. */

@@ -54,6 +54,34 @@ static void test_request_fields_are_parsed(void **state) {
   fixture_finish(&f);
 }
 
+/* A handler's header with CR, LF or NUL in its name or value never reaches
+ * the wire (it could forge headers); framing headers are the server's; the
+ * clean ones pass as they are. */
+static void h_forging(fixture_t *f, llmux_http_req_t *req) {
+  llmux_http_header_t h[] = {
+      LLMUX_HTTP_HEADER_LIT("X-Before", "kept"),
+      LLMUX_HTTP_HEADER_LIT("X-Evil", "a\r\nX-Injected: 1"),
+      LLMUX_HTTP_HEADER_LIT("X-Evil\nName", "b"),
+      {{"X-Nul", 5}, {"c\0X-Injected: 2", 16}},
+      LLMUX_HTTP_HEADER_LIT("Content-Length", "999"),
+      LLMUX_HTTP_HEADER_LIT("X-After", "also kept")};
+  llmux_http_respond(req, 200, h, LLMUX_COUNTOF(h), "ok|", 3);
+}
+
+static void test_response_headers_that_could_forge_are_dropped(void **state) {
+  fixture_t f;
+  const char *pieces[] = {"GET / HTTP/1.1\r\nHost: h\r\n\r\n"};
+  fixture_init(&f, NULL, h_forging);
+  fixture_client(&f, pieces, 1, 0, "|");
+  fixture_run(&f);
+  assert_has(&f.clients[0].in, "HTTP/1.1 200 OK\r\nServer: llmux\r\nX-Before: kept\r\n"
+                               "X-After: also kept\r\nContent-Length: 3\r\n\r\nok|");
+  assert_null(find(&f.clients[0].in, "X-Injected"));
+  assert_null(find(&f.clients[0].in, "X-Evil"));
+  assert_null(find(&f.clients[0].in, "X-Nul"));
+  fixture_finish(&f);
+}
+
 /* Splits s into pieces of n bytes (caller frees each and the array). */
 static char **split(const char *s, size_t n, size_t *count) {
   size_t len = strlen(s), i, k = (len + n - 1) / n;
@@ -156,6 +184,15 @@ static void test_hostile_requests_get_the_right_status(void **state) {
       {"GET / HTTP/2.0\r\nHost: h\r\n\r\n", "HTTP/1.1 505 "},
       {"GET / HTTP/1.1\r\n\r\n", "HTTP/1.1 400 "},
       {"GET / HTTP/1.1\r\nHost: h\r\nBad Name: x\r\n\r\n", "HTTP/1.1 400 "},
+      /* a name of anything but RFC 9110 tchar (llhttp's strict mode refuses it) */
+      {"GET / HTTP/1.1\r\nHost: h\r\nX(y: x\r\n\r\n", "HTTP/1.1 400 "},
+      {"GET / HTTP/1.1\r\nHost: h\r\nX\"y: x\r\n\r\n", "HTTP/1.1 400 "},
+      {"GET / HTTP/1.1\r\nHost: h\r\nX@y: x\r\n\r\n", "HTTP/1.1 400 "},
+      {"GET / HTTP/1.1\r\nHost: h\r\nX\x7fy: x\r\n\r\n", "HTTP/1.1 400 "},
+      {"GET / HTTP/1.1\r\nHost: h\r\nX\xc3\xa9: x\r\n\r\n", "HTTP/1.1 400 "},
+      {"GET / HTTP/1.1\r\nHost: h\r\n: x\r\n\r\n", "HTTP/1.1 400 "},
+      {"GET / HTTP/1.1\r\nHost: h\r\nX: a\x01b\r\n\r\n", "HTTP/1.1 400 "},
+      {"GET / HTTP/1.1\r\nHost: h\r\nX: a\nY: b\r\n\r\n", "HTTP/1.1 400 "},
       {"GET / HTTP/1.1\r\nHost: h\r\nX: a\r\n folded\r\n\r\n", "HTTP/1.1 400 "},
       {"GET /\x01 HTTP/1.1\r\nHost: h\r\n\r\n", "HTTP/1.1 400 "},
       {"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", "HTTP/1.1 400 "}, /* TLS hello */
@@ -357,6 +394,7 @@ static void test_hostile_bytes_never_crash_and_always_close(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_request_fields_are_parsed),
+    cmocka_unit_test(test_response_headers_that_could_forge_are_dropped),
       cmocka_unit_test(test_request_split_in_tiny_reads_parses_the_same),
       cmocka_unit_test(test_chunked_body_split_across_reads_is_decoded),
       cmocka_unit_test(test_body_bytes_are_kept_exactly),
