@@ -473,33 +473,45 @@ static int header_dropped(const llmux_http_header_t *h) {
   return framing_header(h) || (bytes_bad(h->name) | bytes_bad(h->value)) != 0;
 }
 
-/* Does a formatted head hold exactly `lines` CRs and LFs and no NUL (so
- * no name or value brought one)? 16 bytes at a time: one pass over the
- * head rather than a check of each header. */
+/* The sum of a vector's 16 byte lanes. */
+static size_t lanes_sum(u8x16_t v) {
+  uint64_t w[2], x;
+  memcpy(w, &v, sizeof w);
+  x = (w[0] & 0x00ff00ff00ff00ffull) + ((w[0] >> 8) & 0x00ff00ff00ff00ffull) +
+      (w[1] & 0x00ff00ff00ff00ffull) + ((w[1] >> 8) & 0x00ff00ff00ff00ffull);
+  return (size_t)((x * 0x0001000100010001ull) >> 48); /* four 16-bit lanes, each < 1021 */
+}
+
+/* Does a formatted head (at least 16 bytes) hold exactly `lines` CRLFs'
+ * worth of CR and LF bytes and no NUL? Every line of ours ends in CRLF, so
+ * a name or value that brought a CR or LF makes more. 16 bytes at a time,
+ * the last 16 overlapping with only their new lanes counted: one pass over
+ * the head rather than a check of each header. */
 static int head_clean(const char *s, size_t len, size_t lines) {
+  static const unsigned char tail_mask[32] = {
+      0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+      0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+      0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
   const unsigned char *b = (const unsigned char *)s;
-  size_t cr = 0, lf = 0, nul = 0, i = 0;
+  u8x16_t v, m, nul = {0};
+  size_t breaks = 0, i = 0, k;
+  assert(len >= 16);
   while (len - i >= 16) {
-    u8x16_t acr = {0}, alf = {0}, anul = {0}, v;
-    size_t k;
-    for (k = 0; k < 255 && len - i >= 16; k++, i += 16) { /* lanes count to 255 */
+    u8x16_t acc = {0};
+    for (k = 0; k < 255 && len - i >= 16; k++, i += 16) { /* a lane counts to 255 */
       memcpy(&v, b + i, 16);
-      acr -= (u8x16_t)(v == '\r');
-      alf -= (u8x16_t)(v == '\n');
-      anul -= (u8x16_t)(v == 0);
+      acc -= (u8x16_t)((v == '\r') | (v == '\n'));
+      nul |= (u8x16_t)(v == 0);
     }
-    for (k = 0; k < 16; k++) {
-      cr += acr[k];
-      lf += alf[k];
-      nul += anul[k];
-    }
+    breaks += lanes_sum(acc);
   }
-  for (; i < len; i++) {
-    cr += b[i] == '\r';
-    lf += b[i] == '\n';
-    nul += b[i] == 0;
+  if (i < len) {
+    memcpy(&v, b + len - 16, 16);
+    memcpy(&m, tail_mask + (len - i), 16);
+    breaks += lanes_sum((u8x16_t)((v == '\r') | (v == '\n')) & m & 1);
+    nul |= (u8x16_t)(v == 0);
   }
-  return cr == lines && lf == lines && nul == 0;
+  return breaks == 2 * lines && lanes_sum(nul & 1) == 0;
 }
 
 static size_t head_size(const llmux_http_header_t *h, size_t n) {

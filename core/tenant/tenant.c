@@ -18,8 +18,10 @@ struct llmux__key_slot_s {
 
 /* A key that authenticated: its bytes (zero-padded, so that every compare
  * reads the same number of bytes) and its tenant. */
+#define SEEN_WORDS ((LLMUX_KEY_STRLEN + 7) / 8)
+
 struct llmux__seen_key_s {
-  unsigned char key[LLMUX_KEY_STRLEN];
+  uint64_t key[SEEN_WORDS];     /* the key's bytes, zero-padded */
   size_t len;
   const llmux_tenant_t *tenant; /* NULL: empty */
 };
@@ -109,18 +111,25 @@ static void build_key_table(llmux_tenants_t *ts) {
 
 /* The cache's slot for a key: FNV-1a from a random basis (a presented key
  * can only choose which one slot it is compared with). */
-static size_t seen_slot(const llmux_tenants_t *ts, const char *key, size_t len) {
-  uint64_t h = ts->seen_seed;
+/* A key (len < LLMUX_KEY_STRLEN) as zero-padded words. */
+static void seen_words(const char *key, size_t len, uint64_t w[SEEN_WORDS]) {
+  memset(w, 0, SEEN_WORDS * sizeof *w);
+  memcpy(w, key, len);
+}
+
+static size_t seen_slot(const llmux_tenants_t *ts, const uint64_t w[SEEN_WORDS], size_t len) {
+  uint64_t h = ts->seen_seed ^ len;
   size_t i;
-  for (i = 0; i < len; i++) h = (h ^ (unsigned char)key[i]) * 0x100000001b3ull;
-  return (size_t)(h ^ h >> 29) & (ts->nseen - 1);
+  for (i = 0; i < SEEN_WORDS; i++) h = (h ^ w[i]) * 0x9e3779b97f4a7c15ull, h ^= h >> 29;
+  return (size_t)h & (ts->nseen - 1);
 }
 
 /* Constant time over the whole slot, whatever the key. */
-static int seen_equal(const struct llmux__seen_key_s *e, const char *key, size_t len) {
-  size_t i, d = e->len ^ len; /* trailing NULs are not padding */
-  for (i = 0; i < LLMUX_KEY_STRLEN; i++)
-    d |= (size_t)(e->key[i] ^ (i < len ? (unsigned char)key[i] : 0));
+static int seen_equal(const struct llmux__seen_key_s *e, const uint64_t w[SEEN_WORDS],
+                      size_t len) {
+  uint64_t d = e->len ^ len; /* trailing NULs are not padding */
+  size_t i;
+  for (i = 0; i < SEEN_WORDS; i++) d |= e->key[i] ^ w[i];
   return d == 0;
 }
 
@@ -129,11 +138,13 @@ const llmux_tenant_t *llmux_tenants_auth(const llmux_tenants_t *ts, const char *
   unsigned char h[LLMUX_KEY_HASH_LEN];
   const llmux_tenant_t *found = NULL;
   struct llmux__seen_key_s *e = NULL;
+  uint64_t w[SEEN_WORDS];
   size_t s;
   if (ts->nslots == 0 || key == NULL || len == 0) return NULL;
   if (ts->seen != NULL && len < LLMUX_KEY_STRLEN) {
-    e = &ts->seen[seen_slot(ts, key, len)];
-    if (e->tenant != NULL && seen_equal(e, key, len)) return e->tenant;
+    seen_words(key, len, w);
+    e = &ts->seen[seen_slot(ts, w, len)];
+    if (e->tenant != NULL && seen_equal(e, w, len)) return e->tenant;
   }
   llmux_key_sha256(key, len, h);
   for (s = slot_of(h, ts->nslots); ts->slots[s].hash != NULL; s = (s + 1) & (ts->nslots - 1)) {
@@ -144,8 +155,7 @@ const llmux_tenant_t *llmux_tenants_auth(const llmux_tenants_t *ts, const char *
   }
   memset(h, 0, sizeof h);
   if (found != NULL && e != NULL) {
-    memset(e->key, 0, sizeof e->key);
-    memcpy(e->key, key, len);
+    memcpy(e->key, w, sizeof e->key);
     e->len = len;
     e->tenant = found;
   }
