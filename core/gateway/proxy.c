@@ -54,6 +54,15 @@ typedef struct cache_wait_s {
   struct proxy_s *p;
 } cache_wait_t;
 
+/* Body `models` (issue 16): the names tried after `model`, and the
+ * resolution they merge into (merge_fallbacks). Allocated only for a body
+ * that has them. */
+typedef struct proxy_fallbacks_s {
+  char names[MAX_FALLBACKS][256];
+  llmux_model_conf_t *models[MAX_CANDIDATES];
+  llmux_route_conf_t *routes[MAX_CANDIDATES];
+} proxy_fallbacks_t;
+
 typedef struct proxy_s {
   llmux_gateway_t *gw;
   llmux_generation_t *gen;        /* pinned from the start to the last byte:
@@ -66,10 +75,16 @@ typedef struct proxy_s {
   unsigned caps;                  /* LLMUX_CAP_* the request needs */
   char model_name[256];
   llmux_resolution_t res;
-  llmux_passthrough_t pt;         /* res's model and route for PROVIDER/ANY-ID */
+  llmux_passthrough_t *pt;        /* owned: res's model and route for
+                                     PROVIDER/ANY-ID; NULL until one is needed */
 
   /* candidates and the attempts made on them */
-  llmux_route_plan_t plan;
+  llmux_route_plan_t plan;        /* its arrays: cands, and skips while empty */
+  const llmux_route_conf_t **cands; /* plan.nroutes of them: in cands_few
+                                     when they fit, else in plan_mem */
+  const llmux_route_conf_t *cands_few[4];
+  void *plan_mem;                 /* owned: cands, or plan.skipped when there
+                                     is no candidate (keep_plan) */
   size_t next;                    /* next candidate to consider */
   unsigned attempts;
   unsigned same_retries;
@@ -115,7 +130,8 @@ typedef struct proxy_s {
   llmux_buf_t out;                /* non-stream: the whole answer */
   llmux_buf_t pending;            /* stream: events not yet written */
   llmux_buf_t err_body;           /* non-2xx: the provider's body */
-  llmux_buf_t resp_hdr_store;     /* copies of the provider's response headers */
+  llmux_buf_t resp_hdr_store;     /* the provider's response headers: their
+                                     array, then copies of their bytes */
   int started;                    /* stream: the client has our head */
   int emit_failed;                /* 1: client write failed; 2: plugin refused the body */
 
@@ -153,30 +169,23 @@ typedef struct proxy_s {
                                      client's format (a native provider's) */
   /* Routing the caller steers (issue 16): the body's `provider` object or
    * the x-llmux-provider header, applied to the plan (plan_routes). */
-  llmux_steer_t steer;
-  size_t nfallbacks;              /* names in `fallbacks` (body `models`) */
+  llmux_steer_t *steer;           /* owned; NULL while nothing steers */
+  size_t nfallbacks;              /* names in `fb` (body `models`) */
+  proxy_fallbacks_t *fb;          /* owned; NULL while the body has none */
   /* The response cache (issue 17; gateway/cache.h, cache_lookup). */
   int deterministic;              /* temperature 0 or a seed (validate) */
   int cache_state;                /* CACHE_* */
   llmux_cache_key_t cache_key;
   struct cache_wait_s *cache_wait; /* a Redis lookup in flight (cache = redis) */
   /* Last, what is written before it is read, so a new proxy zeroes only
-   * what comes before (these are most of its size): */
+   * what comes before: */
   llmux_reqlog_t rec;             /* what metrics and the access log see: set whole
                                      by take_record, filled as facts become known,
                                      ended in proxy_free */
   char rid[160];                  /* set by take_record */
   uv_timer_t timer;               /* backoff before retrying a route (timer_live) */
   char native_ctype[128];         /* the provider's content-type, for the client */
-  const llmux_route_conf_t *cands[MAX_CANDIDATES];
-  llmux_route_skip_t skips[MAX_CANDIDATES];
   uv_buf_t iov[LLMUX_TXN_MAX_BODY_PARTS];
-  llmux_header_t resp_headers[MAX_RESP_HEADERS];
-  /* Body `models` (issue 16): the names tried after `model`, and the
-   * resolution they merge into (merge_fallbacks). */
-  char fallbacks[MAX_FALLBACKS][256];
-  llmux_model_conf_t *merged_models[MAX_CANDIDATES];
-  llmux_route_conf_t *merged_routes[MAX_CANDIDATES];
 } proxy_t;
 
 static void try_next(proxy_t *p);
@@ -301,6 +310,15 @@ static void proxy_free(proxy_t *p) {
   free_txn(p);
   llmux_host_txn_reset(&p->ht); /* its buffers, with the others kept, go in proxy_release */
   llmux_buf_free(&p->body);
+  free(p->plan_mem);
+  p->plan_mem = NULL;
+  p->cands = NULL;
+  free(p->fb);
+  p->fb = NULL;
+  free(p->pt);
+  p->pt = NULL;
+  free(p->steer);
+  p->steer = NULL;
   llmux_buf_free(&p->in_body);
   llmux_cache_key_free(&p->cache_key);
   if (p->cache_wait != NULL) p->cache_wait->p = NULL; /* its answer finds no one */
@@ -554,19 +572,28 @@ static int read_steering(proxy_t *p, const llmux_json_field_t *f) {
   const char *param = NULL;
   char msg[256];
   int rc = 0;
-  if (!p->steer.active) llmux_steer_init(&p->steer); /* else: read before the strip */
+  int body = f[F_PROVIDER].type != LLMUX_JSON_NONE && f[F_PROVIDER].type != LLMUX_JSON_NULL &&
+             !p->agent && p->in == NULL;
+  if (p->steer == NULL) {
+    if (h == NULL && !body) return 0; /* nothing steers: as an initialised, inactive one */
+    if ((p->steer = malloc(sizeof *p->steer)) == NULL) {
+      fail_client(p, 503, "server_error", "out_of_memory", NULL, "Out of memory.");
+      return -1;
+    }
+    llmux_steer_init(p->steer);
+  }
+  if (!p->steer->active) llmux_steer_init(p->steer); /* else: read before the strip */
   if (h != NULL) {
     param = "x-llmux-provider";
-    rc = llmux_steer_header(cfg, *h, &p->steer, msg, sizeof msg);
-  } else if (f[F_PROVIDER].type != LLMUX_JSON_NONE && f[F_PROVIDER].type != LLMUX_JSON_NULL &&
-             !p->agent && p->in == NULL) {
-    rc = llmux_steer_parse(cfg, f[F_PROVIDER].value, &p->steer, &param, msg, sizeof msg);
+    rc = llmux_steer_header(cfg, *h, p->steer, msg, sizeof msg);
+  } else if (body) {
+    rc = llmux_steer_parse(cfg, f[F_PROVIDER].value, p->steer, &param, msg, sizeof msg);
   }
   if (rc != 0) {
     fail_client(p, 400, "invalid_request_error", "invalid_value", param, "%s", msg);
     return -1;
   }
-  if (p->steer.active && p->tenant && !p->tenant->conf->allow_routing_overrides) {
+  if (p->steer->active && p->tenant && !p->tenant->conf->allow_routing_overrides) {
     fail_client(p, 403, "permission_error", "routing_override_not_allowed", param,
                 "Tenant '%s' may not choose providers (allow_routing_overrides = false).",
                 p->tenant->conf->name);
@@ -636,7 +663,11 @@ static int read_models(proxy_t *p, llmux_str_t v) {
     } else if (p->nfallbacks == MAX_FALLBACKS) {
       goto bad;
     } else {
-      memcpy(p->fallbacks[p->nfallbacks++], name, sizeof name);
+      if (p->fb == NULL && (p->fb = malloc(sizeof *p->fb)) == NULL) {
+        fail_client(p, 503, "server_error", "out_of_memory", NULL, "Out of memory.");
+        return -1;
+      }
+      memcpy(p->fb->names[p->nfallbacks++], name, sizeof name);
     }
     c = end;
     while (c < e && (*c == ' ' || *c == '\t' || *c == '\n' || *c == '\r' || *c == ',')) c++;
@@ -762,7 +793,7 @@ static const char *answer_ctype(proxy_t *p, const char *dflt) {
   const llmux_str_t *v;
   size_t i;
   if (!p->native) return dflt;
-  v = llmux_host_api()->header_get(p->resp_headers, p->ht.txn.nresp_headers, "content-type");
+  v = llmux_host_api()->header_get(p->ht.txn.resp_headers, p->ht.txn.nresp_headers, "content-type");
   if (v == NULL || v->len == 0 || v->len >= sizeof p->native_ctype) return dflt;
   for (i = 0; i < v->len; i++)
     if ((unsigned char)v->base[i] < 0x20 || (unsigned char)v->base[i] >= 0x7f) return dflt;
@@ -1421,24 +1452,50 @@ static llmux_rl_key_t route_key(const llmux_route_conf_t *r) {
   return k;
 }
 
+/* The provider's headers (at most MAX_RESP_HEADERS), in one buffer: their
+ * array first (malloc's alignment suits it), then their bytes. */
 static void keep_headers(proxy_t *p, const llmux_str_t *hdrs, size_t n) {
-  size_t i, total = 0, off = 0;
+  size_t i, total, off;
+  llmux_header_t *h;
   if (n > MAX_RESP_HEADERS) n = MAX_RESP_HEADERS;
+  off = total = n * sizeof(*h);
   for (i = 0; i < 2 * n; i++) total += hdrs[i].len;
   p->resp_hdr_store.len = 0;
-  if (llmux_buf_reserve(&p->resp_hdr_store, total) != 0) n = 0;
+  /* Sized to fit (they stay for the whole answer), not doubled up to it. */
+  if (p->resp_hdr_store.cap < total + 1 || p->resp_hdr_store.cap / 2 > total + 1) {
+    char *nb = realloc(p->resp_hdr_store.base, total + 1);
+    if (nb != NULL) {
+      p->resp_hdr_store.base = nb;
+      p->resp_hdr_store.cap = total + 1;
+    }
+  }
+  if (p->resp_hdr_store.cap < total + 1) n = 0;
+  h = (llmux_header_t *)(void *)p->resp_hdr_store.base;
   for (i = 0; i < n; i++) {
     char *base = p->resp_hdr_store.base;
     memcpy(base + off, hdrs[2 * i].base, hdrs[2 * i].len);
-    p->resp_headers[i].name = (llmux_str_t){base + off, hdrs[2 * i].len};
+    h[i].name = (llmux_str_t){base + off, hdrs[2 * i].len};
     off += hdrs[2 * i].len;
     memcpy(base + off, hdrs[2 * i + 1].base, hdrs[2 * i + 1].len);
-    p->resp_headers[i].value = (llmux_str_t){base + off, hdrs[2 * i + 1].len};
+    h[i].value = (llmux_str_t){base + off, hdrs[2 * i + 1].len};
     off += hdrs[2 * i + 1].len;
   }
-  p->resp_hdr_store.len = off;
-  p->ht.txn.resp_headers = p->resp_headers;
+  p->resp_hdr_store.len = n ? off : 0;
+  p->ht.txn.resp_headers = n ? h : NULL;
   p->ht.txn.nresp_headers = n;
+}
+
+/* A stream the client has our head of is never tried again, and the
+ * upstream client resends nothing once bytes came back: what only built the
+ * upstream request goes (build_upstream makes it anew if ever needed). */
+static void drop_request_bufs(proxy_t *p) {
+  llmux_buf_free(&p->up_path);
+  llmux_buf_free(&p->up_headers);
+  llmux_buf_free(&p->ht.txn.path);
+  llmux_buf_free(&p->ht.txn.headers);
+  p->up.path = NULL;
+  p->up.headers = NULL;
+  p->up.headers_len = 0;
 }
 
 static void on_up_head(llmux_upstream_req_t *up, int status, const llmux_str_t *hdrs,
@@ -1448,16 +1505,17 @@ static void on_up_head(llmux_upstream_req_t *up, int status, const llmux_str_t *
   p->t_up_head = llmux_now_us();
   keep_headers(p, hdrs, n);
   p->ht.txn.status = status;
-  llmux_rl_sync_headers(p->gw->rl, &key, (llmux_rl_style_t)p->prov->rl_style, p->resp_headers,
-                        p->ht.txn.nresp_headers, now_ms(p), wall_ms());
+  llmux_rl_sync_headers(p->gw->rl, &key, (llmux_rl_style_t)p->prov->rl_style,
+                        p->ht.txn.resp_headers, p->ht.txn.nresp_headers, now_ms(p), wall_ms());
   if (status < 200 || status >= 300) return;
   llmux_router_report(p->gen->router, p->route->index, LLMUX_OUTCOME_SUCCESS,
                       (p->t_up_head - p->t_up_start) / 1000, now_ms(p));
   if (p->stream && p->client) {
     start_stream(p);
+    drop_request_bufs(p);
   } else {
     /* Size the answer's buffer once rather than doubling it up to size. */
-    const llmux_str_t *cl = llmux_host_api()->header_get(p->resp_headers,
+    const llmux_str_t *cl = llmux_host_api()->header_get(p->ht.txn.resp_headers,
                                                          p->ht.txn.nresp_headers, "content-length");
     uint64_t len = 0;
     size_t i;
@@ -1675,7 +1733,7 @@ static void build_upstream(proxy_t *p) {
   uint64_t left = p->deadline_ms > now_ms(p) ? p->deadline_ms - now_ms(p) : 1;
   size_t i;
   p->up_path.len = 0;
-  llmux_buf_reserve(&p->up_headers, 512);
+  llmux_buf_reserve(&p->up_headers, 511); /* 512 with its NUL, not 1024 */
   llmux_buf_appends(&p->up_path, p->prov->base_path);
   llmux_buf_append(&p->up_path, t->path.base, t->path.len);
   host_headers(p);
@@ -2195,30 +2253,62 @@ static void try_next(proxy_t *p) {
 static void steer_plan(proxy_t *p) {
   const llmux_route_conf_t *dropped[MAX_CANDIDATES];
   size_t i, nd;
-  if (!p->steer.active) return;
-  p->plan.nroutes = llmux_steer_apply(&p->steer, p->cands, p->plan.nroutes, dropped, &nd);
+  if (p->steer == NULL || !p->steer->active) return;
+  p->plan.nroutes = llmux_steer_apply(p->steer, p->plan.routes, p->plan.nroutes, dropped, &nd);
   for (i = 0; i < nd; i++) note_skip(p, dropped[i], "excluded by the request's provider");
 }
 
+/* The plan's arrays as the request keeps them, sized to what they hold:
+ * the candidates (p->cands), and the skips only when there is no candidate
+ * (give_up explains those with them; otherwise note_skip said it all). */
+static int keep_plan(proxy_t *p) {
+  size_t nr = p->plan.nroutes, ns = p->plan.nskipped;
+  free(p->plan_mem);
+  p->plan_mem = NULL;
+  p->cands = NULL;
+  if (nr > 0 && nr <= LLMUX_COUNTOF(p->cands_few)) { /* most requests: no allocation */
+    p->cands = memcpy(p->cands_few, p->plan.routes, nr * sizeof(*p->cands));
+    p->plan.skipped = NULL;
+  } else if (nr > 0) {
+    if ((p->plan_mem = malloc(nr * sizeof(*p->cands))) == NULL) return LLMUX_ENOMEM;
+    p->cands = memcpy(p->plan_mem, p->plan.routes, nr * sizeof(*p->cands));
+    p->plan.skipped = NULL;
+  } else if (ns > 0) {
+    if ((p->plan_mem = malloc(ns * sizeof(*p->plan.skipped))) == NULL) return LLMUX_ENOMEM;
+    p->plan.skipped = memcpy(p->plan_mem, p->plan.skipped, ns * sizeof(*p->plan.skipped));
+  } else {
+    p->plan.skipped = NULL;
+  }
+  p->plan.routes = p->cands;
+  return 0;
+}
+
 static int plan_routes(proxy_t *p) {
+  const llmux_route_conf_t *cands[MAX_CANDIDATES];
+  llmux_route_skip_t skips[MAX_CANDIDATES];
   llmux_route_query_t q;
   size_t i;
   memset(&q, 0, sizeof q);
   q.caps = p->caps;
   q.prompt_tokens = p->prompt_tokens;
   q.seed = llmux_rand_next(&p->gw->id_state);
-  p->plan.routes = p->cands;
-  p->plan.skipped = p->skips;
+  p->plan.routes = cands;
+  p->plan.skipped = skips;
   p->plan.cap = MAX_CANDIDATES;
   if (p->res.nroutes > MAX_CANDIDATES) p->res.nroutes = MAX_CANDIDATES;
-  if (p->steer.has_sort) {
+  if (p->steer != NULL && p->steer->has_sort) {
     q.override_strategy = 1;
-    q.strategy = p->steer.sort;
+    q.strategy = p->steer->sort;
   }
-  if (llmux_router_order(p->gen->router, &p->res, &q, now_ms(p), &p->plan) < 0) return -1;
+  if (llmux_router_order(p->gen->router, &p->res, &q, now_ms(p), &p->plan) < 0) {
+    p->plan.routes = NULL; /* nothing points at this frame after it */
+    p->plan.skipped = NULL;
+    p->plan.nroutes = p->plan.nskipped = 0;
+    return -1;
+  }
   steer_plan(p);
   for (i = 0; i < p->plan.nskipped; i++) {
-    const llmux_route_skip_t *sk = &p->skips[i];
+    const llmux_route_skip_t *sk = &skips[i];
     if (sk->reason == LLMUX_SKIP_DISABLED) {
       note_skip(p, sk->route, sk->route->provider->disabled_reason
                                   ? sk->route->provider->disabled_reason
@@ -2228,6 +2318,12 @@ static int plan_routes(proxy_t *p) {
     }
   }
   p->ncooling = p->plan.ncooling;
+  if (keep_plan(p) != 0) {
+    p->plan.routes = NULL;
+    p->plan.skipped = NULL;
+    p->plan.nroutes = p->plan.nskipped = 0;
+    return -1;
+  }
   return 0;
 }
 
@@ -2344,11 +2440,12 @@ static int resolve_model(proxy_t *p) {
   const llmux_provider_conf_t *listed;
   if (llmux_resolve(cfg, name, &p->res) == 0) return 0;
   if (p->agent) return LLMUX_ENOTFOUND;
-  if (llmux_resolve_passthrough(cfg, name, strlen(name), &p->pt, &p->res) != 0 &&
+  if (p->pt == NULL && (p->pt = malloc(sizeof *p->pt)) == NULL) return LLMUX_ENOMEM;
+  if (llmux_resolve_passthrough(cfg, name, strlen(name), p->pt, &p->res) != 0 &&
       ((listed = llmux_model_lists_find(p->gw->model_lists, cfg, name)) == NULL ||
-       llmux_resolve_passthrough_to(cfg, listed, name, strlen(name), &p->pt, &p->res) != 0))
+       llmux_resolve_passthrough_to(cfg, listed, name, strlen(name), p->pt, &p->res) != 0))
     return LLMUX_ENOTFOUND;
-  p->pt.model.capabilities = p->caps & LLMUX_CAP_EMBEDDINGS;
+  p->pt->model.capabilities = p->caps & LLMUX_CAP_EMBEDDINGS;
   return 0;
 }
 
@@ -2359,22 +2456,23 @@ static int resolve_model(proxy_t *p) {
 static int merge_fallbacks(proxy_t *p) {
   llmux_resolution_t r;
   size_t i, j, nm = 0, nr = 0;
+  proxy_fallbacks_t *fb = p->fb;
   for (j = 0; j < p->res.nmodels && nm < MAX_CANDIDATES; j++)
-    p->merged_models[nm++] = p->res.models[j];
+    fb->models[nm++] = p->res.models[j];
   for (j = 0; j < p->res.nroutes && nr < MAX_CANDIDATES; j++)
-    p->merged_routes[nr++] = p->res.routes[j];
+    fb->routes[nr++] = p->res.routes[j];
   for (i = 0; i < p->nfallbacks; i++) {
-    if (llmux_resolve(p->gen->cfg, p->fallbacks[i], &r) != 0 ||
+    if (llmux_resolve(p->gen->cfg, fb->names[i], &r) != 0 ||
         (p->tenant && !llmux_tenant_may_use(p->tenant, &r, NULL))) {
-      snprintf(p->model_name, sizeof p->model_name, "%s", p->fallbacks[i]);
+      snprintf(p->model_name, sizeof p->model_name, "%s", fb->names[i]);
       return -1;
     }
-    for (j = 0; j < r.nmodels && nm < MAX_CANDIDATES; j++) p->merged_models[nm++] = r.models[j];
-    for (j = 0; j < r.nroutes && nr < MAX_CANDIDATES; j++) p->merged_routes[nr++] = r.routes[j];
+    for (j = 0; j < r.nmodels && nm < MAX_CANDIDATES; j++) fb->models[nm++] = r.models[j];
+    for (j = 0; j < r.nroutes && nr < MAX_CANDIDATES; j++) fb->routes[nr++] = r.routes[j];
   }
-  p->res.models = p->merged_models;
+  p->res.models = fb->models;
   p->res.nmodels = nm;
-  p->res.routes = p->merged_routes;
+  p->res.routes = fb->routes;
   p->res.nroutes = nr;
   p->res.profile = NULL;
   return 0;

@@ -1032,6 +1032,10 @@ static int on_headers_complete(llhttp_t *p) {
   static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
   uv_buf_t buf;
 
+  /* Copied into the request: a connection that waits holds no spans. */
+  free(c->spans);
+  c->spans = NULL;
+  c->nspans = c->spans_cap = 0;
   if (r == NULL) return fail_with(c, 500, "out_of_memory", "out of memory");
   c->pending = r;
   if (check_head(c, r) != 0) return -1;
@@ -1298,6 +1302,10 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     }
   }
   if (nread < 0) {
+    /* The buffer on_alloc gave this read holds nothing: let it go now, not
+     * from the close callback (streams that end together would otherwise
+     * hold one each until the next loop turn). */
+    rbuf_release_if_empty(c);
     if (nread == UV_EOF) on_eof(c);
     else conn_close(c);
     return;

@@ -36,6 +36,7 @@
 #define READ_BUF_SIZE (64 * 1024)
 #define PLAIN_BUF_SIZE (16 * 1024) /* one TLS record of plaintext */
 #define MAX_HEADERS 128
+#define HDR_MIN 16 /* first size of a connection's header array */
 #define MAX_HEAD_BYTES (64 * 1024)
 #define INLINE_IOV 8
 #define ATTEMPT_MIN_MS 1000 /* least share of the connect budget per address */
@@ -86,7 +87,8 @@ struct llmux__upconn_s {
   uv_write_t wreq;
   llmux_tls_t *tls;
   llhttp_t parser;
-  upaddr_t addrs[LLMUX_DNS_MAX_ADDRS]; /* the resolver's answer, tried in order */
+  upaddr_t *addrs;                /* owned: the resolver's answer, tried in
+                                     order; freed once connected */
   unsigned naddrs;
   unsigned next_addr;             /* index of the next address to try */
   uint64_t connect_deadline;      /* loop time (ms) for DNS+TCP+TLS, 0 = none */
@@ -105,14 +107,21 @@ struct llmux__upconn_s {
   unsigned hstate : 2;            /* 0 none, 1 in a field, 2 in a value */
   unsigned in_head : 1;           /* between message begin and headers complete */
   unsigned head_split : 1;        /* the head spans reads: its bytes are in hbuf */
-  uint32_t head_bytes;            /* field bytes of the head so far */
-  llmux_buf_t head;               /* request head; plain: referenced by uv_write */
+  unsigned head_done : 1;         /* on_head ran: fields after it are trailers */
+  unsigned hdr_scratch : 1;       /* hdr is the pool's scratch array */
+  /* Held while they are in use only: a connection that waits for the
+   * response's next bytes keeps none of them. */
+  llmux_buf_t head;               /* request head, until sent; plain:
+                                     referenced by uv_write */
   llmux_buf_t wbuf;               /* TLS ciphertext being written */
   llmux_buf_t hbuf;               /* response header bytes, when they span reads */
   const char *chunk;              /* the bytes being parsed: the head's, while
                                      it fits in them (hdr offsets from here) */
-  size_t nhdr;
-  hdr_t hdr[MAX_HEADERS];
+  size_t hbytes;                  /* header (and trailer) bytes of this response */
+  size_t nhdr;                    /* its header (and trailer) fields */
+  size_t hdr_cap;
+  hdr_t *hdr;                     /* until on_head: the pool's scratch while the
+                                     head is parsed within one read, else owned */
 };
 
 struct llmux_upstream_s {
@@ -131,6 +140,9 @@ struct llmux_upstream_s {
   /* Shared by all connections: a read is consumed before the next. */
   char rbuf[READ_BUF_SIZE];
   char pbuf[PLAIN_BUF_SIZE];
+  hdr_t hdr_scratch[MAX_HEADERS]; /* the fields of a head parsed within one read */
+  llmux_buf_t head_scratch;       /* a request head being sent (build_head) */
+  int hdr_scratch_busy;
 };
 
 static int conn_open(llmux_upstream_t *up, upkey_t *key, llmux_upstream_req_t *req);
@@ -138,6 +150,7 @@ static void conn_connect_next(llmux__upconn_t *conn);
 static void attempt_failed(llmux__upconn_t *conn, int uverr);
 static int conn_send(llmux__upconn_t *conn);
 static int conn_flush(llmux__upconn_t *conn);
+static void release_hdr(llmux__upconn_t *conn);
 static void conn_close(llmux__upconn_t *conn);
 static void conn_fail(llmux__upconn_t *conn, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -311,6 +324,8 @@ static void conn_free(llmux__upconn_t *conn) {
   llmux_buf_free(&conn->head);
   llmux_buf_free(&conn->wbuf);
   llmux_buf_free(&conn->hbuf);
+  release_hdr(conn);
+  free(conn->addrs);
   free(conn);
   pool_maybe_closed(up);
 }
@@ -465,7 +480,13 @@ static void on_resolved(llmux_dns_req_t *dreq, int status, const struct sockaddr
     return;
   }
   assert(naddrs > 0);
-  for (i = 0; i < naddrs && i < LLMUX_COUNTOF(conn->addrs); i++)
+  if (naddrs > LLMUX_DNS_MAX_ADDRS) naddrs = LLMUX_DNS_MAX_ADDRS;
+  free(conn->addrs);
+  if ((conn->addrs = malloc(naddrs * sizeof(*conn->addrs))) == NULL) {
+    conn_fail(conn, LLMUX_ENOMEM, "cannot resolve %s: out of memory", conn->key->host);
+    return;
+  }
+  for (i = 0; i < naddrs; i++)
     memcpy(&conn->addrs[i], &addrs[i], addrs[i].ss_family == AF_INET6 ?
            sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
   conn->naddrs = (unsigned)i;
@@ -581,6 +602,9 @@ static int conn_flush(llmux__upconn_t *conn) {
 
 static void request_sent(llmux__upconn_t *conn) {
   conn->req_queued = 0;
+  /* Every byte of the head went out (or into the TLS engine): a retry on
+   * another connection builds its own. */
+  llmux_buf_free(&conn->head);
   /* First-byte time counts from the end of the request. */
   if (conn->req && conn->req->bytes_received == 0 && !conn->req->paused)
     conn_arm(conn, conn->req->first_byte_timeout_ms);
@@ -610,9 +634,12 @@ static int method_has_body(const char *m) {
 }
 
 /* "METHOD path HTTP/1.1", Host, the caller's lines, Content-Length. */
+/* Into the pool's head_scratch: a head the socket or the TLS engine takes
+ * at once needs no buffer of the connection's (send_plain keeps one it
+ * could not send whole). */
 static int build_head(llmux__upconn_t *conn, const llmux_upstream_req_t *req, size_t body_len) {
   const upkey_t *k = conn->key;
-  llmux_buf_t *h = &conn->head;
+  llmux_buf_t *h = &conn->up->head_scratch;
   int v6 = strchr(k->host, ':') != NULL;
   int r;
 
@@ -642,7 +669,8 @@ static int build_head(llmux__upconn_t *conn, const llmux_upstream_req_t *req, si
 
 static int send_tls(llmux__upconn_t *conn, const llmux_upstream_req_t *req) {
   unsigned i;
-  int r = llmux_tls_write(conn->tls, conn->head.base, conn->head.len);
+  const llmux_buf_t *h = &conn->up->head_scratch;
+  int r = llmux_tls_write(conn->tls, h->base, h->len);
   for (i = 0; r == 0 && i < req->nbody; i++)
     if (req->body[i].len) r = llmux_tls_write(conn->tls, req->body[i].base, req->body[i].len);
   if (r == 0) r = conn_flush(conn);
@@ -659,10 +687,15 @@ static int send_plain(llmux__upconn_t *conn, const llmux_upstream_req_t *req) {
     iov = malloc(n * sizeof(*iov));
     if (iov == NULL) return LLMUX_ENOMEM;
   }
-  iov[0] = uv_buf_init(conn->head.base, (unsigned)conn->head.len);
+  iov[0] = uv_buf_init(conn->up->head_scratch.base, (unsigned)conn->up->head_scratch.len);
   if (req->nbody) memcpy(iov + 1, req->body, req->nbody * sizeof(*iov));
   r = write_now_or_queue(conn, iov, n);
   if (iov != small) free(iov);
+  if (r == 0) { /* queued: the write refers to the head until on_write */
+    llmux_buf_free(&conn->head);
+    conn->head = conn->up->head_scratch;
+    memset(&conn->up->head_scratch, 0, sizeof conn->up->head_scratch);
+  }
   return r < 0 ? r : 0; /* conn_send marks it sent when nothing is queued */
 }
 
@@ -677,6 +710,8 @@ static int conn_send(llmux__upconn_t *conn) {
   for (i = 0; i < req->nbody; i++) body_len += req->body[i].len;
   r = build_head(conn, req, body_len);
   if (r != 0) return r;
+  free(conn->addrs); /* connected: no other address will be tried */
+  conn->addrs = NULL;
   llhttp_init(&conn->parser, HTTP_RESPONSE, &parser_settings);
   conn->parser.data = conn;
   conn->msg_done = conn->in_1xx = 0;
@@ -697,52 +732,100 @@ static int conn_send(llmux__upconn_t *conn) {
 
 /* ---- response parsing -------------------------------------------------- */
 
-/* A head that fits in one read is not copied: its fields are offsets into
- * the bytes being parsed (conn->chunk), which on_headers_complete lends on.
- * When a read ends inside the head, split_head copies what it has so far
- * into hbuf, and from then on each piece is appended there. */
+/* A head that fits in one read is neither copied nor given an array of its
+ * own: its fields are offsets into the bytes being parsed (conn->chunk), in
+ * the pool's scratch array, and on_headers_complete lends them on. When a
+ * read ends inside the head, park_head moves what it has so far into
+ * hbuf and an array of the connection's, and from then on each piece is
+ * appended there. After on_head nothing is kept (a stream holds none of
+ * it); fields after it are trailers, counted against the same limits but
+ * not kept. */
+static void release_hdr(llmux__upconn_t *conn) {
+  if (conn->hdr_scratch) conn->up->hdr_scratch_busy = 0;
+  else free(conn->hdr);
+  conn->hdr = NULL;
+  conn->hdr_cap = 0;
+  conn->hdr_scratch = 0;
+}
+
 static int on_message_begin(llhttp_t *p) {
   llmux__upconn_t *conn = p->data;
+  release_hdr(conn);
   conn->nhdr = 0;
+  conn->hbytes = 0;
   conn->hbuf.len = 0;
   conn->hstate = 0;
   conn->in_head = 1;
   conn->head_split = 0;
-  conn->head_bytes = 0;
+  conn->head_done = 0;
   return 0;
 }
 
-static int head_too_large(llmux__upconn_t *conn) {
-  conn->cb_err = LLMUX_EPROTO;
-  llhttp_set_error_reason(&conn->parser, "response headers too large");
+static int head_fail(llmux__upconn_t *conn, int err, const char *why) {
+  conn->cb_err = err;
+  llhttp_set_error_reason(&conn->parser, why);
   return -1;
 }
 
-/* Where a piece of the head is: its offset in hbuf (appended) or in chunk. */
+/* Counts a piece of the head (or of the trailers) against the limit; for
+ * the head, where it is: its offset in hbuf (appended) or in chunk. */
 static int header_bytes(llmux__upconn_t *conn, const char *at, size_t len, uint32_t *off) {
-  if (len > MAX_HEAD_BYTES - conn->head_bytes) return head_too_large(conn);
-  conn->head_bytes += (uint32_t)len;
+  if (len > MAX_HEAD_BYTES - conn->hbytes)
+    return head_fail(conn, LLMUX_EPROTO, "response headers too large");
+  conn->hbytes += len;
+  if (conn->head_done) return 0;
   if (!conn->head_split) {
     *off = (uint32_t)(at - conn->chunk);
     return 0;
   }
   *off = (uint32_t)conn->hbuf.len;
-  return llmux_buf_append(&conn->hbuf, at, len) != 0 ? head_too_large(conn) : 0;
+  return llmux_buf_append(&conn->hbuf, at, len) != 0
+             ? head_fail(conn, LLMUX_ENOMEM, "out of memory") : 0;
 }
 
-/* The read ended inside the head: its pieces so far go to hbuf. The piece
- * being read (the last field's name or value) goes last, so the rest of it
- * lands right after. */
-static int split_head(llmux__upconn_t *conn) {
+/* Room for one more field: the pool's scratch array when free, else an
+ * array of the connection's, grown as needed. */
+static int hdr_room(llmux__upconn_t *conn) {
+  size_t cap;
+  hdr_t *nh;
+  if (conn->hdr == NULL && !conn->head_split && !conn->up->hdr_scratch_busy) {
+    conn->up->hdr_scratch_busy = 1;
+    conn->hdr = conn->up->hdr_scratch;
+    conn->hdr_cap = MAX_HEADERS;
+    conn->hdr_scratch = 1;
+    return 0;
+  }
+  cap = conn->hdr_cap ? conn->hdr_cap * 2 : HDR_MIN;
+  if (cap > MAX_HEADERS) cap = MAX_HEADERS;
+  if ((nh = realloc(conn->hdr, cap * sizeof(*nh))) == NULL)
+    return head_fail(conn, LLMUX_ENOMEM, "out of memory");
+  conn->hdr = nh;
+  conn->hdr_cap = cap;
+  return 0;
+}
+
+/* The read ended inside the head: its pieces so far go to hbuf (the piece
+ * being read, the last field's name or value, last, so the rest of it
+ * lands right after), its fields to an array of the connection's. */
+static int park_head(llmux__upconn_t *conn) {
   size_t i;
   if (conn->head_split) return 0;
   conn->head_split = 1;
+  if (conn->hdr_scratch) {
+    hdr_t *own = malloc((conn->nhdr > HDR_MIN ? conn->nhdr : HDR_MIN) * sizeof(*own));
+    if (own == NULL) return head_fail(conn, LLMUX_ENOMEM, "out of memory");
+    memcpy(own, conn->hdr, conn->nhdr * sizeof(*own));
+    conn->up->hdr_scratch_busy = 0;
+    conn->hdr_scratch = 0;
+    conn->hdr = own;
+    conn->hdr_cap = conn->nhdr > HDR_MIN ? conn->nhdr : HDR_MIN;
+  }
   for (i = 0; i < conn->nhdr; i++) {
     hdr_t *h = &conn->hdr[i];
     uint32_t noff = (uint32_t)conn->hbuf.len;
     if (llmux_buf_append(&conn->hbuf, conn->chunk + h->noff, h->nlen) != 0 ||
         llmux_buf_append(&conn->hbuf, conn->chunk + h->voff, h->vlen) != 0)
-      return head_too_large(conn);
+      return head_fail(conn, LLMUX_ENOMEM, "out of memory");
     h->noff = noff;
     h->voff = noff + h->nlen;
   }
@@ -752,28 +835,35 @@ static int split_head(llmux__upconn_t *conn) {
 static int on_header_field(llhttp_t *p, const char *at, size_t len) {
   llmux__upconn_t *conn = p->data;
   hdr_t *h;
-  uint32_t off;
+  uint32_t off = 0;
   if (header_bytes(conn, at, len, &off) != 0) return -1;
   if (conn->hstate != 1) {
-    if (conn->nhdr == MAX_HEADERS) {
-      conn->cb_err = LLMUX_EPROTO;
-      llhttp_set_error_reason(p, "too many response headers");
-      return -1;
+    if (conn->nhdr == MAX_HEADERS)
+      return head_fail(conn, LLMUX_EPROTO, "too many response headers");
+    conn->hstate = 1;
+    if (conn->head_done) { /* a trailer: counted only */
+      conn->nhdr++;
+      return 0;
     }
+    if (conn->nhdr == conn->hdr_cap && hdr_room(conn) != 0) return -1;
     h = &conn->hdr[conn->nhdr++];
     h->noff = h->voff = off;
     h->nlen = h->vlen = 0;
-    conn->hstate = 1;
   }
-  conn->hdr[conn->nhdr - 1].nlen += (uint32_t)len;
+  if (!conn->head_done) conn->hdr[conn->nhdr - 1].nlen += (uint32_t)len;
   return 0;
 }
 
 static int on_header_value(llhttp_t *p, const char *at, size_t len) {
   llmux__upconn_t *conn = p->data;
-  hdr_t *h = &conn->hdr[conn->nhdr - 1];
-  uint32_t off;
+  hdr_t *h;
+  uint32_t off = 0;
   if (header_bytes(conn, at, len, &off) != 0) return -1;
+  if (conn->head_done || conn->nhdr == 0) { /* a trailer's: counted only */
+    conn->hstate = 2;
+    return 0;
+  }
+  h = &conn->hdr[conn->nhdr - 1];
   if (conn->hstate != 2) {
     h->voff = off;
     conn->hstate = 2;
@@ -809,8 +899,12 @@ static int on_headers_complete(llhttp_t *p) {
       pairs[2 * i + 1].len = conn->hdr[i].vlen;
     }
     req->on_head(req, status, pairs, conn->nhdr);
-    if (conn->req != req) return -1; /* cancelled */
   }
+  /* The caller copied what it keeps: nothing points into them now. */
+  release_hdr(conn);
+  llmux_buf_free(&conn->hbuf);
+  conn->head_done = 1;
+  if (conn->req != req) return -1; /* cancelled */
   return conn->head_method ? 1 : 0;
 }
 
@@ -854,8 +948,14 @@ static void conn_on_plain(llmux__upconn_t *conn, const char *data, size_t len) {
   if (!req->paused) conn_arm(conn, req->idle_timeout_ms);
   conn->chunk = data;
   err = llhttp_execute(&conn->parser, data, len);
+  /* The read's bytes go: a head still being read moves out of them and
+   * out of the pool's scratch array (the next read may be another's). */
+  if (conn->in_head && err == HPE_OK && conn->req == req) {
+    if (park_head(conn) != 0) err = HPE_USER;
+  } else if (conn->hdr_scratch) {
+    release_hdr(conn);
+  }
   if (conn->req != req) return; /* cancelled from a callback */
-  if (err == HPE_OK && conn->in_head && split_head(conn) != 0) err = HPE_USER;
   if (conn->msg_done) {
     left = (size_t)(data + len - llhttp_get_error_pos(&conn->parser));
     conn_complete(conn, left == 0);
@@ -997,6 +1097,7 @@ static void pool_free(llmux_upstream_t *up) {
     next = k->next;
     free(k);
   }
+  llmux_buf_free(&up->head_scratch);
   if (up->close_cb) up->close_cb(up);
   free(up);
 }

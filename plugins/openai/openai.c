@@ -40,9 +40,14 @@ typedef struct {
   unsigned features;     /* LLMUX_FEATURE_* */
 } openai_t;
 
-/* Usage sits in the last event of a stream and at the end of a plain body;
- * keep that many trailing bytes to find it without buffering the response. */
-#define TAIL_MAX 4096
+/* Usage sits in a "usage" object, in the last event of a stream and at the
+ * end of a plain body (at most a few hundred bytes from its key to the end,
+ * OpenAI's details included). The answer's last TAIL_MAX bytes are kept to
+ * find it in, without buffering the answer: a ring each read is copied
+ * into once (a stream's event costs a copy of itself, not a search). */
+#define TAIL_MAX 1024
+#define USAGE_KEY "\"usage\""
+#define USAGE_KEY_LEN 7
 
 /* The most tokens one request is believed to use; a provider's larger count
  * is a fault, not usage. */
@@ -54,13 +59,12 @@ typedef struct {
 
 typedef struct {
   llmux_buf_t model_json; /* the provider's model id as a JSON string */
-  size_t tail_len;        /* bytes kept in tail, up to TAIL_MAX */
-  size_t tail_end;        /* where the next one goes: tail is a ring */
-  size_t head_len;
+  size_t tail_len;        /* bytes kept in tail */
+  size_t tail_end;        /* where the next one goes */
+  llmux_buf_t head;       /* the first bytes, while a short first read left
+                             the model unseen; freed once it is decided */
   int model_done;         /* served_model found, or given up on */
-  /* written before they are read: never zeroed */
-  char head[HEAD_MAX];
-  char tail[TAIL_MAX];
+  char tail[TAIL_MAX];    /* a ring; written before it is read: never zeroed */
 } openai_txn_t;
 
 /* A bool key's value as the host validated it (true/false, yes/no, on/off, 1/0). */
@@ -144,11 +148,11 @@ static int openai_translate_request(void *instance, llmux_txn_t *txn) {
   if (t == NULL) {
     t = host->malloc(sizeof *t);
     if (t == NULL) return LLMUX_ENOMEM;
-    memset(t, 0, offsetof(openai_txn_t, head));
+    memset(t, 0, offsetof(openai_txn_t, tail));
     txn->data = t;
   }
   /* Another attempt (a failover after a 200 that was garbage) starts afresh. */
-  t->tail_len = t->tail_end = t->head_len = 0;
+  t->tail_len = t->tail_end = t->head.len = 0;
   t->model_done = 0;
   if (host->buf_append(&txn->path, path, strlen(path)) != 0) return LLMUX_ENOMEM;
   if (p->auth_line.len &&
@@ -174,8 +178,21 @@ static int openai_translate_request(void *instance, llmux_txn_t *txn) {
   return 0;
 }
 
-/* Each read's bytes go into the ring once (a stream's events cost what
- * they carry, not a shift of the whole tail each). */
+/* The last `"usage"` key in s[0..n): its opening quote, NULL when there
+ * is none. Found through its 'u's from the end (memrchr skips the bytes
+ * between). */
+static const char *last_usage(const char *s, size_t n) {
+  const char *u;
+  while (n > 0 && (u = memrchr(s, 'u', n)) != NULL) {
+    if (u > s && (size_t)(s + n - u) >= USAGE_KEY_LEN - 1 &&
+        memcmp(u - 1, USAGE_KEY, USAGE_KEY_LEN) == 0)
+      return u - 1;
+    n = (size_t)(u - s);
+  }
+  return NULL;
+}
+
+/* Each read's bytes go into the ring once. */
 static void keep_tail(openai_txn_t *t, const char *data, size_t len) {
   size_t first;
   if (len >= TAIL_MAX) {
@@ -246,19 +263,6 @@ static int count_at(const char *p, const char *end, size_t klen, int64_t *out, l
   return COUNT_BAD;
 }
 
-/* The last `"usage"` key in s[0..n), where the counts are: usage is among
- * the last bytes of an answer and of a stream. Found through its 'u's from
- * the end (memrchr skips the bytes between), so a stream's tail without
- * usage costs about a pass of memrchr. NULL: none. */
-static const char *last_usage(const char *s, size_t n) {
-  const char *u;
-  while (n > 0 && (u = memrchr(s, 'u', n)) != NULL) {
-    if (u > s && (size_t)(s + n - u) >= 6 && memcmp(u - 1, "\"usage\"", 7) == 0) return u - 1;
-    n = (size_t)(u - s);
-  }
-  return NULL;
-}
-
 /* The answer's usage for the host, and one log line when the provider's
  * numbers are not token counts (they stay unknown: the host estimates). */
 static void read_usage(const openai_t *p, openai_txn_t *t, llmux_txn_t *txn) {
@@ -266,14 +270,14 @@ static void read_usage(const openai_t *p, openai_txn_t *t, llmux_txn_t *txn) {
   int64_t *dst[2] = {&txn->usage.prompt_tokens, &txn->usage.completion_tokens};
   char why[160], tail[TAIL_MAX];
   size_t used = 0, n = tail_bytes(t, tail);
-  const char *usage = last_usage(tail, n), *at[2] = {NULL, NULL};
+  const char *usage = last_usage(tail, n), *at[2] = {NULL, NULL}, *end = tail + n;
   int i;
   /* The counts in the answer's last "usage" object on: a few quotes. */
-  if (usage != NULL) find_keys(usage, tail + n, keys, at);
+  if (usage != NULL) find_keys(usage, end, keys, at);
   for (i = 0; i < 2; i++) {
     llmux_str_t raw = {NULL, 0};
     int64_t v = -1;
-    if (count_at(at[i], tail + n, strlen(keys[i]), &v, &raw) == COUNT_BAD && used < sizeof why)
+    if (count_at(at[i], end, strlen(keys[i]), &v, &raw) == COUNT_BAD && used < sizeof why)
       used += (size_t)snprintf(why + used, sizeof why - used, "%s %.*s=%.*s", used ? "," : "",
                                (int)strlen(keys[i]) - 2, keys[i] + 1, (int)raw.len, raw.base);
     *dst[i] = v;
@@ -307,14 +311,14 @@ static int find_served_model(llmux_txn_t *txn, const char *data, size_t len) {
 /* Looks for the model in the first read, or, when reads are short, in the
  * first HEAD_MAX bytes gathered from several. */
 static void look_for_model(openai_txn_t *t, llmux_txn_t *txn, const char *data, size_t len) {
-  size_t n = len < HEAD_MAX - t->head_len ? len : HEAD_MAX - t->head_len;
-  if (t->head_len == 0 && (find_served_model(txn, data, len) || len >= HEAD_MAX)) {
+  size_t n = len < HEAD_MAX - t->head.len ? len : HEAD_MAX - t->head.len;
+  if (t->head.len == 0 && (find_served_model(txn, data, len) || len >= HEAD_MAX))
     t->model_done = 1;
-    return;
-  }
-  memcpy(t->head + t->head_len, data, n);
-  t->head_len += n;
-  t->model_done = find_served_model(txn, t->head, t->head_len) || t->head_len == HEAD_MAX;
+  else if (host->buf_append(&t->head, data, n) != 0)
+    t->model_done = 1; /* out of memory: the model goes unreported */
+  else
+    t->model_done = find_served_model(txn, t->head.base, t->head.len) || t->head.len == HEAD_MAX;
+  if (t->model_done) host->buf_free(&t->head);
 }
 
 static int openai_parse_response(void *instance, llmux_txn_t *txn, const char *data,
@@ -393,6 +397,7 @@ static void openai_txn_free(void *instance, llmux_txn_t *txn) {
   (void)instance;
   if (t == NULL) return;
   host->buf_free(&t->model_json);
+  host->buf_free(&t->head);
   host->free(t);
   txn->data = NULL;
 }
