@@ -27,8 +27,10 @@ static int fail(scan_t *s, const char *at, const char *msg) {
   return -1;
 }
 
-static void skip_ws(scan_t *s) {
-  while (s->p < s->end && (*s->p == ' ' || *s->p == '\n' || *s->p == '\r' || *s->p == '\t'))
+static inline void skip_ws(scan_t *s) {
+  /* Most places have none: one test for any byte above the blank. */
+  while (s->p < s->end && (unsigned char)*s->p <= ' ' &&
+         (*s->p == ' ' || *s->p == '\n' || *s->p == '\r' || *s->p == '\t'))
     s->p++;
 }
 
@@ -348,6 +350,12 @@ int llmux_json_unquote(llmux_str_t v, char *out, size_t cap) {
   const char *p = v.base + 1, *end = v.base + v.len - 1;
   size_t n = 0;
   if (v.len < 2 || v.base[0] != '"' || end[0] != '"') return LLMUX_EINVAL;
+  if (memchr(p, '\\', (size_t)(end - p)) == NULL) { /* nothing to unescape: one copy */
+    if ((size_t)(end - p) >= cap) return LLMUX_ETOOLARGE;
+    memcpy(out, p, (size_t)(end - p));
+    out[end - p] = '\0';
+    return 0;
+  }
   while (p < end) {
     char buf[4];
     size_t k = 1;

@@ -92,8 +92,12 @@ size_t llmux_u64_dec(char *out, uint64_t v) {
       "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
       "8081828384858687888990919293949596979899";
   size_t n = 1, i;
-  uint64_t t;
-  for (t = v; t >= 10; t /= 10) n++;
+  uint64_t t = v;
+  while (t >= 10000) { /* the length, four digits a step */
+    t /= 10000;
+    n += 4;
+  }
+  n += (t >= 10) + (t >= 100) + (t >= 1000);
   out[n] = '\0';
   i = n;
   while (v >= 100) {
@@ -113,14 +117,11 @@ size_t llmux_u64_dec(char *out, uint64_t v) {
 
 size_t llmux_u64_hex(char *out, uint64_t v, unsigned min_digits) {
   static const char hex[] = "0123456789abcdef";
-  char tmp[20];
-  size_t n = 0, i;
-  do {
-    tmp[n++] = hex[v & 15];
-    v >>= 4;
-  } while (v || n < min_digits);
-  for (i = 0; i < n; i++) out[i] = tmp[n - 1 - i];
+  size_t n = 1, i;
+  while (n < 16 && v >> (4 * n)) n++; /* the digits v needs */
+  if (n < min_digits) n = min_digits;
   out[n] = '\0';
+  for (i = n; i > 0; i--, v >>= 4) out[i - 1] = hex[v & 15]; /* zeros past v's digits */
   return n;
 }
 

@@ -271,10 +271,15 @@ static uint64_t fnv(uint64_t h, const char *s) {
   return h;
 }
 
+/* A key's hash from its provider's (fnv of the provider name): a route's
+ * two legs share the provider part. */
+static uint64_t key_hash_from(uint64_t hp, const char *model) {
+  uint64_t h = (hp ^ (model ? 0x1f : 0x1e)) * 1099511628211u;
+  return model ? fnv(h, model) : h;
+}
+
 static uint64_t key_hash(const llmux_rl_key_t *key) {
-  uint64_t h = fnv(14695981039346656037u, key->provider);
-  h = (h ^ (key->model ? 0x1f : 0x1e)) * 1099511628211u;
-  return key->model ? fnv(h, key->model) : h;
+  return key_hash_from(fnv(14695981039346656037u, key->provider), key->model);
 }
 
 static int key_matches(const entry_t *e, const llmux_rl_key_t *key) {
@@ -349,8 +354,9 @@ static uint64_t entry_wait(const entry_t *e, uint64_t tokens, uint64_t now) {
 /* The route's entry and its provider's, either possibly NULL. */
 static void legs(mem_store_t *m, const llmux_rl_key_t *key, entry_t *out[2]) {
   llmux_rl_key_t pk = {key->provider, NULL};
-  out[0] = lookup(m, key);
-  out[1] = key->model ? lookup(m, &pk) : NULL;
+  uint64_t hp = fnv(14695981039346656037u, key->provider);
+  out[0] = *find_slot(m, key, key_hash_from(hp, key->model));
+  out[1] = key->model ? *find_slot(m, &pk, key_hash_from(hp, NULL)) : NULL;
 }
 
 static int mem_set_limits(llmux_rl_store_t *s, const llmux_rl_key_t *key,

@@ -104,10 +104,15 @@ int llmux_usage_today(void) {
 }
 
 int llmux_usage_month_start(int day) {
+  /* Asked with each request's usage: each thread keeps its last answer. */
+  static _Thread_local int last_day = -1, last_start;
   int y;
   unsigned m, d;
+  if (day == last_day) return last_start;
   civil_from_days(day, &y, &m, &d);
-  return day - (int)d + 1;
+  last_start = day - (int)d + 1;
+  last_day = day;
+  return last_start;
 }
 
 int llmux_usage_next_month_start(int day) {

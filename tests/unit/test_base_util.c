@@ -110,6 +110,30 @@ static void any_bytes_give_a_valid_json_string(void **state) {
   }
 }
 
+/* Numbers as headers, ids, chunk sizes and log lines write them. */
+static void formats_numbers_in_decimal_and_hex(void **state) {
+  static const struct { uint64_t v; const char *dec; } d[] = {
+      {0, "0"}, {9, "9"}, {10, "10"}, {99, "99"}, {100, "100"}, {9999, "9999"},
+      {10000, "10000"}, {123456789, "123456789"}, {UINT64_MAX, "18446744073709551615"}};
+  static const struct { uint64_t v; unsigned min; const char *hex; } h[] = {
+      {0, 1, "0"}, {0, 4, "0000"}, {15, 1, "f"}, {16, 1, "10"}, {0xabc, 2, "abc"},
+      {0xabc, 6, "000abc"}, {0x2545f4914f6cdd1dull, 16, "2545f4914f6cdd1d"},
+      {1, 16, "0000000000000001"}, {UINT64_MAX, 1, "ffffffffffffffff"}};
+  char buf[32];
+  size_t i;
+  (void)state;
+  for (i = 0; i < sizeof d / sizeof d[0]; i++) {
+    memset(buf, 'x', sizeof buf);
+    assert_int_equal(llmux_u64_dec(buf, d[i].v), strlen(d[i].dec));
+    assert_string_equal(buf, d[i].dec);
+  }
+  for (i = 0; i < sizeof h / sizeof h[0]; i++) {
+    memset(buf, 'x', sizeof buf);
+    assert_int_equal(llmux_u64_hex(buf, h[i].v, h[i].min), strlen(h[i].hex));
+    assert_string_equal(buf, h[i].hex);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(escapes_quotes_backslashes_and_control_characters),
@@ -117,6 +141,7 @@ int main(void) {
     cmocka_unit_test(replaces_each_ill_formed_piece_with_u_fffd),
     cmocka_unit_test(keeps_a_raw_escape_sequence_as_text),
     cmocka_unit_test(any_bytes_give_a_valid_json_string),
+    cmocka_unit_test(formats_numbers_in_decimal_and_hex),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
