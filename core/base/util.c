@@ -45,18 +45,13 @@ int llmux_buf_reserve(llmux_buf_t *b, size_t extra) {
   return 0;
 }
 
-/* Keeps the buffer NUL-terminated (not counted in len) so it can be used as
- * a C string whenever its content is text. */
-int llmux_buf_append(llmux_buf_t *b, const void *data, size_t n) {
-  if (b->len + n + 1 > b->cap && llmux_buf_reserve(b, n) != 0) return LLMUX_ENOMEM;
+/* llmux_buf_append (util.h) when the buffer must grow first. */
+int llmux__buf_append_grow(llmux_buf_t *b, const void *data, size_t n) {
+  if (llmux_buf_reserve(b, n) != 0) return LLMUX_ENOMEM;
   if (n) memcpy(b->base + b->len, data, n);
   b->len += n;
   b->base[b->len] = '\0';
   return 0;
-}
-
-int llmux_buf_appends(llmux_buf_t *b, const char *s) {
-  return llmux_buf_append(b, s, strlen(s));
 }
 
 /* One vsnprintf when the result fits in the spare capacity (the common

@@ -24,8 +24,20 @@ char *llmux_xstrndup(const char *s, size_t n);
 
 /* Buffers: 0 on success, LLMUX_ENOMEM on failure (buffer left unchanged). */
 int llmux_buf_reserve(llmux_buf_t *b, size_t extra);
-int llmux_buf_append(llmux_buf_t *b, const void *data, size_t n);
-int llmux_buf_appends(llmux_buf_t *b, const char *s);
+int llmux__buf_append_grow(llmux_buf_t *b, const void *data, size_t n);
+/* Keeps the buffer NUL-terminated (not counted in len) so it can be used as
+ * a C string whenever its content is text. Inline: most appends find room,
+ * and a literal's length and copy then fold into a few moves. */
+static inline int llmux_buf_append(llmux_buf_t *b, const void *data, size_t n) {
+  if (b->cap - b->len <= n) return llmux__buf_append_grow(b, data, n);
+  if (n) memcpy(b->base + b->len, data, n);
+  b->len += n;
+  b->base[b->len] = '\0';
+  return 0;
+}
+static inline int llmux_buf_appends(llmux_buf_t *b, const char *s) {
+  return llmux_buf_append(b, s, strlen(s));
+}
 int llmux_buf_printf(llmux_buf_t *b, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 /* Decimal and hex digits of v into out (at least 21 bytes), NUL-terminated;

@@ -57,7 +57,7 @@ enum { ITEM_TEXT = 1, ITEM_TOOL };
 typedef struct item_s {
   int kind;
   int closed;
-  char id[96];
+  char id[112];             /* "fc_" or "msg_", the response id's base (80), "_", a number */
   json_t *call_id, *name;  /* ITEM_TOOL */
   llmux_buf_t buf;         /* the text, or the arguments, so far */
 } item_t;
