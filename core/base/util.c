@@ -45,6 +45,10 @@ int llmux_buf_reserve(llmux_buf_t *b, size_t extra) {
   return 0;
 }
 
+void llmux_zero(void *p, size_t n) {
+  memset(p, 0, n);
+}
+
 /* llmux_buf_append (util.h) when the buffer must grow first. */
 int llmux__buf_append_grow(llmux_buf_t *b, const void *data, size_t n) {
   if (llmux_buf_reserve(b, n) != 0) return LLMUX_ENOMEM;

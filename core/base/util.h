@@ -49,6 +49,10 @@ size_t llmux_u64_hex(char *out, uint64_t v, unsigned min_digits);
 int llmux_buf_append_json_str(llmux_buf_t *b, const char *s, size_t n);
 void llmux_buf_consume(llmux_buf_t *b, size_t n); /* drop n bytes at the front */
 void llmux_buf_free(llmux_buf_t *b);
+/* memset(p, 0, n) by libc's routine: for the large structs a request
+ * zeroes, which compilers otherwise expand to `rep stos` (an instruction
+ * a word, where libc's vector loop takes one for 32 bytes). */
+void llmux_zero(void *p, size_t n);
 
 /* "10s", "500ms", "2m", "1h", "1d"; a bare number is seconds. Result in ms.
  * 0 on success, LLMUX_EINVAL on anything else. */

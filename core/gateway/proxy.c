@@ -73,7 +73,6 @@ typedef struct proxy_s {
   int endpoint;
   int stream;
   unsigned caps;                  /* LLMUX_CAP_* the request needs */
-  char model_name[256];
   llmux_resolution_t res;
   llmux_passthrough_t *pt;        /* owned: res's model and route for
                                      PROVIDER/ANY-ID; NULL until one is needed */
@@ -122,7 +121,6 @@ typedef struct proxy_s {
   uint64_t resv_tokens;
   llmux_host_txn_t ht;
   llmux_provider_rt_t *txn_prov;  /* whose plugin owns ht.txn.data */
-  llmux_upstream_req_t up;
   int up_running;
   llmux_buf_t up_path;
   llmux_buf_t up_headers;
@@ -183,6 +181,8 @@ typedef struct proxy_s {
                                      by take_record, filled as facts become known,
                                      ended in proxy_free */
   char rid[160];                  /* set by take_record */
+  char model_name[256];           /* a C string: [0] set by proxy_new */
+  llmux_upstream_req_t up;        /* set whole by build_upstream (up_running) */
   uv_timer_t timer;               /* backoff before retrying a route (timer_live) */
   char native_ctype[128];         /* the provider's content-type, for the client */
   uv_buf_t iov[LLMUX_TXN_MAX_BODY_PARTS];
@@ -237,12 +237,16 @@ static proxy_t *proxy_new(llmux_gateway_t *gw) {
   proxy_t *p;
   size_t i;
   if (gw->nspare_proxies == 0) {
-    if ((p = malloc(sizeof *p)) != NULL) memset(p, 0, offsetof(proxy_t, rec));
+    if ((p = malloc(sizeof *p)) != NULL) {
+      memset(p, 0, offsetof(proxy_t, rec));
+      p->model_name[0] = '\0';
+    }
     return p;
   }
   p = gw->spare_proxies[--gw->nspare_proxies];
   for (i = 0; i < NKEPT; i++) keep[i] = *kept_buf(p, i);
   memset(p, 0, offsetof(proxy_t, rec));
+  p->model_name[0] = '\0';
   for (i = 0; i < NKEPT; i++) *kept_buf(p, i) = keep[i];
   return p;
 }

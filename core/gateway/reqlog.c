@@ -59,7 +59,7 @@ static void peer_string(const llmux_http_req_t *req, char *out, size_t cap) {
 void llmux_reqlog_begin(llmux_gateway_t *gw, llmux_reqlog_t *rec, const llmux_http_req_t *req,
                         const char *request_id) {
   uint64_t now_us = llmux_now_us();
-  memset(rec, 0, sizeof *rec);
+  llmux_zero(rec, sizeof *rec);
   rec->request_id = request_id;
   rec->prompt_tokens = rec->completion_tokens = -1;
   rec->cost_usd = -1;
