@@ -104,10 +104,13 @@ static int build(llmux_generation_t *g, const llmux_gen_shared_t *shared, uint64
  * Plugin instances are destroyed with the providers; the plugins stay in
  * the cache. */
 static void release(llmux_generation_t *g) {
+  size_t i;
   llmux_buf_free(&g->models_json);
   llmux_tenants_free(&g->tenants);
   free(g->tenant_series);
   g->tenant_series = NULL;
+  for (i = 0; g->route_series != NULL && i < g->cfg->nroutes; i++)
+    llmux_reqlog_route_release(&g->route_series[i]);
   free(g->route_series);
   g->route_series = NULL;
   llmux_router_free(g->router);

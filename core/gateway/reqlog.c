@@ -308,11 +308,16 @@ static size_t str_room(const char *s) {
   return s && *s ? 6 * strlen(s) + 2 : 4; /* a byte escapes to at most \uXXXX; null */
 }
 
-static size_t line_room(const llmux_reqlog_t *rec, size_t nattempts) {
+/* r: the route's log text stands for its names (and, where they are its
+ * own, an attempt's). */
+static size_t line_room(const llmux_reqlog_t *rec, size_t nattempts,
+                        const llmux_reqlog_route_t *r) {
   size_t i, n = LINE_FIXED + str_room(rec->request_id) + str_room(rec->tenant) +
-                str_room(rec->endpoint) + str_room(rec->model) + str_room(rec->canonical_model) +
-                str_room(rec->provider) + str_room(rec->provider_model) +
-                str_room(rec->error_code) + str_room(rec->client_ip);
+                str_room(rec->endpoint) + str_room(rec->model) + str_room(rec->error_code) +
+                str_room(rec->client_ip);
+  n += r != NULL ? r->log_names_len + r->log_attempt_len
+                 : str_room(rec->canonical_model) + str_room(rec->provider) +
+                       str_room(rec->provider_model);
   for (i = 0; i < nattempts; i++)
     n += ATTEMPT_FIXED + str_room(rec->attempts[i].provider) + str_room(rec->attempts[i].model);
   return n;
@@ -427,15 +432,65 @@ static void put_time(line_t *l, uint64_t unix_ns) {
   PUT(l, "Z");
 }
 
-static void put_attempts(line_t *l, const llmux_reqlog_attempt_t *a, size_t n) {
+/* The route's log text (reqlog.h), made on first use. */
+static char *route_text(const char *const *keys, const char *const *vals, size_t n,
+                        size_t *len) {
+  llmux_buf_t b = {0};
+  size_t i;
+  int rc = 0;
+  for (i = 0; i < n; i++) {
+    rc |= llmux_buf_appends(&b, keys[i]);
+    rc |= vals[i] && *vals[i] ? llmux_buf_append_json_str(&b, vals[i], strlen(vals[i]))
+                              : llmux_buf_appends(&b, "null");
+  }
+  if (rc != 0) {
+    llmux_buf_free(&b);
+    return NULL;
+  }
+  *len = b.len;
+  return b.base;
+}
+
+/* The record's route's log text, when its names are the route's own (not
+ * a passthrough's client-given id); NULL otherwise. */
+static const llmux_reqlog_route_t *log_route(const llmux_reqlog_t *rec) {
+  llmux_reqlog_route_t *r = rec->route_series;
+  if (r == NULL || rec->passthrough) return NULL;
+  if (r->log_names == NULL) {
+    static const char *const nk[] = {",\"canonical_model\":", ",\"provider\":",
+                                     ",\"provider_model\":"};
+    static const char *const ak[] = {"{\"provider\":", ",\"model\":"};
+    const char *nv[] = {r->canonical, r->provider, r->model}, *av[] = {r->provider, r->model};
+    if ((r->log_names = route_text(nk, nv, 3, &r->log_names_len)) == NULL) return NULL;
+    if ((r->log_attempt = route_text(ak, av, 2, &r->log_attempt_len)) == NULL) {
+      free(r->log_names);
+      r->log_names = NULL;
+      return NULL;
+    }
+  }
+  return r;
+}
+
+void llmux_reqlog_route_release(llmux_reqlog_route_t *r) {
+  free(r->log_names);
+  free(r->log_attempt);
+  r->log_names = r->log_attempt = NULL;
+}
+
+static void put_attempts(line_t *l, const llmux_reqlog_attempt_t *a, size_t n,
+                         const llmux_reqlog_route_t *r) {
   size_t i;
   PUT(l, ",\"attempts\":[");
   for (i = 0; i < n; i++, a++) {
     if (i) PUT(l, ",");
-    PUT(l, "{\"provider\":");
-    put_str(l, a->provider);
-    PUT(l, ",\"model\":");
-    put_str(l, a->model);
+    if (r != NULL && a->provider == r->provider && a->model == r->model) {
+      put(l, r->log_attempt, r->log_attempt_len);
+    } else {
+      PUT(l, "{\"provider\":");
+      put_str(l, a->provider);
+      PUT(l, ",\"model\":");
+      put_str(l, a->model);
+    }
     PUT(l, ",\"outcome\":\"");
     put(l, llmux_attempt_outcome_name(a->outcome), strlen(llmux_attempt_outcome_name(a->outcome)));
     PUT(l, "\",\"ms\":");
@@ -448,8 +503,13 @@ static void put_attempts(line_t *l, const llmux_reqlog_attempt_t *a, size_t n) {
 int llmux_reqlog_json(llmux_buf_t *out, const llmux_reqlog_t *rec) {
   size_t n = rec->nattempts < LLMUX_REQLOG_MAX_ATTEMPTS ? rec->nattempts
                                                          : LLMUX_REQLOG_MAX_ATTEMPTS;
+  const llmux_reqlog_route_t *r = log_route(rec);
   line_t l;
-  if (llmux_buf_reserve(out, line_room(rec, n)) != 0) return LLMUX_ENOMEM;
+  /* the route's names, when r's, are its log text: */
+  if (r != NULL && (rec->canonical_model != r->canonical || rec->provider != r->provider ||
+                    rec->provider_model != r->model))
+    r = NULL;
+  if (llmux_buf_reserve(out, line_room(rec, n, r)) != 0) return LLMUX_ENOMEM;
   l.b = out;
   l.w = out->base + out->len;
   PUT(&l, "{\"time\":\"");
@@ -462,17 +522,21 @@ int llmux_reqlog_json(llmux_buf_t *out, const llmux_reqlog_t *rec) {
   put_str(&l, rec->endpoint);
   PUT(&l, ",\"model\":");
   put_str(&l, rec->model);
-  PUT(&l, ",\"canonical_model\":");
-  put_str(&l, rec->canonical_model);
-  PUT(&l, ",\"provider\":");
-  put_str(&l, rec->provider);
-  PUT(&l, ",\"provider_model\":");
-  put_str(&l, rec->provider_model);
+  if (r != NULL) {
+    put(&l, r->log_names, r->log_names_len);
+  } else {
+    PUT(&l, ",\"canonical_model\":");
+    put_str(&l, rec->canonical_model);
+    PUT(&l, ",\"provider\":");
+    put_str(&l, rec->provider);
+    PUT(&l, ",\"provider_model\":");
+    put_str(&l, rec->provider_model);
+  }
   PUT(&l, ",\"status\":");
   put_int(&l, rec->status);
   PUT(&l, ",\"error_code\":");
   put_str(&l, rec->error_code);
-  put_attempts(&l, rec->attempts, n);
+  put_attempts(&l, rec->attempts, n, log_route(rec));
   if (rec->stream) PUT(&l, ",\"stream\":true");
   else PUT(&l, ",\"stream\":false");
   PUT(&l, ",\"prompt_tokens\":");

@@ -73,7 +73,15 @@ typedef struct llmux_reqlog_route_s {
   const llmux_obs_t *obs;                  /* whose series; NULL: none found yet */
   const char *operation;                   /* the GenAI series' operation */
   llmux_series_t *duration_ok, *tokens_in, *tokens_out, *attempt_ok;
+  /* The access log's text of the route, escaped once, on first use:
+   * `,"canonical_model":C,"provider":P,"provider_model":M` and
+   * `{"provider":P,"model":M` (NULL: not yet, or no memory). */
+  char *log_names, *log_attempt;
+  size_t log_names_len, log_attempt_len;
 } llmux_reqlog_route_t;
+
+/* Frees what r holds (its log text), not r. */
+void llmux_reqlog_route_release(llmux_reqlog_route_t *r);
 
 /* "*": the model label of passthrough routes (one address, compared). */
 extern const char llmux_reqlog_star[];

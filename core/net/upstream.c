@@ -104,11 +104,12 @@ struct llmux__upconn_s {
   unsigned msg_done : 1;
   unsigned in_1xx : 1;
   unsigned head_method : 1;
-  unsigned hstate : 2;            /* 0 none, 1 in a field, 2 in a value */
-  unsigned in_head : 1;           /* between message begin and headers complete */
-  unsigned head_split : 1;        /* the head spans reads: its bytes are in hbuf */
-  unsigned head_done : 1;         /* on_head ran: fields after it are trailers */
-  unsigned hdr_scratch : 1;       /* hdr is the pool's scratch array */
+  /* Bytes, not bit-fields: the parser's callbacks test them each field. */
+  uint8_t hstate;                 /* 0 none, 1 in a field, 2 in a value */
+  uint8_t in_head;                /* between message begin and headers complete */
+  uint8_t head_split;             /* the head spans reads: its bytes are in hbuf */
+  uint8_t head_done;              /* on_head ran: fields after it are trailers */
+  uint8_t hdr_scratch;            /* hdr is the pool's scratch array */
   /* Held while they are in use only: a connection that waits for the
    * response's next bytes keeps none of them. */
   llmux_buf_t head;               /* request head, until sent; plain:

@@ -322,6 +322,63 @@ static void test_a_tenants_kept_series_count_like_lookups(void **state) {
   free(text);
 }
 
+/* A route's kept series and log text (reqlog.h) give what lookups give:
+ * the same access-log line, names that need escaping (a quote, a
+ * backslash) escaped once and kept; an attempt on another route written
+ * as it is; and the same counts. A passthrough route's client-given id is
+ * never the kept text. */
+static void test_a_routes_kept_series_and_log_text_match_lookups(void **state) {
+  static const char prov[] = "pr\"ov", canon[] = "can\\on", id[] = "id\"1";
+  llmux_reqlog_route_t slot;
+  llmux_reqlog_t rec;
+  llmux_buf_t kept = {0}, looked = {0};
+  char *text;
+  int i;
+  memset(&slot, 0, sizeof slot);
+  slot.provider = prov;
+  slot.canonical = canon;
+  slot.model = id;
+  for (i = 0; i < 4; i++) {
+    begin(&rec, "chat");
+    rec.operation = "chat";
+    rec.model = "gpt-4";
+    llmux_reqlog_attempt_begin(&rec, "other", "o-id", 0);
+    llmux_reqlog_attempt_end(&gw, &rec, LLMUX_ATTEMPT_SERVER_ERROR, 500);
+    llmux_reqlog_attempt_begin(&rec, prov, id, 0);
+    llmux_reqlog_attempt_end(&gw, &rec, LLMUX_ATTEMPT_OK, 200);
+    rec.canonical_model = canon;
+    rec.provider = prov;
+    rec.provider_model = id;
+    rec.status = 200;
+    rec.prompt_tokens = 4;
+    rec.completion_tokens = 2;
+    rec.duration_ns = 1000000;
+    rec.route_series = i % 2 ? &slot : NULL;
+    llmux_reqlog_done(&gw, &rec);
+    if (i == 2) assert_int_equal(llmux_reqlog_json(&looked, &rec), 0);
+    if (i == 3) assert_int_equal(llmux_reqlog_json(&kept, &rec), 0);
+  }
+  assert_non_null(slot.log_names); /* made and kept */
+  /* the same fields: the lines differ in their time only */
+  assert_int_equal(kept.len, looked.len);
+  assert_memory_equal(kept.base + 36, looked.base + 36, kept.len - 36);
+  assert_non_null(strstr(kept.base, ",\"canonical_model\":\"can\\\\on\",\"provider\":\"pr\\\"ov\","
+                                    "\"provider_model\":\"id\\\"1\""));
+  assert_non_null(strstr(kept.base, "{\"provider\":\"other\",\"model\":\"o-id\",\"outcome\":\"server_error\""));
+  text = scrape();
+  assert_has(text, "llmux_upstream_attempts_total{provider=\"pr\\\"ov\",model=\"id\\\"1\",outcome=\"ok\"} 4\n");
+  free(text);
+  /* a passthrough's record: its own id in the line, not the route's text */
+  rec.passthrough = 1;
+  rec.provider_model = "client/any-id";
+  kept.len = 0;
+  assert_int_equal(llmux_reqlog_json(&kept, &rec), 0);
+  assert_non_null(strstr(kept.base, "\"provider_model\":\"client/any-id\""));
+  llmux_reqlog_route_release(&slot);
+  llmux_buf_free(&kept);
+  llmux_buf_free(&looked);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       T(test_a_served_stream_moves_every_series_it_concerns),
@@ -334,6 +391,7 @@ int main(void) {
       T(test_what_is_unknown_is_null_and_odd_bytes_stay_valid_json),
       T(test_outcome_names_are_the_label_values),
       T(test_a_tenants_kept_series_count_like_lookups),
+      T(test_a_routes_kept_series_and_log_text_match_lookups),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
