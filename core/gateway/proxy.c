@@ -209,11 +209,11 @@ static int64_t wall_ms(void) {
 /* ---- proxies kept for reuse --------------------------------------------- */
 
 /* A finished proxy is kept (up to SPARE_MAX per gateway) with its buffers
- * emptied but allocated, those not above SPARE_BUF_MAX: the next request
- * then grows none of them again. The client's body is the request's and
- * goes with it. */
+ * emptied but allocated, those not above SPARE_BUF_MAX (a stream's batch
+ * of events fits): the next request then grows none of them again. The
+ * client's body is the request's and goes with it. */
 #define SPARE_MAX 8
-#define SPARE_BUF_MAX 16384
+#define SPARE_BUF_MAX 65536
 
 static const size_t kept_bufs[] = {
     offsetof(proxy_t, tried),        offsetof(proxy_t, skipped),
@@ -828,6 +828,7 @@ static void end_stream_as(proxy_t *p, const char *type, const char *code, const 
   if (p->in != NULL) {
     p->in->stream_error(p->in_state, type, code, msg, &ev);
     llmux_http_write_buf(p->client, &ev);
+    llmux_buf_free(&ev);
     llmux_http_end(p->client);
     proxy_finish(p);
     return;
@@ -842,6 +843,7 @@ static void end_stream_as(proxy_t *p, const char *type, const char *code, const 
   }
   llmux_buf_appends(&ev, "\n\n");
   llmux_http_write_buf(p->client, &ev);
+  llmux_buf_free(&ev);
   llmux_http_end(p->client);
   proxy_finish(p);
 }
@@ -1026,6 +1028,7 @@ static void cache_hit(proxy_t *p, const llmux_cache_answer_t *a) {
   p->rec.output_chunks++;
   llmux_http_start(p->client, 200, h, n);
   llmux_http_write_buf(p->client, &b);
+  llmux_buf_free(&b);
   llmux_http_end(p->client);
   proxy_finish(p);
 }

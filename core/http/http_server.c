@@ -334,7 +334,7 @@ static void on_write(uv_write_t *w, int status) {
  * bufs[owned_idx] stay in `owned` (freed after the write), the other bufs
  * are borrowed and copied. Errors from the socket arrive in on_write. */
 static int conn_write(llmux__http_conn_t *c, http_req_t *r, uv_buf_t *bufs,
-                      unsigned n, int owned_idx, char *owned) {
+                      unsigned n, int owned_idx, char *owned, int *kept) {
   size_t total = 0, done = 0, copy = 0;
   unsigned i, j, k = 0;
   wreq_t *w;
@@ -348,7 +348,11 @@ static int conn_write(llmux__http_conn_t *c, http_req_t *r, uv_buf_t *bufs,
     rc = uv_try_write((uv_stream_t *)&c->tcp, bufs, n);
     if (rc > 0) done = (size_t)rc;
   }
-  if (done == total) { free(owned); return 0; }
+  if (done == total) {
+    if (kept != NULL) *kept = 1; /* all went at once: owned stays the caller's */
+    else free(owned);
+    return 0;
+  }
   for (i = 0; done > 0 && done >= bufs[i].len; i++) done -= bufs[i].len;
   bufs[i].base += done;
   bufs[i].len -= done;
@@ -767,7 +771,7 @@ static void conn_error(llmux__http_conn_t *c, int status, const char *code,
                                                     body.len, 1, 0));
   bufs[1] = uv_buf_init(body.base, (unsigned)body.len);
   disarm(c);
-  conn_write(c, NULL, bufs, 2, 1, body.base);
+  conn_write(c, NULL, bufs, 2, 1, body.base, NULL);
   conn_shutdown(c);
 }
 
@@ -1056,7 +1060,7 @@ static int on_headers_complete(llhttp_t *p) {
   arm(c, c->srv->opts.header_timeout_ms);
   if (c->send_continue) {
     buf = uv_buf_init((char *)cont, sizeof(cont) - 1);
-    conn_write(c, NULL, &buf, 1, -1, NULL);
+    conn_write(c, NULL, &buf, 1, -1, NULL, NULL);
   }
   return 0;
 }
@@ -1550,9 +1554,9 @@ static int respond(http_req_t *r, int status, const llmux_http_header_t *h, size
   bufs[1] = uv_buf_init((char *)body, (unsigned)len);
   if (r->no_body || framing == FRAME_NONE || len == 0) {
     free(owned);
-    rc = conn_write(c, r, bufs, 1, -1, NULL);
+    rc = conn_write(c, r, bufs, 1, -1, NULL, NULL);
   } else {
-    rc = conn_write(c, r, bufs, 2, owned ? 1 : -1, owned);
+    rc = conn_write(c, r, bufs, 2, owned ? 1 : -1, owned, NULL);
   }
   if (head != stack) free(head);
   req_finish(r);
@@ -1619,12 +1623,12 @@ int llmux_http_start(llmux_http_req_t *req, int status, const llmux_http_header_
   buf.len = format_head(head, status, headers, nheaders,
                         r->chunked ? FRAME_CHUNKED : FRAME_NONE, 0,
                         !req->keep_alive || winding_down(c->srv), req->version_minor == 0);
-  rc = conn_write(c, r, &buf, 1, -1, NULL);
+  rc = conn_write(c, r, &buf, 1, -1, NULL, NULL);
   if (head != stack) free(head);
   return rc;
 }
 
-static int write_chunk(http_req_t *r, const char *data, size_t len, char *owned) {
+static int write_chunk(http_req_t *r, const char *data, size_t len, char *owned, int *kept) {
   llmux__http_conn_t *c = r->conn;
   char size_line[24];
   uv_buf_t bufs[3];
@@ -1643,10 +1647,10 @@ static int write_chunk(http_req_t *r, const char *data, size_t len, char *owned)
     }
     bufs[1] = uv_buf_init((char *)data, (unsigned)len);
     bufs[2] = uv_buf_init((char *)"\r\n", 2);
-    rc = conn_write(c, r, bufs, 3, owned ? 1 : -1, owned);
+    rc = conn_write(c, r, bufs, 3, owned ? 1 : -1, owned, kept);
   } else {
     bufs[0] = uv_buf_init((char *)data, (unsigned)len);
-    rc = conn_write(c, r, bufs, 1, owned ? 0 : -1, owned);
+    rc = conn_write(c, r, bufs, 1, owned ? 0 : -1, owned, kept);
   }
   if (rc < 0) return rc;
   q = write_queue(c);
@@ -1664,13 +1668,20 @@ static int write_chunk(http_req_t *r, const char *data, size_t len, char *owned)
 }
 
 int llmux_http_write(llmux_http_req_t *req, const void *data, size_t len) {
-  return write_chunk((http_req_t *)req, data, len, NULL);
+  return write_chunk((http_req_t *)req, data, len, NULL, NULL);
 }
 
 int llmux_http_write_buf(llmux_http_req_t *req, llmux_buf_t *buf) {
   llmux_buf_t b = *buf;
+  int kept = 0, rc;
   memset(buf, 0, sizeof(*buf));
-  return write_chunk((http_req_t *)req, b.base, b.len, b.base);
+  rc = write_chunk((http_req_t *)req, b.base, b.len, b.base, &kept);
+  if (kept) { /* written at once: the caller's buffer, emptied, to fill again */
+    *buf = b;
+    buf->len = 0;
+    buf->base[0] = '\0';
+  }
+  return rc;
 }
 
 int llmux_http_end(llmux_http_req_t *req) {
@@ -1679,7 +1690,7 @@ int llmux_http_end(llmux_http_req_t *req) {
   int rc = 0;
   if (!req_usable(r)) return LLMUX_ECANCELED;
   if (!r->started) return LLMUX_EINVAL;
-  if (r->chunked) rc = conn_write(r->conn, r, &buf, 1, -1, NULL);
+  if (r->chunked) rc = conn_write(r->conn, r, &buf, 1, -1, NULL, NULL);
   req_finish(r);
   return rc;
 }

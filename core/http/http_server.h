@@ -292,7 +292,10 @@ int llmux_http_error_json(llmux_buf_t *out, const char *type, const char *code,
 int llmux_http_start(llmux_http_req_t *req, int status,
                      const llmux_http_header_t *headers, size_t nheaders);
 int llmux_http_write(llmux_http_req_t *req, const void *data, size_t len);
-/* Takes ownership of buf->base (freed with free() after the write); *buf is zeroed. */
+/* Writes buf's bytes without copying them. When the socket takes them all
+ * at once, *buf is left to the caller emptied (to fill again, no new
+ * allocation); else the write owns buf->base (freed with free() after it)
+ * and *buf is zeroed. */
 int llmux_http_write_buf(llmux_http_req_t *req, llmux_buf_t *buf);
 int llmux_http_end(llmux_http_req_t *req);
 
