@@ -90,6 +90,19 @@ __attribute__((target("avx2"))) static const char *skip_plain_avx2(const char *p
                                                                   const char *end) {
   const __m256i quote = _mm256_set1_epi8('"'), bslash = _mm256_set1_epi8('\\');
   const __m256i space = _mm256_set1_epi8(0x20);
+  while (end - p >= 64) { /* long strings (a prompt): 64 bytes a test */
+    __m256i a = _mm256_loadu_si256((const __m256i *)(const void *)p);
+    __m256i b = _mm256_loadu_si256((const __m256i *)(const void *)(p + 32));
+    __m256i m = _mm256_or_si256(
+        _mm256_or_si256(
+            _mm256_or_si256(_mm256_cmpeq_epi8(a, quote), _mm256_cmpeq_epi8(a, bslash)),
+            _mm256_cmpgt_epi8(space, a)),
+        _mm256_or_si256(
+            _mm256_or_si256(_mm256_cmpeq_epi8(b, quote), _mm256_cmpeq_epi8(b, bslash)),
+            _mm256_cmpgt_epi8(space, b)));
+    if (!_mm256_testz_si256(m, m)) break; /* which byte: the loop below says */
+    p += 64;
+  }
   while (end - p >= 32) {
     __m256i v = _mm256_loadu_si256((const __m256i *)(const void *)p);
     __m256i m = _mm256_or_si256(
