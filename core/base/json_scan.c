@@ -17,6 +17,7 @@ typedef struct {
   int probe_hit;
   int escaped;         /* the last string scanned holds a backslash */
   const char *dup_at;  /* the second occurrence of a field's key, if any */
+  llmux_json_field_t *cur; /* the top-level field whose value is being scanned */
 } scan_t;
 
 static int fail(scan_t *s, const char *at, const char *msg) {
@@ -259,8 +260,10 @@ static int scan_container(scan_t *s, int depth, int is_object, llmux_json_field_
       skip_ws(s);
     }
     vstart = s->p;
+    s->cur = field != NULL ? field : s->cur;
     if (scan_value(s, depth + 1, &t) != 0) return -1;
     if (field != NULL) {
+      s->cur = NULL;
       field->type = t;
       field->value.base = vstart;
       field->value.len = (size_t)(s->p - vstart);
@@ -272,12 +275,22 @@ static int scan_container(scan_t *s, int depth, int is_object, llmux_json_field_
   }
 }
 
+/* depth: 1 for a top-level field's value, 2 for what is directly in it. */
 static int scan_value(scan_t *s, int depth, llmux_json_type_t *type) {
   if (s->p >= s->end) return fail(s, s->p, "unexpected end of input");
   switch (*s->p) {
-    case '{': *type = LLMUX_JSON_OBJECT; return scan_container(s, depth, 1, NULL, 0);
+    case '{':
+      *type = LLMUX_JSON_OBJECT;
+      if (s->cur != NULL && depth == 2) s->cur->objects++;
+      return scan_container(s, depth, 1, NULL, 0);
     case '[': *type = LLMUX_JSON_ARRAY; return scan_container(s, depth, 0, NULL, 0);
-    case '"': *type = LLMUX_JSON_STRING; return scan_string(s);
+    case '"': {
+      const char *open = s->p;
+      *type = LLMUX_JSON_STRING;
+      if (scan_string(s) != 0) return -1;
+      if (s->cur != NULL) s->cur->text_bytes += (uint64_t)(s->p - open - 2);
+      return 0;
+    }
     case 't': *type = LLMUX_JSON_TRUE; return scan_literal(s, "true");
     case 'f': *type = LLMUX_JSON_FALSE; return scan_literal(s, "false");
     case 'n': *type = LLMUX_JSON_NULL; return scan_literal(s, "null");
@@ -298,13 +311,15 @@ static void clear_fields(llmux_json_field_t *fields, size_t nfields) {
     fields[i].value.base = NULL;
     fields[i].value.len = 0;
     fields[i].count = 0;
+    fields[i].text_bytes = fields[i].objects = 0;
   }
 }
 
 int llmux_json_scan_probe(const char *body, size_t len, llmux_json_field_t *fields,
                           size_t nfields, const char *probe, int *probe_hit, size_t *err_off,
                           const char **err_msg) {
-  scan_t s = {body, body + len, body, NULL, NULL, probe, probe ? strlen(probe) : 0, 0, 0, NULL};
+  scan_t s = {body, body + len, body, NULL, NULL, probe, probe ? strlen(probe) : 0, 0, 0, NULL,
+              NULL};
   assert(s.probe_len < KEY_MAX);
   clear_fields(fields, nfields);
   skip_ws(&s);

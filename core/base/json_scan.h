@@ -8,6 +8,7 @@
 #define LLMUX_JSON_SCAN_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "llmux/common.h"
 
@@ -27,6 +28,10 @@ typedef struct llmux_json_field_s {
   llmux_json_type_t type; /* out */
   llmux_str_t value;      /* out: the value's bytes (strings keep their quotes) */
   unsigned count;         /* out: how often the key occurs at the top level */
+  /* out, what a token estimate reads of the value: the bytes of its strings
+   * (not keys; as written, escapes included) and the objects directly in it */
+  uint64_t text_bytes;
+  uint64_t objects;
 } llmux_json_field_t;
 
 /* Scans body[0..len): it must be one JSON object (surrounding white space

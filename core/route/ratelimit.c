@@ -32,37 +32,6 @@ static int parse_u64(const char *s, size_t n, uint64_t *out) {
 
 /* ---- Token estimates --------------------------------------------------- */
 
-/* Bytes of string values (not keys) in one JSON value that json_scan has
- * already validated, and the number of objects directly inside it (the
- * messages of a "messages" array). */
-static void count_text(llmux_str_t v, uint64_t *bytes, uint64_t *objects) {
-  const char *p = v.base, *end = v.base + v.len, *start, *q, *r;
-  int depth = 0;
-  while (p < end) {
-    char c = *p++;
-    if (c == '{' || c == '[') {
-      if (c == '{' && depth == 1) (*objects)++;
-      depth++;
-    } else if (c == '}' || c == ']') {
-      depth--;
-    } else if (c == '"') {
-      /* The string's end: the next quote not escaped by an odd run of
-       * backslashes, found with memchr (strings are most of a request). */
-      for (start = p;;) {
-        size_t bs = 0;
-        q = memchr(p, '"', (size_t)(end - p));
-        if (q == NULL) return;
-        for (r = q; r > start && r[-1] == '\\'; r--) bs++;
-        p = q + 1;
-        if (bs % 2 == 0) break;
-      }
-      q = p;
-      while (q < end && (*q == ' ' || *q == '\n' || *q == '\r' || *q == '\t')) q++;
-      if (q == end || *q != ':') *bytes += (uint64_t)(p - 1 - start);
-    }
-  }
-}
-
 static const llmux_json_field_t *field(const llmux_json_field_t *f, size_t n, const char *key) {
   size_t i;
   for (i = 0; i < n; i++)
@@ -78,10 +47,9 @@ uint64_t llmux_rl_estimate_parts(const llmux_json_field_t *const parts[LLMUX_RL_
   uint64_t bytes = 0, msgs = 0;
   size_t i;
   for (i = 0; i < LLMUX_RL_EST_NPARTS; i++) {
-    uint64_t objs = 0;
     if (!present(parts[i])) continue;
-    count_text(parts[i]->value, &bytes, &objs);
-    if (i == 0) msgs = objs;
+    bytes += parts[i]->text_bytes; /* counted by the scan that found it */
+    if (i == 0) msgs = parts[i]->objects;
   }
   return (bytes + 3) / 4 + 4 * msgs + 3;
 }
