@@ -17,7 +17,9 @@
 #include "gateway/obs.h"
 #include "gateway/otlp.h"
 
-#define LLMUX_REQLOG_MAX_ATTEMPTS 16
+/* Attempts kept whole (the access log's, the trace's spans); more are counted.
+ * max_attempts is 4 by default: 8 leaves room, at 56 bytes each a request. */
+#define LLMUX_REQLOG_MAX_ATTEMPTS 8
 
 /* Outcome of one upstream attempt; also the `outcome` label of
  * llmux_upstream_attempts_total. */
