@@ -84,6 +84,9 @@ async function fleet(opts = {}, workers = 2) {
   live.push(gw);
   gw.exited = once(gw.proc, "exit").then(([code, signal]) => code ?? signal);
   await until(() => count(gw.stderr(), LISTENING) >= workers, `${workers} workers listening`);
+  // The master's "started" lines and the workers' "listening" lines are
+  // written by different processes: either may reach the pipe first.
+  await until(() => Object.keys(workerPids(gw)).length >= workers, `${workers} workers' pids logged`);
   return gw;
 }
 
