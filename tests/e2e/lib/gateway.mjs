@@ -72,7 +72,9 @@ export function startGateway(config, env = {}, opts = {}) {
         });
       }
     });
-    proc.on("exit", (code) => {
+    // "close", not "exit": it comes once stderr is read to its end, so the
+    // error carries what llmux said before exiting.
+    proc.on("close", (code) => {
       clearTimeout(timer);
       reject(new Error(`llmux exited with ${code}:\n${err}`));
     });
