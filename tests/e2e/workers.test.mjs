@@ -82,7 +82,9 @@ function workerPids(gw) {
 async function fleet(opts = {}, workers = 2) {
   const gw = await startGateway(config(opts), { MOCK_KEY: KEY });
   live.push(gw);
-  gw.exited = once(gw.proc, "exit").then(([code, signal]) => code ?? signal);
+  // "close": the master has exited and every line on its stderr (the
+  // workers' too: they share it) has been read.
+  gw.exited = once(gw.proc, "close").then(([code, signal]) => code ?? signal);
   await until(() => count(gw.stderr(), LISTENING) >= workers, `${workers} workers listening`);
   // The master's "started" lines and the workers' "listening" lines are
   // written by different processes: either may reach the pipe first.
@@ -147,13 +149,16 @@ test("SIGHUP and POST /admin/reload reload every worker once; SIGUSR1 reaches th
   await until(() => count(gw.stderr(), /reloaded \S+: generation 2 /) === 2, "both workers at generation 2");
   // Each worker's lines say which worker wrote them, whole lines each.
   assert.equal(count(gw.stderr(), /Z llmux worker [01] info: reloaded \S+: generation 2 /), 2);
-  assert.match(gw.stderr(), /master: the configuration is valid: 2 workers reload it/);
+  // The master writes its own lines: they may come after the workers'.
+  await until(() => /master: the configuration is valid: 2 workers reload it/.test(gw.stderr()),
+              "the master's line for SIGHUP");
 
   const r = await httpRequest(gw.url + "/admin/reload", { method: "POST", agent: false });
   assert.equal(r.status, 200, r.body);
   assert.equal(JSON.parse(r.body).generation, 3);
   await until(() => count(gw.stderr(), /reloaded \S+: generation 3 /) === 2, "both workers at generation 3");
-  assert.match(gw.stderr(), /master: worker [01] reloaded \(POST \/admin\/reload\): 1 other workers reload/);
+  await until(() => /master: worker [01] reloaded \(POST \/admin\/reload\): 1 other workers reload/
+    .test(gw.stderr()), "the master's line for POST /admin/reload");
   // Asked on many connections, so both workers answer: all at 3, none reloaded twice.
   for (let i = 0; i < 20; i++) {
     const c = await httpRequest(gw.url + "/admin/config", { agent: false });
