@@ -87,7 +87,8 @@ export function stopProcess(proc) {
     if (proc.exitCode !== null) return resolve(proc.exitCode);
     const t = setTimeout(() => proc.kill("SIGKILL"), 5000);
     proc.removeAllListeners("exit");
-    proc.on("exit", (code, sig) => {
+    // Once its output is read to the end too: a caller looks at it next.
+    proc.on("close", (code, sig) => {
       clearTimeout(t);
       resolve(code ?? sig);
     });
