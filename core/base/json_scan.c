@@ -42,23 +42,28 @@ static int hexval(char c) {
   return -1;
 }
 
-/* Checks one UTF-8 sequence starting at p; returns its length or 0. */
-static size_t utf8_len(const unsigned char *p, const unsigned char *end) {
-  unsigned c = p[0], cp, n, i;
+/* The length of the well-formed UTF-8 sequence at p (Unicode's table 3-7:
+ * no overlong forms, no surrogates, nothing above U+10FFFF), 0 when there
+ * is none. Branches on the lead byte and tests only the second byte's
+ * range where the table narrows it. */
+static inline size_t utf8_len(const unsigned char *p, const unsigned char *end) {
+  unsigned c = p[0];
+  size_t left = (size_t)(end - p);
   if (c < 0x80) return 1;
-  if (c >= 0xc2 && c <= 0xdf) { n = 2; cp = c & 0x1f; }
-  else if (c >= 0xe0 && c <= 0xef) { n = 3; cp = c & 0x0f; }
-  else if (c >= 0xf0 && c <= 0xf4) { n = 4; cp = c & 0x07; }
-  else return 0;
-  if ((size_t)(end - p) < n) return 0;
-  for (i = 1; i < n; i++) {
-    if ((p[i] & 0xc0) != 0x80) return 0;
-    cp = (cp << 6) | (p[i] & 0x3f);
+  if (c < 0xc2) return 0; /* a continuation byte, or an overlong 2-byte lead */
+  if (c < 0xe0) return left >= 2 && (p[1] & 0xc0) == 0x80 ? 2 : 0;
+  if (c < 0xf0) {
+    if (left < 3 || (p[1] & 0xc0) != 0x80 || (p[2] & 0xc0) != 0x80) return 0;
+    if ((c == 0xe0 && p[1] < 0xa0) || (c == 0xed && p[1] >= 0xa0)) return 0; /* overlong, surrogate */
+    return 3;
   }
-  if ((n == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
-      (n == 4 && (cp < 0x10000 || cp > 0x10ffff)))
-    return 0;
-  return n;
+  if (c < 0xf5) {
+    if (left < 4 || (p[1] & 0xc0) != 0x80 || (p[2] & 0xc0) != 0x80 || (p[3] & 0xc0) != 0x80)
+      return 0;
+    if ((c == 0xf0 && p[1] < 0x90) || (c == 0xf4 && p[1] >= 0x90)) return 0; /* overlong, > U+10FFFF */
+    return 4;
+  }
+  return 0;
 }
 
 /* Many bytes at a time over plain ASCII string content: the bulk of a
@@ -168,10 +173,15 @@ static int scan_string(scan_t *s) {
     }
     if (c < 0x20) return fail(s, s->p, "control character in string");
     if (c < 0x80) { s->p++; continue; }
-    {
-      size_t n = utf8_len((const unsigned char *)s->p, (const unsigned char *)s->end);
-      if (n == 0) return fail(s, s->p, "invalid UTF-8");
-      s->p += n;
+    { /* a run of non-ASCII text (most prose not in English) is checked here,
+       * a character at a time, not by restarting the block scan for each */
+      const unsigned char *q = (const unsigned char *)s->p, *e = (const unsigned char *)s->end;
+      do {
+        size_t n = utf8_len(q, e);
+        if (n == 0) return fail(s, (const char *)q, "invalid UTF-8");
+        q += n;
+      } while (q < e && *q >= 0x80);
+      s->p = (const char *)q;
     }
   }
   return fail(s, open, "unterminated string");

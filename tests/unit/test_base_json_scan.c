@@ -335,6 +335,39 @@ static void finds_duplicates_however_keys_are_spelled(void **state) {
   }
 }
 
+/* Raw UTF-8 in strings: every well-formed sequence passes, in runs of any
+ * length and next to ASCII; each ill-formed one (Unicode's table 3-7) is
+ * refused where it starts. */
+static void raw_utf8_is_checked_sequence_by_sequence(void **state) {
+  static const char *const good[] = {
+      "\xc2\x80", "\xdf\xbf", "\xe0\xa0\x80", "\xe1\x80\x80", "\xed\x9f\xbf",
+      "\xee\x80\x80", "\xef\xbf\xbf", "\xf0\x90\x80\x80", "\xf3\xbf\xbf\xbf",
+      "\xf4\x8f\xbf\xbf", "\xe4\xbd\xa0\xe5\xa5\xbd\xe4\xb8\x96 ok \xf0\x9f\x98\x80\xc3\xa9"};
+  static const char *const bad[] = {
+      "\x80", "\xbf", "\xc0\x80", "\xc1\xbf", "\xc2", "\xc2\x41", "\xe0\x9f\xbf",
+      "\xed\xa0\x80", "\xed\xbf\xbf", "\xe1\x80", "\xe1\x80\x41", "\xf0\x8f\xbf\xbf",
+      "\xf4\x90\x80\x80", "\xf5\x80\x80\x80", "\xff",
+      "\xe4\xbd\xa0\xe5\xa5"}; /* the last: a whole character, then a cut one at +3 */
+  char body[128];
+  size_t i, off;
+  const char *why;
+  llmux_json_field_t f[] = {{"p"}};
+  (void)state;
+  for (i = 0; i < sizeof good / sizeof good[0]; i++) {
+    int n = snprintf(body, sizeof body, "{\"p\":\"a%s%s\"}", good[i], good[i]);
+    assert_int_equal(llmux_json_scan(body, (size_t)n, f, 1, NULL, NULL), 0);
+    assert_int_equal(f[0].text_bytes, (uint64_t)(n - 8)); /* all between the quotes */
+  }
+  for (i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    int n = snprintf(body, sizeof body, "{\"p\":\"\xc3\xa9%s\"}", bad[i]);
+    assert_int_not_equal(llmux_json_scan(body, (size_t)n, f, 1, &off, &why), 0);
+    assert_string_equal(why, "invalid UTF-8");
+    /* where the ill-formed sequence starts, after the é (and the whole one) */
+    if (off != 8 + (i == sizeof bad / sizeof bad[0] - 1 ? 3 : 0))
+      fail_msg("case %zu: refused at byte %zu", i, off);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(finds_top_level_model_and_stream),
@@ -350,6 +383,7 @@ int main(void) {
     cmocka_unit_test(invalid_json_wins_over_a_duplicate),
     cmocka_unit_test(probes_an_escaped_key_too),
     cmocka_unit_test(unquotes_a_lone_surrogate_as_u_fffd),
+    cmocka_unit_test(raw_utf8_is_checked_sequence_by_sequence),
     cmocka_unit_test(agrees_with_jansson_on_mutated_documents),
     cmocka_unit_test(finds_duplicates_however_keys_are_spelled),
   };
