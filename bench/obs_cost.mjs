@@ -9,12 +9,12 @@
 // DIR holds a build (its llmux, plugins/openai.so); the mock comes from
 // --build-dir. Everything runs on 127.0.0.1 and is stopped at the end; the
 // numbers compare the variants of one run on one machine, nothing more.
-import { spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import http from "node:http";
 import os from "node:os";
 import path from "node:path";
-import readline from "node:readline";
+import { startReady, stopWait } from "./lib/procs.mjs";
 
 const o = { buildDir: "build-rel", baseline: null, requests: 2000, seconds: 5, rounds: 3,
             callgrind: true, wrk: true, keep: false };
@@ -32,32 +32,12 @@ for (let i = 2; i < process.argv.length; i++) {
 }
 const here = path.dirname(new URL(import.meta.url).pathname);
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "llmux-obs-cost-"));
-const procs = [];
-process.on("exit", () => { for (const p of procs) p.kill("SIGKILL"); });
 
-function start(cmd, args, ready) {
-  return new Promise((resolve, reject) => {
-    const p = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"],
-                                 env: { ...process.env, BENCH_MOCK_KEY: "k", LLMUX_LISTEN: "127.0.0.1:0" } });
-    procs.push(p);
-    let err = "";
-    const t = setTimeout(() => reject(new Error(`${cmd} did not start:\n${err}`)), 60000);
-    for (const s of [p.stdout, p.stderr]) {
-      readline.createInterface({ input: s }).on("line", (l) => {
-        err += l + "\n";
-        const v = ready(l);
-        if (v !== undefined) { clearTimeout(t); resolve({ proc: p, value: v }); }
-      });
-    }
-  });
-}
-
-async function stop(p) {
-  if (p.exitCode !== null || p.signalCode !== null) return;
-  const done = new Promise((r) => p.on("exit", r));
-  p.kill("SIGTERM");
-  await done;
-}
+// The processes of the run: started once a line says so, stopped and
+// waited for (bench/lib/procs.mjs).
+const start = (cmd, args, ready) =>
+  startReady(cmd, args, ready, { env: { BENCH_MOCK_KEY: "k", LLMUX_LISTEN: "127.0.0.1:0" } });
+const stop = stopWait;
 
 const mockBin = path.resolve(o.buildDir, "tests", "mock", "mock_upstream");
 const mock = await start(mockBin, ["--no-record", "--name", "m", "--tokens", "8"],

@@ -31,7 +31,7 @@ import http from "node:http";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
-import readline from "node:readline";
+import { cpuUs, freePort, startReady, stopWait } from "./lib/procs.mjs";
 
 const here = path.dirname(new URL(import.meta.url).pathname);
 const o = { buildDir: "build-rel", requests: 2000, seconds: 5, rounds: 3, fill: 61, callgrind: true,
@@ -54,50 +54,16 @@ for (let i = 2; i < process.argv.length; i++) {
   else throw new Error(`unknown option ${a}`);
 }
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "llmux-shared-cost-"));
-const procs = [];
-process.on("exit", () => { for (const p of procs) if (p.exitCode === null && p.signalCode === null) p.kill("SIGKILL"); });
 const log = (m) => console.error(m);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-function start(cmd, args, ready) {
-  return new Promise((resolve, reject) => {
-    const p = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"],
-                                 env: { ...process.env, BENCH_MOCK_KEY: "k", LLMUX_LISTEN: "127.0.0.1:0" } });
-    procs.push(p);
-    let out = "";
-    p.log = () => out;
-    const t = setTimeout(() => reject(new Error(`${cmd} did not start:\n${out}`)), 60000);
-    p.on("exit", (code, sig) => { clearTimeout(t); reject(new Error(`${cmd} exited (${code ?? sig}):\n${out}`)); });
-    for (const s of [p.stdout, p.stderr]) {
-      readline.createInterface({ input: s }).on("line", (l) => {
-        if (out.length < 262144) out += l + "\n";
-        const v = ready(l);
-        if (v !== undefined) { clearTimeout(t); resolve({ proc: p, value: v }); }
-      });
-    }
-  });
-}
+// The processes of the run: started once a line says so, stopped and
+// waited for (bench/lib/procs.mjs).
+const start = (cmd, args, ready) =>
+  startReady(cmd, args, ready, { env: { BENCH_MOCK_KEY: "k", LLMUX_LISTEN: "127.0.0.1:0" } });
+const stop = stopWait;
 
-async function stop(p) {
-  if (p.exitCode !== null || p.signalCode !== null) return;
-  const done = new Promise((r) => p.on("exit", r));
-  p.kill("SIGTERM");
-  await done;
-}
 
-const freePort = () => new Promise((resolve, reject) => {
-  const s = net.createServer();
-  s.on("error", reject);
-  s.listen(0, "127.0.0.1", () => { const { port } = s.address(); s.close(() => resolve(port)); });
-});
-
-// CPU time (user + system) of a process so far, in microseconds.
-const CLK_TCK = Number(spawnSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).stdout) || 100;
-function cpuUs(pid) {
-  const s = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
-  const f = s.slice(s.lastIndexOf(")") + 2).split(" "); /* f[0] is field 3 (state) */
-  return (Number(f[11]) + Number(f[12])) * 1e6 / CLK_TCK;
-}
 
 // One command to Redis in RESP; resolves to the reply (bulk string, status
 // or integer) as text.

@@ -4,6 +4,7 @@
 import { spawn, execFileSync } from "node:child_process";
 import fs from "node:fs";
 import net from "node:net";
+import readline from "node:readline";
 
 const owned = new Set(); // child processes this harness started and must stop
 process.on("exit", () => {
@@ -70,6 +71,41 @@ export function stopOwned(proc, { signal = "SIGTERM", timeoutMs = 5000 } = {}) {
     proc.once("exit", (code, sig) => { clearTimeout(t); resolve(code ?? sig); });
     proc.kill(signal);
   });
+}
+
+// Starts cmd (env added to the harness's) and resolves { proc, value } once
+// ready(line) returns something other than undefined for a line of its
+// stdout or stderr; rejects if it exits first or takes over timeoutMs.
+// proc.log() is what it printed so far (capped). Killed with the harness.
+export function startReady(cmd, args, ready, { env = {}, timeoutMs = 60000 } = {}) {
+  return new Promise((resolve, reject) => {
+    const p = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, ...env } });
+    owned.add(p);
+    let out = "";
+    p.log = () => out;
+    const t = setTimeout(() => reject(new Error(`${cmd} did not start:\n${out}`)), timeoutMs);
+    p.on("exit", (code, sig) => {
+      owned.delete(p);
+      clearTimeout(t);
+      reject(new Error(`${cmd} exited (${code ?? sig}):\n${out}`)); /* nothing once resolved */
+    });
+    for (const s of [p.stdout, p.stderr]) {
+      readline.createInterface({ input: s }).on("line", (l) => {
+        if (out.length < 262144) out += l + "\n";
+        const v = ready(l);
+        if (v !== undefined) { clearTimeout(t); resolve({ proc: p, value: v }); }
+      });
+    }
+  });
+}
+
+// SIGTERM, then waits for the exit however long it takes (a process under
+// valgrind writes its dumps on the way out).
+export async function stopWait(p) {
+  if (p.exitCode !== null || p.signalCode !== null) return;
+  const done = new Promise((r) => p.on("exit", r));
+  p.kill("SIGTERM");
+  await done;
 }
 
 // Runs a command to completion; resolves { code, stdout, stderr }.
