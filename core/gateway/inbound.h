@@ -17,9 +17,11 @@
 #ifndef LLMUX_GATEWAY_INBOUND_H
 #define LLMUX_GATEWAY_INBOUND_H
 
+#include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>
 
+#include "base/split.h"
 #include "llmux/common.h"
 
 #ifdef __cplusplus
@@ -110,6 +112,28 @@ typedef struct llmux_inbound_s {
  * number that is a whole number of 0 to LLMUX_INBOUND_USAGE_MAX, else -1. */
 #define LLMUX_INBOUND_USAGE_MAX 1000000000
 int64_t llmux_inbound_count(const char *num, size_t len);
+
+/* What both formats read of the provider's chat answer (inbound_anthropic.c):
+ *
+ * llmux_inbound_load_chat: chat JSON from a provider. An integer beyond 64
+ * bits makes jansson refuse the whole document: it is read again with
+ * integers as reals, and the count checks refuse the huge ones.
+ *
+ * llmux_inbound_usage_count: a token count in a usage object, an integer
+ * (or whole real) of 0 to LLMUX_INBOUND_USAGE_MAX, else -1 (unknown).
+ *
+ * llmux_inbound_read_chat: the provider's chat stream, split into its SSE
+ * events (in *sse, made on first use): each event's data that is a JSON
+ * object goes to chunk, until `[DONE]`, until *done is set, or until chunk
+ * returns non-zero (returned). An event beyond the splitter's bound is
+ * dropped; LLMUX_ENOMEM when memory runs out. */
+json_t *llmux_inbound_load_chat(const char *s, size_t n);
+int64_t llmux_inbound_usage_count(const json_t *usage, const char *key);
+typedef int (*llmux_inbound_chunk_fn)(void *st, const llmux_inbound_ctx_t *ctx, json_t *ev,
+                                      llmux_buf_t *o);
+int llmux_inbound_read_chat(llmux_split_t **sse, const int *done, llmux_inbound_chunk_fn chunk,
+                            void *st, const llmux_inbound_ctx_t *ctx, const char *data,
+                            size_t len, int eof, llmux_buf_t *o);
 
 /* inbound_anthropic.c: Anthropic's Messages API (POST /v1/messages). */
 extern const llmux_inbound_t llmux_inbound_anthropic;

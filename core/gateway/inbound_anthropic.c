@@ -534,27 +534,6 @@ done:
 
 /* ==== answers: shared ===================================================== */
 
-/* Chat JSON from a provider. An integer beyond 64 bits makes jansson refuse
- * the whole document: read it again with integers as reals, and let the
- * count checks refuse the huge ones. */
-static json_t *load_chat(const char *s, size_t n) {
-  json_t *v = json_loadb(s, n, JSON_ALLOW_NUL, NULL);
-  return v ? v : json_loadb(s, n, JSON_ALLOW_NUL | JSON_DECODE_INT_AS_REAL, NULL);
-}
-
-/* A token count the provider reported: an integer (or whole real) of 0 to
- * MAX_TOKENS_LIMIT, else -1 (unknown). */
-static int64_t count_at(const json_t *usage, const char *key) {
-  json_t *v = json_object_get(usage, key);
-  double d;
-  if (json_is_integer(v))
-    return json_integer_value(v) >= 0 && json_integer_value(v) <= MAX_TOKENS_LIMIT
-               ? (int64_t)json_integer_value(v) : -1;
-  if (!json_is_real(v)) return -1;
-  d = json_real_value(v);
-  return d >= 0 && d <= MAX_TOKENS_LIMIT && d == (double)(int64_t)d ? (int64_t)d : -1;
-}
-
 static const char *stop_reason(const char *finish) {
   if (finish == NULL) return "end_turn";
   if (strcmp(finish, "length") == 0) return "max_tokens";
@@ -620,7 +599,7 @@ static int answer_content(json_t *msg, json_t *content, const llmux_inbound_ctx_
 static int anth_answer(void *state, const llmux_inbound_ctx_t *ctx, const char *chat,
                        size_t len, llmux_buf_t *out) {
   anth_state_t *st = state;
-  json_t *in = load_chat(chat, len), *ch, *msg, *usage, *content, *o = NULL;
+  json_t *in = llmux_inbound_load_chat(chat, len), *ch, *msg, *usage, *content, *o = NULL;
   const char *model;
   char id[200], *text = NULL;
   int64_t pin, pout;
@@ -634,8 +613,8 @@ static int anth_answer(void *state, const llmux_inbound_ctx_t *ctx, const char *
     goto done;
   }
   usage = json_object_get(in, "usage");
-  pin = count_at(usage, "prompt_tokens");
-  pout = count_at(usage, "completion_tokens");
+  pin = llmux_inbound_usage_count(usage, "prompt_tokens");
+  pout = llmux_inbound_usage_count(usage, "completion_tokens");
   model = str_at(in, "model");
   message_id(id, sizeof id, str_at(in, "id"), ctx->request_id);
   o = json_pack("{s:s,s:s,s:s,s:s,s:o,s:s,s:n,s:{s:I,s:I}}", "id", id, "type", "message", "role",
@@ -787,8 +766,8 @@ static int chunk(anth_state_t *st, const llmux_inbound_ctx_t *ctx, json_t *ev, l
   }
   if (!st->started) rc |= message_start(st, ctx, str_at(ev, "id"), str_at(ev, "model"), o);
   if (json_is_object(u = json_object_get(ev, "usage"))) {
-    st->in_tokens = count_at(u, "prompt_tokens");
-    st->out_tokens = count_at(u, "completion_tokens");
+    st->in_tokens = llmux_inbound_usage_count(u, "prompt_tokens");
+    st->out_tokens = llmux_inbound_usage_count(u, "completion_tokens");
   }
   ch = json_array_get(json_object_get(ev, "choices"), 0);
   delta = json_object_get(ch, "delta");
@@ -799,33 +778,18 @@ static int chunk(anth_state_t *st, const llmux_inbound_ctx_t *ctx, json_t *ev, l
   return rc ? LLMUX_ENOMEM : 0;
 }
 
-static int one_event(anth_state_t *st, const llmux_inbound_ctx_t *ctx, llmux_str_t item,
-                     llmux_buf_t *o) {
-  json_t *ev;
-  int rc;
-  if (st->done || (item.len == 6 && memcmp(item.base, "[DONE]", 6) == 0)) return 0;
-  ev = load_chat(item.base, item.len);
-  /* Not ours to judge: the plugin vouched for its stream. */
-  rc = json_is_object(ev) ? chunk(st, ctx, ev, o) : 0;
-  json_decref(ev);
-  return rc;
+static int chunk_cb(void *st, const llmux_inbound_ctx_t *ctx, json_t *ev, llmux_buf_t *o) {
+  return chunk(st, ctx, ev, o);
 }
 
 static int feed(anth_state_t *st, const llmux_inbound_ctx_t *ctx, const char *data, size_t len,
                 int eof, llmux_buf_t *o) {
-  llmux_str_t item;
-  int rc = 0, more;
   if (st->sse == NULL) {
     size_t i;
-    if ((st->sse = llmux_split_new(LLMUX_SPLIT_SSE, 0)) == NULL) return LLMUX_ENOMEM;
     for (i = 0; i < MAX_STREAM_TOOLS; i++) st->tool_block[i] = -1;
     st->in_tokens = st->out_tokens = -1;
   }
-  while (rc == 0 && (more = llmux_split_next(st->sse, &data, &len, eof, &item)) != 0) {
-    if (more < 0) return more == LLMUX_ENOMEM ? more : 0; /* an event beyond 16 MiB: dropped */
-    rc = one_event(st, ctx, item, o);
-  }
-  return rc;
+  return llmux_inbound_read_chat(&st->sse, &st->done, chunk_cb, st, ctx, data, len, eof, o);
 }
 
 static int anth_stream_feed(void *state, const llmux_inbound_ctx_t *ctx, const char *data,
@@ -869,6 +833,40 @@ static void anth_state_free(void *state) {
 }
 
 /* ---- native passthrough: usage of Anthropic's own answer ----------------- */
+
+json_t *llmux_inbound_load_chat(const char *s, size_t n) {
+  json_t *v = json_loadb(s, n, JSON_ALLOW_NUL, NULL);
+  return v ? v : json_loadb(s, n, JSON_ALLOW_NUL | JSON_DECODE_INT_AS_REAL, NULL);
+}
+
+int64_t llmux_inbound_usage_count(const json_t *usage, const char *key) {
+  json_t *v = json_object_get(usage, key);
+  double d;
+  if (json_is_integer(v))
+    return json_integer_value(v) >= 0 && json_integer_value(v) <= LLMUX_INBOUND_USAGE_MAX
+               ? (int64_t)json_integer_value(v) : -1;
+  if (!json_is_real(v)) return -1;
+  d = json_real_value(v);
+  return d >= 0 && d <= LLMUX_INBOUND_USAGE_MAX && d == (double)(int64_t)d ? (int64_t)d : -1;
+}
+
+int llmux_inbound_read_chat(llmux_split_t **sse, const int *done, llmux_inbound_chunk_fn on_chunk,
+                            void *st, const llmux_inbound_ctx_t *ctx, const char *data,
+                            size_t len, int eof, llmux_buf_t *o) {
+  llmux_str_t item;
+  int rc = 0, more;
+  if (*sse == NULL && (*sse = llmux_split_new(LLMUX_SPLIT_SSE, 0)) == NULL) return LLMUX_ENOMEM;
+  while (rc == 0 && (more = llmux_split_next(*sse, &data, &len, eof, &item)) != 0) {
+    json_t *ev;
+    if (more < 0) return more == LLMUX_ENOMEM ? more : 0; /* an event beyond 16 MiB: dropped */
+    if (*done || (item.len == 6 && memcmp(item.base, "[DONE]", 6) == 0)) continue;
+    ev = llmux_inbound_load_chat(item.base, item.len);
+    /* Not ours to judge: the plugin vouched for its stream. */
+    rc = json_is_object(ev) ? on_chunk(st, ctx, ev, o) : 0;
+    json_decref(ev);
+  }
+  return rc;
+}
 
 int64_t llmux_inbound_count(const char *num, size_t len) {
   int64_t x = 0;

@@ -565,22 +565,6 @@ static int resp_request(const char *body, size_t len, unsigned flags, llmux_buf_
 
 /* ==== answers: shared ===================================================== */
 
-static json_t *load_chat(const char *s, size_t n) {
-  json_t *v = json_loadb(s, n, JSON_ALLOW_NUL, NULL);
-  return v ? v : json_loadb(s, n, JSON_ALLOW_NUL | JSON_DECODE_INT_AS_REAL, NULL);
-}
-
-static int64_t count_at(const json_t *usage, const char *key) {
-  json_t *v = json_object_get(usage, key);
-  double d;
-  if (json_is_integer(v))
-    return json_integer_value(v) >= 0 && json_integer_value(v) <= MAX_TOKENS_LIMIT
-               ? (int64_t)json_integer_value(v) : -1;
-  if (!json_is_real(v)) return -1;
-  d = json_real_value(v);
-  return d >= 0 && d <= MAX_TOKENS_LIMIT && d == (double)(int64_t)d ? (int64_t)d : -1;
-}
-
 /* The response's id, and the base of its items' ids. */
 static void ensure_id(resp_state_t *st, const llmux_inbound_ctx_t *ctx) {
   const char *rid = ctx->request_id && *ctx->request_id ? ctx->request_id : "llmux";
@@ -596,16 +580,18 @@ static void ensure_id(resp_state_t *st, const llmux_inbound_ctx_t *ctx) {
 /* "msg_<base>_<n>" / "fc_<base>_<n>": unique within the response and
  * across responses (the base is the response id's). */
 static void item_id(char *out, size_t cap, const resp_state_t *st, const char *prefix, int n) {
-  snprintf(out, cap, "%s_%.80s_%d", prefix, st->id + 5, n);
+  char base[81]; /* out may be an item's id inside st: copy the base apart first */
+  snprintf(base, sizeof base, "%s", st->id + 5);
+  snprintf(out, cap, "%s_%s_%d", prefix, base, n);
 }
 
 static void usage_from(resp_state_t *st, const json_t *u) {
   if (!json_is_object(u)) return;
-  st->in_tokens = count_at(u, "prompt_tokens");
-  st->out_tokens = count_at(u, "completion_tokens");
-  st->cached_tokens = count_at(json_object_get(u, "prompt_tokens_details"), "cached_tokens");
+  st->in_tokens = llmux_inbound_usage_count(u, "prompt_tokens");
+  st->out_tokens = llmux_inbound_usage_count(u, "completion_tokens");
+  st->cached_tokens = llmux_inbound_usage_count(json_object_get(u, "prompt_tokens_details"), "cached_tokens");
   st->reasoning_tokens =
-      count_at(json_object_get(u, "completion_tokens_details"), "reasoning_tokens");
+      llmux_inbound_usage_count(json_object_get(u, "completion_tokens_details"), "reasoning_tokens");
 }
 
 static json_t *usage_json(const resp_state_t *st, const llmux_inbound_ctx_t *ctx) {
@@ -731,7 +717,7 @@ static int plain_output(resp_state_t *st, const json_t *msg, const char *status,
 static int resp_answer(void *state, const llmux_inbound_ctx_t *ctx, const char *chat,
                        size_t len, llmux_buf_t *out) {
   resp_state_t *st = state;
-  json_t *in = load_chat(chat, len), *ch, *msg, *output = NULL, *r = NULL;
+  json_t *in = llmux_inbound_load_chat(chat, len), *ch, *msg, *output = NULL, *r = NULL;
   const char *status, *reason;
   char *text = NULL;
   int rc = LLMUX_EUPSTREAM;
@@ -959,32 +945,18 @@ static int chunk(resp_state_t *st, const llmux_inbound_ctx_t *ctx, json_t *ev, l
   return rc ? LLMUX_ENOMEM : 0;
 }
 
-static int one_event(resp_state_t *st, const llmux_inbound_ctx_t *ctx, llmux_str_t item,
-                     llmux_buf_t *o) {
-  json_t *ev;
-  int rc;
-  if (st->done || (item.len == 6 && memcmp(item.base, "[DONE]", 6) == 0)) return 0;
-  ev = load_chat(item.base, item.len);
-  rc = json_is_object(ev) ? chunk(st, ctx, ev, o) : 0;
-  json_decref(ev);
-  return rc;
+static int chunk_cb(void *st, const llmux_inbound_ctx_t *ctx, json_t *ev, llmux_buf_t *o) {
+  return chunk(st, ctx, ev, o);
 }
 
 static int feed(resp_state_t *st, const llmux_inbound_ctx_t *ctx, const char *data, size_t len,
                 int eof, llmux_buf_t *o) {
-  llmux_str_t item;
-  int rc = 0, more;
   if (st->sse == NULL) {
     size_t i;
-    if ((st->sse = llmux_split_new(LLMUX_SPLIT_SSE, 0)) == NULL) return LLMUX_ENOMEM;
     for (i = 0; i < MAX_STREAM_TOOLS; i++) st->tool_item[i] = -1;
     st->in_tokens = st->out_tokens = st->cached_tokens = st->reasoning_tokens = -1;
   }
-  while (rc == 0 && (more = llmux_split_next(st->sse, &data, &len, eof, &item)) != 0) {
-    if (more < 0) return more == LLMUX_ENOMEM ? more : 0;
-    rc = one_event(st, ctx, item, o);
-  }
-  return rc;
+  return llmux_inbound_read_chat(&st->sse, &st->done, chunk_cb, st, ctx, data, len, eof, o);
 }
 
 static int resp_stream_feed(void *state, const llmux_inbound_ctx_t *ctx, const char *data,
