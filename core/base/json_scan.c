@@ -270,7 +270,7 @@ static int scan_container(scan_t *s, int depth, int is_object, llmux_json_field_
       skip_ws(s);
     }
     vstart = s->p;
-    s->cur = field != NULL ? field : s->cur;
+    if (field != NULL) s->cur = field; /* nested values count toward their top-level field */
     if (scan_value(s, depth + 1, &t) != 0) return -1;
     if (field != NULL) {
       s->cur = NULL;

@@ -881,11 +881,7 @@ static int on_headers_complete(llhttp_t *p) {
   int status = p->status_code;
 
   conn->in_head = 0;
-  if (status == 101) {
-    conn->cb_err = LLMUX_EPROTO;
-    llhttp_set_error_reason(p, "unexpected protocol upgrade");
-    return -1;
-  }
+  if (status == 101) return head_fail(conn, LLMUX_EPROTO, "unexpected protocol upgrade");
   if (status < 200) { /* 100 Continue, 103 Early Hints: skip */
     conn->in_1xx = 1;
     return 0;
